@@ -1,0 +1,351 @@
+//! Validated domain types for the resources the data plane builds from, and the checks that
+//! every entry point (declarative files, the API, etcd objects) shares: names and addresses.
+//!
+//! Protobuf and YAML types stop at the boundary; they are converted into these types, and
+//! [`crate::director::Directors::build`] checks what needs the whole configuration (references,
+//! cycles, weights, slots).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::director::{Algorithm, HealthyMode};
+
+/// Longest resource name (DESIGN §3: `[a-z0-9]([a-z0-9._-]{0,62})`).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty name.
+    #[error("must not be empty")]
+    Empty,
+    /// Longer than [`MAX_NAME_LEN`].
+    #[error("{0:?} is longer than {MAX_NAME_LEN} characters")]
+    TooLong(String),
+    /// A character outside `[a-z0-9._-]`, or a first character outside `[a-z0-9]`.
+    #[error("{0:?} must match [a-z0-9][a-z0-9._-]* (lower-case letters, digits, '.', '_', '-')")]
+    Invalid(String),
+}
+
+/// Checks a resource name.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    let bytes = name.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err(NameError::Empty);
+    };
+    if bytes.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.to_owned()));
+    }
+    let tail_ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c);
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) || !bytes.iter().all(tail_ok) {
+        return Err(NameError::Invalid(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The host part of an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// An IPv4 or IPv6 literal.
+    Ip(IpAddr),
+    /// A DNS name, resolved when connecting.
+    Dns(String),
+}
+
+/// A backend address: `host:port` with an IPv4 literal, a bracketed IPv6 literal or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// Where to connect.
+    pub host: Host,
+    /// TCP port, 1–65535.
+    pub port: u16,
+}
+
+/// Why an address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// No `:port`.
+    #[error("{0:?} has no port (expected host:port, [ipv6]:port)")]
+    NoPort(String),
+    /// Port not a number in 1–65535.
+    #[error("{0:?} has an invalid port (expected 1-65535)")]
+    BadPort(String),
+    /// IPv6 without brackets, or bad brackets.
+    #[error("{0:?}: an IPv6 address must be written in brackets, as [::1]:8080")]
+    Brackets(String),
+    /// Neither an IP literal nor a valid DNS name.
+    #[error("{0:?}: host is neither an IP address nor a valid DNS name")]
+    BadHost(String),
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+
+    fn from_str(s: &str) -> Result<Address, AddressError> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| AddressError::Brackets(s.to_owned()))?;
+            let ip: std::net::Ipv6Addr = h
+                .parse()
+                .map_err(|_| AddressError::Brackets(s.to_owned()))?;
+            (Host::Ip(IpAddr::V6(ip)), p)
+        } else {
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| AddressError::NoPort(s.to_owned()))?;
+            if h.contains(':') {
+                return Err(AddressError::Brackets(s.to_owned()));
+            }
+            let host = match h.parse::<std::net::Ipv4Addr>() {
+                Ok(v4) => Host::Ip(IpAddr::V4(v4)),
+                Err(_) if is_dns_name(h) => Host::Dns(h.to_ascii_lowercase()),
+                Err(_) => return Err(AddressError::BadHost(s.to_owned())),
+            };
+            (host, p)
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| AddressError::BadPort(s.to_owned()))?;
+        if port == 0 {
+            return Err(AddressError::BadPort(s.to_owned()));
+        }
+        Ok(Address { host, port })
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, each 1–63
+/// characters, 253 in all; the last label not all-numeric (that would be a bad IPv4 literal).
+fn is_dns_name(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty() || h.len() > 253 {
+        return false;
+    }
+    let labels_ok = h.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    });
+    let last_numeric = h
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|c| c.is_ascii_digit()));
+    labels_ok && !last_numeric
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]:{}", self.port),
+            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}:{}", self.port),
+            Host::Dns(d) => write!(f, "{d}:{}", self.port),
+        }
+    }
+}
+
+/// Admin override of a backend's health (Varnish `backend.set_health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminHealth {
+    /// The probe decides (healthy when there is no probe).
+    #[default]
+    Auto,
+    /// Forced healthy.
+    Healthy,
+    /// Forced sick.
+    Sick,
+}
+
+/// A backend, as far as directors and the explain command need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSpec {
+    /// Unique backend name.
+    pub name: String,
+    /// Where it listens.
+    pub address: Address,
+    /// Admin override.
+    pub admin_health: AdminHealth,
+}
+
+/// A director's load-balancing policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// Varnish `round_robin`.
+    RoundRobin,
+    /// Varnish `fallback`.
+    Fallback {
+        /// Stay on the current member while it is healthy.
+        sticky: bool,
+    },
+    /// Varnish `random` (weighted).
+    Random,
+    /// Varnish `hash` (weighted, not consistent).
+    Hash,
+    /// Consistent hashing with alternates.
+    Shard(ShardSpec),
+}
+
+/// Shard director parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardSpec {
+    /// Which consistent hash.
+    pub algorithm: Algorithm,
+    /// Ring points per unit of weight (varnish algorithm), ≥ 1.
+    pub replicas: u32,
+    /// Default health mode of picks.
+    pub healthy: HealthyMode,
+    /// Rampup duration; zero disables rampup.
+    pub rampup: Duration,
+    /// Share of keys sent to the next healthy member, in `[0, 1)`; zero disables warmup.
+    pub warmup: f64,
+}
+
+impl Default for ShardSpec {
+    fn default() -> Self {
+        ShardSpec {
+            algorithm: Algorithm::Varnish,
+            replicas: DEFAULT_REPLICAS,
+            healthy: HealthyMode::Chosen,
+            rampup: Duration::ZERO,
+            warmup: 0.0,
+        }
+    }
+}
+
+/// Varnish's default ring points per backend.
+pub const DEFAULT_REPLICAS: u32 = 67;
+
+/// What a member refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRef {
+    /// A backend by name.
+    Backend(String),
+    /// A director by name.
+    Director(String),
+}
+
+impl TargetRef {
+    /// The referenced name.
+    pub fn name(&self) -> &str {
+        match self {
+            TargetRef::Backend(n) | TargetRef::Director(n) => n,
+        }
+    }
+}
+
+/// One member of a director.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberSpec {
+    /// Backend or director.
+    pub target: TargetRef,
+    /// Relative weight (default 1).
+    pub weight: f64,
+    /// Shard: the name hashed onto the ring; defaults to the target's name.
+    pub ident: Option<String>,
+    /// Shard (balanced): the member's slot; assigned when absent.
+    pub slot: Option<u32>,
+    /// Shard: rampup overriding the director's.
+    pub rampup: Option<Duration>,
+}
+
+impl MemberSpec {
+    /// A member with weight 1 and no shard options.
+    pub fn new(target: TargetRef) -> MemberSpec {
+        MemberSpec {
+            target,
+            weight: 1.0,
+            ident: None,
+            slot: None,
+            rampup: None,
+        }
+    }
+}
+
+/// A director.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectorSpec {
+    /// Unique director name.
+    pub name: String,
+    /// How it picks.
+    pub policy: Policy,
+    /// Its members, in order.
+    pub members: Vec<MemberSpec>,
+}
+
+/// Backends and directors: the input of [`crate::director::Directors::build`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// Backends.
+    pub backends: Vec<BackendSpec>,
+    /// Directors.
+    pub directors: Vec<DirectorSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "b0", "web-1.pool_a", &"x".repeat(63)] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert!(matches!(
+            validate_name(&"x".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
+        for bad in ["-a", ".a", "A", "a b", "a/b", "é"] {
+            assert!(
+                matches!(validate_name(bad), Err(NameError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        let a: Address = "127.0.0.1:19000".parse().unwrap();
+        assert_eq!(a.to_string(), "127.0.0.1:19000");
+        let a: Address = "[::1]:19001".parse().unwrap();
+        assert_eq!(a.host, Host::Ip("::1".parse().unwrap()));
+        assert_eq!(a.to_string(), "[::1]:19001");
+        let a: Address = "Node-1.Example:8080".parse().unwrap();
+        assert_eq!(a.host, Host::Dns("node-1.example".into()));
+        assert!(matches!(
+            "127.0.0.1".parse::<Address>(),
+            Err(AddressError::NoPort(_))
+        ));
+        assert!(matches!(
+            "127.0.0.1:0".parse::<Address>(),
+            Err(AddressError::BadPort(_))
+        ));
+        assert!(matches!(
+            "127.0.0.1:70000".parse::<Address>(),
+            Err(AddressError::BadPort(_))
+        ));
+        assert!(matches!(
+            "::1:80".parse::<Address>(),
+            Err(AddressError::Brackets(_))
+        ));
+        assert!(matches!(
+            "[::1]80".parse::<Address>(),
+            Err(AddressError::Brackets(_))
+        ));
+        assert!(matches!(
+            "300.1.1.1:80".parse::<Address>(),
+            Err(AddressError::BadHost(_))
+        ));
+        assert!(matches!(
+            "-bad-.com:80".parse::<Address>(),
+            Err(AddressError::BadHost(_))
+        ));
+        assert!(matches!(
+            "a_b.com:80".parse::<Address>(),
+            Err(AddressError::BadHost(_))
+        ));
+    }
+}

@@ -1,0 +1,387 @@
+//! The `balanced` shard algorithm: Tether's own consistent hash over a slot space.
+//!
+//! Every member owns one slot (a small integer the control plane assigns and stores with the
+//! director, so the mapping is a pure function of the stored director). A key seeds an endless
+//! pseudo-random sequence of slots; the key goes to the first slot of its sequence that is
+//! occupied, accepted (weights, below) and healthy. `alt=n` is the (n+1)-th distinct such member
+//! of the same sequence, which is exactly where the key goes if its first n choices are
+//! unavailable.
+//!
+//! The sequence is *nested*: the slot space has capacity 2^K, and the sequence of capacity 2^K
+//! interleaves the sequence of capacity 2^(K−1) (each sample of level K is, by a fair coin,
+//! either a uniform slot of the upper half or the next sample of level K−1). Restricted to the
+//! lower half it is therefore the very same sequence as the smaller capacity's, so growing the
+//! capacity moves no key unless a member in the new half takes it. Each level keeps its own
+//! sample counter; a sample costs two mixes on average and a lookup needs at most two samples
+//! on average when slots are dense.
+//!
+//! Weights: a sample of slot s is accepted with probability `weight(s) / scale`, decided by the
+//! sample's own hash, where `scale` is the smallest power of two ≥ the largest weight. When all
+//! weights equal the scale (the usual case) nothing is drawn. Because every sample is uniform
+//! and acceptance independent, a member's expected share is exactly `weight / Σ weight`.
+//!
+//! Termination: after [`SAMPLE_BUDGET`] samples without an answer (almost every member sick or
+//! tiny weights), the walk ranks the remaining eligible members by weighted rendezvous hashing,
+//! which keeps every property above.
+
+use super::key::fmix64;
+use super::visited::Visited;
+use super::{HealthyMode, Pick};
+
+/// No member in this slot.
+const EMPTY: u32 = u32::MAX;
+/// Largest slot number accepted (one million members per director).
+pub const MAX_SLOT: u32 = (1 << 20) - 1;
+/// Samples drawn before the walk falls back to rendezvous ranking.
+const SAMPLE_BUDGET: u32 = 1024;
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+const SEED_SALT: u64 = 0x5157_a7d3_c9e2_10b5;
+const ACCEPT_SALT: u64 = 0xa0b4_28db_6c3e_f9d1;
+const RENDEZVOUS_SALT: u64 = 0x3c6e_f372_fe94_f82b;
+
+/// Why slots could not be assigned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    /// Two members asked for the same slot.
+    #[error("members[{member}].slot: slot {slot} is already taken by members[{other}]")]
+    Duplicate {
+        /// The member index that asked second.
+        member: usize,
+        /// The first member with that slot.
+        other: usize,
+        /// The slot.
+        slot: u32,
+    },
+    /// A slot beyond [`MAX_SLOT`].
+    #[error("members[{member}].slot: {slot} is larger than the maximum {MAX_SLOT}")]
+    TooLarge {
+        /// The member index.
+        member: usize,
+        /// The slot asked for.
+        slot: u32,
+    },
+}
+
+/// Gives every member a slot: members that have one keep it; the others take the lowest free
+/// slots in member order. The control plane stores the result, so a later removal leaves every
+/// other member in its slot (and so moves no other key).
+pub fn assign_slots(requested: &[Option<u32>]) -> Result<Vec<u32>, SlotError> {
+    let mut owner: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for (member, slot) in requested.iter().enumerate() {
+        if let Some(slot) = *slot {
+            if slot > MAX_SLOT {
+                return Err(SlotError::TooLarge { member, slot });
+            }
+            if let Some(&other) = owner.get(&slot) {
+                return Err(SlotError::Duplicate {
+                    member,
+                    other,
+                    slot,
+                });
+            }
+            owner.insert(slot, member);
+        }
+    }
+    let mut next_free = 0u32;
+    let mut out = Vec::with_capacity(requested.len());
+    for slot in requested {
+        match slot {
+            Some(s) => out.push(*s),
+            None => {
+                while owner.contains_key(&next_free) {
+                    next_free += 1;
+                }
+                owner.insert(next_free, usize::MAX);
+                out.push(next_free);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The slot table of one director.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotTable {
+    /// Capacity is `1 << level`.
+    level: u32,
+    /// Member index per slot, or [`EMPTY`].
+    slot_member: Vec<u32>,
+    /// Acceptance threshold per slot, out of 2^32; `None` when every weight equals the scale.
+    accept: Option<Vec<u64>>,
+    /// Per member: (slot, weight), for the rendezvous fallback.
+    members: Vec<(u32, f64)>,
+}
+
+impl SlotTable {
+    /// Builds the table from each member's (slot, weight). Slots must be distinct (see
+    /// [`assign_slots`]); weights finite and ≥ 0.
+    pub(crate) fn build(members: &[(u32, f64)]) -> SlotTable {
+        let max_slot = members.iter().map(|m| m.0).max().unwrap_or(0);
+        let level = u32::BITS - max_slot.leading_zeros();
+        let capacity = 1usize << level;
+        let mut slot_member = vec![EMPTY; capacity];
+        for (i, &(slot, _)) in members.iter().enumerate() {
+            slot_member[slot as usize] = i as u32;
+        }
+        let max_w = members.iter().map(|m| m.1).fold(0.0f64, f64::max);
+        let scale = power_of_two_at_least(max_w);
+        let accept = if members.iter().all(|m| m.1 == scale) {
+            None
+        } else {
+            let mut t = vec![0u64; capacity];
+            for &(slot, w) in members {
+                t[slot as usize] = ((w / scale) * 4_294_967_296.0) as u64;
+            }
+            Some(t)
+        };
+        SlotTable {
+            level,
+            slot_member,
+            accept,
+            members: members.to_vec(),
+        }
+    }
+
+    /// The member for `hash` (see the module doc), and its successor when asked for.
+    pub(crate) fn pick(
+        &self,
+        hash: u64,
+        alt: u32,
+        mode: HealthyMode,
+        successor: bool,
+        healthy: &dyn Fn(u32) -> bool,
+    ) -> Pick {
+        if self.members.is_empty() {
+            return Pick::NONE;
+        }
+        let need_healthy = mode != HealthyMode::Ignore;
+        let mut walk = self.walk(hash);
+        let mut skip = alt.min(self.members.len() as u32 - 1);
+        let chosen = loop {
+            let Some(m) = walk.next(need_healthy, healthy) else {
+                return Pick::NONE;
+            };
+            if skip == 0 {
+                break m;
+            }
+            skip -= 1;
+        };
+        let next = if successor && alt == 0 && need_healthy {
+            walk.next(true, healthy)
+        } else {
+            None
+        };
+        Pick {
+            chosen: Some(chosen),
+            successor: next,
+        }
+    }
+
+    /// Members in preference order for `hash`, whatever their health.
+    pub(crate) fn order(&self, hash: u64, limit: usize) -> Vec<u32> {
+        let mut walk = self.walk(hash);
+        let mut out = Vec::new();
+        while out.len() < limit.min(self.members.len()) {
+            match walk.next(false, &|_| true) {
+                Some(m) => out.push(m),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn walk(&self, hash: u64) -> Walk<'_> {
+        Walk {
+            table: self,
+            seed: fmix64(hash ^ SEED_SALT),
+            counters: [0; 33],
+            samples: 0,
+            visited: Visited::new(),
+        }
+    }
+}
+
+/// The smallest power of two ≥ `w` (1 for a zero weight), so that small changes of the
+/// largest weight do not rescale every member's acceptance.
+fn power_of_two_at_least(w: f64) -> f64 {
+    if w <= 0.0 || !w.is_finite() {
+        return 1.0;
+    }
+    let mut s = 1.0f64;
+    while s < w {
+        s *= 2.0;
+    }
+    while s / 2.0 >= w {
+        s /= 2.0;
+    }
+    s
+}
+
+/// One key's walk through its slot sequence.
+struct Walk<'t> {
+    table: &'t SlotTable,
+    seed: u64,
+    /// Samples drawn so far at each level.
+    counters: [u32; 33],
+    samples: u32,
+    visited: Visited,
+}
+
+impl Walk<'_> {
+    /// The next sample: a slot and the sample's own hash.
+    #[inline]
+    fn sample(&mut self) -> (u32, u64) {
+        let mut l = self.table.level;
+        loop {
+            let i = self.counters[l as usize];
+            self.counters[l as usize] = i.wrapping_add(1);
+            let h = fmix64(self.seed ^ ((u64::from(l) << 32) | u64::from(i)).wrapping_mul(GOLDEN));
+            if l == 0 {
+                return (0, h);
+            }
+            if h >> 63 == 1 {
+                let half = 1u32 << (l - 1);
+                return (half | (h as u32 & (half - 1)), h);
+            }
+            l -= 1;
+        }
+    }
+
+    /// The next distinct member that is accepted (and healthy when `need_healthy`).
+    fn next(&mut self, need_healthy: bool, healthy: &dyn Fn(u32) -> bool) -> Option<u32> {
+        let t = self.table;
+        while self.visited.len() < t.members.len() {
+            if self.samples >= SAMPLE_BUDGET {
+                return self.rendezvous(need_healthy, healthy);
+            }
+            self.samples += 1;
+            let (slot, h) = self.sample();
+            let m = t.slot_member[slot as usize];
+            if m == EMPTY {
+                continue;
+            }
+            if let Some(accept) = &t.accept
+                && fmix64(h ^ ACCEPT_SALT) >> 32 >= accept[slot as usize]
+            {
+                continue;
+            }
+            if self.visited.contains(m) || (need_healthy && !healthy(m)) {
+                continue;
+            }
+            self.visited.insert(m);
+            return Some(m);
+        }
+        None
+    }
+
+    /// Weighted rendezvous over the members not yet visited: the deterministic tail of a walk
+    /// that ran out of samples.
+    fn rendezvous(&mut self, need_healthy: bool, healthy: &dyn Fn(u32) -> bool) -> Option<u32> {
+        let mut best: Option<(f64, u32)> = None;
+        for (i, &(slot, w)) in self.table.members.iter().enumerate() {
+            let m = i as u32;
+            if w <= 0.0 || self.visited.contains(m) || (need_healthy && !healthy(m)) {
+                continue;
+            }
+            let u = super::key::unit(self.seed ^ RENDEZVOUS_SALT, u64::from(slot));
+            // Weighted rendezvous: maximise ln(u)/w (u in (0,1)).
+            let score = (u.max(f64::MIN_POSITIVE)).ln() / w;
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, m));
+            }
+        }
+        let m = best?.1;
+        self.visited.insert(m);
+        Some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: u32) -> SlotTable {
+        let members: Vec<(u32, f64)> = (0..n).map(|s| (s, 1.0)).collect();
+        SlotTable::build(&members)
+    }
+
+    #[test]
+    fn slots_keep_requests_and_fill_the_lowest_holes() {
+        assert_eq!(
+            assign_slots(&[None, Some(0), None, Some(5), None]),
+            Ok(vec![1, 0, 2, 5, 3])
+        );
+        assert_eq!(
+            assign_slots(&[Some(2), Some(2)]),
+            Err(SlotError::Duplicate {
+                member: 1,
+                other: 0,
+                slot: 2
+            })
+        );
+        assert!(matches!(
+            assign_slots(&[Some(MAX_SLOT + 1)]),
+            Err(SlotError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn capacity_is_the_power_of_two_above_the_largest_slot() {
+        assert_eq!(table(1).slot_member.len(), 1);
+        assert_eq!(table(2).slot_member.len(), 2);
+        assert_eq!(table(3).slot_member.len(), 4);
+        assert_eq!(table(100).slot_member.len(), 128);
+    }
+
+    #[test]
+    fn scale_is_a_power_of_two() {
+        assert_eq!(power_of_two_at_least(1.0), 1.0);
+        assert_eq!(power_of_two_at_least(3.0), 4.0);
+        assert_eq!(power_of_two_at_least(0.3), 0.5);
+        assert_eq!(power_of_two_at_least(0.0), 1.0);
+    }
+
+    #[test]
+    fn growing_capacity_keeps_the_lower_sequence() {
+        // 4 members in slots 0..3 (capacity 4) vs. the same plus an empty capacity of 64:
+        // a far member in slot 63 only takes keys, never shuffles the others.
+        let small = table(4);
+        let big = SlotTable::build(&[(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (63, 1.0)]);
+        let all = |_| true;
+        let mut moved_elsewhere = 0;
+        for k in 0..20_000u64 {
+            let a = small.pick(k, 0, HealthyMode::Chosen, false, &all).chosen;
+            let b = big.pick(k, 0, HealthyMode::Chosen, false, &all).chosen;
+            if a != b && b != Some(4) {
+                moved_elsewhere += 1;
+            }
+        }
+        assert_eq!(moved_elsewhere, 0);
+    }
+
+    #[test]
+    fn all_sick_gives_none_and_ignore_still_answers() {
+        let t = table(10);
+        let sick = |_| false;
+        assert_eq!(t.pick(1, 0, HealthyMode::Chosen, false, &sick).chosen, None);
+        assert!(
+            t.pick(1, 0, HealthyMode::Ignore, false, &sick)
+                .chosen
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn budget_exhaustion_falls_back_consistently() {
+        // One healthy member among 5000: the walk runs out of samples and ranks the rest.
+        let t = table(5000);
+        let only = |m: u32| m == 4321;
+        for k in 0..50 {
+            assert_eq!(
+                t.pick(k, 0, HealthyMode::Chosen, false, &only).chosen,
+                Some(4321)
+            );
+        }
+    }
+}

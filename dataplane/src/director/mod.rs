@@ -1,0 +1,504 @@
+//! Directors: pure selection strategies, no I/O.
+//!
+//! [`Directors::build`] turns a [`Config`] into an immutable set of built directors (rings,
+//! slot tables, member tables), checking references, cycles, weights and slots. A request then
+//! asks [`Directors::select`] for a backend with a [`Key`] and the caller's [`HealthView`];
+//! a member that is a director is resolved recursively, and counts as healthy when any of its
+//! members is.
+//!
+//! Modules: [`key`] (key hashing), [`varnish`] and [`balanced`] (the two shard algorithms),
+//! `shard` (rampup/warmup around them), `round_robin`, `fallback`, `weighted` (random and hash),
+//! `visited` (the walk's seen-set).
+
+pub mod balanced;
+mod fallback;
+pub mod key;
+mod round_robin;
+mod shard;
+pub mod varnish;
+mod visited;
+mod weighted;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use key::{Key, KeySource};
+pub use shard::Algorithm;
+
+use crate::config::{Config, Policy, TargetRef};
+use balanced::SlotTable;
+use fallback::Fallback;
+use round_robin::RoundRobin;
+use shard::{MemberHealth, Shard, Table};
+use varnish::{Ring, RingHost};
+
+/// Index of a backend in [`Config::backends`].
+pub type BackendId = u32;
+/// Index of a director in [`Config::directors`].
+pub type DirectorId = u32;
+
+/// What a director member refers to, once built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A backend.
+    Backend(BackendId),
+    /// A nested director.
+    Director(DirectorId),
+}
+
+/// The shard director's `healthy` parameter (Varnish `CHOSEN | IGNORE | ALL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthyMode {
+    /// Health decides the chosen member; `alt` skips members whatever their health.
+    #[default]
+    Chosen,
+    /// Health is ignored.
+    Ignore,
+    /// Health decides both the chosen member and the ones `alt` skips.
+    All,
+}
+
+/// How the caller sees backend health. Health changes do not rebuild directors.
+pub trait HealthView {
+    /// Whether `backend` may receive requests.
+    fn is_healthy(&self, backend: BackendId) -> bool;
+    /// Time since `backend`'s last health change (for rampup); by default "long ago".
+    fn since_change(&self, _backend: BackendId) -> Duration {
+        Duration::MAX
+    }
+}
+
+/// Per-request selection parameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SelectOpts {
+    /// Which alternate: 0 is the first choice.
+    pub alt: u32,
+    /// Overrides a shard director's configured health mode.
+    pub healthy: Option<HealthyMode>,
+}
+
+/// Why a selection failed (as opposed to finding no healthy backend).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// An integer key above 2^32−1 given to an algorithm that takes 32-bit keys.
+    #[error(
+        "integer key out of range: the varnish shard and hash directors take keys 0..=4294967295"
+    )]
+    KeyOutOfRange,
+}
+
+/// Why a configuration could not be built. `field` is the path inside the director.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Two backends share a name.
+    #[error("backends: name {0:?} is used twice")]
+    DuplicateBackend(String),
+    /// Two directors share a name.
+    #[error("directors: name {0:?} is used twice")]
+    DuplicateDirector(String),
+    /// A member refers to a backend or director that does not exist.
+    #[error("director {director:?}: {field}: no {kind} named {name:?}")]
+    Unknown {
+        /// The director.
+        director: String,
+        /// The member field, as `members[1].backend`.
+        field: String,
+        /// "backend" or "director".
+        kind: &'static str,
+        /// The missing name.
+        name: String,
+    },
+    /// Directors refer to each other in a loop.
+    #[error("directors form a cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// A bad value.
+    #[error("director {director:?}: {field}: {reason}")]
+    Invalid {
+        /// The director.
+        director: String,
+        /// The field, as `members[0].weight`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    target: Target,
+    weight: f64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    RoundRobin(RoundRobin),
+    Fallback(Fallback),
+    Random,
+    Hash,
+    Shard(Box<Shard>),
+}
+
+/// One built director.
+#[derive(Debug)]
+struct Director {
+    name: String,
+    members: Vec<Member>,
+    kind: Kind,
+}
+
+/// An immutable set of built directors.
+#[derive(Debug)]
+pub struct Directors {
+    list: Vec<Director>,
+    by_name: HashMap<String, DirectorId>,
+    backends: Vec<String>,
+}
+
+impl Directors {
+    /// Builds every director of `config`. When `prev` is the set built from the previous
+    /// revision, shard rings of unchanged members are reused (a one-member change does not
+    /// rehash the ring).
+    pub fn build(config: &Config, prev: Option<&Directors>) -> Result<Directors, BuildError> {
+        let mut backend_ids = HashMap::new();
+        for (i, b) in config.backends.iter().enumerate() {
+            if backend_ids
+                .insert(b.name.as_str(), i as BackendId)
+                .is_some()
+            {
+                return Err(BuildError::DuplicateBackend(b.name.clone()));
+            }
+        }
+        let mut by_name = HashMap::new();
+        for (i, d) in config.directors.iter().enumerate() {
+            if by_name.insert(d.name.clone(), i as DirectorId).is_some() {
+                return Err(BuildError::DuplicateDirector(d.name.clone()));
+            }
+        }
+        let mut list = Vec::with_capacity(config.directors.len());
+        for d in &config.directors {
+            let invalid = |field: String, reason: String| BuildError::Invalid {
+                director: d.name.clone(),
+                field,
+                reason,
+            };
+            let mut members = Vec::with_capacity(d.members.len());
+            for (j, m) in d.members.iter().enumerate() {
+                let target = match &m.target {
+                    TargetRef::Backend(n) => {
+                        backend_ids.get(n.as_str()).map(|&b| Target::Backend(b))
+                    }
+                    TargetRef::Director(n) => by_name.get(n).map(|&x| Target::Director(x)),
+                };
+                let Some(target) = target else {
+                    let kind = match m.target {
+                        TargetRef::Backend(_) => "backend",
+                        TargetRef::Director(_) => "director",
+                    };
+                    return Err(BuildError::Unknown {
+                        director: d.name.clone(),
+                        field: format!("members[{j}].{kind}"),
+                        kind,
+                        name: m.target.name().to_owned(),
+                    });
+                };
+                if !m.weight.is_finite() || m.weight < 0.0 {
+                    return Err(invalid(
+                        format!("members[{j}].weight"),
+                        format!("must be a finite number >= 0, got {}", m.weight),
+                    ));
+                }
+                members.push(Member {
+                    target,
+                    weight: m.weight,
+                });
+            }
+            let kind = match &d.policy {
+                Policy::RoundRobin => Kind::RoundRobin(RoundRobin::default()),
+                Policy::Fallback { sticky } => Kind::Fallback(Fallback::new(*sticky)),
+                Policy::Random => Kind::Random,
+                Policy::Hash => Kind::Hash,
+                Policy::Shard(spec) => {
+                    if spec.replicas == 0 {
+                        return Err(invalid(
+                            "shard.replicas".into(),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                    if !(0.0..1.0).contains(&spec.warmup) {
+                        return Err(invalid(
+                            "shard.warmup".into(),
+                            format!("must be in [0, 1), got {}", spec.warmup),
+                        ));
+                    }
+                    let prev_ring = prev
+                        .and_then(|p| p.by_name.get(&d.name).map(|&i| &p.list[i as usize]))
+                        .and_then(|pd| match &pd.kind {
+                            Kind::Shard(s) => match &s.table {
+                                Table::Varnish(r) => Some(r),
+                                Table::Balanced(_) => None,
+                            },
+                            _ => None,
+                        });
+                    let (table, host_member) = match spec.algorithm {
+                        Algorithm::Varnish => {
+                            let (hosts, host_member) = ring_hosts(d, spec.replicas);
+                            (Table::Varnish(Ring::build(hosts, prev_ring)), host_member)
+                        }
+                        Algorithm::Balanced => {
+                            let requested: Vec<Option<u32>> =
+                                d.members.iter().map(|m| m.slot).collect();
+                            let slots = balanced::assign_slots(&requested)
+                                .map_err(|e| invalid("members".into(), e.to_string()))?;
+                            let sw: Vec<(u32, f64)> = slots
+                                .iter()
+                                .zip(&members)
+                                .map(|(&s, m)| (s, m.weight))
+                                .collect();
+                            (
+                                Table::Balanced(SlotTable::build(&sw)),
+                                (0..members.len()).collect(),
+                            )
+                        }
+                    };
+                    let host_rampup = host_member.iter().map(|&m| d.members[m].rampup).collect();
+                    Kind::Shard(Box::new(Shard {
+                        table,
+                        host_member,
+                        healthy: spec.healthy,
+                        rampup: spec.rampup,
+                        warmup: spec.warmup,
+                        host_rampup,
+                    }))
+                }
+            };
+            list.push(Director {
+                name: d.name.clone(),
+                members,
+                kind,
+            });
+        }
+        let set = Directors {
+            list,
+            by_name,
+            backends: config.backends.iter().map(|b| b.name.clone()).collect(),
+        };
+        set.check_cycles()?;
+        Ok(set)
+    }
+
+    /// Rejects director graphs with a cycle, naming it.
+    fn check_cycles(&self) -> Result<(), BuildError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Open,
+            Done,
+        }
+        fn visit(
+            set: &Directors,
+            d: usize,
+            marks: &mut [Mark],
+            path: &mut Vec<usize>,
+        ) -> Result<(), BuildError> {
+            match marks[d] {
+                Mark::Done => return Ok(()),
+                Mark::Open => {
+                    let start = path.iter().position(|&p| p == d).unwrap_or(0);
+                    let mut names: Vec<String> = path[start..]
+                        .iter()
+                        .map(|&p| set.list[p].name.clone())
+                        .collect();
+                    names.push(set.list[d].name.clone());
+                    return Err(BuildError::Cycle(names));
+                }
+                Mark::New => {}
+            }
+            marks[d] = Mark::Open;
+            path.push(d);
+            for m in &set.list[d].members {
+                if let Target::Director(inner) = m.target {
+                    visit(set, inner as usize, marks, path)?;
+                }
+            }
+            path.pop();
+            marks[d] = Mark::Done;
+            Ok(())
+        }
+        let mut marks = vec![Mark::New; self.list.len()];
+        for d in 0..self.list.len() {
+            visit(self, d, &mut marks, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// The director named `name`.
+    pub fn id(&self, name: &str) -> Option<DirectorId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// A director's name.
+    pub fn name(&self, d: DirectorId) -> &str {
+        &self.list[d as usize].name
+    }
+
+    /// A backend's name.
+    pub fn backend_name(&self, b: BackendId) -> &str {
+        &self.backends[b as usize]
+    }
+
+    /// A member target's name.
+    pub fn target_name(&self, t: Target) -> &str {
+        match t {
+            Target::Backend(b) => self.backend_name(b),
+            Target::Director(d) => self.name(d),
+        }
+    }
+
+    /// Whether a target can take requests: a backend per `health`, a director when any of its
+    /// members can.
+    pub fn is_healthy<H: HealthView + ?Sized>(&self, t: Target, health: &H) -> bool {
+        match t {
+            Target::Backend(b) => health.is_healthy(b),
+            Target::Director(d) => self.list[d as usize]
+                .members
+                .iter()
+                .any(|m| self.is_healthy(m.target, health)),
+        }
+    }
+
+    /// The backend director `d` picks for `key`; `Ok(None)` when none is available.
+    pub fn select<H: HealthView + ?Sized>(
+        &self,
+        d: DirectorId,
+        key: &Key<'_>,
+        opts: SelectOpts,
+        health: &H,
+    ) -> Result<Option<BackendId>, SelectError> {
+        let dir = &self.list[d as usize];
+        let n = dir.members.len();
+        let ok = |m: usize| self.is_healthy(dir.members[m].target, health);
+        let member = match &dir.kind {
+            Kind::RoundRobin(rr) => rr.select(n, opts.alt, &ok),
+            Kind::Fallback(f) => f.select(n, opts.alt, &ok),
+            Kind::Random => {
+                let weights = dir.weights();
+                weighted::order(
+                    &weights,
+                    &ok,
+                    &mut || fastrand::f64(),
+                    opts.alt as usize + 1,
+                )
+                .get(opts.alt as usize)
+                .copied()
+            }
+            Kind::Hash => {
+                let r = f64::from(key.h32()?) / 4_294_967_296.0;
+                let weights = dir.weights();
+                if opts.alt == 0 {
+                    weighted::pick(&weights, &ok, r)
+                } else {
+                    weighted::order(&weights, &ok, &mut || r, opts.alt as usize + 1)
+                        .get(opts.alt as usize)
+                        .copied()
+                }
+            }
+            Kind::Shard(s) => {
+                let since = |m: usize| match dir.members[m].target {
+                    Target::Backend(b) => health.since_change(b),
+                    Target::Director(_) => Duration::MAX,
+                };
+                let mh = MemberHealth {
+                    healthy: &ok,
+                    since_change: &since,
+                };
+                s.select(key, opts.alt, opts.healthy, &mh)?
+            }
+        };
+        match member.map(|m| dir.members[m].target) {
+            None => Ok(None),
+            Some(Target::Backend(b)) => Ok(Some(b)),
+            Some(Target::Director(inner)) => self.select(inner, key, SelectOpts::default(), health),
+        }
+    }
+
+    /// Director `d`'s members in the order it would try them for `key`, whatever their health
+    /// (at most `limit`): the ring or slot order for shard, priority or cursor order for
+    /// fallback and round_robin, the pick-and-exclude order for hash and random.
+    pub fn order(
+        &self,
+        d: DirectorId,
+        key: &Key<'_>,
+        limit: usize,
+    ) -> Result<Vec<Target>, SelectError> {
+        let dir = &self.list[d as usize];
+        let n = dir.members.len();
+        let all = |_| true;
+        let members = match &dir.kind {
+            Kind::RoundRobin(rr) => rr.order(n),
+            Kind::Fallback(f) => f.order(n),
+            Kind::Random => weighted::order(&dir.weights(), &all, &mut || fastrand::f64(), limit),
+            Kind::Hash => {
+                let r = f64::from(key.h32()?) / 4_294_967_296.0;
+                weighted::order(&dir.weights(), &all, &mut || r, limit)
+            }
+            Kind::Shard(s) => s.order(key, limit)?,
+        };
+        Ok(members
+            .into_iter()
+            .take(limit)
+            .map(|m| dir.members[m].target)
+            .collect())
+    }
+}
+
+impl Director {
+    fn weights(&self) -> Vec<f64> {
+        self.members.iter().map(|m| m.weight).collect()
+    }
+}
+
+/// The ring hosts of a varnish shard director: members in order, each named by its ident (or
+/// target name), a repeated ident skipped (the first wins, as Varnish's reconfigure does).
+fn ring_hosts(d: &crate::config::DirectorSpec, replicas: u32) -> (Vec<RingHost>, Vec<usize>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut hosts = Vec::new();
+    let mut host_member = Vec::new();
+    for (j, m) in d.members.iter().enumerate() {
+        let ident = m
+            .ident
+            .as_deref()
+            .filter(|i| !i.is_empty())
+            .unwrap_or(m.target.name());
+        if seen.insert(ident.to_owned()) {
+            hosts.push(RingHost::new(ident.to_owned(), replicas, m.weight));
+            host_member.push(j);
+        }
+    }
+    (hosts, host_member)
+}
+
+/// Internal: the outcome of one shard algorithm's walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pick {
+    /// The host picked.
+    pub(crate) chosen: Option<u32>,
+    /// The next healthy host of the same walk, when rampup/warmup asked for it.
+    pub(crate) successor: Option<u32>,
+}
+
+impl Pick {
+    pub(crate) const NONE: Pick = Pick {
+        chosen: None,
+        successor: None,
+    };
+
+    pub(crate) fn only(chosen: Option<u32>) -> Pick {
+        Pick {
+            chosen,
+            successor: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! The shard director: one of two consistent-hash algorithms ([`super::varnish`] or
+//! [`super::balanced`]) plus rampup and warmup.
+//!
+//! Rampup and warmup choose between the chosen member `c` and the next healthy member `a` of
+//! the same walk. Varnish draws a process-local random number for that; Tether derives the
+//! number from the key's hash instead, so every node with the same health view and clock makes
+//! the same choice for the same key, and a key that has moved to a ramping member stays there
+//! as the ramp proceeds.
+
+use std::time::Duration;
+
+use super::balanced::SlotTable;
+use super::key::{Key, unit};
+use super::varnish::Ring;
+use super::{HealthyMode, SelectError};
+
+const RAMPUP_TAG: u64 = 1;
+const WARMUP_TAG: u64 = 2;
+
+/// Which consistent-hash algorithm a shard director uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Varnish 7.1 `directors.shard()`, bit-exact.
+    #[default]
+    Varnish,
+    /// Tether's slot-based algorithm.
+    Balanced,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Table {
+    Varnish(Ring),
+    Balanced(SlotTable),
+}
+
+/// A built shard director. Hosts are its ring hosts (varnish: members with duplicate idents
+/// dropped) or its slotted members (balanced); `host_member` maps them back to members.
+#[derive(Debug, Clone)]
+pub(crate) struct Shard {
+    pub(crate) table: Table,
+    pub(crate) host_member: Vec<usize>,
+    pub(crate) healthy: HealthyMode,
+    pub(crate) rampup: Duration,
+    pub(crate) warmup: f64,
+    /// Per host: rampup overriding the director's.
+    pub(crate) host_rampup: Vec<Option<Duration>>,
+}
+
+/// What the shard director needs to know about its members' health.
+pub(crate) struct MemberHealth<'a> {
+    pub(crate) healthy: &'a dyn Fn(usize) -> bool,
+    pub(crate) since_change: &'a dyn Fn(usize) -> Duration,
+}
+
+impl Shard {
+    /// The member for `key`.
+    pub(crate) fn select(
+        &self,
+        key: &Key<'_>,
+        alt: u32,
+        mode: Option<HealthyMode>,
+        health: &MemberHealth<'_>,
+    ) -> Result<Option<usize>, SelectError> {
+        let mode = mode.unwrap_or(self.healthy);
+        let ramp = self.rampup > Duration::ZERO
+            || self.host_rampup.iter().any(Option::is_some)
+            || self.warmup > 0.0;
+        let host_healthy = |h: u32| (health.healthy)(self.host_member[h as usize]);
+        let (pick, hash) = match &self.table {
+            Table::Varnish(ring) => {
+                let k = key.h32()?;
+                (ring.pick(k, alt, mode, ramp, &host_healthy), u64::from(k))
+            }
+            Table::Balanced(slots) => {
+                let k = key.h64();
+                (slots.pick(k, alt, mode, ramp, &host_healthy), k)
+            }
+        };
+        let Some(c) = pick.chosen else {
+            return Ok(None);
+        };
+        let chosen = match pick.successor {
+            Some(a) => self.ramp_or_warm(c, a, hash, health),
+            None => c,
+        };
+        Ok(Some(self.host_member[chosen as usize]))
+    }
+
+    /// Varnish's rampup/warmup rule (reference §1.6) with a key-derived number in `[0, 1)`.
+    fn ramp_or_warm(&self, c: u32, a: u32, hash: u64, health: &MemberHealth<'_>) -> u32 {
+        let rampup_of = |h: u32| self.host_rampup[h as usize].unwrap_or(self.rampup);
+        let since = |h: u32| (health.since_change)(self.host_member[h as usize]);
+        let (tc, rc) = (since(c), rampup_of(c));
+        if tc < rc {
+            // c is ramping up: P(c) = tc / rc, unless a is ramping too.
+            let (ta, ra) = (since(a), rampup_of(a));
+            if ta < ra || unit(hash, RAMPUP_TAG) * rc.as_secs_f64() < tc.as_secs_f64() {
+                c
+            } else {
+                a
+            }
+        } else if self.warmup == 0.0 || unit(hash, WARMUP_TAG) > self.warmup {
+            c
+        } else {
+            a
+        }
+    }
+
+    /// Members in walk order for `key`, whatever their health.
+    pub(crate) fn order(&self, key: &Key<'_>, limit: usize) -> Result<Vec<usize>, SelectError> {
+        let hosts = match &self.table {
+            Table::Varnish(ring) => ring.order(key.h32()?, limit),
+            Table::Balanced(slots) => slots.order(key.h64(), limit),
+        };
+        Ok(hosts
+            .into_iter()
+            .map(|h| self.host_member[h as usize])
+            .collect())
+    }
+}

@@ -1,0 +1,507 @@
+//! The `varnish` shard algorithm: Varnish 7.1's `directors.shard()` ("VSLP"), bit-exact.
+//!
+//! Spec: `shared/reference/varnish-directors.md` §1. The ring holds `trunc(replicas × weight)`
+//! points per host, each `H32(ident ‖ decimal(j))` for `j = 0…r−1`, sorted by (point, host).
+//! Lookup reproduces Varnish's loop, including its two quirks (no wraparound above the last
+//! point; a two-point ring always answers index 1). A prefix index over the top bits of the
+//! points narrows the search to a few entries without changing the answer.
+//!
+//! Rebuilding after a one-member change reuses the previous ring: surviving hosts keep their
+//! (already sorted) points, only new hosts are hashed, and the two sorted runs are merged.
+
+use std::collections::HashMap;
+
+use super::key::h32;
+use super::visited::Visited;
+use super::{HealthyMode, Pick};
+
+/// One host of the ring, after duplicate idents were dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RingHost {
+    pub(crate) ident: String,
+    /// Ring points of this host: `min(u32::MAX, trunc(replicas × weight))`.
+    pub(crate) replicas: u32,
+}
+
+impl RingHost {
+    /// Varnish's replica count: `trunc(replicas × weight)` for `weight ≥ 1`; a weight below 1
+    /// is ignored (treated as 1).
+    pub(crate) fn new(ident: String, replicas: u32, weight: f64) -> RingHost {
+        let r = if weight >= 1.0 {
+            // `as` saturates at u32::MAX, which is Varnish's cap.
+            (f64::from(replicas) * weight).trunc() as u32
+        } else {
+            replicas
+        };
+        RingHost { ident, replicas: r }
+    }
+}
+
+/// The sorted ring and its index.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    hosts: Vec<RingHost>,
+    /// `point << 32 | host`, sorted ascending: points in order, ties by host index.
+    entries: Vec<u64>,
+    /// `index[b]` = first entry whose point is ≥ `b << shift`; `index[buckets] = len`.
+    index: Vec<u32>,
+    shift: u32,
+    /// Whether two entries share a point value: only then can the exact loop differ from the
+    /// closed form, so only then is it run.
+    has_duplicate_points: bool,
+}
+
+#[inline]
+fn point(e: u64) -> u32 {
+    (e >> 32) as u32
+}
+
+#[inline]
+fn host(e: u64) -> u32 {
+    e as u32
+}
+
+impl Ring {
+    /// Builds the ring of `hosts` (in host-index order), reusing the points of `prev` for hosts
+    /// whose (ident, replicas) it already had.
+    pub(crate) fn build(hosts: Vec<RingHost>, prev: Option<&Ring>) -> Ring {
+        let n = hosts.len();
+        // Varnish caps each host's points so the total fits in u32 (§1.2).
+        let rmax = if n == 0 {
+            0
+        } else {
+            ((u32::MAX - 1) as usize / n) as u32
+        };
+        let mut entries = match prev {
+            Some(p) => Self::reuse(p, &hosts, rmax),
+            None => Vec::new(),
+        };
+        let reused: Vec<bool> = {
+            let mut seen = vec![false; n];
+            for &e in &entries {
+                seen[host(e) as usize] = true;
+            }
+            seen
+        };
+        let mut fresh: Vec<u64> = Vec::new();
+        for (h, rh) in hosts.iter().enumerate() {
+            if reused[h] {
+                continue;
+            }
+            let mut buf = itoa_buf();
+            for j in 0..rh.replicas.min(rmax) {
+                let p = h32(&[rh.ident.as_bytes(), decimal(j, &mut buf)]);
+                fresh.push(u64::from(p) << 32 | h as u64);
+            }
+        }
+        fresh.sort_unstable();
+        if entries.is_empty() {
+            entries = fresh;
+        } else if !fresh.is_empty() {
+            entries = merge(&entries, &fresh);
+        }
+        let has_duplicate_points = entries.windows(2).any(|w| point(w[0]) == point(w[1]));
+        let (index, shift) = build_index(&entries);
+        Ring {
+            hosts,
+            entries,
+            index,
+            shift,
+            has_duplicate_points,
+        }
+    }
+
+    /// The previous ring's entries for hosts that survive unchanged, renumbered to their new
+    /// host index and still sorted by (point, host).
+    fn reuse(prev: &Ring, hosts: &[RingHost], rmax: u32) -> Vec<u64> {
+        let by_host: HashMap<&RingHost, u32> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h, i as u32))
+            .collect();
+        let prev_rmax = if prev.hosts.is_empty() {
+            0
+        } else {
+            ((u32::MAX - 1) as usize / prev.hosts.len()) as u32
+        };
+        // old host index -> new host index, for hosts whose point set is unchanged.
+        let remap: Vec<Option<u32>> = prev
+            .hosts
+            .iter()
+            .map(|h| {
+                let same_points = h.replicas.min(prev_rmax) == h.replicas.min(rmax);
+                by_host.get(h).copied().filter(|_| same_points)
+            })
+            .collect();
+        if remap.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        let monotone = remap
+            .iter()
+            .flatten()
+            .try_fold(None::<u32>, |last, &i| match last {
+                Some(l) if l >= i => Err(()),
+                _ => Ok(Some(i)),
+            })
+            .is_ok();
+        let mut out: Vec<u64> = prev
+            .entries
+            .iter()
+            .filter_map(|&e| remap[host(e) as usize].map(|h| e & !0xffff_ffff | u64::from(h)))
+            .collect();
+        if !monotone {
+            // Hosts were reordered: ties between equal points may now sort differently.
+            out.sort_unstable();
+        }
+        out
+    }
+
+    /// Total ring points.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The ring index Varnish starts its walk at for `key` (`shard_lookup`).
+    pub(crate) fn lookup(&self, key: u32) -> usize {
+        let n = self.entries.len();
+        match n {
+            0 | 1 => 0,
+            2 => 1,
+            _ => {
+                let b = (key >> self.shift) as usize;
+                let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+                let idx = lo + self.entries[lo..hi].partition_point(|&e| point(e) < key);
+                let idx = idx.min(n - 1);
+                if self.has_duplicate_points && point(self.entries[idx]) == key {
+                    self.lookup_loop(key)
+                } else {
+                    idx
+                }
+            }
+        }
+    }
+
+    /// Varnish's binary search exactly as written; it differs from the closed form only when
+    /// the key equals a point that occurs more than once.
+    pub(crate) fn lookup_loop(&self, key: u32) -> usize {
+        let n = self.entries.len();
+        let (mut lo, mut hi) = (0usize, n);
+        loop {
+            let i = (lo + hi) / 2;
+            let p = point(self.entries[i]);
+            if p == key {
+                return i;
+            } else if i == n - 1 {
+                return n - 1;
+            } else if p < key && point(self.entries[i + 1]) >= key {
+                return i + 1;
+            } else if p > key {
+                if i == 0 {
+                    return 0;
+                }
+                hi = i;
+            } else {
+                lo = i;
+            }
+        }
+    }
+
+    /// Varnish's `sharddir_pick_be` without rampup/warmup: the host for `key`, and when
+    /// `successor` is asked for, the next healthy host of the same walk (for rampup/warmup).
+    pub(crate) fn pick(
+        &self,
+        key: u32,
+        alt: u32,
+        mode: HealthyMode,
+        successor: bool,
+        healthy: &dyn Fn(u32) -> bool,
+    ) -> Pick {
+        let n_hosts = self.hosts.len();
+        if n_hosts == 0 || self.entries.is_empty() {
+            return Pick::NONE;
+        }
+        // Varnish clamps alt into [0, n-1].
+        let alt = alt.min(n_hosts as u32 - 1);
+        let mut w = Walk {
+            ring: self,
+            idx: self.lookup(key),
+            picked: Visited::new(),
+            prev: None,
+            last: None,
+            healthy,
+        };
+        if alt > 0
+            && w.step(i64::from(alt) - 1, mode == HealthyMode::All)
+                .is_none()
+        {
+            return Pick::only(w.prev);
+        }
+        let Some(chosen) = w.step(0, mode != HealthyMode::Ignore) else {
+            return Pick::only(w.prev);
+        };
+        let next = if successor && alt == 0 && mode != HealthyMode::Ignore {
+            w.step(0, true)
+        } else {
+            None
+        };
+        Pick {
+            chosen: Some(chosen),
+            successor: next,
+        }
+    }
+
+    /// Hosts in walk order from `key`, whatever their health: what `alt=0,1,…` reach with
+    /// `healthy=IGNORE`.
+    pub(crate) fn order(&self, key: u32, limit: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        if self.entries.is_empty() {
+            return out;
+        }
+        let mut seen = Visited::new();
+        let mut idx = self.lookup(key);
+        let limit = limit.min(self.hosts.len());
+        while out.len() < limit {
+            let h = host(self.entries[idx]);
+            if seen.insert(h) {
+                out.push(h);
+            }
+            idx = (idx + 1) % self.entries.len();
+        }
+        out
+    }
+}
+
+/// One walk around the ring (Varnish's `shard_state`).
+struct Walk<'r> {
+    ring: &'r Ring,
+    idx: usize,
+    picked: Visited,
+    prev: Option<u32>,
+    last: Option<u32>,
+    healthy: &'r dyn Fn(u32) -> bool,
+}
+
+impl Walk<'_> {
+    /// Varnish's `shard_next`: skips `skip` distinct hosts (healthy ones, and sick ones too
+    /// unless `need_healthy`), returns the next one, and records `prev`/`last` as Varnish does.
+    fn step(&mut self, mut skip: i64, need_healthy: bool) -> Option<u32> {
+        let n_hosts = self.ring.hosts.len();
+        let n_points = self.ring.entries.len();
+        while self.picked.len() < n_hosts && skip >= 0 {
+            let c = host(self.ring.entries[self.idx]);
+            if self.picked.insert(c) {
+                let mut chosen = false;
+                if (self.healthy)(c) {
+                    if skip == 0 {
+                        chosen = true;
+                    } else {
+                        self.prev = Some(c);
+                    }
+                    skip -= 1;
+                } else if !need_healthy {
+                    chosen = skip == 0;
+                    skip -= 1;
+                }
+                if chosen {
+                    if let Some(l) = self.last {
+                        self.prev = Some(l);
+                    }
+                    self.last = Some(c);
+                    // Varnish returns without advancing idx.
+                    return Some(c);
+                }
+            }
+            self.idx += 1;
+            if self.idx == n_points {
+                self.idx = 0;
+            }
+        }
+        None
+    }
+}
+
+/// Merges two sorted runs.
+fn merge(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// A prefix index with about one bucket per point (at most 2^20 buckets).
+fn build_index(entries: &[u64]) -> (Vec<u32>, u32) {
+    let bits = (usize::BITS - entries.len().max(1).leading_zeros()).clamp(4, 20);
+    let shift = 32 - bits;
+    let buckets = 1usize << bits;
+    let mut index = Vec::with_capacity(buckets + 1);
+    let mut e = 0usize;
+    for b in 0..buckets {
+        while e < entries.len() && ((point(entries[e]) >> shift) as usize) < b {
+            e += 1;
+        }
+        index.push(e as u32);
+    }
+    index.push(entries.len() as u32);
+    (index, shift)
+}
+
+/// Scratch space for formatting replica numbers without allocating.
+fn itoa_buf() -> [u8; 10] {
+    [0; 10]
+}
+
+/// The ASCII decimal of `j` (Varnish's `"%d"`), written into `buf`.
+fn decimal(mut j: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (j % 10) as u8;
+        j /= 10;
+        if j == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(idents: &[&str], replicas: u32) -> Ring {
+        let hosts = idents
+            .iter()
+            .map(|i| RingHost::new((*i).to_owned(), replicas, 1.0))
+            .collect();
+        Ring::build(hosts, None)
+    }
+
+    #[test]
+    fn decimal_matches_format() {
+        let mut b = itoa_buf();
+        for j in [0, 7, 10, 66, 12345, u32::MAX] {
+            assert_eq!(decimal(j, &mut b), j.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn replicas_follow_varnish_weight_rules() {
+        assert_eq!(RingHost::new("a".into(), 67, 1.5).replicas, 100);
+        assert_eq!(RingHost::new("a".into(), 67, 2.7).replicas, 180);
+        assert_eq!(RingHost::new("a".into(), 67, 0.5).replicas, 67);
+        assert_eq!(RingHost::new("a".into(), 67, 1e12).replicas, u32::MAX);
+    }
+
+    #[test]
+    fn points_are_h32_of_ident_and_zero_based_suffix() {
+        let r = ring(&["b0"], 3);
+        let mut want: Vec<u32> = ["b00", "b01", "b02"]
+            .iter()
+            .map(|s| h32(&[s.as_bytes()]))
+            .collect();
+        want.sort_unstable();
+        let got: Vec<u32> = r.entries.iter().map(|&e| point(e)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn indexed_lookup_equals_the_varnish_loop() {
+        let r = ring(&["a", "b", "c", "d", "e"], 67);
+        let mut keys = vec![0u32, 1, u32::MAX, u32::MAX - 1];
+        keys.extend(r.entries.iter().map(|&e| point(e)));
+        keys.extend(r.entries.iter().map(|&e| point(e).wrapping_add(1)));
+        keys.extend(r.entries.iter().map(|&e| point(e).wrapping_sub(1)));
+        let mut x = 0x1234_5678u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            keys.push(x);
+        }
+        for k in keys {
+            assert_eq!(r.lookup(k), r.lookup_loop(k), "key {k}");
+        }
+    }
+
+    #[test]
+    fn no_wraparound_above_the_last_point() {
+        let r = ring(&["a", "b", "c"], 5);
+        let n = r.len();
+        let max = point(r.entries[n - 1]);
+        if max < u32::MAX {
+            assert_eq!(r.lookup(max + 1), n - 1);
+        }
+        assert_eq!(r.lookup(u32::MAX), n - 1);
+        assert_eq!(r.lookup(0), 0);
+    }
+
+    #[test]
+    fn two_point_ring_always_answers_index_one() {
+        let r = ring(&["a", "b"], 1);
+        for k in [0, 1, 1 << 31, u32::MAX] {
+            assert_eq!(r.lookup(k), 1);
+            assert_eq!(r.lookup_loop(k), 1);
+        }
+    }
+
+    #[test]
+    fn duplicate_points_take_the_loop_answer() {
+        // Two hosts with the same ident-less point set: build entries by hand.
+        let hosts = vec![
+            RingHost::new("x".into(), 1, 1.0),
+            RingHost::new("y".into(), 1, 1.0),
+            RingHost::new("z".into(), 1, 1.0),
+        ];
+        let mut r = Ring::build(hosts, None);
+        r.entries = vec![10u64 << 32, 20u64 << 32 | 1, 20u64 << 32 | 2, 30u64 << 32];
+        r.has_duplicate_points = true;
+        let (index, shift) = build_index(&r.entries);
+        r.index = index;
+        r.shift = shift;
+        for k in [0, 10, 15, 20, 25, 30, 31] {
+            assert_eq!(r.lookup(k), r.lookup_loop(k), "key {k}");
+        }
+    }
+
+    #[test]
+    fn incremental_rebuild_equals_a_fresh_build() {
+        let names: Vec<String> = (0..50).map(|i| format!("backend-{i}")).collect();
+        let hosts = |skip: Option<usize>, extra: Option<&str>| -> Vec<RingHost> {
+            let mut v: Vec<RingHost> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != skip)
+                .map(|(_, n)| RingHost::new(n.clone(), 67, 1.0))
+                .collect();
+            if let Some(e) = extra {
+                v.push(RingHost::new(e.to_owned(), 67, 2.0));
+            }
+            v
+        };
+        let base = Ring::build(hosts(None, None), None);
+        for (skip, extra) in [(Some(7), None), (None, Some("new")), (Some(0), Some("n2"))] {
+            let fresh = Ring::build(hosts(skip, extra), None);
+            let inc = Ring::build(hosts(skip, extra), Some(&base));
+            assert_eq!(inc.entries, fresh.entries);
+            assert_eq!(inc.index, fresh.index);
+        }
+        // Reordered hosts: ties may sort differently, so the rebuild re-sorts.
+        let mut rev = hosts(None, None);
+        rev.reverse();
+        assert_eq!(
+            Ring::build(rev.clone(), Some(&base)).entries,
+            Ring::build(rev, None).entries
+        );
+    }
+}

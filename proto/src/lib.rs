@@ -1,0 +1,18 @@
+//! tether.v1: the protobuf resources and where they live in etcd.
+//!
+//! Modules:
+//! - [`v1`]: the generated `tether.v1` messages (Backend, Probe, Director, Route), compiled
+//!   from `proto/tether/v1/*.proto` by `build.rs` with protox, so no `protoc` is needed.
+//! - [`keys`]: the etcd key layout of `shared/DESIGN.md` §4, the one place that turns a
+//!   resource kind and name into a key and back.
+//!
+//! Data flow: the control plane encodes these messages into etcd values under [`keys`]; the
+//! data plane decodes them and converts them into its own validated domain types.
+
+pub mod keys;
+
+/// Generated `tether.v1` messages.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/tether.v1.rs"));
+}

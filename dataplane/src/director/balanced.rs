@@ -20,9 +20,12 @@
 //! weights equal the scale (the usual case) nothing is drawn. Because every sample is uniform
 //! and acceptance independent, a member's expected share is exactly `weight / Σ weight`.
 //!
-//! Termination: after [`SAMPLE_BUDGET`] samples without an answer (almost every member sick or
-//! tiny weights), the walk ranks the remaining eligible members by weighted rendezvous hashing,
-//! which keeps every property above.
+//! Termination: after a budget of samples without an answer (256 times the expected samples per
+//! hit, so only when almost every member is sick), the walk ranks the remaining eligible members
+//! by weighted rendezvous hashing, deterministically.
+//!
+//! Density: a lookup draws `capacity / members` samples per hit on average, so slots should
+//! stay dense; the control plane gives a new member the lowest free slot.
 
 use super::key::fmix64;
 use super::visited::Visited;
@@ -32,8 +35,12 @@ use super::{HealthyMode, Pick};
 const EMPTY: u32 = u32::MAX;
 /// Largest slot number accepted (one million members per director).
 pub const MAX_SLOT: u32 = (1 << 20) - 1;
-/// Samples drawn before the walk falls back to rendezvous ranking.
-const SAMPLE_BUDGET: u32 = 1024;
+/// Samples per expected hit that a walk may draw before it falls back to rendezvous ranking:
+/// a walk reaching its fourth alternate with every member healthy exhausts it with probability
+/// far below e^-64.
+const BUDGET_PER_HIT: f64 = 256.0;
+/// The least budget, for small tables.
+const MIN_BUDGET: u64 = 1024;
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 const SEED_SALT: u64 = 0x5157_a7d3_c9e2_10b5;
@@ -111,6 +118,8 @@ pub(crate) struct SlotTable {
     accept: Option<Vec<u64>>,
     /// Per member: (slot, weight), for the rendezvous fallback.
     members: Vec<(u32, f64)>,
+    /// Samples a walk may draw before falling back to rendezvous.
+    budget: u64,
 }
 
 impl SlotTable {
@@ -135,11 +144,19 @@ impl SlotTable {
             }
             Some(t)
         };
+        // Expected samples per accepted hit: capacity over the summed acceptance probabilities.
+        let acceptance: f64 = members.iter().map(|m| m.1 / scale).sum();
+        let per_hit = if acceptance > 0.0 {
+            capacity as f64 / acceptance
+        } else {
+            1.0
+        };
         SlotTable {
             level,
             slot_member,
             accept,
             members: members.to_vec(),
+            budget: ((BUDGET_PER_HIT * per_hit) as u64).max(MIN_BUDGET),
         }
     }
 
@@ -224,7 +241,7 @@ struct Walk<'t> {
     seed: u64,
     /// Samples drawn so far at each level.
     counters: [u32; 33],
-    samples: u32,
+    samples: u64,
     visited: Visited,
 }
 
@@ -252,7 +269,7 @@ impl Walk<'_> {
     fn next(&mut self, need_healthy: bool, healthy: &dyn Fn(u32) -> bool) -> Option<u32> {
         let t = self.table;
         while self.visited.len() < t.members.len() {
-            if self.samples >= SAMPLE_BUDGET {
+            if self.samples >= t.budget {
                 return self.rendezvous(need_healthy, healthy);
             }
             self.samples += 1;

@@ -66,12 +66,7 @@ impl Ring {
     /// whose (ident, replicas) it already had.
     pub(crate) fn build(hosts: Vec<RingHost>, prev: Option<&Ring>) -> Ring {
         let n = hosts.len();
-        // Varnish caps each host's points so the total fits in u32 (§1.2).
-        let rmax = if n == 0 {
-            0
-        } else {
-            ((u32::MAX - 1) as usize / n) as u32
-        };
+        let rmax = rmax(n);
         let mut entries = match prev {
             Some(p) => Self::reuse(p, &hosts, rmax),
             None => Vec::new(),
@@ -113,23 +108,19 @@ impl Ring {
 
     /// The previous ring's entries for hosts that survive unchanged, renumbered to their new
     /// host index and still sorted by (point, host).
-    fn reuse(prev: &Ring, hosts: &[RingHost], rmax: u32) -> Vec<u64> {
+    fn reuse(prev: &Ring, hosts: &[RingHost], new_rmax: u32) -> Vec<u64> {
         let by_host: HashMap<&RingHost, u32> = hosts
             .iter()
             .enumerate()
             .map(|(i, h)| (h, i as u32))
             .collect();
-        let prev_rmax = if prev.hosts.is_empty() {
-            0
-        } else {
-            ((u32::MAX - 1) as usize / prev.hosts.len()) as u32
-        };
+        let prev_rmax = rmax(prev.hosts.len());
         // old host index -> new host index, for hosts whose point set is unchanged.
         let remap: Vec<Option<u32>> = prev
             .hosts
             .iter()
             .map(|h| {
-                let same_points = h.replicas.min(prev_rmax) == h.replicas.min(rmax);
+                let same_points = h.replicas.min(prev_rmax) == h.replicas.min(new_rmax);
                 by_host.get(h).copied().filter(|_| same_points)
             })
             .collect();
@@ -319,6 +310,11 @@ impl Walk<'_> {
         }
         None
     }
+}
+
+/// Varnish caps each host's points so that the total fits in u32 (§1.2).
+fn rmax(n_hosts: usize) -> u32 {
+    ((u32::MAX - 1) as usize).checked_div(n_hosts).unwrap_or(0) as u32
 }
 
 /// Merges two sorted runs.

@@ -6,7 +6,7 @@
 //!   `varnish` shard algorithm and the `hash` director;
 //! - [`Key::h64`]: xxh3-64, used by the `balanced` shard algorithm.
 
-use std::cell::OnceCell;
+use std::cell::Cell;
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
@@ -40,8 +40,9 @@ pub enum KeySource<'a> {
 #[derive(Debug, Clone)]
 pub struct Key<'a> {
     source: KeySource<'a>,
-    h32: OnceCell<Option<u32>>,
-    h64: OnceCell<u64>,
+    // `Cell<Option<_>>` rather than `OnceCell`: the cached read inlines into the lookup.
+    h32: Cell<Option<Option<u32>>>,
+    h64: Cell<Option<u64>>,
 }
 
 impl<'a> Key<'a> {
@@ -49,8 +50,8 @@ impl<'a> Key<'a> {
     pub fn new(source: KeySource<'a>) -> Key<'a> {
         Key {
             source,
-            h32: OnceCell::new(),
-            h64: OnceCell::new(),
+            h32: Cell::new(None),
+            h64: Cell::new(None),
         }
     }
 
@@ -77,26 +78,40 @@ impl<'a> Key<'a> {
     /// The 32-bit Varnish key: `H32(string)`, an integer as given (it must fit in 32 bits, as
     /// Varnish's `by=KEY` requires), or `H32` of the address in its usual text form (what
     /// `shard.key(client.ip)` hashes).
+    #[inline]
     pub fn h32(&self) -> Result<u32, SelectError> {
-        let v = *self.h32.get_or_init(|| match self.source {
-            KeySource::Bytes(b) => Some(h32(&[b])),
-            KeySource::Int(v) => u32::try_from(v).ok(),
-            KeySource::Ip(ip) => Some(h32(&[canonical_ip(ip).to_string().as_bytes()])),
-        });
+        let v = match self.h32.get() {
+            Some(v) => v,
+            None => {
+                let v = match self.source {
+                    KeySource::Bytes(b) => Some(h32(&[b])),
+                    KeySource::Int(v) => u32::try_from(v).ok(),
+                    KeySource::Ip(ip) => Some(h32(&[canonical_ip(ip).to_string().as_bytes()])),
+                };
+                self.h32.set(Some(v));
+                v
+            }
+        };
         v.ok_or(SelectError::KeyOutOfRange)
     }
 
     /// The 64-bit key of the balanced algorithm: xxh3-64 of the string, the integer as given,
     /// or xxh3-64 of the address octets (IPv4-mapped IPv6 counts as IPv4).
+    #[inline]
     pub fn h64(&self) -> u64 {
-        *self.h64.get_or_init(|| match self.source {
+        if let Some(v) = self.h64.get() {
+            return v;
+        }
+        let v = match self.source {
             KeySource::Bytes(b) => xxh3_64(b),
             KeySource::Int(v) => v,
             KeySource::Ip(ip) => match canonical_ip(ip) {
                 IpAddr::V4(v4) => xxh3_64(&v4.octets()),
                 IpAddr::V6(v6) => xxh3_64(&v6.octets()),
             },
-        })
+        };
+        self.h64.set(Some(v));
+        v
     }
 }
 

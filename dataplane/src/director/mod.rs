@@ -19,8 +19,9 @@ pub mod varnish;
 mod visited;
 mod weighted;
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use key::{Key, KeySource};
 pub use shard::Algorithm;
@@ -143,14 +144,19 @@ enum Kind {
 struct Director {
     name: String,
     members: Vec<Member>,
+    /// Per member: its backend id, or [`NOT_A_BACKEND`] for a nested director. A dense copy of
+    /// `members[m].target`, so that the health check in a lookup is one small load.
+    backend_of: Vec<BackendId>,
     kind: Kind,
 }
+
+const NOT_A_BACKEND: BackendId = BackendId::MAX;
 
 /// An immutable set of built directors.
 #[derive(Debug)]
 pub struct Directors {
     list: Vec<Director>,
-    by_name: HashMap<String, DirectorId>,
+    by_name: FxHashMap<String, DirectorId>,
     backends: Vec<String>,
 }
 
@@ -159,7 +165,7 @@ impl Directors {
     /// revision, shard rings of unchanged members are reused (a one-member change does not
     /// rehash the ring).
     pub fn build(config: &Config, prev: Option<&Directors>) -> Result<Directors, BuildError> {
-        let mut backend_ids = HashMap::new();
+        let mut backend_ids = FxHashMap::default();
         for (i, b) in config.backends.iter().enumerate() {
             if backend_ids
                 .insert(b.name.as_str(), i as BackendId)
@@ -168,7 +174,7 @@ impl Directors {
                 return Err(BuildError::DuplicateBackend(b.name.clone()));
             }
         }
-        let mut by_name = HashMap::new();
+        let mut by_name = FxHashMap::default();
         for (i, d) in config.directors.iter().enumerate() {
             if by_name.insert(d.name.clone(), i as DirectorId).is_some() {
                 return Err(BuildError::DuplicateDirector(d.name.clone()));
@@ -260,8 +266,14 @@ impl Directors {
                             )
                         }
                     };
-                    let host_rampup = host_member.iter().map(|&m| d.members[m].rampup).collect();
+                    let host_rampup: Vec<_> = match spec.algorithm {
+                        Algorithm::Varnish => {
+                            host_member.iter().map(|&m| d.members[m].rampup).collect()
+                        }
+                        Algorithm::Balanced => d.members.iter().map(|m| m.rampup).collect(),
+                    };
                     Kind::Shard(Box::new(Shard {
+                        ramps: Shard::ramps(spec.rampup, spec.warmup, &host_rampup),
                         table,
                         host_member,
                         healthy: spec.healthy,
@@ -271,9 +283,17 @@ impl Directors {
                     }))
                 }
             };
+            let backend_of = members
+                .iter()
+                .map(|m| match m.target {
+                    Target::Backend(b) => b,
+                    Target::Director(_) => NOT_A_BACKEND,
+                })
+                .collect();
             list.push(Director {
                 name: d.name.clone(),
                 members,
+                backend_of,
                 kind,
             });
         }
@@ -356,14 +376,21 @@ impl Directors {
 
     /// Whether a target can take requests: a backend per `health`, a director when any of its
     /// members can.
+    #[inline]
     pub fn is_healthy<H: HealthView + ?Sized>(&self, t: Target, health: &H) -> bool {
         match t {
             Target::Backend(b) => health.is_healthy(b),
-            Target::Director(d) => self.list[d as usize]
-                .members
-                .iter()
-                .any(|m| self.is_healthy(m.target, health)),
+            Target::Director(d) => self.director_healthy(d, health),
         }
+    }
+
+    /// Out of line: recursion here would keep every backend health check from inlining.
+    #[inline(never)]
+    fn director_healthy<H: HealthView + ?Sized>(&self, d: DirectorId, health: &H) -> bool {
+        self.list[d as usize]
+            .members
+            .iter()
+            .any(|m| self.is_healthy(m.target, health))
     }
 
     /// The backend director `d` picks for `key`; `Ok(None)` when none is available.
@@ -376,7 +403,10 @@ impl Directors {
     ) -> Result<Option<BackendId>, SelectError> {
         let dir = &self.list[d as usize];
         let n = dir.members.len();
-        let ok = |m: usize| self.is_healthy(dir.members[m].target, health);
+        let ok = |m: usize| match dir.backend_of[m] {
+            NOT_A_BACKEND => self.is_healthy(dir.members[m].target, health),
+            b => health.is_healthy(b),
+        };
         let member = match &dir.kind {
             Kind::RoundRobin(rr) => rr.select(n, opts.alt, &ok),
             Kind::Fallback(f) => f.select(n, opts.alt, &ok),
@@ -460,7 +490,7 @@ impl Director {
 /// The ring hosts of a varnish shard director: members in order, each named by its ident (or
 /// target name), a repeated ident skipped (the first wins, as Varnish's reconfigure does).
 fn ring_hosts(d: &crate::config::DirectorSpec, replicas: u32) -> (Vec<RingHost>, Vec<usize>) {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = FxHashSet::default();
     let mut hosts = Vec::new();
     let mut host_member = Vec::new();
     for (j, m) in d.members.iter().enumerate() {
@@ -469,7 +499,7 @@ fn ring_hosts(d: &crate::config::DirectorSpec, replicas: u32) -> (Vec<RingHost>,
             .as_deref()
             .filter(|i| !i.is_empty())
             .unwrap_or(m.target.name());
-        if seen.insert(ident.to_owned()) {
+        if seen.insert(ident) {
             hosts.push(RingHost::new(ident.to_owned(), replicas, m.weight));
             host_member.push(j);
         }

@@ -34,7 +34,8 @@ pub(crate) enum Table {
 }
 
 /// A built shard director. Hosts are its ring hosts (varnish: members with duplicate idents
-/// dropped) or its slotted members (balanced); `host_member` maps them back to members.
+/// dropped; `host_member` maps them back to members) or its members themselves (balanced,
+/// where `host_member` is empty).
 #[derive(Debug, Clone)]
 pub(crate) struct Shard {
     pub(crate) table: Table,
@@ -44,36 +45,46 @@ pub(crate) struct Shard {
     pub(crate) warmup: f64,
     /// Per host: rampup overriding the director's.
     pub(crate) host_rampup: Vec<Option<Duration>>,
+    /// Whether rampup or warmup can apply at all (computed once, not per request).
+    pub(crate) ramps: bool,
 }
 
-/// What the shard director needs to know about its members' health.
-pub(crate) struct MemberHealth<'a> {
-    pub(crate) healthy: &'a dyn Fn(usize) -> bool,
-    pub(crate) since_change: &'a dyn Fn(usize) -> Duration,
+/// What the shard director needs to know about its members' health (generic, so that the
+/// checks inline into the walk).
+pub(crate) struct MemberHealth<'a, H, S> {
+    pub(crate) healthy: &'a H,
+    pub(crate) since_change: &'a S,
 }
 
 impl Shard {
+    /// Whether any rampup or warmup is configured.
+    pub(crate) fn ramps(rampup: Duration, warmup: f64, host_rampup: &[Option<Duration>]) -> bool {
+        rampup > Duration::ZERO
+            || warmup > 0.0
+            || host_rampup.iter().flatten().any(|r| *r > Duration::ZERO)
+    }
+
     /// The member for `key`.
-    pub(crate) fn select(
+    #[inline]
+    pub(crate) fn select<H: Fn(usize) -> bool, S: Fn(usize) -> Duration>(
         &self,
         key: &Key<'_>,
         alt: u32,
         mode: Option<HealthyMode>,
-        health: &MemberHealth<'_>,
+        health: &MemberHealth<'_, H, S>,
     ) -> Result<Option<usize>, SelectError> {
         let mode = mode.unwrap_or(self.healthy);
-        let ramp = self.rampup > Duration::ZERO
-            || self.host_rampup.iter().any(Option::is_some)
-            || self.warmup > 0.0;
-        let host_healthy = |h: u32| (health.healthy)(self.host_member[h as usize]);
+        let ramp = self.ramps;
         let (pick, hash) = match &self.table {
             Table::Varnish(ring) => {
                 let k = key.h32()?;
+                let host_healthy = |h: u32| (health.healthy)(self.host_member[h as usize]);
                 (ring.pick(k, alt, mode, ramp, &host_healthy), u64::from(k))
             }
             Table::Balanced(slots) => {
                 let k = key.h64();
-                (slots.pick(k, alt, mode, ramp, &host_healthy), k)
+                let member_healthy = |m: u32| (health.healthy)(m as usize);
+                (slots.pick(k, alt, mode, ramp, &member_healthy), k)
             }
         };
         let Some(c) = pick.chosen else {
@@ -83,13 +94,28 @@ impl Shard {
             Some(a) => self.ramp_or_warm(c, a, hash, health),
             None => c,
         };
-        Ok(Some(self.host_member[chosen as usize]))
+        Ok(Some(self.member(chosen)))
+    }
+
+    /// The member index of host `h`.
+    #[inline]
+    fn member(&self, h: u32) -> usize {
+        match self.table {
+            Table::Varnish(_) => self.host_member[h as usize],
+            Table::Balanced(_) => h as usize,
+        }
     }
 
     /// Varnish's rampup/warmup rule (reference §1.6) with a key-derived number in `[0, 1)`.
-    fn ramp_or_warm(&self, c: u32, a: u32, hash: u64, health: &MemberHealth<'_>) -> u32 {
+    fn ramp_or_warm<H: Fn(usize) -> bool, S: Fn(usize) -> Duration>(
+        &self,
+        c: u32,
+        a: u32,
+        hash: u64,
+        health: &MemberHealth<'_, H, S>,
+    ) -> u32 {
         let rampup_of = |h: u32| self.host_rampup[h as usize].unwrap_or(self.rampup);
-        let since = |h: u32| (health.since_change)(self.host_member[h as usize]);
+        let since = |h: u32| (health.since_change)(self.member(h));
         let (tc, rc) = (since(c), rampup_of(c));
         if tc < rc {
             // c is ramping up: P(c) = tc / rc, unless a is ramping too.
@@ -112,9 +138,6 @@ impl Shard {
             Table::Varnish(ring) => ring.order(key.h32()?, limit),
             Table::Balanced(slots) => slots.order(key.h64(), limit),
         };
-        Ok(hosts
-            .into_iter()
-            .map(|h| self.host_member[h as usize])
-            .collect())
+        Ok(hosts.into_iter().map(|h| self.member(h)).collect())
     }
 }

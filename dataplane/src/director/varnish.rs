@@ -9,7 +9,7 @@
 //! Rebuilding after a one-member change reuses the previous ring: surviving hosts keep their
 //! (already sorted) points, only new hosts are hashed, and the two sorted runs are merged.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::key::h32;
 use super::visited::Visited;
@@ -67,34 +67,32 @@ impl Ring {
     pub(crate) fn build(hosts: Vec<RingHost>, prev: Option<&Ring>) -> Ring {
         let n = hosts.len();
         let rmax = rmax(n);
-        let mut entries = match prev {
-            Some(p) => Self::reuse(p, &hosts, rmax),
-            None => Vec::new(),
-        };
-        let reused: Vec<bool> = {
-            let mut seen = vec![false; n];
-            for &e in &entries {
-                seen[host(e) as usize] = true;
-            }
-            seen
-        };
+        // old host index -> new host index, for hosts whose point set is unchanged.
+        let remap = prev
+            .map(|p| Self::remap(p, &hosts, rmax))
+            .unwrap_or_default();
+        let mut reused = vec![false; n];
+        for &h in remap.iter().flatten() {
+            reused[h as usize] = true;
+        }
         let mut fresh: Vec<u64> = Vec::new();
+        let mut buf = [0u8; 10];
         for (h, rh) in hosts.iter().enumerate() {
             if reused[h] {
                 continue;
             }
-            let mut buf = itoa_buf();
             for j in 0..rh.replicas.min(rmax) {
                 let p = h32(&[rh.ident.as_bytes(), decimal(j, &mut buf)]);
                 fresh.push(u64::from(p) << 32 | h as u64);
             }
         }
         fresh.sort_unstable();
-        if entries.is_empty() {
-            entries = fresh;
-        } else if !fresh.is_empty() {
-            entries = merge(&entries, &fresh);
-        }
+        let entries = match prev {
+            Some(p) if remap.iter().any(Option::is_some) => {
+                merge_reused(&p.entries, &remap, &fresh)
+            }
+            _ => fresh,
+        };
         let has_duplicate_points = entries.windows(2).any(|w| point(w[0]) == point(w[1]));
         let (index, shift) = build_index(&entries);
         Ring {
@@ -106,45 +104,21 @@ impl Ring {
         }
     }
 
-    /// The previous ring's entries for hosts that survive unchanged, renumbered to their new
-    /// host index and still sorted by (point, host).
-    fn reuse(prev: &Ring, hosts: &[RingHost], new_rmax: u32) -> Vec<u64> {
-        let by_host: HashMap<&RingHost, u32> = hosts
+    /// For each host of `prev`: its index among `hosts` if its ring points are unchanged.
+    fn remap(prev: &Ring, hosts: &[RingHost], new_rmax: u32) -> Vec<Option<u32>> {
+        let by_host: FxHashMap<&RingHost, u32> = hosts
             .iter()
             .enumerate()
             .map(|(i, h)| (h, i as u32))
             .collect();
         let prev_rmax = rmax(prev.hosts.len());
-        // old host index -> new host index, for hosts whose point set is unchanged.
-        let remap: Vec<Option<u32>> = prev
-            .hosts
+        prev.hosts
             .iter()
             .map(|h| {
                 let same_points = h.replicas.min(prev_rmax) == h.replicas.min(new_rmax);
                 by_host.get(h).copied().filter(|_| same_points)
             })
-            .collect();
-        if remap.iter().all(Option::is_none) {
-            return Vec::new();
-        }
-        let monotone = remap
-            .iter()
-            .flatten()
-            .try_fold(None::<u32>, |last, &i| match last {
-                Some(l) if l >= i => Err(()),
-                _ => Ok(Some(i)),
-            })
-            .is_ok();
-        let mut out: Vec<u64> = prev
-            .entries
-            .iter()
-            .filter_map(|&e| remap[host(e) as usize].map(|h| e & !0xffff_ffff | u64::from(h)))
-            .collect();
-        if !monotone {
-            // Hosts were reordered: ties between equal points may now sort differently.
-            out.sort_unstable();
-        }
-        out
+            .collect()
     }
 
     /// Total ring points.
@@ -200,13 +174,13 @@ impl Ring {
 
     /// Varnish's `sharddir_pick_be` without rampup/warmup: the host for `key`, and when
     /// `successor` is asked for, the next healthy host of the same walk (for rampup/warmup).
-    pub(crate) fn pick(
+    pub(crate) fn pick<F: Fn(u32) -> bool>(
         &self,
         key: u32,
         alt: u32,
         mode: HealthyMode,
         successor: bool,
-        healthy: &dyn Fn(u32) -> bool,
+        healthy: &F,
     ) -> Pick {
         let n_hosts = self.hosts.len();
         if n_hosts == 0 || self.entries.is_empty() {
@@ -214,9 +188,18 @@ impl Ring {
         }
         // Varnish clamps alt into [0, n-1].
         let alt = alt.min(n_hosts as u32 - 1);
+        let idx = self.lookup(key);
+        if alt == 0 && !successor {
+            // The common request: the host at the lookup index is healthy (or health is
+            // ignored), which is what the walk below would return first.
+            let c = host(self.entries[idx]);
+            if mode == HealthyMode::Ignore || healthy(c) {
+                return Pick::only(Some(c));
+            }
+        }
         let mut w = Walk {
             ring: self,
-            idx: self.lookup(key),
+            idx,
             picked: Visited::new(),
             prev: None,
             last: None,
@@ -264,16 +247,16 @@ impl Ring {
 }
 
 /// One walk around the ring (Varnish's `shard_state`).
-struct Walk<'r> {
+struct Walk<'r, F> {
     ring: &'r Ring,
     idx: usize,
     picked: Visited,
     prev: Option<u32>,
     last: Option<u32>,
-    healthy: &'r dyn Fn(u32) -> bool,
+    healthy: &'r F,
 }
 
-impl Walk<'_> {
+impl<F: Fn(u32) -> bool> Walk<'_, F> {
     /// Varnish's `shard_next`: skips `skip` distinct hosts (healthy ones, and sick ones too
     /// unless `need_healthy`), returns the next one, and records `prev`/`last` as Varnish does.
     fn step(&mut self, mut skip: i64, need_healthy: bool) -> Option<u32> {
@@ -317,44 +300,52 @@ fn rmax(n_hosts: usize) -> u32 {
     ((u32::MAX - 1) as usize).checked_div(n_hosts).unwrap_or(0) as u32
 }
 
-/// Merges two sorted runs.
-fn merge(a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if a[i] <= b[j] {
-            out.push(a[i]);
-            i += 1;
-        } else {
-            out.push(b[j]);
-            j += 1;
+/// Merges the previous ring's surviving entries (renumbered by `remap`) with the sorted
+/// `fresh` entries, in one pass. When the renumbering kept the hosts' relative order (removals
+/// and appends), the survivors are still sorted by (point, host); otherwise ties may have to
+/// sort differently and the result is sorted again.
+fn merge_reused(prev: &[u64], remap: &[Option<u32>], fresh: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(prev.len() + fresh.len());
+    let mut f = fresh.iter().copied().peekable();
+    for &e in prev {
+        let Some(h) = remap[host(e) as usize] else {
+            continue;
+        };
+        let e = e & !0xffff_ffff | u64::from(h);
+        while let Some(x) = f.next_if(|&x| x < e) {
+            out.push(x);
         }
+        out.push(e);
     }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
+    out.extend(f);
+    let monotone = remap
+        .iter()
+        .flatten()
+        .try_fold(None::<u32>, |last, &i| match last {
+            Some(l) if l >= i => Err(()),
+            _ => Ok(Some(i)),
+        })
+        .is_ok();
+    if !monotone {
+        out.sort_unstable();
+    }
     out
 }
 
-/// A prefix index with about one bucket per point (at most 2^20 buckets).
+/// A prefix index over the top bits of the points, about one bucket per two points (at most
+/// 2^19 buckets): `index[b]` is the first entry whose bucket is ≥ b.
 fn build_index(entries: &[u64]) -> (Vec<u32>, u32) {
-    let bits = (usize::BITS - entries.len().max(1).leading_zeros()).clamp(4, 20);
+    let bits = (usize::BITS - (entries.len() / 2).max(1).leading_zeros()).clamp(4, 19);
     let shift = 32 - bits;
     let buckets = 1usize << bits;
-    let mut index = Vec::with_capacity(buckets + 1);
-    let mut e = 0usize;
-    for b in 0..buckets {
-        while e < entries.len() && ((point(entries[e]) >> shift) as usize) < b {
-            e += 1;
-        }
-        index.push(e as u32);
+    let mut index = vec![0u32; buckets + 1];
+    for &e in entries {
+        index[(point(e) >> shift) as usize + 1] += 1;
     }
-    index.push(entries.len() as u32);
+    for b in 1..=buckets {
+        index[b] += index[b - 1];
+    }
     (index, shift)
-}
-
-/// Scratch space for formatting replica numbers without allocating.
-fn itoa_buf() -> [u8; 10] {
-    [0; 10]
 }
 
 /// The ASCII decimal of `j` (Varnish's `"%d"`), written into `buf`.
@@ -385,7 +376,7 @@ mod tests {
 
     #[test]
     fn decimal_matches_format() {
-        let mut b = itoa_buf();
+        let mut b = [0u8; 10];
         for j in [0, 7, 10, 66, 12345, u32::MAX] {
             assert_eq!(decimal(j, &mut b), j.to_string().as_bytes());
         }

@@ -1,0 +1,76 @@
+//! Shared set-up of the director benchmarks.
+#![allow(dead_code, unreachable_pub)]
+
+use tether_dataplane::config::{
+    Address, AdminHealth, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec,
+    TargetRef,
+};
+use tether_dataplane::director::{Algorithm, BackendId, HealthView};
+
+/// Health as a flat table, as the data plane keeps it.
+#[derive(Debug)]
+pub struct Table(pub Vec<bool>);
+
+impl HealthView for Table {
+    #[inline]
+    fn is_healthy(&self, b: BackendId) -> bool {
+        self.0[b as usize]
+    }
+}
+
+/// `n` backends `backend-00000.pool.local:8080`… (hashing.md's names) in one shard director
+/// "d"; `skip` leaves one member out, `extra` adds one.
+pub fn config(algorithm: Algorithm, n: usize, skip: Option<usize>, extra: bool) -> Config {
+    let name = |i: usize| format!("backend-{i:05}.pool.local:8080");
+    let mut idx: Vec<usize> = (0..n).filter(|&i| Some(i) != skip).collect();
+    if extra {
+        idx.push(n);
+    }
+    Config {
+        backends: (0..=n)
+            .map(|i| BackendSpec {
+                name: format!("b{i}"),
+                address: "127.0.0.1:8080".parse::<Address>().expect("address"),
+                admin_health: AdminHealth::Auto,
+            })
+            .collect(),
+        directors: vec![DirectorSpec {
+            name: "d".into(),
+            policy: Policy::Shard(ShardSpec {
+                algorithm,
+                ..ShardSpec::default()
+            }),
+            members: idx
+                .iter()
+                .map(|&i| MemberSpec {
+                    ident: Some(name(i)),
+                    slot: Some(i as u32),
+                    ..MemberSpec::new(TargetRef::Backend(format!("b{i}")))
+                })
+                .collect(),
+        }],
+    }
+}
+
+/// Deterministic 16-byte alphanumeric keys.
+pub fn keys(n: usize, seed: u64) -> Vec<String> {
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            (0..16)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ALPHA[(x % ALPHA.len() as u64) as usize] as char
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Every tenth backend sick.
+pub fn ten_percent_sick(n: usize) -> Table {
+    Table((0..=n).map(|i| i % 10 != 3).collect())
+}

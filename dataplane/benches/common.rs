@@ -52,23 +52,10 @@ pub fn config(algorithm: Algorithm, n: usize, skip: Option<usize>, extra: bool) 
     }
 }
 
-/// Deterministic 16-byte alphanumeric keys.
-pub fn keys(n: usize, seed: u64) -> Vec<String> {
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            (0..16)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    ALPHA[(x % ALPHA.len() as u64) as usize] as char
-                })
-                .collect()
-        })
-        .collect()
-}
+#[path = "../tests/support/keys.rs"]
+mod keys_impl;
+#[allow(unused_imports)]
+pub use keys_impl::keys;
 
 /// Every tenth backend sick.
 pub fn ten_percent_sick(n: usize) -> Table {

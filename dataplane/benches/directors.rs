@@ -75,6 +75,15 @@ fn hash_baselines(c: &mut Criterion) {
             black_box(Key::new(KeySource::Bytes(&ks[i])).h32())
         })
     });
+    g.bench_function("sha256_digest_api_16B", |b| {
+        // SHA-256 through the sha2 crate's streaming API, for comparison with H32's one-block path.
+        use sha2::{Digest, Sha256};
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) & (ks.len() - 1);
+            black_box(Sha256::digest(ks[i]))
+        })
+    });
     g.bench_function("xxh3_16B", |b| {
         let mut i = 0usize;
         b.iter(|| {

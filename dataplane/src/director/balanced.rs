@@ -313,27 +313,35 @@ impl Sampler<'_> {
         }
     }
 
+    /// Draws one sample: the member it lands on if the slot is occupied and the sample is
+    /// accepted (weights), else `None`.
+    #[inline]
+    fn accepted(&mut self) -> Option<u32> {
+        let t = self.table;
+        self.samples += 1;
+        let (slot, h) = self.sample();
+        let m = t.slot_member[slot as usize];
+        if m == EMPTY {
+            return None;
+        }
+        if let Some(accept) = &t.accept
+            && fmix64(h ^ ACCEPT_SALT) >> 32 >= accept[slot as usize]
+        {
+            return None;
+        }
+        Some(m)
+    }
+
     /// The first member that is accepted (and healthy when `need_healthy`): [`Walk::next`] on a
     /// fresh walk, without its bookkeeping.
     #[inline]
     fn first<F: Fn(u32) -> bool>(&mut self, need_healthy: bool, healthy: &F) -> Option<u32> {
-        let t = self.table;
-        while self.samples < t.budget {
-            self.samples += 1;
-            let (slot, h) = self.sample();
-            let m = t.slot_member[slot as usize];
-            if m == EMPTY {
-                continue;
-            }
-            if let Some(accept) = &t.accept
-                && fmix64(h ^ ACCEPT_SALT) >> 32 >= accept[slot as usize]
+        while self.samples < self.table.budget {
+            if let Some(m) = self.accepted()
+                && (!need_healthy || healthy(m))
             {
-                continue;
+                return Some(m);
             }
-            if need_healthy && !healthy(m) {
-                continue;
-            }
-            return Some(m);
         }
         rendezvous(self.table, self.seed, None, need_healthy, healthy)
     }
@@ -349,17 +357,9 @@ impl Walk<'_> {
                 self.visited.insert(m);
                 return Some(m);
             }
-            self.s.samples += 1;
-            let (slot, h) = self.s.sample();
-            let m = t.slot_member[slot as usize];
-            if m == EMPTY {
+            let Some(m) = self.s.accepted() else {
                 continue;
-            }
-            if let Some(accept) = &t.accept
-                && fmix64(h ^ ACCEPT_SALT) >> 32 >= accept[slot as usize]
-            {
-                continue;
-            }
+            };
             if self.visited.contains(m) || (need_healthy && !healthy(m)) {
                 continue;
             }

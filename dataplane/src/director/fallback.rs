@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::round_robin::{nth_healthy, rotation};
+
 #[derive(Debug, Default)]
 pub(crate) struct Fallback {
     pub(crate) sticky: bool,
@@ -36,11 +38,7 @@ impl Fallback {
         if n == 0 {
             return None;
         }
-        let start = self.start(n);
-        let m = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&m| healthy(m))
-            .nth(alt as usize)?;
+        let m = nth_healthy(n, self.start(n), alt, healthy)?;
         if alt == 0 && self.sticky {
             self.cur.store(m, Ordering::Relaxed);
         }
@@ -51,8 +49,7 @@ impl Fallback {
         if n == 0 {
             return Vec::new();
         }
-        let start = self.start(n);
-        (0..n).map(|i| (start + i) % n).collect()
+        rotation(n, self.start(n)).collect()
     }
 }
 

@@ -20,11 +20,7 @@ impl RoundRobin {
         if n == 0 {
             return None;
         }
-        let start = self.next.load(Ordering::Relaxed) % n;
-        let m = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&m| healthy(m))
-            .nth(alt as usize)?;
+        let m = nth_healthy(n, self.next.load(Ordering::Relaxed) % n, alt, healthy)?;
         if alt == 0 {
             self.next.store((m + 1) % n, Ordering::Relaxed);
         }
@@ -36,9 +32,24 @@ impl RoundRobin {
         if n == 0 {
             return Vec::new();
         }
-        let start = self.next.load(Ordering::Relaxed) % n;
-        (0..n).map(|i| (start + i) % n).collect()
+        rotation(n, self.next.load(Ordering::Relaxed) % n).collect()
     }
+}
+
+/// Members `start, start+1, …` around the circle of `n` (the cursor order of round_robin and
+/// fallback).
+pub(crate) fn rotation(n: usize, start: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (start + i) % n)
+}
+
+/// The `alt`-th healthy member in cursor order from `start`.
+pub(crate) fn nth_healthy(
+    n: usize,
+    start: usize,
+    alt: u32,
+    healthy: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
+    rotation(n, start).filter(|&m| healthy(m)).nth(alt as usize)
 }
 
 #[cfg(test)]

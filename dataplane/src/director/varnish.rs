@@ -15,6 +15,12 @@ use super::key::h32;
 use super::visited::Visited;
 use super::{HealthyMode, Pick};
 
+/// Ring entries the first-pick fast path scans before it falls back to the full walk.
+const SHORT_SCAN: usize = 64;
+
+/// Average ring points per index bucket (measured: 8–16 beat 2 by a few ns per lookup).
+const POINTS_PER_BUCKET: usize = 8;
+
 /// One host of the ring, after duplicate idents were dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct RingHost {
@@ -190,11 +196,15 @@ impl Ring {
         let alt = alt.min(n_hosts as u32 - 1);
         let idx = self.lookup(key);
         if alt == 0 && !successor {
-            // The common request: the host at the lookup index is healthy (or health is
-            // ignored), which is what the walk below would return first.
-            let c = host(self.entries[idx]);
-            if mode == HealthyMode::Ignore || healthy(c) {
-                return Pick::only(Some(c));
+            // The common request. With alt=0 Varnish's walk returns the first healthy host in
+            // ring order (the first host when health is ignored): scan a few ring entries for
+            // it without the walk's bookkeeping; a longer run of sick hosts takes the walk.
+            let n = self.entries.len();
+            for step in 0..n.min(SHORT_SCAN) {
+                let c = host(self.entries[(idx + step) % n]);
+                if mode == HealthyMode::Ignore || healthy(c) {
+                    return Pick::only(Some(c));
+                }
             }
         }
         let mut w = Walk {
@@ -332,10 +342,12 @@ fn merge_reused(prev: &[u64], remap: &[Option<u32>], fresh: &[u64]) -> Vec<u64> 
     out
 }
 
-/// A prefix index over the top bits of the points, about one bucket per two points (at most
-/// 2^19 buckets): `index[b]` is the first entry whose bucket is ≥ b.
+/// A prefix index over the top bits of the points, about one bucket per [`POINTS_PER_BUCKET`]
+/// points (at most 2^19 buckets): `index[b]` is the first entry whose bucket is ≥ b. A small
+/// index stays in L1 (32 KiB at N = 1,000), and a bucket's entries share a cache line or two.
 fn build_index(entries: &[u64]) -> (Vec<u32>, u32) {
-    let bits = (usize::BITS - (entries.len() / 2).max(1).leading_zeros()).clamp(4, 19);
+    let bits =
+        (usize::BITS - (entries.len() / POINTS_PER_BUCKET).max(1).leading_zeros()).clamp(4, 19);
     let shift = 32 - bits;
     let buckets = 1usize << bits;
     let mut index = vec![0u32; buckets + 1];

@@ -86,20 +86,7 @@ pub fn build(c: &Config) -> Directors {
     Directors::build(c, None).expect("config builds")
 }
 
-/// Deterministic 16-character alphanumeric keys (xorshift), like hashing.md's method.
-pub fn keys(n: usize, seed: u64) -> Vec<String> {
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            (0..16)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    ALPHA[(x % ALPHA.len() as u64) as usize] as char
-                })
-                .collect()
-        })
-        .collect()
-}
+#[path = "../support/keys.rs"]
+mod keys_impl;
+#[allow(unused_imports)]
+pub use keys_impl::keys;

@@ -1,0 +1,400 @@
+//! [`EmbeddedStore`]: the [`Store`] of `tether up`, one redb file on local disk.
+//!
+//! Tables:
+//! - `kv`: key → `create_revision ‖ mod_revision ‖ value` (little-endian i64s);
+//! - `log`: revision → that revision's events (for watches that resume from a revision);
+//! - `meta`: `revision` (the current one) and `compacted` (the oldest revision in `log`).
+//!
+//! A write is one redb write transaction (compares, ops, new revision, log entry), committed
+//! with redb's default immediate durability, so it survives a crash or `kill -9` once `txn`
+//! returns. Watchers are woken through a broadcast channel but always read from `log`, so a
+//! missed or lagged wake-up costs latency, never an event.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    Compare, Event, KeyValue, Listing, Op, Store, StoreError, Txn, TxnOutcome, WatchBatch,
+    WatchReceiver,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+const COMPACTED: &str = "compacted";
+
+/// Revisions a watch reads from the log per round.
+const WATCH_PAGE: usize = 256;
+/// Batches a watch may have queued for a slow reader.
+const WATCH_QUEUE: usize = 64;
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    /// Carries each new revision to watchers.
+    notify: broadcast::Sender<i64>,
+}
+
+/// A durable store in one file.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        let db = Database::create(path).map_err(storage)?;
+        // Create the tables so that readers never meet a missing one.
+        let w = db.begin_write().map_err(storage)?;
+        {
+            w.open_table(KV).map_err(storage)?;
+            w.open_table(LOG).map_err(storage)?;
+            let mut meta = w.open_table(META).map_err(storage)?;
+            if meta.get(COMPACTED).map_err(storage)?.is_none() {
+                meta.insert(COMPACTED, 1).map_err(storage)?;
+                meta.insert(REVISION, 0).map_err(storage)?;
+            }
+        }
+        w.commit().map_err(storage)?;
+        let (notify, _) = broadcast::channel(16);
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner { db, notify }),
+        })
+    }
+}
+
+impl Inner {
+    fn meta(&self) -> Result<(i64, i64), StoreError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let meta = r.open_table(META).map_err(storage)?;
+        let get = |k| -> Result<i64, StoreError> {
+            Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value()))
+        };
+        Ok((get(REVISION)?, get(COMPACTED)?))
+    }
+
+    /// Batches under `prefix` from revision `from`, at most [`WATCH_PAGE`] revisions, and the
+    /// next revision to read.
+    fn read_log(&self, prefix: &str, from: i64) -> Result<(Vec<WatchBatch>, i64), StoreError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let meta = r.open_table(META).map_err(storage)?;
+        let compacted = meta
+            .get(COMPACTED)
+            .map_err(storage)?
+            .map_or(1, |v| v.value());
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compact_revision: compacted,
+            });
+        }
+        let log = r.open_table(LOG).map_err(storage)?;
+        let mut out = Vec::new();
+        let mut next = from;
+        for entry in log.range(from..).map_err(storage)?.take(WATCH_PAGE) {
+            let (rev, bytes) = entry.map_err(storage)?;
+            let revision = rev.value();
+            let events: Vec<Event> = decode_events(bytes.value(), revision)?
+                .into_iter()
+                .filter(|e| e.key().starts_with(prefix))
+                .collect();
+            if !events.is_empty() {
+                out.push(WatchBatch { revision, events });
+            }
+            next = revision + 1;
+        }
+        Ok((out, next))
+    }
+}
+
+fn decode_kv(key: &str, v: &[u8]) -> Result<KeyValue, StoreError> {
+    if v.len() < 16 {
+        return Err(StoreError::Corrupt(format!(
+            "value of {key:?} is {} bytes",
+            v.len()
+        )));
+    }
+    let i = |b: &[u8]| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    Ok(KeyValue {
+        key: key.to_owned(),
+        create_revision: i(&v[0..8]),
+        mod_revision: i(&v[8..16]),
+        value: v[16..].to_vec(),
+    })
+}
+
+fn encode_kv(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + value.len());
+    v.extend_from_slice(&create.to_le_bytes());
+    v.extend_from_slice(&modified.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+/// Log record: per event, a tag (1 put, 2 delete), the key (u32 length + bytes) and, for a put,
+/// the create revision and the value (u32 length + bytes).
+fn encode_events(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    for e in events {
+        match e {
+            Event::Put(kv) => {
+                out.push(1);
+                bytes(&mut out, kv.key.as_bytes());
+                out.extend_from_slice(&kv.create_revision.to_le_bytes());
+                bytes(&mut out, &kv.value);
+            }
+            Event::Delete { key, .. } => {
+                out.push(2);
+                bytes(&mut out, key.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn decode_events(mut b: &[u8], revision: i64) -> Result<Vec<Event>, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("log entry {revision}"));
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, StoreError> {
+        if b.len() < n {
+            return Err(corrupt());
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h.to_vec())
+    };
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let tag = take(&mut b, 1)?[0];
+        let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| corrupt())?) as usize;
+        let key = String::from_utf8(take(&mut b, len)?).map_err(|_| corrupt())?;
+        match tag {
+            1 => {
+                let create =
+                    i64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| corrupt())?);
+                let vlen = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| corrupt())?)
+                    as usize;
+                let value = take(&mut b, vlen)?;
+                out.push(Event::Put(KeyValue {
+                    key,
+                    value,
+                    create_revision: create,
+                    mod_revision: revision,
+                }));
+            }
+            2 => out.push(Event::Delete {
+                key,
+                mod_revision: revision,
+            }),
+            _ => return Err(corrupt()),
+        }
+    }
+    Ok(out)
+}
+
+impl Store for EmbeddedStore {
+    fn revision(&self) -> Result<i64, StoreError> {
+        Ok(self.inner.meta()?.0)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let kv = r.open_table(KV).map_err(storage)?;
+        kv.get(key)
+            .map_err(storage)?
+            .map(|v| decode_kv(key, v.value()))
+            .transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        // One read transaction: the keys and the revision come from the same snapshot.
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let meta = r.open_table(META).map_err(storage)?;
+        let revision = meta
+            .get(REVISION)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let kv = r.open_table(KV).map_err(storage)?;
+        let mut kvs = Vec::new();
+        for entry in kv.range(prefix..).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            kvs.push(decode_kv(k.value(), v.value())?);
+        }
+        Ok(Listing { revision, kvs })
+    }
+
+    fn txn(&self, txn: &Txn) -> Result<TxnOutcome, StoreError> {
+        let w = self.inner.db.begin_write().map_err(storage)?;
+        let outcome = {
+            let mut kv = w.open_table(KV).map_err(storage)?;
+            let mut meta = w.open_table(META).map_err(storage)?;
+            let current = meta
+                .get(REVISION)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            let mod_rev = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<i64, StoreError> {
+                Ok(match kv.get(key).map_err(storage)? {
+                    Some(v) => decode_kv(key, v.value())?.mod_revision,
+                    None => 0,
+                })
+            };
+            let mut failed = None;
+            for (i, c) in txn.compares.iter().enumerate() {
+                let ok = match c {
+                    Compare::Exists(k) => mod_rev(&kv, k)? != 0,
+                    Compare::Missing(k) => mod_rev(&kv, k)? == 0,
+                    Compare::ModRevision(k, r) => mod_rev(&kv, k)? == *r,
+                };
+                if !ok {
+                    failed = Some(i);
+                    break;
+                }
+            }
+            if let Some(compare) = failed {
+                TxnOutcome::Failed { compare }
+            } else {
+                let revision = current + 1;
+                let mut events = Vec::new();
+                for op in &txn.ops {
+                    match op {
+                        Op::Put(k, v) => {
+                            let create = match kv.get(k.as_str()).map_err(storage)? {
+                                Some(old) => decode_kv(k, old.value())?.create_revision,
+                                None => revision,
+                            };
+                            kv.insert(k.as_str(), encode_kv(create, revision, v).as_slice())
+                                .map_err(storage)?;
+                            events.push(Event::Put(KeyValue {
+                                key: k.clone(),
+                                value: v.clone(),
+                                create_revision: create,
+                                mod_revision: revision,
+                            }));
+                        }
+                        Op::Delete(k) => {
+                            if kv.remove(k.as_str()).map_err(storage)?.is_some() {
+                                events.push(Event::Delete {
+                                    key: k.clone(),
+                                    mod_revision: revision,
+                                });
+                            }
+                        }
+                    }
+                }
+                if events.is_empty() {
+                    TxnOutcome::Committed { revision: current }
+                } else {
+                    let mut log = w.open_table(LOG).map_err(storage)?;
+                    log.insert(revision, encode_events(&events).as_slice())
+                        .map_err(storage)?;
+                    meta.insert(REVISION, revision).map_err(storage)?;
+                    TxnOutcome::Committed { revision }
+                }
+            }
+        };
+        w.commit().map_err(storage)?;
+        if let TxnOutcome::Committed { revision } = outcome {
+            // No receiver is not an error: nobody watches.
+            let _ = self.inner.notify.send(revision);
+        }
+        Ok(outcome)
+    }
+
+    fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {
+        // Subscribe before reading the revision, so no commit falls between the two.
+        let mut wake = self.inner.notify.subscribe();
+        let (current, compacted) = self.inner.meta()?;
+        let from = if from <= 0 { current + 1 } else { from };
+        if from > current + 1 {
+            return Err(StoreError::FutureRevision {
+                requested: from,
+                current,
+            });
+        }
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compact_revision: compacted,
+            });
+        }
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            let mut next = from;
+            loop {
+                match inner.read_log(&prefix, next) {
+                    Ok((batches, after)) => {
+                        for b in batches {
+                            if tx.send(Ok(b)).await.is_err() {
+                                return;
+                            }
+                        }
+                        let caught_up = after == next;
+                        next = after;
+                        if !caught_up {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = wake.recv() => match r {
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let w = self.inner.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = w.open_table(META).map_err(storage)?;
+            let current = meta
+                .get(REVISION)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            if revision > current + 1 {
+                return Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current,
+                });
+            }
+            let compacted = meta
+                .get(COMPACTED)
+                .map_err(storage)?
+                .map_or(1, |v| v.value());
+            if revision > compacted {
+                let mut log = w.open_table(LOG).map_err(storage)?;
+                log.retain_in(..revision, |_, _| false).map_err(storage)?;
+                meta.insert(COMPACTED, revision).map_err(storage)?;
+            }
+        }
+        w.commit().map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+use std::time::Duration;
+
+use super::*;
+
+fn open() -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(&dir.path().join("tether.redb")).expect("open");
+    (dir, store)
+}
+
+fn put(k: &str, v: &str) -> Op {
+    Op::Put(k.to_owned(), v.as_bytes().to_vec())
+}
+
+fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
+    match s
+        .txn(&Txn {
+            compares: vec![],
+            ops,
+        })
+        .expect("txn")
+    {
+        TxnOutcome::Committed { revision } => revision,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn revisions_increase_once_per_write_and_record_create_and_mod() {
+    let (_d, s) = open();
+    assert_eq!(s.revision().unwrap(), 0);
+    assert_eq!(commit(&s, vec![put("/a", "1"), put("/b", "1")]), 1);
+    assert_eq!(commit(&s, vec![put("/a", "2")]), 2);
+    let a = s.get("/a").unwrap().unwrap();
+    assert_eq!(
+        (a.create_revision, a.mod_revision, a.value.as_slice()),
+        (1, 2, &b"2"[..])
+    );
+    // Deleting a missing key writes nothing and keeps the revision.
+    assert_eq!(commit(&s, vec![Op::Delete("/nope".into())]), 2);
+    assert_eq!(commit(&s, vec![Op::Delete("/b".into())]), 3);
+    assert_eq!(s.get("/b").unwrap(), None);
+}
+
+#[test]
+fn a_failed_compare_writes_nothing() {
+    let (_d, s) = open();
+    commit(&s, vec![put("/a", "1")]);
+    let before = s.list("/").unwrap();
+    for compares in [
+        vec![Compare::ModRevision("/a".into(), 7)],
+        vec![
+            Compare::Exists("/a".into()),
+            Compare::Exists("/missing".into()),
+        ],
+        vec![Compare::Missing("/a".into())],
+    ] {
+        let n = compares.len();
+        let out = s
+            .txn(&Txn {
+                compares,
+                ops: vec![put("/a", "changed"), put("/c", "new")],
+            })
+            .unwrap();
+        assert_eq!(out, TxnOutcome::Failed { compare: n - 1 });
+        assert_eq!(
+            s.list("/").unwrap(),
+            before,
+            "nothing stored, nothing changed"
+        );
+    }
+    let ok = s
+        .txn(&Txn {
+            compares: vec![
+                Compare::ModRevision("/a".into(), 1),
+                Compare::Missing("/c".into()),
+            ],
+            ops: vec![put("/a", "changed"), put("/c", "new")],
+        })
+        .unwrap();
+    assert_eq!(ok, TxnOutcome::Committed { revision: 2 });
+}
+
+#[test]
+fn list_is_by_prefix_in_key_order_at_one_revision() {
+    let (_d, s) = open();
+    commit(
+        &s,
+        vec![
+            put("/t/v1/backends/b", "x"),
+            put("/t/v1/backends/a", "y"),
+            put("/t/v1/routes/r", "z"),
+            put("/u/x", "w"),
+        ],
+    );
+    let l = s.list("/t/v1/backends/").unwrap();
+    assert_eq!(l.revision, 1);
+    let keys: Vec<&str> = l.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["/t/v1/backends/a", "/t/v1/backends/b"]);
+}
+
+#[test]
+fn everything_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.redb");
+    {
+        let s = EmbeddedStore::open(&path).unwrap();
+        commit(&s, vec![put("/a", "1")]);
+        commit(&s, vec![put("/b", "2")]);
+    }
+    let s = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(s.revision().unwrap(), 2);
+    assert_eq!(s.get("/b").unwrap().unwrap().value, b"2");
+    assert_eq!(
+        commit(&s, vec![put("/c", "3")]),
+        3,
+        "the revision continues"
+    );
+}
+
+async fn next(rx: &mut WatchReceiver) -> WatchBatch {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a batch in time")
+        .expect("open")
+        .expect("ok")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
+    let (_d, s) = open();
+    commit(&s, vec![put("/w/a", "1")]); // 1
+    commit(&s, vec![put("/other", "x")]); // 2: not under /w/
+    commit(
+        &s,
+        vec![
+            put("/w/a", "2"),
+            Op::Delete("/w/a".into()),
+            put("/w/b", "1"),
+        ],
+    ); // 3
+    let mut rx = s.watch("/w/", 1).unwrap();
+    let b1 = next(&mut rx).await;
+    assert_eq!(b1.revision, 1);
+    let b3 = next(&mut rx).await;
+    assert_eq!(b3.revision, 3, "revision 2 had nothing under the prefix");
+    assert_eq!(
+        b3.events.len(),
+        3,
+        "one batch holds every event of its revision"
+    );
+    assert!(matches!(&b3.events[1], Event::Delete { key, mod_revision: 3 } if key == "/w/a"));
+    // Live: many writes, each delivered once, in order.
+    let writer = s.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..200 {
+            commit(&writer, vec![put("/w/live", &i.to_string())]);
+        }
+    });
+    for i in 0..200 {
+        let b = next(&mut rx).await;
+        assert_eq!(b.revision, 4 + i);
+        let Event::Put(kv) = &b.events[0] else {
+            panic!("{b:?}")
+        };
+        assert_eq!(kv.value, i.to_string().as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_now_and_errors_for_future_and_compacted_revisions() {
+    let (_d, s) = open();
+    for i in 0..5 {
+        commit(&s, vec![put("/k", &i.to_string())]);
+    }
+    let mut now = s.watch("/", 0).unwrap();
+    commit(&s, vec![put("/k", "new")]);
+    assert_eq!(next(&mut now).await.revision, 6);
+    assert!(matches!(
+        s.watch("/", 9),
+        Err(StoreError::FutureRevision {
+            requested: 9,
+            current: 6
+        })
+    ));
+    s.compact(4).unwrap();
+    match s.watch("/", 2) {
+        Err(StoreError::Compacted {
+            requested: 2,
+            compact_revision: 4,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut rx = s.watch("/", 4).unwrap();
+    assert_eq!(
+        next(&mut rx).await.revision,
+        4,
+        "history from the compaction point stays"
+    );
+    // The data itself is untouched by compaction.
+    assert_eq!(s.get("/k").unwrap().unwrap().value, b"new");
+}

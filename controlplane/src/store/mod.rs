@@ -1,0 +1,164 @@
+//! The store: where the control plane keeps resources. One trait, [`Store`], with the
+//! semantics of etcd's KV API that the rest of the control plane relies on:
+//!
+//! - a single, monotonically increasing revision, bumped once per committed write;
+//! - atomic multi-key writes guarded by compares ([`Txn`]): all of them apply, or none;
+//! - a watch that resumes from any revision still in history, delivering every change in
+//!   revision order, one [`WatchBatch`] per revision;
+//! - an explicit [`StoreError::Compacted`] when the asked-for history is gone, so the caller
+//!   re-lists instead of silently missing changes.
+//!
+//! Implementations: [`embedded::EmbeddedStore`] (redb, one file, for `tether up`); etcd comes
+//! with the cluster mode.
+
+pub mod embedded;
+
+/// One stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Revision at which the key was created (since its last deletion).
+    pub create_revision: i64,
+    /// Revision at which the key last changed.
+    pub mod_revision: i64,
+}
+
+/// A condition a transaction checks before writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists.
+    Exists(String),
+    /// The key does not exist.
+    Missing(String),
+    /// The key's `mod_revision` equals this (0: the key does not exist).
+    ModRevision(String, i64),
+}
+
+/// A write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create or replace a key.
+    Put(String, Vec<u8>),
+    /// Delete a key (no-op if absent).
+    Delete(String),
+}
+
+/// Compares, then ops: applied atomically at one new revision when every compare holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Conditions, all of which must hold.
+    pub compares: Vec<Compare>,
+    /// Writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every compare held; the ops were applied at this revision (the current revision when
+    /// the transaction had no effective op).
+    Committed {
+        /// The revision of the write.
+        revision: i64,
+    },
+    /// A compare failed (its index); nothing was written.
+    Failed {
+        /// Index of the first failed compare.
+        compare: usize,
+    },
+}
+
+/// A change, as a watch delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A key was created or replaced.
+    Put(KeyValue),
+    /// A key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the deletion.
+        mod_revision: i64,
+    },
+}
+
+impl Event {
+    /// The key the event is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(kv) => &kv.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// Every change of one revision under the watched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// The revision.
+    pub revision: i64,
+    /// Its events in write order.
+    pub events: Vec<Event>,
+}
+
+/// The keys under a prefix at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The revision the listing was read at.
+    pub revision: i64,
+    /// Keys in key order.
+    pub kvs: Vec<KeyValue>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// History before `compact_revision` is gone: list again, then watch from the listing.
+    #[error("revision {requested} is compacted (history starts at {compact_revision}); list again")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The oldest revision still in history.
+        compact_revision: i64,
+    },
+    /// A revision in the future.
+    #[error("revision {requested} is in the future (current {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The current revision.
+        current: i64,
+    },
+    /// The store's files could not be opened, read or written.
+    #[error("store: {0}")]
+    Storage(String),
+    /// A stored record did not decode (a damaged file).
+    #[error("store: damaged record: {0}")]
+    Corrupt(String),
+    /// The store was closed.
+    #[error("store closed")]
+    Closed,
+}
+
+/// A watch: batches in revision order, starting at the revision asked for.
+pub type WatchReceiver = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>;
+
+/// The store interface (etcd's KV semantics, see the module doc).
+pub trait Store: Send + Sync + 'static {
+    /// The current revision (0 before the first write).
+    fn revision(&self) -> Result<i64, StoreError>;
+    /// One key.
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Every key under `prefix`, at one revision.
+    fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+    /// Compares, then writes, atomically.
+    fn txn(&self, txn: &Txn) -> Result<TxnOutcome, StoreError>;
+    /// Changes under `prefix` from revision `from` on (`from` ≤ current + 1). Must be called
+    /// inside a tokio runtime; the watch ends when the receiver is dropped.
+    fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError>;
+    /// Forgets history before `revision`.
+    fn compact(&self, revision: i64) -> Result<(), StoreError>;
+}

@@ -147,6 +147,8 @@ struct Director {
     /// Per member: its backend id, or [`NOT_A_BACKEND`] for a nested director. A dense copy of
     /// `members[m].target`, so that the health check in a lookup is one small load.
     backend_of: Vec<BackendId>,
+    /// Per member: its weight (random and hash pick by cumulative weight).
+    weights: Vec<f64>,
     kind: Kind,
 }
 
@@ -223,65 +225,7 @@ impl Directors {
                 Policy::Fallback { sticky } => Kind::Fallback(Fallback::new(*sticky)),
                 Policy::Random => Kind::Random,
                 Policy::Hash => Kind::Hash,
-                Policy::Shard(spec) => {
-                    if spec.replicas == 0 {
-                        return Err(invalid(
-                            "shard.replicas".into(),
-                            "must be at least 1".into(),
-                        ));
-                    }
-                    if !(0.0..1.0).contains(&spec.warmup) {
-                        return Err(invalid(
-                            "shard.warmup".into(),
-                            format!("must be in [0, 1), got {}", spec.warmup),
-                        ));
-                    }
-                    let prev_ring = prev
-                        .and_then(|p| p.by_name.get(&d.name).map(|&i| &p.list[i as usize]))
-                        .and_then(|pd| match &pd.kind {
-                            Kind::Shard(s) => match &s.table {
-                                Table::Varnish(r) => Some(r),
-                                Table::Balanced(_) => None,
-                            },
-                            _ => None,
-                        });
-                    let (table, host_member) = match spec.algorithm {
-                        Algorithm::Varnish => {
-                            let (hosts, host_member) = ring_hosts(d, spec.replicas);
-                            (Table::Varnish(Ring::build(hosts, prev_ring)), host_member)
-                        }
-                        Algorithm::Balanced => {
-                            let requested: Vec<Option<u32>> =
-                                d.members.iter().map(|m| m.slot).collect();
-                            let slots = balanced::assign_slots(&requested)
-                                .map_err(|e| invalid("members".into(), e.to_string()))?;
-                            let sw: Vec<(u32, f64)> = slots
-                                .iter()
-                                .zip(&members)
-                                .map(|(&s, m)| (s, m.weight))
-                                .collect();
-                            (
-                                Table::Balanced(SlotTable::build(&sw)),
-                                (0..members.len()).collect(),
-                            )
-                        }
-                    };
-                    let host_rampup: Vec<_> = match spec.algorithm {
-                        Algorithm::Varnish => {
-                            host_member.iter().map(|&m| d.members[m].rampup).collect()
-                        }
-                        Algorithm::Balanced => d.members.iter().map(|m| m.rampup).collect(),
-                    };
-                    Kind::Shard(Box::new(Shard {
-                        ramps: Shard::ramps(spec.rampup, spec.warmup, &host_rampup),
-                        table,
-                        host_member,
-                        healthy: spec.healthy,
-                        rampup: spec.rampup,
-                        warmup: spec.warmup,
-                        host_rampup,
-                    }))
-                }
+                Policy::Shard(spec) => Kind::Shard(Box::new(build_shard(d, spec, &members, prev)?)),
             };
             let backend_of = members
                 .iter()
@@ -290,10 +234,12 @@ impl Directors {
                     Target::Director(_) => NOT_A_BACKEND,
                 })
                 .collect();
+            let weights = members.iter().map(|m| m.weight).collect();
             list.push(Director {
                 name: d.name.clone(),
                 members,
                 backend_of,
+                weights,
                 kind,
             });
         }
@@ -410,24 +356,21 @@ impl Directors {
         let member = match &dir.kind {
             Kind::RoundRobin(rr) => rr.select(n, opts.alt, &ok),
             Kind::Fallback(f) => f.select(n, opts.alt, &ok),
-            Kind::Random => {
-                let weights = dir.weights();
-                weighted::order(
-                    &weights,
-                    &ok,
-                    &mut || fastrand::f64(),
-                    opts.alt as usize + 1,
-                )
-                .get(opts.alt as usize)
-                .copied()
-            }
+            Kind::Random if opts.alt == 0 => weighted::pick(&dir.weights, &ok, fastrand::f64()),
+            Kind::Random => weighted::order(
+                &dir.weights,
+                &ok,
+                &mut || fastrand::f64(),
+                opts.alt as usize + 1,
+            )
+            .get(opts.alt as usize)
+            .copied(),
             Kind::Hash => {
                 let r = f64::from(key.h32()?) / 4_294_967_296.0;
-                let weights = dir.weights();
                 if opts.alt == 0 {
-                    weighted::pick(&weights, &ok, r)
+                    weighted::pick(&dir.weights, &ok, r)
                 } else {
-                    weighted::order(&weights, &ok, &mut || r, opts.alt as usize + 1)
+                    weighted::order(&dir.weights, &ok, &mut || r, opts.alt as usize + 1)
                         .get(opts.alt as usize)
                         .copied()
                 }
@@ -466,10 +409,10 @@ impl Directors {
         let members = match &dir.kind {
             Kind::RoundRobin(rr) => rr.order(n),
             Kind::Fallback(f) => f.order(n),
-            Kind::Random => weighted::order(&dir.weights(), &all, &mut || fastrand::f64(), limit),
+            Kind::Random => weighted::order(&dir.weights, &all, &mut || fastrand::f64(), limit),
             Kind::Hash => {
                 let r = f64::from(key.h32()?) / 4_294_967_296.0;
-                weighted::order(&dir.weights(), &all, &mut || r, limit)
+                weighted::order(&dir.weights, &all, &mut || r, limit)
             }
             Kind::Shard(s) => s.order(key, limit)?,
         };
@@ -481,10 +424,83 @@ impl Directors {
     }
 }
 
-impl Director {
-    fn weights(&self) -> Vec<f64> {
-        self.members.iter().map(|m| m.weight).collect()
+/// Builds a shard director: its ring (reusing `prev`'s ring of the same director, if any) or
+/// its slot table, and its rampup settings.
+fn build_shard(
+    d: &crate::config::DirectorSpec,
+    spec: &crate::config::ShardSpec,
+    members: &[Member],
+    prev: Option<&Directors>,
+) -> Result<Shard, BuildError> {
+    let invalid = |field: String, reason: String| BuildError::Invalid {
+        director: d.name.clone(),
+        field,
+        reason,
+    };
+    if spec.replicas == 0 {
+        return Err(invalid(
+            "shard.replicas".into(),
+            "must be at least 1".into(),
+        ));
     }
+    if !(0.0..1.0).contains(&spec.warmup) {
+        return Err(invalid(
+            "shard.warmup".into(),
+            format!("must be in [0, 1), got {}", spec.warmup),
+        ));
+    }
+    let prev_ring = prev
+        .and_then(|p| p.by_name.get(&d.name).map(|&i| &p.list[i as usize]))
+        .and_then(|pd| match &pd.kind {
+            Kind::Shard(s) => match &s.table {
+                Table::Varnish(r) => Some(r),
+                Table::Balanced(_) => None,
+            },
+            _ => None,
+        });
+    let (table, host_member) = match spec.algorithm {
+        Algorithm::Varnish => {
+            let (hosts, host_member) = ring_hosts(d, spec.replicas);
+            (Table::Varnish(Ring::build(hosts, prev_ring)), host_member)
+        }
+        Algorithm::Balanced => {
+            let requested: Vec<Option<u32>> = d.members.iter().map(|m| m.slot).collect();
+            let slots = balanced::assign_slots(&requested).map_err(|e| match e {
+                balanced::SlotError::Duplicate {
+                    member,
+                    other,
+                    slot,
+                } => invalid(
+                    format!("members[{member}].slot"),
+                    format!("slot {slot} is already taken by members[{other}]"),
+                ),
+                balanced::SlotError::TooLarge { member, slot } => invalid(
+                    format!("members[{member}].slot"),
+                    format!("{slot} is larger than the maximum {}", balanced::MAX_SLOT),
+                ),
+            })?;
+            let sw: Vec<(u32, f64)> = slots
+                .iter()
+                .zip(members)
+                .map(|(&s, m)| (s, m.weight))
+                .collect();
+            // Balanced hosts are the members themselves: no host → member map.
+            (Table::Balanced(SlotTable::build(&sw)), Vec::new())
+        }
+    };
+    let host_rampup: Vec<_> = match spec.algorithm {
+        Algorithm::Varnish => host_member.iter().map(|&m| d.members[m].rampup).collect(),
+        Algorithm::Balanced => d.members.iter().map(|m| m.rampup).collect(),
+    };
+    Ok(Shard {
+        ramps: Shard::ramps(spec.rampup, spec.warmup, &host_rampup),
+        table,
+        host_member,
+        healthy: spec.healthy,
+        rampup: spec.rampup,
+        warmup: spec.warmup,
+        host_rampup,
+    })
 }
 
 /// The ring hosts of a varnish shard director: members in order, each named by its ident (or

@@ -22,18 +22,10 @@ impl HealthView for SickSet {
 pub fn backend(name: &str, port: u16) -> BackendSpec {
     BackendSpec {
         name: name.to_owned(),
-        address: Address::from_str(&format!("127.0.0.1:{port}")),
+        address: format!("127.0.0.1:{port}")
+            .parse::<Address>()
+            .expect("address"),
         admin_health: AdminHealth::Auto,
-    }
-}
-
-trait FromStrOk {
-    fn from_str(s: &str) -> Self;
-}
-
-impl FromStrOk for Address {
-    fn from_str(s: &str) -> Address {
-        s.parse().expect("address")
     }
 }
 

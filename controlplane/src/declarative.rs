@@ -120,6 +120,8 @@ pub struct ShardDoc {
     pub rampup: Option<String>,
     /// Warmup share in `[0, 1)`.
     pub warmup: Option<f64>,
+    /// Balanced: the flat base of the slot space (a power of two; default 1).
+    pub base_slots: Option<u32>,
 }
 
 /// Shard algorithm as written.
@@ -302,6 +304,7 @@ impl ShardDoc {
             },
             rampup,
             warmup,
+            base_slots: self.base_slots.unwrap_or(1),
         })
     }
 }

@@ -21,6 +21,17 @@ impl HealthView for Table {
 /// `n` backends `backend-00000.pool.local:8080`… (hashing.md's names) in one shard director
 /// "d"; `skip` leaves one member out, `extra` adds one.
 pub fn config(algorithm: Algorithm, n: usize, skip: Option<usize>, extra: bool) -> Config {
+    config_with_base(algorithm, n, skip, extra, 1)
+}
+
+/// [`config`] with the balanced algorithm's flat base of `base_slots` slots.
+pub fn config_with_base(
+    algorithm: Algorithm,
+    n: usize,
+    skip: Option<usize>,
+    extra: bool,
+    base_slots: u32,
+) -> Config {
     let name = |i: usize| format!("backend-{i:05}.pool.local:8080");
     let mut idx: Vec<usize> = (0..n).filter(|&i| Some(i) != skip).collect();
     if extra {
@@ -38,6 +49,7 @@ pub fn config(algorithm: Algorithm, n: usize, skip: Option<usize>, extra: bool) 
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {
                 algorithm,
+                base_slots,
                 ..ShardSpec::default()
             }),
             members: idx

@@ -8,7 +8,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use common::{Table, config, keys, ten_percent_sick};
+use common::{Table, config, config_with_base, keys, ten_percent_sick};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tether_dataplane::director::{Algorithm, Directors, Key, KeySource, SelectOpts};
 
@@ -32,14 +32,29 @@ fn flat_keys() -> Vec<[u8; 16]> {
         .collect()
 }
 
+/// Variants measured for lookups: balanced fully nested, balanced with a flat base sized to
+/// the director (`base_slots` = the power of two ≥ N), and varnish.
+fn lookup_variants(n: usize) -> [(Algorithm, &'static str, u32); 3] {
+    [
+        (Algorithm::Balanced, "balanced", 1),
+        (
+            Algorithm::Balanced,
+            "balanced_base",
+            n.next_power_of_two() as u32,
+        ),
+        (Algorithm::Varnish, "varnish", 1),
+    ]
+}
+
 fn lookup(c: &mut Criterion) {
     let ks = flat_keys();
     let mut g = c.benchmark_group("lookup");
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(2));
-    for (algo, algo_name) in algorithms() {
-        for n in SIZES {
-            let set = Directors::build(&config(algo, n, None, false), None).expect("build");
+    for n in SIZES {
+        for (algo, algo_name, base) in lookup_variants(n) {
+            let set = Directors::build(&config_with_base(algo, n, None, false, base), None)
+                .expect("build");
             let d = set.id("d").expect("director");
             let all = Table(vec![true; n + 1]);
             let sick = ten_percent_sick(n);

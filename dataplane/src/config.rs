@@ -201,6 +201,9 @@ pub struct ShardSpec {
     pub rampup: Duration,
     /// Share of keys sent to the next healthy member, in `[0, 1)`; zero disables warmup.
     pub warmup: f64,
+    /// Balanced: slots `[0, base_slots)` form one flat level sampled without level coins
+    /// (faster); a power of two, 1 = fully nested. Part of the stored mapping.
+    pub base_slots: u32,
 }
 
 impl Default for ShardSpec {
@@ -211,6 +214,7 @@ impl Default for ShardSpec {
             healthy: HealthyMode::Chosen,
             rampup: Duration::ZERO,
             warmup: 0.0,
+            base_slots: 1,
         }
     }
 }

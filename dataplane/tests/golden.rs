@@ -161,8 +161,15 @@ fn balanced_rows() -> Vec<String> {
         .enumerate()
         .map(|(i, &w)| (format!("b{i}"), w, None, Some(i as u32 * 3)))
         .collect();
-    for (name, members) in [("uniform", uniform(10)), ("weighted", weighted)] {
-        let config = shard_config(Algorithm::Balanced, 67, &members);
+    for (name, members, base) in [
+        ("uniform", uniform(10), 1),
+        ("weighted", weighted, 1),
+        ("base16", uniform(10), 16),
+    ] {
+        let mut config = shard_config(Algorithm::Balanced, 67, &members);
+        if let tether_dataplane::config::Policy::Shard(s) = &mut config.directors[0].policy {
+            s.base_slots = base;
+        }
         let set = build(&config);
         let d = set.id("d").expect("director");
         for sick in [vec![], vec![2u32, 6]] {

@@ -157,6 +157,34 @@ proptest! {
     }
 
     #[test]
+    fn a_flat_base_keeps_minimal_movement(members in members_strategy(40), base in prop_oneof![Just(16u32), Just(64), Just(256)], slot in 0u32..600, pick in any::<prop::sample::Index>(), seed in any::<u64>()) {
+        // Adding (possibly past the base, growing the slot space), removing and sickening a
+        // member move only the keys that must move.
+        prop_assume!(members.iter().all(|m| m.3 != Some(slot)));
+        let ks = keys(1500, seed);
+        let with_base = |m: &Members| {
+            let mut c = shard_config(Algorithm::Balanced, 67, m);
+            if let tether_dataplane::config::Policy::Shard(s) = &mut c.directors[0].policy {
+                s.base_slots = base;
+            }
+            c
+        };
+        let c0 = with_base(&members);
+        let set0 = build(&c0);
+        let before = mapping(&set0, &ks, &SickSet::default());
+        let mut more = members.clone();
+        more.push(("new-member".into(), 1.0, None, Some(slot)));
+        let after_add = mapping(&build(&with_base(&more)), &ks, &SickSet::default());
+        prop_assert_eq!(excess(&before, &after_add, "new-member"), 0);
+        let mut fewer = members.clone();
+        let gone = fewer.remove(pick.index(members.len())).0;
+        let after_rm = mapping(&build(&with_base(&fewer)), &ks, &SickSet::default());
+        prop_assert_eq!(excess(&before, &after_rm, &gone), 0);
+        let sick = SickSet([id_of(&c0, &gone)].into_iter().collect());
+        prop_assert_eq!(excess(&before, &mapping(&set0, &ks, &sick), &gone), 0);
+    }
+
+    #[test]
     fn balanced_load_is_at_the_statistical_floor(members in members_strategy(64), seed in any::<u64>()) {
         // Every member's count within 5 standard deviations of a perfectly uniform hash.
         let n_keys = 60_000usize;

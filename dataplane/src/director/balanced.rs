@@ -124,6 +124,8 @@ pub fn assign_slots(requested: &[Option<u32>]) -> Result<Vec<u32>, SlotError> {
 pub(crate) struct SlotTable {
     /// Capacity is `1 << level`.
     level: u32,
+    /// Levels up to this one are one flat level (see [`SlotTable::build`]).
+    base: u32,
     /// Member index per slot, or [`EMPTY`].
     slot_member: Vec<u32>,
     /// Acceptance threshold per slot, out of 2^32; `None` when every weight equals the scale.
@@ -137,9 +139,14 @@ pub(crate) struct SlotTable {
 impl SlotTable {
     /// Builds the table from each member's (slot, weight). Slots must be distinct (see
     /// [`assign_slots`]); weights finite and ≥ 0.
-    pub(crate) fn build(members: &[(u32, f64)]) -> SlotTable {
+    ///
+    /// `base_level`: the slot space `[0, 2^base_level)` is one flat level, sampled by a single
+    /// uniform draw without level coins (DxHash-like, the fastest), and nesting starts above
+    /// it; 0 makes every level nested. It is part of the stored director: changing it moves
+    /// keys, growing the slot space past it does not.
+    pub(crate) fn build(members: &[(u32, f64)], base_level: u32) -> SlotTable {
         let max_slot = members.iter().map(|m| m.0).max().unwrap_or(0);
-        let level = u32::BITS - max_slot.leading_zeros();
+        let level = (u32::BITS - max_slot.leading_zeros()).max(base_level);
         let capacity = 1usize << level;
         let mut slot_member = vec![EMPTY; capacity];
         for (i, &(slot, _)) in members.iter().enumerate() {
@@ -165,6 +172,7 @@ impl SlotTable {
         };
         SlotTable {
             level,
+            base: base_level,
             slot_member,
             accept,
             members: members.to_vec(),
@@ -303,9 +311,9 @@ impl Sampler<'_> {
     /// the one the module doc defines.
     #[inline]
     fn sample(&mut self) -> (u32, u64) {
-        let top = self.table.level;
+        let (top, base) = (self.table.level, self.table.base);
         let mut l = top;
-        if top >= 2 {
+        if top >= base + 2 {
             let (t, u) = (top as usize, top as usize - 1);
             let (c1, c2) = (self.counters[t], self.counters[u]);
             let h1 = draw(self.seed, (u64::from(top) << 32) | u64::from(c1));
@@ -328,8 +336,9 @@ impl Sampler<'_> {
             let i = self.counters[l as usize];
             self.counters[l as usize] = i.wrapping_add(1);
             let h = draw(self.seed, (u64::from(l) << 32) | u64::from(i));
-            if l == 0 {
-                return (0, h);
+            if l == base {
+                // The flat base level: one uniform draw over [0, 2^base) (slot 0 for base 0).
+                return ((h & ((1u64 << base) - 1)) as u32, h);
             }
             if h >> 63 == 1 {
                 let half = 1u32 << (l - 1);
@@ -427,7 +436,7 @@ mod tests {
 
     fn table(n: u32) -> SlotTable {
         let members: Vec<(u32, f64)> = (0..n).map(|s| (s, 1.0)).collect();
-        SlotTable::build(&members)
+        SlotTable::build(&members, 0)
     }
 
     #[test]
@@ -471,7 +480,7 @@ mod tests {
         // 4 members in slots 0..3 (capacity 4) vs. the same plus an empty capacity of 64:
         // a far member in slot 63 only takes keys, never shuffles the others.
         let small = table(4);
-        let big = SlotTable::build(&[(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (63, 1.0)]);
+        let big = SlotTable::build(&[(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (63, 1.0)], 0);
         let all = |_| true;
         let mut moved_elsewhere = 0;
         for k in 0..20_000u64 {
@@ -505,6 +514,41 @@ mod tests {
                 (f64::from(c) - mean).abs() < 5.0 * sd,
                 "member {m}: {c} vs {mean:.0}±{sd:.0}"
             );
+        }
+    }
+
+    #[test]
+    fn growing_past_a_flat_base_keeps_the_sequence() {
+        // Base 16 slots (flat), 10 members; a member added at slot 40 (capacity 64) only
+        // takes keys.
+        let members: Vec<(u32, f64)> = (0..10).map(|s| (s, 1.0)).collect();
+        let small = SlotTable::build(&members, 4);
+        let mut more = members;
+        more.push((40, 1.0));
+        let big = SlotTable::build(&more, 4);
+        assert_eq!(small.slot_member.len(), 16);
+        let all = |_: u32| true;
+        for k in 0..20_000u64 {
+            let a = small.pick(k, 0, HealthyMode::Chosen, false, &all).chosen;
+            let b = big.pick(k, 0, HealthyMode::Chosen, false, &all).chosen;
+            assert!(a == b || b == Some(10), "key {k}: {a:?} -> {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_flat_base_is_balanced() {
+        let members: Vec<(u32, f64)> = (0..10).map(|s| (s, 1.0)).collect();
+        let t = SlotTable::build(&members, 4);
+        let all = |_: u32| true;
+        let mut counts = [0u32; 10];
+        for k in 0..100_000u64 {
+            counts[t
+                .pick(k, 0, HealthyMode::Chosen, false, &all)
+                .chosen
+                .unwrap() as usize] += 1;
+        }
+        for c in counts {
+            assert!((f64::from(c) - 10_000.0).abs() < 5.0 * 95.0, "{counts:?}");
         }
     }
 

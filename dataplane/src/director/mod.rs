@@ -443,6 +443,16 @@ fn build_shard(
             "must be at least 1".into(),
         ));
     }
+    if !spec.base_slots.is_power_of_two() || spec.base_slots > balanced::MAX_SLOT + 1 {
+        return Err(invalid(
+            "shard.base_slots".into(),
+            format!(
+                "must be a power of two from 1 to {}, got {}",
+                balanced::MAX_SLOT + 1,
+                spec.base_slots
+            ),
+        ));
+    }
     if !(0.0..1.0).contains(&spec.warmup) {
         return Err(invalid(
             "shard.warmup".into(),
@@ -485,7 +495,10 @@ fn build_shard(
                 .map(|(&s, m)| (s, m.weight))
                 .collect();
             // Balanced hosts are the members themselves: no host → member map.
-            (Table::Balanced(SlotTable::build(&sw)), Vec::new())
+            (
+                Table::Balanced(SlotTable::build(&sw, spec.base_slots.trailing_zeros())),
+                Vec::new(),
+            )
         }
     };
     let host_rampup: Vec<_> = match spec.algorithm {

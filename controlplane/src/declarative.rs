@@ -458,6 +458,10 @@ directors:
         let e = err(&GOOD.replace("replicas: 67", "replicas: 0"));
         assert_eq!(e.path, "directors[0].shard.replicas");
 
+        let e = err(&GOOD.replace("replicas: 67", "replicas: 67, base_slots: 12"));
+        assert_eq!(e.path, "directors[0].shard.base_slots");
+        assert!(e.message.contains("power of two"), "{e}");
+
         let e = err("backends: [");
         assert!(e.message.contains("line"), "{e}");
     }

@@ -4,12 +4,12 @@
 //! `cargo build --release --example lookups -p tether-dataplane`
 //! `valgrind --tool=callgrind --branch-sim=yes target/release/examples/lookups balanced 100 200000`
 
+#[path = "../benches/common.rs"]
+mod common;
+
 use std::hint::black_box;
 
-use tether_dataplane::config::{
-    Address, AdminHealth, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec,
-    TargetRef,
-};
+use common::config;
 use tether_dataplane::director::{
     Algorithm, BackendId, Directors, HealthView, Key, KeySource, SelectOpts,
 };
@@ -30,28 +30,7 @@ fn main() {
     };
     let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
     let lookups: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let config = Config {
-        backends: (0..n)
-            .map(|i| BackendSpec {
-                name: format!("b{i}"),
-                address: "127.0.0.1:8080".parse::<Address>().expect("address"),
-                admin_health: AdminHealth::Auto,
-            })
-            .collect(),
-        directors: vec![DirectorSpec {
-            name: "d".into(),
-            policy: Policy::Shard(ShardSpec {
-                algorithm,
-                ..ShardSpec::default()
-            }),
-            members: (0..n)
-                .map(|i| MemberSpec {
-                    ident: Some(format!("backend-{i:05}.pool.local:8080")),
-                    ..MemberSpec::new(TargetRef::Backend(format!("b{i}")))
-                })
-                .collect(),
-        }],
-    };
+    let config = config(algorithm, n, None, false);
     let set = Directors::build(&config, None).expect("build");
     let d = set.id("d").expect("director");
     // 16-byte keys, all distinct (no repeating pattern for a branch predictor to learn).

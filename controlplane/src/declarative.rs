@@ -277,20 +277,10 @@ impl ShardDoc {
             Some(r) => duration::parse(r).map_err(|e| FileError::new(format!("{at}.rampup"), e))?,
             None => std::time::Duration::ZERO,
         };
+        // Ranges (replicas, warmup, base_slots, weights) are checked once, by
+        // `Directors::build`; `locate` turns its errors into file paths.
         let replicas = self.replicas.unwrap_or(config::DEFAULT_REPLICAS);
-        if replicas == 0 {
-            return Err(FileError::new(
-                format!("{at}.replicas"),
-                "must be at least 1",
-            ));
-        }
         let warmup = self.warmup.unwrap_or(0.0);
-        if !(0.0..1.0).contains(&warmup) {
-            return Err(FileError::new(
-                format!("{at}.warmup"),
-                format!("must be in [0, 1), got {warmup}"),
-            ));
-        }
         Ok(ShardSpec {
             algorithm: match self.algorithm {
                 AlgorithmDoc::Varnish => Algorithm::Varnish,
@@ -329,12 +319,6 @@ impl MemberDoc {
             }
         };
         let weight = self.weight.unwrap_or(1.0);
-        if !weight.is_finite() || weight < 0.0 {
-            return Err(FileError::new(
-                format!("{at}.weight"),
-                format!("must be a finite number >= 0, got {weight}"),
-            ));
-        }
         if self.ident.as_deref() == Some("") {
             return Err(FileError::new(
                 format!("{at}.ident"),
@@ -457,6 +441,15 @@ directors:
 
         let e = err(&GOOD.replace("replicas: 67", "replicas: 0"));
         assert_eq!(e.path, "directors[0].shard.replicas");
+        assert_eq!(e.message, "must be at least 1");
+
+        let e = err(&GOOD.replace("replicas: 67", "replicas: 67, warmup: 1.5"));
+        assert_eq!(e.path, "directors[0].shard.warmup");
+        assert_eq!(e.message, "must be in [0, 1), got 1.5");
+
+        let e = err(&GOOD.replace("weight: 2", "weight: -2"));
+        assert_eq!(e.path, "directors[0].members[1].weight");
+        assert_eq!(e.message, "must be a finite number >= 0, got -2");
 
         let e = err(&GOOD.replace("replicas: 67", "replicas: 67, base_slots: 12"));
         assert_eq!(e.path, "directors[0].shard.base_slots");

@@ -1,8 +1,10 @@
 //! tether.v1: the protobuf resources and where they live in etcd.
 //!
 //! Modules:
-//! - [`v1`]: the generated `tether.v1` messages (Backend, Probe, Director, Route), compiled
-//!   from `proto/tether/v1/*.proto` by `build.rs` with protox, so no `protoc` is needed.
+//! - [`v1`]: the generated `tether.v1` messages (Backend, Probe, Director, Route) and the
+//!   `Tether` gRPC service (server and client), compiled from `proto/tether/v1/*.proto` by
+//!   `build.rs` with protox, so no `protoc` is needed;
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //! - [`keys`]: the etcd key layout of `shared/DESIGN.md` §4, the one place that turns a
 //!   resource kind and name into a key and back.
 //!
@@ -16,3 +18,6 @@ pub mod keys;
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tether.v1.rs"));
 }
+
+/// The encoded `FileDescriptorSet` of tether.v1, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));

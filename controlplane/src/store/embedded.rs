@@ -204,13 +204,14 @@ fn decode_events(mut b: &[u8], revision: i64) -> Result<Vec<Event>, StoreError> 
     Ok(out)
 }
 
-impl Store for EmbeddedStore {
+/// The blocking implementations; [`Store`] runs them on tokio's blocking pool.
+impl Inner {
     fn revision(&self) -> Result<i64, StoreError> {
-        Ok(self.inner.meta()?.0)
+        Ok(self.meta()?.0)
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let r = self.inner.db.begin_read().map_err(storage)?;
+        let r = self.db.begin_read().map_err(storage)?;
         let kv = r.open_table(KV).map_err(storage)?;
         kv.get(key)
             .map_err(storage)?
@@ -220,7 +221,7 @@ impl Store for EmbeddedStore {
 
     fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
         // One read transaction: the keys and the revision come from the same snapshot.
-        let r = self.inner.db.begin_read().map_err(storage)?;
+        let r = self.db.begin_read().map_err(storage)?;
         let meta = r.open_table(META).map_err(storage)?;
         let revision = meta
             .get(REVISION)
@@ -239,7 +240,7 @@ impl Store for EmbeddedStore {
     }
 
     fn txn(&self, txn: &Txn) -> Result<TxnOutcome, StoreError> {
-        let w = self.inner.db.begin_write().map_err(storage)?;
+        let w = self.db.begin_write().map_err(storage)?;
         let outcome = {
             let mut kv = w.open_table(KV).map_err(storage)?;
             let mut meta = w.open_table(META).map_err(storage)?;
@@ -310,15 +311,79 @@ impl Store for EmbeddedStore {
         w.commit().map_err(storage)?;
         if let TxnOutcome::Committed { revision } = outcome {
             // No receiver is not an error: nobody watches.
-            let _ = self.inner.notify.send(revision);
+            let _ = self.notify.send(revision);
         }
         Ok(outcome)
     }
 
-    fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {
+    fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = w.open_table(META).map_err(storage)?;
+            let current = meta
+                .get(REVISION)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            if revision > current + 1 {
+                return Err(StoreError::FutureRevision {
+                    requested: revision,
+                    current,
+                });
+            }
+            let compacted = meta
+                .get(COMPACTED)
+                .map_err(storage)?
+                .map_or(1, |v| v.value());
+            if revision > compacted {
+                let mut log = w.open_table(LOG).map_err(storage)?;
+                log.retain_in(..revision, |_, _| false).map_err(storage)?;
+                meta.insert(COMPACTED, revision).map_err(storage)?;
+            }
+        }
+        w.commit().map_err(storage)
+    }
+}
+
+impl EmbeddedStore {
+    /// Runs a blocking store operation off the async workers (a commit waits for fsync).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Storage(format!("store task failed: {e}")))?
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.blocking(Inner::revision).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |i| i.get(&key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |i| i.list(&prefix)).await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.blocking(move |i| i.txn(&txn)).await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.blocking(move |i| i.compact(revision)).await
+    }
+
+    async fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {
         // Subscribe before reading the revision, so no commit falls between the two.
         let mut wake = self.inner.notify.subscribe();
-        let (current, compacted) = self.inner.meta()?;
+        let (current, compacted) = self.blocking(Inner::meta).await?;
         let from = if from <= 0 { current + 1 } else { from };
         if from > current + 1 {
             return Err(StoreError::FutureRevision {
@@ -366,33 +431,6 @@ impl Store for EmbeddedStore {
             }
         });
         Ok(rx)
-    }
-
-    fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        let w = self.inner.db.begin_write().map_err(storage)?;
-        {
-            let mut meta = w.open_table(META).map_err(storage)?;
-            let current = meta
-                .get(REVISION)
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
-            if revision > current + 1 {
-                return Err(StoreError::FutureRevision {
-                    requested: revision,
-                    current,
-                });
-            }
-            let compacted = meta
-                .get(COMPACTED)
-                .map_err(storage)?
-                .map_or(1, |v| v.value());
-            if revision > compacted {
-                let mut log = w.open_table(LOG).map_err(storage)?;
-                log.retain_in(..revision, |_, _| false).map_err(storage)?;
-                meta.insert(COMPACTED, revision).map_err(storage)?;
-            }
-        }
-        w.commit().map_err(storage)
     }
 }
 

@@ -146,19 +146,24 @@ pub enum StoreError {
 /// A watch: batches in revision order, starting at the revision asked for.
 pub type WatchReceiver = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>;
 
-/// The store interface (etcd's KV semantics, see the module doc).
-pub trait Store: Send + Sync + 'static {
+/// The store interface (etcd's KV semantics, see the module doc). Cheap to clone: clones share
+/// one store.
+pub trait Store: Clone + Send + Sync + 'static {
     /// The current revision (0 before the first write).
-    fn revision(&self) -> Result<i64, StoreError>;
+    fn revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// One key.
-    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, StoreError>> + Send;
     /// Every key under `prefix`, at one revision.
-    fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Listing, StoreError>> + Send;
     /// Compares, then writes, atomically.
-    fn txn(&self, txn: &Txn) -> Result<TxnOutcome, StoreError>;
-    /// Changes under `prefix` from revision `from` on (`from` ≤ current + 1). Must be called
-    /// inside a tokio runtime; the watch ends when the receiver is dropped.
-    fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError>;
+    fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, StoreError>> + Send;
+    /// Changes under `prefix` from revision `from` on (`from` ≤ current + 1; 0: after the
+    /// current revision). The watch ends when the receiver is dropped.
+    fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+    ) -> impl Future<Output = Result<WatchReceiver, StoreError>> + Send;
     /// Forgets history before `revision`.
-    fn compact(&self, revision: i64) -> Result<(), StoreError>;
+    fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

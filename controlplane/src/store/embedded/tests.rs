@@ -12,12 +12,12 @@ fn put(k: &str, v: &str) -> Op {
     Op::Put(k.to_owned(), v.as_bytes().to_vec())
 }
 
-fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
+async fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
     match s
-        .txn(&Txn {
+        .txn(Txn {
             compares: vec![],
             ops,
-        })
+        }).await
         .expect("txn")
     {
         TxnOutcome::Committed { revision } => revision,
@@ -25,28 +25,28 @@ fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
     }
 }
 
-#[test]
-fn revisions_increase_once_per_write_and_record_create_and_mod() {
+#[tokio::test]
+async fn revisions_increase_once_per_write_and_record_create_and_mod() {
     let (_d, s) = open();
-    assert_eq!(s.revision().unwrap(), 0);
-    assert_eq!(commit(&s, vec![put("/a", "1"), put("/b", "1")]), 1);
-    assert_eq!(commit(&s, vec![put("/a", "2")]), 2);
-    let a = s.get("/a").unwrap().unwrap();
+    assert_eq!(s.revision().await.unwrap(), 0);
+    assert_eq!(commit(&s, vec![put("/a", "1"), put("/b", "1")]).await, 1);
+    assert_eq!(commit(&s, vec![put("/a", "2")]).await, 2);
+    let a = s.get("/a").await.unwrap().unwrap();
     assert_eq!(
         (a.create_revision, a.mod_revision, a.value.as_slice()),
         (1, 2, &b"2"[..])
     );
     // Deleting a missing key writes nothing and keeps the revision.
-    assert_eq!(commit(&s, vec![Op::Delete("/nope".into())]), 2);
-    assert_eq!(commit(&s, vec![Op::Delete("/b".into())]), 3);
-    assert_eq!(s.get("/b").unwrap(), None);
+    assert_eq!(commit(&s, vec![Op::Delete("/nope".into())]).await, 2);
+    assert_eq!(commit(&s, vec![Op::Delete("/b".into())]).await, 3);
+    assert_eq!(s.get("/b").await.unwrap(), None);
 }
 
-#[test]
-fn a_failed_compare_writes_nothing() {
+#[tokio::test]
+async fn a_failed_compare_writes_nothing() {
     let (_d, s) = open();
-    commit(&s, vec![put("/a", "1")]);
-    let before = s.list("/").unwrap();
+    commit(&s, vec![put("/a", "1")]).await;
+    let before = s.list("/").await.unwrap();
     for compares in [
         vec![Compare::ModRevision("/a".into(), 7)],
         vec![
@@ -57,32 +57,32 @@ fn a_failed_compare_writes_nothing() {
     ] {
         let n = compares.len();
         let out = s
-            .txn(&Txn {
+            .txn(Txn {
                 compares,
                 ops: vec![put("/a", "changed"), put("/c", "new")],
-            })
+            }).await
             .unwrap();
         assert_eq!(out, TxnOutcome::Failed { compare: n - 1 });
         assert_eq!(
-            s.list("/").unwrap(),
+            s.list("/").await.unwrap(),
             before,
             "nothing stored, nothing changed"
         );
     }
     let ok = s
-        .txn(&Txn {
+        .txn(Txn {
             compares: vec![
                 Compare::ModRevision("/a".into(), 1),
                 Compare::Missing("/c".into()),
             ],
             ops: vec![put("/a", "changed"), put("/c", "new")],
-        })
+        }).await
         .unwrap();
     assert_eq!(ok, TxnOutcome::Committed { revision: 2 });
 }
 
-#[test]
-fn list_is_by_prefix_in_key_order_at_one_revision() {
+#[tokio::test]
+async fn list_is_by_prefix_in_key_order_at_one_revision() {
     let (_d, s) = open();
     commit(
         &s,
@@ -92,27 +92,27 @@ fn list_is_by_prefix_in_key_order_at_one_revision() {
             put("/t/v1/routes/r", "z"),
             put("/u/x", "w"),
         ],
-    );
-    let l = s.list("/t/v1/backends/").unwrap();
+    ).await;
+    let l = s.list("/t/v1/backends/").await.unwrap();
     assert_eq!(l.revision, 1);
     let keys: Vec<&str> = l.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/t/v1/backends/a", "/t/v1/backends/b"]);
 }
 
-#[test]
-fn everything_survives_reopening_the_file() {
+#[tokio::test]
+async fn everything_survives_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tether.redb");
     {
         let s = EmbeddedStore::open(&path).unwrap();
-        commit(&s, vec![put("/a", "1")]);
-        commit(&s, vec![put("/b", "2")]);
+        commit(&s, vec![put("/a", "1")]).await;
+        commit(&s, vec![put("/b", "2")]).await;
     }
     let s = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(s.revision().unwrap(), 2);
-    assert_eq!(s.get("/b").unwrap().unwrap().value, b"2");
+    assert_eq!(s.revision().await.unwrap(), 2);
+    assert_eq!(s.get("/b").await.unwrap().unwrap().value, b"2");
     assert_eq!(
-        commit(&s, vec![put("/c", "3")]),
+        commit(&s, vec![put("/c", "3")]).await,
         3,
         "the revision continues"
     );
@@ -129,8 +129,8 @@ async fn next(rx: &mut WatchReceiver) -> WatchBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
     let (_d, s) = open();
-    commit(&s, vec![put("/w/a", "1")]); // 1
-    commit(&s, vec![put("/other", "x")]); // 2: not under /w/
+    commit(&s, vec![put("/w/a", "1")]).await; // 1
+    commit(&s, vec![put("/other", "x")]).await; // 2: not under /w/
     commit(
         &s,
         vec![
@@ -138,8 +138,8 @@ async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
             Op::Delete("/w/a".into()),
             put("/w/b", "1"),
         ],
-    ); // 3
-    let mut rx = s.watch("/w/", 1).unwrap();
+    ).await; // 3
+    let mut rx = s.watch("/w/", 1).await.unwrap();
     let b1 = next(&mut rx).await;
     assert_eq!(b1.revision, 1);
     let b3 = next(&mut rx).await;
@@ -152,9 +152,9 @@ async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
     assert!(matches!(&b3.events[1], Event::Delete { key, mod_revision: 3 } if key == "/w/a"));
     // Live: many writes, each delivered once, in order.
     let writer = s.clone();
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         for i in 0..200 {
-            commit(&writer, vec![put("/w/live", &i.to_string())]);
+            commit(&writer, vec![put("/w/live", &i.to_string())]).await;
         }
     });
     for i in 0..200 {
@@ -171,32 +171,32 @@ async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
 async fn watch_from_now_and_errors_for_future_and_compacted_revisions() {
     let (_d, s) = open();
     for i in 0..5 {
-        commit(&s, vec![put("/k", &i.to_string())]);
+        commit(&s, vec![put("/k", &i.to_string())]).await;
     }
-    let mut now = s.watch("/", 0).unwrap();
-    commit(&s, vec![put("/k", "new")]);
+    let mut now = s.watch("/", 0).await.unwrap();
+    commit(&s, vec![put("/k", "new")]).await;
     assert_eq!(next(&mut now).await.revision, 6);
     assert!(matches!(
-        s.watch("/", 9),
+        s.watch("/", 9).await,
         Err(StoreError::FutureRevision {
             requested: 9,
             current: 6
         })
     ));
-    s.compact(4).unwrap();
-    match s.watch("/", 2) {
+    s.compact(4).await.unwrap();
+    match s.watch("/", 2).await {
         Err(StoreError::Compacted {
             requested: 2,
             compact_revision: 4,
         }) => {}
         other => panic!("{other:?}"),
     }
-    let mut rx = s.watch("/", 4).unwrap();
+    let mut rx = s.watch("/", 4).await.unwrap();
     assert_eq!(
         next(&mut rx).await.revision,
         4,
         "history from the compaction point stays"
     );
     // The data itself is untouched by compaction.
-    assert_eq!(s.get("/k").unwrap().unwrap().value, b"new");
+    assert_eq!(s.get("/k").await.unwrap().unwrap().value, b"new");
 }

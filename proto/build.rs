@@ -3,7 +3,10 @@
 //! service from the same descriptor set, which is also saved for server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/tether/v1/resources.proto", "proto/tether/v1/api.proto"];
+    let files = [
+        "proto/tether/v1/resources.proto",
+        "proto/tether/v1/api.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,17 +1,19 @@
-//! The declarative YAML file: backends and directors (probes and routes join them with the
-//! API). The same file serves `tether explain -f` offline and, later, `tether apply -f`.
+//! The declarative YAML file: backends, probes, directors and routes. The same file serves
+//! `tether explain -f` offline and `tether apply -f`: it is read into tether.v1 messages (the
+//! API's own types) and checked by [`crate::convert`], so a file and an API call are validated
+//! by the same code and report the same field paths.
 //!
 //! Parsing is strict (unknown fields are errors). Every error names the field as a path such as
 //! `directors[1].members[0].weight`, with the line where the YAML parser knows it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tether_dataplane::config::{
-    self, AdminHealth, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef,
-};
-use tether_dataplane::director::{Algorithm, BuildError, Directors, HealthyMode};
+use tether_dataplane::config::Config;
+use tether_dataplane::director::Directors;
+use tether_proto::v1;
 
+use crate::convert::{self, FieldError, Resources};
 use crate::duration;
 
 /// Why a file was refused: the field's path and what is wrong with it.
@@ -40,9 +42,15 @@ pub struct Document {
     /// Backends.
     #[serde(default)]
     pub backends: Vec<BackendDoc>,
+    /// Probes.
+    #[serde(default)]
+    pub probes: Vec<ProbeDoc>,
     /// Directors.
     #[serde(default)]
     pub directors: Vec<DirectorDoc>,
+    /// Routes.
+    #[serde(default)]
+    pub routes: Vec<RouteDoc>,
 }
 
 /// A backend as written.
@@ -53,9 +61,112 @@ pub struct BackendDoc {
     pub name: String,
     /// `host:port`.
     pub address: String,
+    /// Second address (other IP family).
+    pub address2: Option<String>,
+    /// Default member weight (1).
+    pub weight: Option<f64>,
+    /// Probe name.
+    pub probe: Option<String>,
+    /// `Host` sent to the backend.
+    pub host_header: Option<String>,
+    /// Connect timeout, as `3.5s`.
+    pub connect_timeout: Option<String>,
+    /// First-byte timeout.
+    pub first_byte_timeout: Option<String>,
+    /// Between-bytes timeout.
+    pub between_bytes_timeout: Option<String>,
+    /// Connection limit (0: none).
+    #[serde(default)]
+    pub max_connections: u32,
     /// `auto` (default), `healthy` or `sick`.
     #[serde(default)]
     pub admin_health: AdminHealthDoc,
+    /// No new requests.
+    #[serde(default)]
+    pub drain: bool,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A probe as written (Varnish defaults when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeDoc {
+    /// Name.
+    pub name: String,
+    /// URL path (default `/`).
+    pub url: Option<String>,
+    /// Raw request lines, replacing `url`.
+    #[serde(default)]
+    pub request: Vec<String>,
+    /// Expected status (200).
+    pub expected_status: Option<u32>,
+    /// Whole-probe timeout (2s).
+    pub timeout: Option<String>,
+    /// Interval (5s).
+    pub interval: Option<String>,
+    /// Window (8).
+    pub window: Option<u32>,
+    /// Threshold (3).
+    pub threshold: Option<u32>,
+    /// Initial good probes (threshold - 1).
+    pub initial: Option<u32>,
+}
+
+/// A key source as written: exactly one of the fields.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDoc {
+    /// `client_ip: true`.
+    #[serde(default)]
+    pub client_ip: bool,
+    /// A header name.
+    pub header: Option<String>,
+    /// A cookie name.
+    pub cookie: Option<String>,
+    /// A query parameter name.
+    pub query: Option<String>,
+    /// `url: true`.
+    #[serde(default)]
+    pub url: bool,
+    /// `path: true`.
+    #[serde(default)]
+    pub path: bool,
+}
+
+/// A required header as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderDoc {
+    /// Header name.
+    pub name: String,
+    /// Exact value; absent: present with any value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A route as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    /// Name.
+    pub name: String,
+    /// Host names (any when empty).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefix.
+    #[serde(default)]
+    pub path_prefix: String,
+    /// Required headers.
+    #[serde(default)]
+    pub headers: Vec<HeaderDoc>,
+    /// Director name.
+    pub director: String,
+    /// Key source.
+    pub key: KeyDoc,
+    /// Key source when `key` is absent from a request.
+    pub fallback_key: Option<KeyDoc>,
 }
 
 /// Admin health as written.
@@ -172,12 +283,22 @@ pub struct Loaded {
     pub directors: Directors,
 }
 
-/// Parses, validates and builds a file.
+impl From<FieldError> for FileError {
+    fn from(e: FieldError) -> FileError {
+        FileError::new(e.field, e.message)
+    }
+}
+
+/// Parses, validates and builds a file. Balanced shard directors get their stored mapping
+/// (slots, `base_slots`) exactly as the control plane would assign it when the file is applied
+/// to an empty store, so offline answers match the running system's.
 pub fn load(text: &str) -> Result<Loaded, FileError> {
-    let doc = parse(text)?;
-    let config = doc.to_config()?;
-    let directors = Directors::build(&config, None).map_err(|e| locate(&config, e))?;
-    Ok(Loaded { config, directors })
+    let set = parse(text)?.to_resources()?;
+    let v = convert::validate(&set)?;
+    Ok(Loaded {
+        config: v.config,
+        directors: v.directors,
+    })
 }
 
 /// Parses the YAML strictly.
@@ -197,54 +318,126 @@ pub fn parse(text: &str) -> Result<Document, FileError> {
     }
 }
 
+fn dur(
+    s: Option<&str>,
+    path: impl FnOnce() -> String,
+) -> Result<Option<prost_types::Duration>, FileError> {
+    s.map(|s| {
+        let d = duration::parse(s).map_err(|e| FileError::new(path(), e))?;
+        Ok(prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos() as i32,
+        })
+    })
+    .transpose()
+}
+
 impl Document {
-    /// Checks names, addresses and fields, and converts to the domain configuration.
-    pub fn to_config(&self) -> Result<Config, FileError> {
-        let mut config = Config::default();
-        for (i, b) in self.backends.iter().enumerate() {
-            let at = |f: &str| format!("backends[{i}].{f}");
-            config::validate_name(&b.name).map_err(|e| FileError::new(at("name"), e))?;
-            let address = b
-                .address
-                .parse()
-                .map_err(|e| FileError::new(at("address"), e))?;
-            config.backends.push(BackendSpec {
-                name: b.name.clone(),
-                address,
-                admin_health: match b.admin_health {
-                    AdminHealthDoc::Auto => AdminHealth::Auto,
-                    AdminHealthDoc::Healthy => AdminHealth::Healthy,
-                    AdminHealthDoc::Sick => AdminHealth::Sick,
-                },
-            });
-        }
-        for (i, d) in self.directors.iter().enumerate() {
-            config
-                .directors
-                .push(d.to_spec(&format!("directors[{i}]"))?);
-        }
-        Ok(config)
+    /// The file's resources as tether.v1 messages, with balanced shard mappings assigned (as
+    /// for a first apply), each tagged with its path in the file. Only syntax (durations) is
+    /// checked here; [`convert::validate`] checks the rest.
+    pub fn to_resources(&self) -> Result<Resources, FileError> {
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.to_proto(&format!("backends[{i}]")))
+            .collect::<Result<_, _>>()?;
+        let probes = self
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_proto(&format!("probes[{i}]")))
+            .collect::<Result<_, _>>()?;
+        let directors = self
+            .directors
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut d = d.to_proto(&format!("directors[{i}]"))?;
+                convert::assign_slots(&mut d, None);
+                Ok(d)
+            })
+            .collect::<Result<_, FileError>>()?;
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.to_proto(&format!("routes[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(Resources::indexed(backends, probes, directors, routes))
+    }
+}
+
+impl BackendDoc {
+    fn to_proto(&self, at: &str) -> Result<v1::Backend, FileError> {
+        let timeouts = v1::Timeouts {
+            connect: dur(self.connect_timeout.as_deref(), || {
+                format!("{at}.connect_timeout")
+            })?,
+            first_byte: dur(self.first_byte_timeout.as_deref(), || {
+                format!("{at}.first_byte_timeout")
+            })?,
+            between_bytes: dur(self.between_bytes_timeout.as_deref(), || {
+                format!("{at}.between_bytes_timeout")
+            })?,
+        };
+        Ok(v1::Backend {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            address2: self.address2.clone().unwrap_or_default(),
+            weight: self.weight,
+            probe: self.probe.clone().unwrap_or_default(),
+            host_header: self.host_header.clone().unwrap_or_default(),
+            timeouts: Some(timeouts),
+            max_connections: self.max_connections,
+            admin_health: match self.admin_health {
+                AdminHealthDoc::Auto => v1::AdminHealth::Auto,
+                AdminHealthDoc::Healthy => v1::AdminHealth::Healthy,
+                AdminHealthDoc::Sick => v1::AdminHealth::Sick,
+            } as i32,
+            drain: self.drain,
+            labels: self.labels.clone().into_iter().collect(),
+            ..Default::default()
+        })
+    }
+}
+
+impl ProbeDoc {
+    fn to_proto(&self, at: &str) -> Result<v1::Probe, FileError> {
+        Ok(v1::Probe {
+            name: self.name.clone(),
+            url: self.url.clone().unwrap_or_default(),
+            request: self.request.clone(),
+            expected_status: self.expected_status.unwrap_or(0),
+            timeout: dur(self.timeout.as_deref(), || format!("{at}.timeout"))?,
+            interval: dur(self.interval.as_deref(), || format!("{at}.interval"))?,
+            window: self.window.unwrap_or(0),
+            threshold: self.threshold.unwrap_or(0),
+            initial: self.initial,
+            ..Default::default()
+        })
     }
 }
 
 impl DirectorDoc {
-    fn to_spec(&self, at: &str) -> Result<DirectorSpec, FileError> {
-        config::validate_name(&self.name).map_err(|e| FileError::new(format!("{at}.name"), e))?;
+    fn to_proto(&self, at: &str) -> Result<v1::Director, FileError> {
+        use v1::director::Policy;
         let mut policies = Vec::new();
         if self.round_robin.is_some() {
-            policies.push(Policy::RoundRobin);
+            policies.push(Policy::RoundRobin(v1::RoundRobin {}));
         }
         if let Some(f) = &self.fallback {
-            policies.push(Policy::Fallback { sticky: f.sticky });
+            policies.push(Policy::Fallback(v1::Fallback { sticky: f.sticky }));
         }
         if self.random.is_some() {
-            policies.push(Policy::Random);
+            policies.push(Policy::Random(v1::Random {}));
         }
         if self.hash.is_some() {
-            policies.push(Policy::Hash);
+            policies.push(Policy::Hash(v1::Hash {}));
         }
         if let Some(s) = &self.shard {
-            policies.push(Policy::Shard(s.to_spec(&format!("{at}.shard"))?));
+            policies.push(Policy::Shard(s.to_proto(&format!("{at}.shard"))?));
         }
         if policies.len() != 1 {
             return Err(FileError::new(
@@ -256,61 +449,57 @@ impl DirectorDoc {
                 ),
             ));
         }
-        let policy = policies.remove(0);
         let members = self
             .members
             .iter()
             .enumerate()
-            .map(|(j, m)| m.to_spec(&format!("{at}.members[{j}]")))
+            .map(|(j, m)| m.to_proto(&format!("{at}.members[{j}]")))
             .collect::<Result<_, _>>()?;
-        Ok(DirectorSpec {
+        Ok(v1::Director {
             name: self.name.clone(),
-            policy,
+            revision: 0,
+            policy: policies.pop(),
             members,
         })
     }
 }
 
 impl ShardDoc {
-    fn to_spec(&self, at: &str) -> Result<ShardSpec, FileError> {
-        let rampup = match &self.rampup {
-            Some(r) => duration::parse(r).map_err(|e| FileError::new(format!("{at}.rampup"), e))?,
-            None => std::time::Duration::ZERO,
-        };
-        // Ranges (replicas, warmup, base_slots, weights) are checked once, by
-        // `Directors::build`; `locate` turns its errors into file paths.
-        let replicas = self.replicas.unwrap_or(config::DEFAULT_REPLICAS);
-        let warmup = self.warmup.unwrap_or(0.0);
-        Ok(ShardSpec {
+    fn to_proto(&self, at: &str) -> Result<v1::Shard, FileError> {
+        Ok(v1::Shard {
             algorithm: match self.algorithm {
-                AlgorithmDoc::Varnish => Algorithm::Varnish,
-                AlgorithmDoc::Balanced => Algorithm::Balanced,
+                AlgorithmDoc::Varnish => v1::ShardAlgorithm::Varnish,
+                AlgorithmDoc::Balanced => v1::ShardAlgorithm::Balanced,
+            } as i32,
+            // 0 would mean "the default" in the API; in a file an explicit 0 is an error.
+            replicas: match self.replicas {
+                Some(0) => {
+                    return Err(FileError::new(
+                        format!("{at}.replicas"),
+                        "must be at least 1",
+                    ));
+                }
+                Some(r) => r,
+                None => 0,
             },
-            replicas,
             healthy: match self.healthy {
-                HealthyDoc::Chosen => HealthyMode::Chosen,
-                HealthyDoc::Ignore => HealthyMode::Ignore,
-                HealthyDoc::All => HealthyMode::All,
-            },
-            rampup,
-            warmup,
-            base_slots: self.base_slots.unwrap_or(1),
+                HealthyDoc::Chosen => v1::ShardHealthy::Chosen,
+                HealthyDoc::Ignore => v1::ShardHealthy::Ignore,
+                HealthyDoc::All => v1::ShardHealthy::All,
+            } as i32,
+            rampup: dur(self.rampup.as_deref(), || format!("{at}.rampup"))?,
+            warmup: self.warmup.unwrap_or(0.0),
+            base_slots: self.base_slots.unwrap_or(0),
         })
     }
 }
 
 impl MemberDoc {
-    fn to_spec(&self, at: &str) -> Result<MemberSpec, FileError> {
+    fn to_proto(&self, at: &str) -> Result<v1::Member, FileError> {
+        use v1::member::Target;
         let target = match (&self.backend, &self.director) {
-            (Some(b), None) => {
-                config::validate_name(b).map_err(|e| FileError::new(format!("{at}.backend"), e))?;
-                TargetRef::Backend(b.clone())
-            }
-            (None, Some(d)) => {
-                config::validate_name(d)
-                    .map_err(|e| FileError::new(format!("{at}.director"), e))?;
-                TargetRef::Director(d.clone())
-            }
+            (Some(b), None) => Target::Backend(b.clone()),
+            (None, Some(d)) => Target::Director(d.clone()),
             _ => {
                 return Err(FileError::new(
                     at,
@@ -318,59 +507,86 @@ impl MemberDoc {
                 ));
             }
         };
-        let weight = self.weight.unwrap_or(1.0);
         if self.ident.as_deref() == Some("") {
             return Err(FileError::new(
                 format!("{at}.ident"),
                 "must not be empty when given",
             ));
         }
-        let rampup = self
-            .rampup
-            .as_deref()
-            .map(duration::parse)
-            .transpose()
-            .map_err(|e| FileError::new(format!("{at}.rampup"), e))?;
-        Ok(MemberSpec {
-            target,
-            weight,
-            ident: self.ident.clone(),
+        Ok(v1::Member {
+            target: Some(target),
+            weight: self.weight,
+            ident: self.ident.clone().unwrap_or_default(),
             slot: self.slot,
-            rampup,
+            rampup: dur(self.rampup.as_deref(), || format!("{at}.rampup"))?,
         })
     }
 }
 
-/// Turns a build error (which names the director) into a file path.
-fn locate(config: &Config, e: BuildError) -> FileError {
-    let index: HashMap<&str, usize> = config
-        .directors
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.name.as_str(), i))
-        .collect();
-    let director_path = |name: &str| {
-        index
-            .get(name)
-            .map_or_else(|| "directors".to_owned(), |i| format!("directors[{i}]"))
-    };
-    match &e {
-        BuildError::DuplicateBackend(_) => FileError::new("backends", e),
-        BuildError::DuplicateDirector(_) | BuildError::Cycle(_) => FileError::new("directors", e),
-        BuildError::Unknown {
-            director,
-            field,
-            kind,
-            name,
-        } => FileError::new(
-            format!("{}.{field}", director_path(director)),
-            format!("no {kind} named {name:?}"),
-        ),
-        BuildError::Invalid {
-            director,
-            field,
-            reason,
-        } => FileError::new(format!("{}.{field}", director_path(director)), reason),
+impl KeyDoc {
+    fn to_proto(&self) -> v1::KeySource {
+        use v1::key_source::Source;
+        let source = if self.client_ip {
+            Some(Source::ClientIp(true))
+        } else if let Some(h) = &self.header {
+            Some(Source::Header(h.clone()))
+        } else if let Some(c) = &self.cookie {
+            Some(Source::Cookie(c.clone()))
+        } else if let Some(q) = &self.query {
+            Some(Source::Query(q.clone()))
+        } else if self.url {
+            Some(Source::Url(true))
+        } else if self.path {
+            Some(Source::Path(true))
+        } else {
+            None
+        };
+        v1::KeySource { source }
+    }
+
+    fn count(&self) -> usize {
+        usize::from(self.client_ip)
+            + usize::from(self.header.is_some())
+            + usize::from(self.cookie.is_some())
+            + usize::from(self.query.is_some())
+            + usize::from(self.url)
+            + usize::from(self.path)
+    }
+}
+
+impl RouteDoc {
+    fn to_proto(&self, at: &str) -> Result<v1::Route, FileError> {
+        let one = |k: &KeyDoc, field: &str| {
+            if k.count() == 1 {
+                Ok(k.to_proto())
+            } else {
+                Err(FileError::new(
+                    format!("{at}.{field}"),
+                    "needs exactly one of client_ip, header, cookie, query, url, path",
+                ))
+            }
+        };
+        Ok(v1::Route {
+            name: self.name.clone(),
+            revision: 0,
+            hosts: self.hosts.clone(),
+            path_prefix: self.path_prefix.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| v1::HeaderMatch {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            director: self.director.clone(),
+            key: Some(one(&self.key, "key")?),
+            fallback_key: self
+                .fallback_key
+                .as_ref()
+                .map(|k| one(k, "fallback_key"))
+                .transpose()?,
+        })
     }
 }
 
@@ -402,7 +618,10 @@ directors:
     fn the_issue_example_loads() {
         let l = load(GOOD).unwrap();
         assert_eq!(l.config.backends.len(), 2);
-        assert_eq!(l.config.backends[0].admin_health, AdminHealth::Sick);
+        assert_eq!(
+            l.config.backends[0].admin_health,
+            tether_dataplane::config::AdminHealth::Sick
+        );
         assert_eq!(l.config.directors[0].members[1].weight, 2.0);
         assert!(l.directors.id("rr").is_some());
     }
@@ -463,7 +682,7 @@ directors:
     fn cycles_are_reported() {
         let text = "directors:\n  - name: a\n    hash: {}\n    members: [{ director: b }]\n  - name: b\n    hash: {}\n    members: [{ director: a }]\n";
         let e = err(text);
-        assert_eq!(e.path, "directors");
+        assert_eq!(e.path, "directors[0]");
         assert!(e.message.contains("a -> b -> a"), "{e}");
     }
 

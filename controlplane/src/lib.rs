@@ -14,6 +14,7 @@
 //! fields → `Config` → [`tether_dataplane::director::Directors::build`] (references, cycles,
 //! weights, slots).
 
+pub mod convert;
 pub mod declarative;
 pub mod duration;
 pub mod store;

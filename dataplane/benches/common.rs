@@ -2,8 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use tether_dataplane::config::{
-    Address, AdminHealth, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec,
-    TargetRef,
+    Address, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef,
 };
 use tether_dataplane::director::{Algorithm, BackendId, HealthView};
 
@@ -39,10 +38,11 @@ pub fn config_with_base(
     }
     Config {
         backends: (0..=n)
-            .map(|i| BackendSpec {
-                name: format!("b{i}"),
-                address: "127.0.0.1:8080".parse::<Address>().expect("address"),
-                admin_health: AdminHealth::Auto,
+            .map(|i| {
+                BackendSpec::new(
+                    format!("b{i}"),
+                    "127.0.0.1:8080".parse::<Address>().expect("address"),
+                )
             })
             .collect(),
         directors: vec![DirectorSpec {
@@ -61,6 +61,7 @@ pub fn config_with_base(
                 })
                 .collect(),
         }],
+        ..Default::default()
     }
 }
 

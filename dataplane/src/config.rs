@@ -159,15 +159,168 @@ pub enum AdminHealth {
     Sick,
 }
 
-/// A backend, as far as directors and the explain command need it.
+/// Backend timeouts (DESIGN §3); Varnish's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From the request sent to the response head.
+    pub first_byte: Duration,
+    /// Between two reads of the response body.
+    pub between_bytes: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_millis(3500),
+            first_byte: Duration::from_secs(60),
+            between_bytes: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One origin server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSpec {
     /// Unique backend name.
     pub name: String,
     /// Where it listens.
     pub address: Address,
+    /// Optional second address (the other IP family), tried when the first fails to connect.
+    pub address2: Option<Address>,
+    /// Default weight of members that refer to it.
+    pub weight: f64,
+    /// Name of its probe.
+    pub probe: Option<String>,
+    /// `Host` sent to it (and in probes); the client's when absent.
+    pub host_header: Option<String>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Open connections at most (0: unlimited).
+    pub max_connections: u32,
     /// Admin override.
     pub admin_health: AdminHealth,
+    /// No new requests; in-flight ones finish.
+    pub drain: bool,
+}
+
+impl BackendSpec {
+    /// A backend with defaults for everything but its name and address.
+    pub fn new(name: impl Into<String>, address: Address) -> BackendSpec {
+        BackendSpec {
+            name: name.into(),
+            address,
+            address2: None,
+            weight: 1.0,
+            probe: None,
+            host_header: None,
+            timeouts: Timeouts::default(),
+            max_connections: 0,
+            admin_health: AdminHealth::Auto,
+            drain: false,
+        }
+    }
+
+    /// The addresses, in the order they are tried. With the name, the backend's identity for
+    /// runtime state (pools, health windows, counters).
+    pub fn addresses(&self) -> impl Iterator<Item = &Address> {
+        std::iter::once(&self.address).chain(self.address2.as_ref())
+    }
+}
+
+/// What a probe sends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProbeRequest {
+    /// `GET <url> HTTP/1.1` with `Host` and `Connection: close`.
+    Url(String),
+    /// Raw lines, each followed by CRLF, then one final CRLF.
+    Raw(Vec<String>),
+}
+
+/// A health probe with Varnish semantics (`shared/reference/varnish-directors.md` §3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProbeSpec {
+    /// Unique probe name.
+    pub name: String,
+    /// What it sends.
+    pub request: ProbeRequest,
+    /// The status that counts as success (100–999).
+    pub expected_status: u16,
+    /// Bound on one whole probe.
+    pub timeout: Duration,
+    /// From the end of one probe to the start of the next.
+    pub interval: Duration,
+    /// Probes remembered, 1–64.
+    pub window: u32,
+    /// Good probes in the window needed to be healthy, 1–window.
+    pub threshold: u32,
+    /// Good probes assumed at start, 0–threshold.
+    pub initial: u32,
+}
+
+impl ProbeSpec {
+    /// Varnish's defaults: `GET /`, 200, 2 s, 5 s, 8, 3, initial 2.
+    pub fn new(name: impl Into<String>) -> ProbeSpec {
+        ProbeSpec {
+            name: name.into(),
+            request: ProbeRequest::Url("/".into()),
+            expected_status: 200,
+            timeout: Duration::from_secs(2),
+            interval: Duration::from_secs(5),
+            window: 8,
+            threshold: 3,
+            initial: 2,
+        }
+    }
+}
+
+/// Largest probe window (Varnish keeps 64-bit registers).
+pub const MAX_PROBE_WINDOW: u32 = 64;
+
+/// Where a route's key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySpec {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// A query parameter's value.
+    Query(String),
+    /// The request URL (path and query).
+    Url,
+    /// The request path.
+    Path,
+}
+
+/// A header a route requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    /// Exact value; `None`: present with any value.
+    pub value: Option<String>,
+}
+
+/// Which requests go to which director, keyed how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Unique route name.
+    pub name: String,
+    /// Lower-case host names (without port); empty: any. `*.example.com` matches subdomains.
+    pub hosts: Vec<String>,
+    /// Path prefix (`/` or empty: any).
+    pub path_prefix: String,
+    /// Headers that must be present (and equal, when a value is given).
+    pub headers: Vec<HeaderMatch>,
+    /// The director that picks.
+    pub director: String,
+    /// The key source.
+    pub key: KeySpec,
+    /// Used when `key` is absent from the request; with none, the URL.
+    pub fallback_key: Option<KeySpec>,
 }
 
 /// A director's load-balancing policy.
@@ -279,13 +432,18 @@ pub struct DirectorSpec {
     pub members: Vec<MemberSpec>,
 }
 
-/// Backends and directors: the input of [`crate::director::Directors::build`].
+/// One revision's resources: the input of [`crate::director::Directors::build`] and of the
+/// data plane's snapshot.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// Backends.
     pub backends: Vec<BackendSpec>,
+    /// Probes.
+    pub probes: Vec<ProbeSpec>,
     /// Directors.
     pub directors: Vec<DirectorSpec>,
+    /// Routes, in match order.
+    pub routes: Vec<RouteSpec>,
 }
 
 #[cfg(test)]

@@ -20,4 +20,5 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of tether.v1, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));

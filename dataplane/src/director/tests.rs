@@ -1,9 +1,7 @@
 //! Unit tests of the director set: building, nesting, cycles, and every policy.
 
 use super::*;
-use crate::config::{
-    Address, AdminHealth, BackendSpec, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef,
-};
+use crate::config::{Address, BackendSpec, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef};
 use std::cell::RefCell;
 use std::collections::{HashMap as Map, HashSet};
 
@@ -18,13 +16,12 @@ impl HealthView for Sick {
 }
 
 fn backend(i: usize) -> BackendSpec {
-    BackendSpec {
-        name: format!("b{i}"),
-        address: format!("127.0.0.1:{}", 19000 + i)
+    BackendSpec::new(
+        format!("b{i}"),
+        format!("127.0.0.1:{}", 19000 + i)
             .parse::<Address>()
             .unwrap(),
-        admin_health: AdminHealth::Auto,
-    }
+    )
 }
 
 fn members(n: usize) -> Vec<MemberSpec> {
@@ -41,6 +38,7 @@ fn one(policy: Policy, n: usize) -> (Directors, DirectorId) {
             policy,
             members: members(n),
         }],
+        ..Default::default()
     };
     let set = Directors::build(&cfg, None).unwrap();
     let id = set.id("d").unwrap();
@@ -201,6 +199,7 @@ fn duplicate_idents_keep_the_first_member() {
             policy: shard(Algorithm::Varnish),
             members: members(3),
         }],
+        ..Default::default()
     };
     cfg.directors[0].members[2].ident = Some("b1".into());
     let set = Directors::build(&cfg, None).unwrap();
@@ -289,6 +288,7 @@ fn hash_director_is_deterministic_weighted_and_not_consistent() {
             policy: Policy::Hash,
             members: members(3),
         }],
+        ..Default::default()
     };
     cfg.directors[0].members[1].weight = 2.0;
     let set = Directors::build(&cfg, None).unwrap();
@@ -328,6 +328,7 @@ fn random_director_follows_weights_over_healthy_members() {
             policy: Policy::Random,
             members: members(3),
         }],
+        ..Default::default()
     };
     cfg.directors[0].members[0].weight = 3.0;
     cfg.directors[0].members[2].weight = 0.0;
@@ -366,6 +367,7 @@ fn nested_directors_resolve_and_are_healthy_when_any_member_is() {
                 ],
             },
         ],
+        ..Default::default()
     };
     let set = Directors::build(&cfg, None).unwrap();
     let fb = set.id("fb").unwrap();
@@ -401,6 +403,7 @@ fn cycles_and_unknown_references_are_rejected() {
     let cfg = Config {
         backends: vec![],
         directors: vec![d("a", "b"), d("b", "c"), d("c", "a")],
+        ..Default::default()
     };
     match Directors::build(&cfg, None) {
         Err(BuildError::Cycle(path)) => assert_eq!(path, ["a", "b", "c", "a"]),
@@ -409,6 +412,7 @@ fn cycles_and_unknown_references_are_rejected() {
     let cfg = Config {
         backends: vec![],
         directors: vec![d("a", "a")],
+        ..Default::default()
     };
     assert!(matches!(
         Directors::build(&cfg, None),
@@ -421,6 +425,7 @@ fn cycles_and_unknown_references_are_rejected() {
             policy: Policy::Hash,
             members: vec![MemberSpec::new(TargetRef::Backend("b9".into()))],
         }],
+        ..Default::default()
     };
     let err = Directors::build(&cfg, None).unwrap_err();
     assert_eq!(
@@ -439,6 +444,7 @@ fn bad_values_are_rejected_naming_the_field() {
             policy: shard(Algorithm::Balanced),
             members: members(2),
         }],
+        ..Default::default()
     };
     cfg.directors[0].members[1].weight = -1.0;
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
@@ -491,6 +497,7 @@ fn rampup_is_deterministic_monotone_and_linear() {
                 }),
                 members: members(4),
             }],
+            ..Default::default()
         };
         let set = Directors::build(&cfg, None).unwrap();
         let d = set.id("d").unwrap();
@@ -555,6 +562,7 @@ fn warmup_sends_its_share_to_the_next_member() {
             }),
             members: members(4),
         }],
+        ..Default::default()
     };
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();

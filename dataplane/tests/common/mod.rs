@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 
 use tether_dataplane::config::{
-    Address, AdminHealth, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec,
-    TargetRef,
+    Address, BackendSpec, Config, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef,
 };
 use tether_dataplane::director::{Algorithm, BackendId, Directors, HealthView};
 
@@ -20,13 +19,12 @@ impl HealthView for SickSet {
 }
 
 pub fn backend(name: &str, port: u16) -> BackendSpec {
-    BackendSpec {
-        name: name.to_owned(),
-        address: format!("127.0.0.1:{port}")
+    BackendSpec::new(
+        name.to_owned(),
+        format!("127.0.0.1:{port}")
             .parse::<Address>()
             .expect("address"),
-        admin_health: AdminHealth::Auto,
-    }
+    )
 }
 
 /// One shard director "d" over `members` = (backend name, weight, ident, slot).
@@ -64,6 +62,7 @@ pub fn shard_config(
                 })
                 .collect(),
         }],
+        ..Default::default()
     }
 }
 

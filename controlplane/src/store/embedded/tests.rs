@@ -17,7 +17,8 @@ async fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
         .txn(Txn {
             compares: vec![],
             ops,
-        }).await
+        })
+        .await
         .expect("txn")
     {
         TxnOutcome::Committed { revision } => revision,
@@ -60,7 +61,8 @@ async fn a_failed_compare_writes_nothing() {
             .txn(Txn {
                 compares,
                 ops: vec![put("/a", "changed"), put("/c", "new")],
-            }).await
+            })
+            .await
             .unwrap();
         assert_eq!(out, TxnOutcome::Failed { compare: n - 1 });
         assert_eq!(
@@ -76,7 +78,8 @@ async fn a_failed_compare_writes_nothing() {
                 Compare::Missing("/c".into()),
             ],
             ops: vec![put("/a", "changed"), put("/c", "new")],
-        }).await
+        })
+        .await
         .unwrap();
     assert_eq!(ok, TxnOutcome::Committed { revision: 2 });
 }
@@ -92,7 +95,8 @@ async fn list_is_by_prefix_in_key_order_at_one_revision() {
             put("/t/v1/routes/r", "z"),
             put("/u/x", "w"),
         ],
-    ).await;
+    )
+    .await;
     let l = s.list("/t/v1/backends/").await.unwrap();
     assert_eq!(l.revision, 1);
     let keys: Vec<&str> = l.kvs.iter().map(|kv| kv.key.as_str()).collect();
@@ -138,7 +142,8 @@ async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
             Op::Delete("/w/a".into()),
             put("/w/b", "1"),
         ],
-    ).await; // 3
+    )
+    .await; // 3
     let mut rx = s.watch("/w/", 1).await.unwrap();
     let b1 = next(&mut rx).await;
     assert_eq!(b1.revision, 1);

@@ -1,0 +1,112 @@
+use super::*;
+
+fn backend(name: &str, port: u16) -> v1::Backend {
+    v1::Backend {
+        name: name.into(),
+        address: format!("127.0.0.1:{port}"),
+        ..Default::default()
+    }
+}
+
+fn member(b: &str) -> v1::Member {
+    v1::Member {
+        target: Some(v1::member::Target::Backend(b.into())),
+        ..Default::default()
+    }
+}
+
+fn balanced(members: &[&str]) -> v1::Director {
+    v1::Director {
+        name: "d".into(),
+        revision: 0,
+        policy: Some(v1::director::Policy::Shard(v1::Shard {
+            algorithm: v1::ShardAlgorithm::Balanced as i32,
+            ..Default::default()
+        })),
+        members: members.iter().map(|m| member(m)).collect(),
+    }
+}
+
+#[test]
+fn probe_rules_follow_varnish() {
+    let p = |w, t, i| v1::Probe {
+        name: "p".into(),
+        window: w,
+        threshold: t,
+        initial: i,
+        ..Default::default()
+    };
+    let s = probe(&p(0, 0, None), "probe").unwrap();
+    assert_eq!((s.window, s.threshold, s.initial), (8, 3, 2));
+    let s = probe(&p(0, 5, None), "probe").unwrap();
+    assert_eq!(
+        (s.window, s.threshold, s.initial),
+        (6, 5, 4),
+        "window = threshold + 1"
+    );
+    assert_eq!(
+        probe(&p(8, 0, None), "probe").unwrap_err().field,
+        "probe.threshold"
+    );
+    assert_eq!(
+        probe(&p(65, 3, None), "probe").unwrap_err().field,
+        "probe.window"
+    );
+    assert_eq!(
+        probe(&p(4, 5, None), "probe").unwrap_err().field,
+        "probe.threshold"
+    );
+    assert_eq!(
+        probe(&p(8, 3, Some(4)), "probe").unwrap_err().field,
+        "probe.initial"
+    );
+    let mut bad = p(0, 0, None);
+    bad.expected_status = 99;
+    assert_eq!(
+        probe(&bad, "probe").unwrap_err().field,
+        "probe.expected_status"
+    );
+    bad.expected_status = 1000;
+    assert_eq!(
+        probe(&bad, "probe").unwrap_err().field,
+        "probe.expected_status"
+    );
+}
+
+#[test]
+fn references_are_preconditions_and_values_are_invalid() {
+    let mut set = Resources::default();
+    set.backends.push(("backend".into(), backend("b0", 1)));
+    set.directors
+        .push(("director".into(), balanced(&["b0", "b9"])));
+    let e = validate(&set).unwrap_err();
+    assert_eq!(e.field, "director.members[1].backend");
+    assert_eq!(e.failure, Failure::Precondition);
+    set.directors[0].1.members.pop();
+    set.backends[0].1.address = "nowhere".into();
+    let e = validate(&set).unwrap_err();
+    assert_eq!(
+        (e.field.as_str(), e.failure),
+        ("backend.address", Failure::Invalid)
+    );
+}
+
+#[test]
+fn slots_are_kept_for_unchanged_members_and_base_fixed_at_creation() {
+    let mut d = balanced(&["a", "b", "c"]);
+    assign_slots(&mut d, None);
+    let slots = |d: &v1::Director| d.members.iter().map(|m| m.slot).collect::<Vec<_>>();
+    assert_eq!(slots(&d), [Some(0), Some(1), Some(2)]);
+    let Some(v1::director::Policy::Shard(s)) = &d.policy else {
+        panic!()
+    };
+    assert_eq!(s.base_slots, 4);
+    // Remove "a", add "e": b and c keep theirs, e takes the freed slot; base stays.
+    let mut next = balanced(&["b", "c", "e"]);
+    assign_slots(&mut next, Some(&d));
+    assert_eq!(slots(&next), [Some(1), Some(2), Some(0)]);
+    let Some(v1::director::Policy::Shard(s)) = &next.policy else {
+        panic!()
+    };
+    assert_eq!(s.base_slots, 4);
+}

@@ -1,14 +1,33 @@
 //! The Tether data plane.
 //!
 //! Modules:
-//! - [`config`]: validated domain types (backends, directors, members) and the name and
+//! - [`config`]: validated domain types (backends, probes, directors, routes) and the name and
 //!   address rules every entry point shares;
 //! - [`director`]: the directors as pure code — shard (`varnish` and `balanced` algorithms),
 //!   round_robin, fallback, random, hash — built from a [`config::Config`] into an immutable
-//!   [`director::Directors`] set.
+//!   [`director::Directors`] set;
+//! - [`runtime`]: the current [`snapshot::Snapshot`] behind an `ArcSwap`, and the registry of
+//!   per-backend runtime state ([`backend`]: connection [`pool`], probe window, counters) kept
+//!   across revisions for unchanged backend identities;
+//! - [`health`]: Varnish probe semantics and the probe loop (one per backend identity);
+//! - [`route`]: route matching and key extraction;
+//! - [`proxy`]: the HTTP server and forwarding (retries on the director's alternates), with
+//!   [`body`] streaming responses back; [`proxy::respond`] maps errors to HTTP once;
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`.
 //!
-//! Data flow: resources → [`config`] types → [`director::Directors::build`] (rings and slot
-//! tables computed once per revision) → `select(director, key, health)` per request.
+//! Data flow: resources → [`config`] types → [`runtime::Runtime::apply`] (directors, routes and
+//! backend states built, then one atomic swap) → per request: [`proxy`] loads the snapshot,
+//! [`route`] picks a route and key, the director selects with live health, the [`pool`]
+//! supplies a connection, [`body`] streams the answer.
 
+pub mod admin;
+pub mod backend;
+pub mod body;
 pub mod config;
 pub mod director;
+pub mod health;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod snapshot;

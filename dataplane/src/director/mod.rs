@@ -163,6 +163,15 @@ pub struct Directors {
 }
 
 impl Directors {
+    /// No directors at all (the data plane's state before its first snapshot).
+    pub fn empty() -> Directors {
+        Directors {
+            list: Vec::new(),
+            by_name: FxHashMap::default(),
+            backends: Vec::new(),
+        }
+    }
+
     /// Builds every director of `config`. When `prev` is the set built from the previous
     /// revision, shard rings of unchanged members are reused (a one-member change does not
     /// rehash the ring).

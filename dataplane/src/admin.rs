@@ -1,0 +1,381 @@
+//! The admin listener: `/healthz` (the process runs), `/readyz` (the first full snapshot is
+//! applied), `/metrics` (Prometheus text format), `/state` (JSON: applied revision, backends
+//! with health) and `/explain?route=R&key=K` (or `director=D`).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::backend::LATENCY_BUCKETS;
+use crate::runtime::Runtime;
+use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", format!("{v}\n"))
+}
+
+/// Answers one admin request.
+pub fn handle(rt: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if rt.is_ready() => reply(StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready: no full snapshot applied yet\n".into(),
+        ),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(rt)),
+        "/state" => json(StatusCode::OK, &state(rt)),
+        "/explain" => explain(rt, req.uri().query().unwrap_or("")),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /healthz, /readyz, /metrics, /state, /explain?route=R&key=K\n".into(),
+        ),
+    }
+}
+
+fn query_param(q: &str, name: &str) -> Option<String> {
+    q.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn explain(rt: &Runtime, q: &str) -> Response<Full<Bytes>> {
+    let snap = rt.snapshot();
+    let route = query_param(q, "route");
+    let director = query_param(q, "director");
+    let target = match (&route, &director) {
+        (Some(r), None) => ExplainTarget::Route(r),
+        (None, Some(d)) => ExplainTarget::Director(d),
+        _ => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "give exactly one of route=, director="}),
+            );
+        }
+    };
+    let Some(key) = query_param(q, "key") else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "key= is required"}),
+        );
+    };
+    match snap.explain(target, &key, 4) {
+        Ok(e) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "revision": snap.revision,
+                "director": e.director,
+                "key": key,
+                "backend": e.backend,
+                "alternates": e.alternates,
+            }),
+        ),
+        Err(e) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+fn state(rt: &Runtime) -> serde_json::Value {
+    let snap = rt.snapshot();
+    let backends: Vec<_> = snap
+        .config
+        .backends
+        .iter()
+        .zip(&snap.backends)
+        .map(|(spec, st)| {
+            serde_json::json!({
+                "name": spec.name,
+                "address": spec.address.to_string(),
+                "admin_health": format!("{:?}", spec.admin_health).to_lowercase(),
+                "drain": spec.drain,
+                "probe": st.probe_window().map(|(g, w)| format!("{g}/{w}")),
+                "probe_healthy": st.probe_healthy(),
+                "healthy": backend_healthy(spec, st),
+                "connections_open": st.pool.open(),
+                "connections_idle": st.pool.idle(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ready": rt.is_ready(),
+        "applied_revision": snap.revision,
+        "seen_revision": rt.seen_revision(),
+        "backends": backends,
+        "directors": snap.config.directors.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "routes": snap.config.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn metrics(rt: &Runtime) -> String {
+    let snap: Arc<Snapshot> = rt.snapshot();
+    let mut out = String::with_capacity(4096);
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "# HELP tether_applied_revision Store revision of the applied snapshot."
+    );
+    let _ = writeln!(w, "# TYPE tether_applied_revision gauge");
+    let _ = writeln!(w, "tether_applied_revision {}", snap.revision);
+    let _ = writeln!(w, "# HELP tether_seen_revision Latest store revision seen.");
+    let _ = writeln!(w, "# TYPE tether_seen_revision gauge");
+    let _ = writeln!(w, "tether_seen_revision {}", rt.seen_revision());
+    let c = &rt.counters;
+    for (name, help, v) in [
+        (
+            "tether_no_route_total",
+            "Requests that matched no route (404).",
+            &c.no_route,
+        ),
+        (
+            "tether_no_backend_total",
+            "Requests with no healthy backend (503).",
+            &c.no_backend,
+        ),
+        (
+            "tether_connect_retries_total",
+            "Connect failures retried on the next alternate.",
+            &c.retries,
+        ),
+        (
+            "tether_rejected_revisions_total",
+            "Store revisions that could not be applied.",
+            &c.rejected_revisions,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} counter");
+        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_backend_healthy Whether a backend takes new requests."
+    );
+    let _ = writeln!(w, "# TYPE tether_backend_healthy gauge");
+    for (spec, st) in snap.config.backends.iter().zip(&snap.backends) {
+        let _ = writeln!(
+            w,
+            "tether_backend_healthy{{backend=\"{}\"}} {}",
+            label(&spec.name),
+            u8::from(backend_healthy(spec, st))
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_backend_requests_total Responses by backend and status."
+    );
+    let _ = writeln!(w, "# TYPE tether_backend_requests_total counter");
+    for st in &snap.backends {
+        let by = st
+            .counters
+            .by_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (status, n) in by {
+            let _ = writeln!(
+                w,
+                "tether_backend_requests_total{{backend=\"{}\",status=\"{status}\"}} {n}",
+                label(&st.name)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_backend_response_seconds Time to the response head, by backend."
+    );
+    let _ = writeln!(w, "# TYPE tether_backend_response_seconds histogram");
+    for st in &snap.backends {
+        let name = label(&st.name);
+        let mut cumulative = 0;
+        for (i, b) in st.counters.latency_buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |v| v.to_string());
+            let _ = writeln!(
+                w,
+                "tether_backend_response_seconds_bucket{{backend=\"{name}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = st.counters.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            w,
+            "tether_backend_response_seconds_sum{{backend=\"{name}\"}} {sum}"
+        );
+        let _ = writeln!(
+            w,
+            "tether_backend_response_seconds_count{{backend=\"{name}\"}} {cumulative}"
+        );
+    }
+    for (metric, help, kind) in [
+        (
+            "tether_probe_results_total",
+            "Probe results by backend.",
+            "counter",
+        ),
+        (
+            "tether_health_transitions_total",
+            "Health changes (probe, admin, drain).",
+            "counter",
+        ),
+        (
+            "tether_backend_connects_total",
+            "Connections opened to a backend.",
+            "counter",
+        ),
+        (
+            "tether_backend_connect_failures_total",
+            "Failed connect attempts.",
+            "counter",
+        ),
+        (
+            "tether_backend_connections",
+            "Open connections to a backend.",
+            "gauge",
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} {kind}");
+        for st in &snap.backends {
+            let name = label(&st.name);
+            let c = &st.counters;
+            match metric {
+                "tether_probe_results_total" => {
+                    let _ = writeln!(
+                        w,
+                        "{metric}{{backend=\"{name}\",result=\"good\"}} {}",
+                        c.probes_good.load(Ordering::Relaxed)
+                    );
+                    let _ = writeln!(
+                        w,
+                        "{metric}{{backend=\"{name}\",result=\"bad\"}} {}",
+                        c.probes_bad.load(Ordering::Relaxed)
+                    );
+                }
+                "tether_health_transitions_total" => {
+                    let _ = writeln!(
+                        w,
+                        "{metric}{{backend=\"{name}\"}} {}",
+                        c.transitions.load(Ordering::Relaxed)
+                    );
+                }
+                "tether_backend_connects_total" => {
+                    let _ = writeln!(
+                        w,
+                        "{metric}{{backend=\"{name}\"}} {}",
+                        c.connects.load(Ordering::Relaxed)
+                    );
+                }
+                "tether_backend_connect_failures_total" => {
+                    let _ = writeln!(
+                        w,
+                        "{metric}{{backend=\"{name}\"}} {}",
+                        c.connect_failures.load(Ordering::Relaxed)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(w, "{metric}{{backend=\"{name}\"}} {}", st.pool.open());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let rt = Arc::clone(&rt);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let rt = Arc::clone(&rt);
+                async move { Ok::<_, std::convert::Infallible>(handle(&rt, &req)) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_param("route=r&key=a%20b+c", "key").as_deref(),
+            Some("a b c")
+        );
+        assert_eq!(query_param("route=r", "key"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

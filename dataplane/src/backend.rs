@@ -1,0 +1,246 @@
+//! Runtime state of one backend identity — `(name, addresses)`, DESIGN §3 — that outlives
+//! configuration revisions: the connection pool, the probe window and verdict, the time of the
+//! last health change (for rampup) and the counters. A snapshot refers to these by `Arc`; the
+//! [`crate::runtime::Runtime`] hands the same `Arc` to every snapshot in which the identity is
+//! unchanged, and drops it (ending its probe loop and closing its idle connections) when the
+//! identity leaves.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::config::{Address, BackendSpec, ProbeSpec};
+use crate::health::{ProbeError, Window};
+use crate::pool::Pool;
+
+/// The identity of a backend's runtime state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Backend name.
+    pub name: String,
+    /// Its addresses, in order.
+    pub addresses: Vec<Address>,
+}
+
+impl Identity {
+    /// The identity of a configured backend.
+    pub fn of(spec: &BackendSpec) -> Identity {
+        Identity {
+            name: spec.name.clone(),
+            addresses: spec.addresses().cloned().collect(),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Per-backend counters, exported by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Responses by status (including the proxy's own 502/504 for this backend).
+    pub by_status: Mutex<BTreeMap<u16, u64>>,
+    /// Latency to the response head, cumulative buckets of [`LATENCY_BUCKETS`] and +Inf.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of latencies, in microseconds.
+    pub latency_sum_us: AtomicU64,
+    /// Good probes.
+    pub probes_good: AtomicU64,
+    /// Failed probes.
+    pub probes_bad: AtomicU64,
+    /// Health transitions (probe or admin).
+    pub transitions: AtomicU64,
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Connect attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+impl Counters {
+    /// Records one response.
+    pub fn record(&self, status: u16, latency: Duration) {
+        *self
+            .by_status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(status)
+            .or_default() += 1;
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+#[derive(Debug)]
+struct ProbeState {
+    spec: Option<ProbeSpec>,
+    host: String,
+    window: Option<Window>,
+    running: bool,
+    last_error: Option<String>,
+}
+
+/// The runtime state of one backend identity.
+#[derive(Debug)]
+pub struct BackendRuntime {
+    /// Name (part of the identity).
+    pub name: String,
+    /// First address (probes and connections start here).
+    pub address: Address,
+    /// Keep-alive connections.
+    pub pool: Pool,
+    /// Counters.
+    pub counters: Counters,
+    probe: Mutex<ProbeState>,
+    /// Probe verdict; true when there is no probe.
+    probe_healthy: AtomicBool,
+    changed: Mutex<Instant>,
+}
+
+impl BackendRuntime {
+    /// Fresh state for a new identity.
+    pub fn new(spec: &BackendSpec) -> BackendRuntime {
+        BackendRuntime {
+            name: spec.name.clone(),
+            address: spec.address.clone(),
+            pool: Pool::new(spec.addresses().cloned().collect()),
+            counters: Counters::default(),
+            probe: Mutex::new(ProbeState {
+                spec: None,
+                host: String::new(),
+                window: None,
+                running: false,
+                last_error: None,
+            }),
+            probe_healthy: AtomicBool::new(true),
+            changed: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn probe_state(&self) -> std::sync::MutexGuard<'_, ProbeState> {
+        self.probe.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the probe of this revision. Returns true when a probe loop must be started.
+    /// A backend that gains a probe starts with `initial` good probes (sick with the
+    /// defaults, until its first good probe); one that keeps its probe keeps its window.
+    pub fn set_probe(&self, spec: Option<&ProbeSpec>, host: String) -> bool {
+        let mut p = self.probe_state();
+        p.host = host;
+        match spec {
+            None => {
+                p.spec = None;
+                p.window = None;
+                drop(p);
+                self.set_probe_healthy(true, "probe removed");
+                false
+            }
+            Some(s) => {
+                let fresh = p.window.is_none();
+                match &mut p.window {
+                    Some(w) => w.reconfigure(s),
+                    None => p.window = Some(Window::new(s)),
+                }
+                p.spec = Some(s.clone());
+                let healthy = p.window.as_ref().is_some_and(Window::healthy);
+                let start = !p.running;
+                p.running = true;
+                drop(p);
+                if fresh {
+                    // Not a transition: the initial state of a newly probed backend.
+                    self.probe_healthy.store(healthy, Ordering::Release);
+                } else {
+                    self.set_probe_healthy(healthy, "probe settings changed");
+                }
+                start
+            }
+        }
+    }
+
+    /// The probe and the Host header to send; `None` when the probe was removed, which also
+    /// marks the loop as ended (under the same lock, so a probe added meanwhile starts a new
+    /// loop rather than finding this one gone).
+    pub fn probe_settings(&self) -> Option<(ProbeSpec, String)> {
+        let mut p = self.probe_state();
+        match p.spec.clone() {
+            Some(s) => Some((s, p.host.clone())),
+            None => {
+                p.running = false;
+                None
+            }
+        }
+    }
+
+    /// Records one probe result.
+    pub fn record_probe(&self, spec: &ProbeSpec, result: Result<(), ProbeError>) {
+        let ok = result.is_ok();
+        let counter = if ok {
+            &self.counters.probes_good
+        } else {
+            &self.counters.probes_bad
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut p = self.probe_state();
+        if p.spec.is_none() {
+            return;
+        }
+        let Some(w) = p.window.as_mut() else { return };
+        w.reconfigure(spec);
+        w.push(ok);
+        let (healthy, good, size) = (w.healthy(), w.good(), w.size());
+        p.last_error = result.err().map(|e| e.to_string());
+        let why = match &p.last_error {
+            Some(e) => format!("probe {good}/{size}, last: {e}"),
+            None => format!("probe {good}/{size}"),
+        };
+        drop(p);
+        self.set_probe_healthy(healthy, &why);
+    }
+
+    fn set_probe_healthy(&self, healthy: bool, why: &str) {
+        if self.probe_healthy.swap(healthy, Ordering::AcqRel) != healthy {
+            self.mark_changed();
+            let state = if healthy { "healthy" } else { "sick" };
+            tracing::info!(backend = %self.name, %why, "backend went {state}");
+        }
+    }
+
+    /// Records a health change (probe, admin override or drain), for rampup and the counter.
+    pub fn mark_changed(&self) {
+        *self.changed.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The probe verdict (true without a probe).
+    pub fn probe_healthy(&self) -> bool {
+        self.probe_healthy.load(Ordering::Acquire)
+    }
+
+    /// `good/window` of the probe, if any, as Varnish's `backend.list` shows it.
+    pub fn probe_window(&self) -> Option<(u32, u32)> {
+        let p = self.probe_state();
+        p.spec.as_ref()?;
+        p.window.as_ref().map(|w| (w.good(), w.size()))
+    }
+
+    /// Time since the last health change.
+    pub fn since_change(&self) -> Duration {
+        self.changed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// Shared handle.
+pub type BackendRef = Arc<BackendRuntime>;

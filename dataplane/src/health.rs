@@ -1,0 +1,243 @@
+//! Health probes with Varnish semantics (`shared/reference/varnish-directors.md` §3).
+//!
+//! [`Window`] is the pure bit-window (64-bit shift register, `good = popcount(happy & mask)`,
+//! healthy ⇔ good ≥ threshold). [`run`] is the probe loop: one per backend identity, started
+//! when the backend first appears with a probe and ended when the identity leaves the last
+//! snapshot (it holds only a weak reference). It reads its probe settings afresh each round, so
+//! a probe edit applies without restarting the loop or forgetting the window.
+//!
+//! A probe: connect, write the request, read until the peer closes, all within `timeout`;
+//! success when the first line parses as `HTTP/<n> <status>` with the expected status.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::BackendRuntime;
+use crate::config::{Address, ProbeRequest, ProbeSpec};
+
+/// The probe's shift register and its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    happy: u64,
+    window: u32,
+    threshold: u32,
+}
+
+impl Window {
+    /// A window primed as Varnish does when a VCL warms: `initial` synthetic successes.
+    pub fn new(spec: &ProbeSpec) -> Window {
+        let initial = spec.initial.min(spec.threshold).min(64);
+        let happy = if initial == 64 {
+            u64::MAX
+        } else {
+            (1u64 << initial) - 1
+        };
+        Window {
+            happy,
+            window: spec.window,
+            threshold: spec.threshold,
+        }
+    }
+
+    /// Takes new window and threshold settings, keeping the history.
+    pub fn reconfigure(&mut self, spec: &ProbeSpec) {
+        self.window = spec.window;
+        self.threshold = spec.threshold;
+    }
+
+    /// Records one probe result (shift left, success sets bit 0).
+    pub fn push(&mut self, ok: bool) {
+        self.happy = (self.happy << 1) | u64::from(ok);
+    }
+
+    /// Successes among the last `window` probes.
+    pub fn good(&self) -> u32 {
+        let mask = if self.window >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.window) - 1
+        };
+        (self.happy & mask).count_ones()
+    }
+
+    /// Healthy ⇔ good ≥ threshold.
+    pub fn healthy(&self) -> bool {
+        self.good() >= self.threshold
+    }
+
+    /// The window size.
+    pub fn size(&self) -> u32 {
+        self.window
+    }
+}
+
+/// The bytes a probe sends (reference §3.1).
+pub fn request_bytes(spec: &ProbeSpec, host: &str) -> Vec<u8> {
+    match &spec.request {
+        ProbeRequest::Url(url) => {
+            format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+        }
+        ProbeRequest::Raw(lines) => {
+            let mut out = String::new();
+            for l in lines {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            out.push_str("\r\n");
+            out.into_bytes()
+        }
+    }
+}
+
+/// The status of a probe response: the first line, cut at CR/LF and at 127 bytes, parsed as
+/// `HTTP/<number> <status>`.
+pub fn parse_status(response: &[u8]) -> Option<u16> {
+    let line = response.split(|&c| c == b'\r' || c == b'\n').next()?;
+    let line = std::str::from_utf8(&line[..line.len().min(127)]).ok()?;
+    let rest = line.strip_prefix("HTTP/")?;
+    let (version, rest) = rest.split_once(' ')?;
+    if version.is_empty() || !version.bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+        return None;
+    }
+    let status = rest.trim_start().get(..3)?;
+    status.parse().ok()
+}
+
+/// Why a probe failed (logged on transitions, counted by result).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Connect failed.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// Writing the request or reading the response failed.
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    /// The whole probe took longer than its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The response did not start with a status line.
+    #[error("no status line in the response")]
+    BadResponse,
+    /// The status was not the expected one.
+    #[error("status {0}")]
+    Status(u16),
+}
+
+/// One probe against `address`.
+pub async fn probe_once(address: &Address, spec: &ProbeSpec, host: &str) -> Result<(), ProbeError> {
+    let req = request_bytes(spec, host);
+    let attempt = async {
+        let mut s = TcpStream::connect(address.to_string())
+            .await
+            .map_err(ProbeError::Connect)?;
+        s.write_all(&req).await.map_err(ProbeError::Io)?;
+        let mut buf = Vec::with_capacity(512);
+        // Read until EOF, but keep only what the status line needs.
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(ProbeError::Io)?;
+            if n == 0 {
+                break;
+            }
+            if buf.len() < 512 {
+                buf.extend_from_slice(&chunk[..n.min(512 - buf.len())]);
+            }
+        }
+        match parse_status(&buf) {
+            None => Err(ProbeError::BadResponse),
+            Some(s) if s == spec.expected_status => Ok(()),
+            Some(s) => Err(ProbeError::Status(s)),
+        }
+    };
+    tokio::time::timeout(spec.timeout, attempt)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout))
+}
+
+/// The probe loop of one backend identity. Ends when the backend is gone from every snapshot,
+/// or when it no longer has a probe (a later snapshot that adds one starts a new loop).
+pub async fn run(backend: Weak<BackendRuntime>) {
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        let Some((spec, host)) = b.probe_settings() else {
+            return;
+        };
+        let result = probe_once(&b.address, &spec, &host).await;
+        b.record_probe(&spec, result);
+        drop(b);
+        tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(window: u32, threshold: u32, initial: u32) -> ProbeSpec {
+        ProbeSpec {
+            window,
+            threshold,
+            initial,
+            ..ProbeSpec::new("p")
+        }
+    }
+
+    #[test]
+    fn defaults_start_sick_and_one_good_probe_heals() {
+        let mut w = Window::new(&spec(8, 3, 2));
+        assert_eq!(w.good(), 2);
+        assert!(!w.healthy());
+        w.push(true);
+        assert!(w.healthy());
+    }
+
+    #[test]
+    fn health_is_successes_in_the_window() {
+        let mut w = Window::new(&spec(8, 3, 0));
+        for ok in [true, true, true] {
+            w.push(ok);
+        }
+        assert!(w.healthy());
+        for _ in 0..5 {
+            w.push(false);
+        }
+        assert_eq!(
+            w.good(),
+            3,
+            "the three successes are still inside the window of 8"
+        );
+        assert!(w.healthy());
+        w.push(false);
+        assert_eq!(w.good(), 2);
+        assert!(!w.healthy());
+        let mut full = Window::new(&spec(64, 64, 64));
+        assert!(full.healthy());
+        full.push(false);
+        assert!(!full.healthy());
+    }
+
+    #[test]
+    fn requests_and_status_lines() {
+        let s = ProbeSpec::new("p");
+        assert_eq!(
+            request_bytes(&s, "b0"),
+            b"GET / HTTP/1.1\r\nHost: b0\r\nConnection: close\r\n\r\n"
+        );
+        let raw = ProbeSpec {
+            request: ProbeRequest::Raw(vec!["HEAD /x HTTP/1.1".into(), "Host: y".into()]),
+            ..s
+        };
+        assert_eq!(
+            request_bytes(&raw, "b0"),
+            b"HEAD /x HTTP/1.1\r\nHost: y\r\n\r\n"
+        );
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/2 503\n"), Some(503));
+        assert_eq!(parse_status(b"HTTP/1.1 20"), None);
+        assert_eq!(parse_status(b"SSH-2.0\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! Keep-alive HTTP/1.1 connections to one backend identity.
+//!
+//! A connection is checked out for one request and comes back when its response body has been
+//! read to the end ([`crate::body::UpstreamBody`] returns it); one dropped half-way is closed.
+//! Connecting is a separate step from sending, so that a connect failure leaves the request
+//! untouched and the proxy can retry it on the director's next alternate.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::config::{Address, Host};
+
+/// Idle connections kept per backend; more are closed when returned.
+const MAX_IDLE: usize = 256;
+
+/// A connection that can carry one request.
+pub type Conn = SendRequest<RequestBody>;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No address answered within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// Connecting failed.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/1.1 handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+    /// `max_connections` are open.
+    #[error("backend at max_connections ({0})")]
+    AtLimit(u32),
+}
+
+/// One backend's connections.
+#[derive(Debug)]
+pub struct Pool {
+    addresses: Vec<Address>,
+    idle: Mutex<Vec<Conn>>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// An empty pool for these addresses (tried in order).
+    pub fn new(addresses: Vec<Address>) -> Pool {
+        Pool {
+            addresses,
+            idle: Mutex::new(Vec::new()),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Open connections (idle and busy).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Idle connections.
+    pub fn idle(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn pop(&self) -> Option<Conn> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Returns a connection whose response was read to the end.
+    pub fn put(&self, conn: Conn) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// An idle connection, or a new one. `connected` is called once per new connection, and
+    /// `failed` once per failed connect attempt.
+    pub async fn checkout(
+        &self,
+        connect_timeout: Duration,
+        max_connections: u32,
+        connected: impl Fn(),
+        failed: impl Fn(),
+    ) -> Result<Conn, ConnectError> {
+        while let Some(mut c) = self.pop() {
+            if !c.is_closed() && c.ready().await.is_ok() {
+                return Ok(c);
+            }
+        }
+        if max_connections > 0 && self.open() >= max_connections as usize {
+            return Err(ConnectError::AtLimit(max_connections));
+        }
+        let mut last = ConnectError::Timeout(connect_timeout);
+        for a in &self.addresses {
+            match tokio::time::timeout(connect_timeout, connect(a)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+                    self.open.fetch_add(1, Ordering::AcqRel);
+                    let guard = OpenGuard(Arc::clone(&self.open));
+                    tokio::spawn(async move {
+                        // The connection's own errors end it; requests on it see them.
+                        let _ = conn.await;
+                        drop(guard);
+                    });
+                    connected();
+                    return Ok(sender);
+                }
+                Ok(Err(e)) => {
+                    failed();
+                    last = ConnectError::Io(e);
+                }
+                Err(_) => {
+                    failed();
+                    last = ConnectError::Timeout(connect_timeout);
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+async fn connect(a: &Address) -> std::io::Result<TcpStream> {
+    match &a.host {
+        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, a.port)).await,
+        Host::Dns(name) => TcpStream::connect((name.as_str(), a.port)).await,
+    }
+}

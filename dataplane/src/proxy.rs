@@ -1,0 +1,368 @@
+//! The HTTP proxy: HTTP/1.1 and HTTP/2 from clients, HTTP/1.1 keep-alive to backends.
+//!
+//! Per request: load the snapshot → first matching route → key → the route's director picks
+//! (alternate 0) → check out a connection → send → stream the response back. A connect failure
+//! (nothing sent) moves to the director's next alternate — the shard `alt` chain, so every node
+//! retries on the same backend — for any method; a failure after the request was sent is
+//! retried only for idempotent requests without a body. [`respond`] is the one place where
+//! errors become HTTP responses.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::backend::BackendRef;
+use crate::body::{ProxyBody, RequestBody, UpstreamBody, text};
+use crate::director::SelectError;
+use crate::pool::ConnectError;
+use crate::route;
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+
+/// Alternates tried after the first choice fails to connect.
+const MAX_RETRIES: u32 = 3;
+
+/// Why the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The director has no healthy backend.
+    #[error("no healthy backend in director {0:?}")]
+    NoBackend(String),
+    /// The key does not suit the director.
+    #[error("bad key: {0}")]
+    Key(#[from] SelectError),
+    /// Connecting to the backend failed (on every alternate tried).
+    #[error("backend {backend:?}: {source}")]
+    Connect {
+        /// The last backend tried.
+        backend: String,
+        /// Why.
+        source: ConnectError,
+    },
+    /// The backend sent no response head within `first_byte`.
+    #[error("backend {0:?} did not answer within the first_byte timeout")]
+    FirstByte(String),
+    /// The backend failed after the request was sent.
+    #[error("backend {backend:?} failed: {source}")]
+    Backend {
+        /// The backend.
+        backend: String,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+/// The proxy's answer for an error: the status, and a short body saying why.
+pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
+    let status = match e {
+        ProxyError::NoRoute => StatusCode::NOT_FOUND,
+        ProxyError::NoBackend(_)
+        | ProxyError::Connect {
+            source: ConnectError::AtLimit(_),
+            ..
+        } => StatusCode::SERVICE_UNAVAILABLE,
+        ProxyError::Key(_) => StatusCode::BAD_REQUEST,
+        ProxyError::FirstByte(_)
+        | ProxyError::Connect {
+            source: ConnectError::Timeout(_),
+            ..
+        } => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::Connect { .. } | ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
+    };
+    let mut r = Response::new(text(format!("{e}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// de-facto ones.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request head sent upstream.
+#[derive(Debug, Clone)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn from_client(parts: http::request::Parts, client: IpAddr) -> Head {
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        // HTTP/2 carries the host in the authority; HTTP/1.1 backends need a Host header.
+        if !headers.contains_key(header::HOST)
+            && let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let ip = client.to_string();
+        let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(xff, v);
+        }
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        Head {
+            method: parts.method,
+            uri,
+            headers,
+        }
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+fn set_host(req: &mut Request<RequestBody>, host_header: Option<&str>) {
+    if let Some(h) = host_header
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+}
+
+/// Proxies one request.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let snap = rt.snapshot();
+    match forward(&rt, &snap, client.ip(), req).await {
+        Ok(r) => r,
+        Err((e, backend)) => {
+            let r = respond(&e);
+            match (&e, backend) {
+                (ProxyError::NoRoute, _) => {
+                    rt.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                }
+                (ProxyError::NoBackend(_), _) => {
+                    rt.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+                }
+                (_, Some((b, started))) => {
+                    b.counters.record(r.status().as_u16(), started.elapsed())
+                }
+                _ => {}
+            }
+            tracing::debug!(error = %e, status = r.status().as_u16(), "proxy error");
+            r
+        }
+    }
+}
+
+type Failure = (ProxyError, Option<(BackendRef, Instant)>);
+
+async fn forward(
+    rt: &Runtime,
+    snap: &Snapshot,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let (parts, body) = req.into_parts();
+    let host = route::request_host(&parts);
+    let (ri, d) = snap
+        .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
+        .ok_or((ProxyError::NoRoute, None))?;
+    let key = route::key(&snap.config.routes[ri], &parts, client);
+    let key = key.key();
+    let head = Head::from_client(parts, client);
+    // A request without a body can be replayed; one with a body is streamed, never buffered.
+    let replayable = idempotent(&head.method) && body.is_end_stream();
+    let mut body: Option<RequestBody> = Some(if body.is_end_stream() {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(body)
+    });
+    let mut last: Option<Failure> = None;
+    for alt in 0..=MAX_RETRIES {
+        let b = match snap.select(d, &key, alt) {
+            Ok(Some(b)) => b as usize,
+            Ok(None) => break,
+            Err(e) => return Err((e.into(), None)),
+        };
+        let spec = &snap.config.backends[b];
+        let state = &snap.backends[b];
+        let started = Instant::now();
+        let counters = &state.counters;
+        let conn = state
+            .pool
+            .checkout(
+                spec.timeouts.connect,
+                spec.max_connections,
+                || {
+                    counters.connects.fetch_add(1, Ordering::Relaxed);
+                },
+                || {
+                    counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(source) => {
+                tracing::debug!(backend = %spec.name, error = %source, alt, "connect failed, trying next alternate");
+                rt.counters.retries.fetch_add(1, Ordering::Relaxed);
+                last = Some((
+                    ProxyError::Connect {
+                        backend: spec.name.clone(),
+                        source,
+                    },
+                    Some((Arc::clone(state), started)),
+                ));
+                continue;
+            }
+        };
+        let Some(b_body) = body.take() else { break };
+        let mut req = head.request(b_body);
+        set_host(&mut req, spec.host_header.as_deref());
+        let sent = tokio::time::timeout(spec.timeouts.first_byte, conn.try_send_request(req)).await;
+        match sent {
+            Err(_) => {
+                return Err((
+                    ProxyError::FirstByte(spec.name.clone()),
+                    Some((Arc::clone(state), started)),
+                ));
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                counters.record(status, started.elapsed());
+                let (mut parts, incoming) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = UpstreamBody::new(
+                    incoming,
+                    spec.timeouts.between_bytes,
+                    Arc::clone(state),
+                    conn,
+                );
+                return Ok(Response::from_parts(parts, Either::Left(body)));
+            }
+            Ok(Err(mut e)) => {
+                let failure = |source| {
+                    (
+                        ProxyError::Backend {
+                            backend: spec.name.clone(),
+                            source,
+                        },
+                        Some((Arc::clone(state), started)),
+                    )
+                };
+                if let Some(unsent) = e.take_message() {
+                    // Nothing was written: the body is intact, any method may go on.
+                    body = Some(unsent.into_body());
+                    last = Some(failure(e.into_error()));
+                    continue;
+                }
+                if replayable {
+                    body = Some(Either::Right(Empty::new()));
+                    last = Some(failure(e.into_error()));
+                    continue;
+                }
+                return Err(failure(e.into_error()));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        (
+            ProxyError::NoBackend(snap.directors.name(d).to_owned()),
+            None,
+        )
+    }))
+}
+
+/// Serves the proxy on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let rt = Arc::clone(&rt);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let rt = Arc::clone(&rt);
+                async move { Ok::<_, std::convert::Infallible>(handle(rt, client, req).await) }
+            });
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}

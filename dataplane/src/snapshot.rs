@@ -1,0 +1,164 @@
+//! One immutable snapshot per applied revision: the configuration, its built directors and
+//! routes, and — by `Arc` — the runtime state of each backend identity. The request path loads
+//! it once per request; health is read live from the backend states, so a probe flip needs no
+//! new snapshot.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::backend::BackendRef;
+use crate::config::{AdminHealth, BackendSpec, Config, KeySpec};
+use crate::director::{
+    BackendId, DirectorId, Directors, HealthView, Key, SelectError, SelectOpts, Target,
+};
+
+/// An applied revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The store revision it was built from (0: the empty start).
+    pub revision: i64,
+    /// The configuration.
+    pub config: Config,
+    /// Built directors.
+    pub directors: Directors,
+    /// Runtime state per backend, indexed by [`BackendId`].
+    pub backends: Vec<BackendRef>,
+    /// Per route (same order as `config.routes`): its director.
+    pub route_directors: Vec<DirectorId>,
+}
+
+/// What a director picks for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The director.
+    pub director: String,
+    /// The chosen backend, if any is available.
+    pub backend: Option<String>,
+    /// Members in the order the director tries them for the key (whatever their health).
+    pub alternates: Vec<String>,
+}
+
+/// Why an explain request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    /// No such route.
+    #[error("no route named {0:?}")]
+    NoRoute(String),
+    /// No such director.
+    #[error("no director named {0:?}")]
+    NoDirector(String),
+    /// The key does not suit the director.
+    #[error(transparent)]
+    Key(#[from] SelectError),
+}
+
+/// Route or director.
+#[derive(Debug, Clone, Copy)]
+pub enum ExplainTarget<'a> {
+    /// A route (its key source decides how the key is read: an IP for `client_ip`).
+    Route(&'a str),
+    /// A director.
+    Director(&'a str),
+}
+
+/// Whether a backend takes new requests: not draining, then the admin override, then the probe.
+pub fn backend_healthy(spec: &BackendSpec, state: &BackendRef) -> bool {
+    if spec.drain {
+        return false;
+    }
+    match spec.admin_health {
+        AdminHealth::Healthy => true,
+        AdminHealth::Sick => false,
+        AdminHealth::Auto => state.probe_healthy(),
+    }
+}
+
+impl HealthView for Snapshot {
+    #[inline]
+    fn is_healthy(&self, b: BackendId) -> bool {
+        backend_healthy(
+            &self.config.backends[b as usize],
+            &self.backends[b as usize],
+        )
+    }
+
+    fn since_change(&self, b: BackendId) -> Duration {
+        self.backends[b as usize].since_change()
+    }
+}
+
+impl Snapshot {
+    /// The first route that takes a request, and its director.
+    pub fn route_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<(usize, DirectorId)> {
+        self.config
+            .routes
+            .iter()
+            .position(|r| crate::route::matches(r, host, path, headers))
+            .map(|i| (i, self.route_directors[i]))
+    }
+
+    /// The backend a director picks for `key` on alternate `alt`.
+    pub fn select(
+        &self,
+        d: DirectorId,
+        key: &Key<'_>,
+        alt: u32,
+    ) -> Result<Option<BackendId>, SelectError> {
+        self.directors
+            .select(d, key, SelectOpts { alt, healthy: None }, self)
+    }
+
+    /// Which backend a route or director picks for `key`, with up to `alternates` members in
+    /// try order.
+    pub fn explain(
+        &self,
+        target: ExplainTarget<'_>,
+        key: &str,
+        alternates: usize,
+    ) -> Result<Explanation, ExplainError> {
+        let (d, by_ip) = match target {
+            ExplainTarget::Director(n) => (
+                self.directors
+                    .id(n)
+                    .ok_or_else(|| ExplainError::NoDirector(n.to_owned()))?,
+                false,
+            ),
+            ExplainTarget::Route(n) => {
+                let i = self
+                    .config
+                    .routes
+                    .iter()
+                    .position(|r| r.name == n)
+                    .ok_or_else(|| ExplainError::NoRoute(n.to_owned()))?;
+                (
+                    self.route_directors[i],
+                    self.config.routes[i].key == KeySpec::ClientIp,
+                )
+            }
+        };
+        let ip: Option<IpAddr> = if by_ip { key.parse().ok() } else { None };
+        let key = match ip {
+            Some(ip) => Key::ip(ip),
+            None => Key::str(key),
+        };
+        let backend = self
+            .select(d, &key, 0)?
+            .map(|b| self.directors.backend_name(b).to_owned());
+        let alternates = self
+            .directors
+            .order(d, &key, alternates)?
+            .into_iter()
+            .map(|t: Target| self.directors.target_name(t).to_owned())
+            .collect();
+        Ok(Explanation {
+            director: self.directors.name(d).to_owned(),
+            backend,
+            alternates,
+        })
+    }
+}

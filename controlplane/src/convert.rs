@@ -249,7 +249,7 @@ pub fn backend(b: &v1::Backend, at: &str) -> Result<BackendSpec, FieldError> {
         }
         spec.host_header = Some(b.host_header.clone());
     }
-    let t = b.timeouts.clone().unwrap_or_default();
+    let t = b.timeouts.unwrap_or_default();
     let d = Timeouts::default();
     spec.timeouts = Timeouts {
         connect: timeout(

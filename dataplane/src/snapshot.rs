@@ -113,52 +113,59 @@ impl Snapshot {
             .select(d, key, SelectOpts { alt, healthy: None }, self)
     }
 
-    /// Which backend a route or director picks for `key`, with up to `alternates` members in
-    /// try order.
+    /// Which backend a route or director picks for `key` with live health, with up to
+    /// `alternates` members in try order.
     pub fn explain(
         &self,
         target: ExplainTarget<'_>,
         key: &str,
         alternates: usize,
     ) -> Result<Explanation, ExplainError> {
-        let (d, by_ip) = match target {
-            ExplainTarget::Director(n) => (
-                self.directors
-                    .id(n)
-                    .ok_or_else(|| ExplainError::NoDirector(n.to_owned()))?,
-                false,
-            ),
-            ExplainTarget::Route(n) => {
-                let i = self
-                    .config
-                    .routes
-                    .iter()
-                    .position(|r| r.name == n)
-                    .ok_or_else(|| ExplainError::NoRoute(n.to_owned()))?;
-                (
-                    self.route_directors[i],
-                    self.config.routes[i].key == KeySpec::ClientIp,
-                )
-            }
-        };
-        let ip: Option<IpAddr> = if by_ip { key.parse().ok() } else { None };
-        let key = match ip {
-            Some(ip) => Key::ip(ip),
-            None => Key::str(key),
-        };
-        let backend = self
-            .select(d, &key, 0)?
-            .map(|b| self.directors.backend_name(b).to_owned());
-        let alternates = self
-            .directors
-            .order(d, &key, alternates)?
-            .into_iter()
-            .map(|t: Target| self.directors.target_name(t).to_owned())
-            .collect();
-        Ok(Explanation {
-            director: self.directors.name(d).to_owned(),
-            backend,
-            alternates,
-        })
+        explain(&self.config, &self.directors, self, target, key, alternates)
     }
+}
+
+/// Which backend a route or director of `config` picks for `key` given `health`, with up to
+/// `alternates` members in try order. A route whose key source is the client IP reads `key`
+/// as an IP address.
+pub fn explain<H: HealthView + ?Sized>(
+    config: &Config,
+    directors: &Directors,
+    health: &H,
+    target: ExplainTarget<'_>,
+    key: &str,
+    alternates: usize,
+) -> Result<Explanation, ExplainError> {
+    let (director, by_ip) = match target {
+        ExplainTarget::Director(n) => (n, false),
+        ExplainTarget::Route(n) => {
+            let r = config
+                .routes
+                .iter()
+                .find(|r| r.name == n)
+                .ok_or_else(|| ExplainError::NoRoute(n.to_owned()))?;
+            (r.director.as_str(), r.key == KeySpec::ClientIp)
+        }
+    };
+    let d = directors
+        .id(director)
+        .ok_or_else(|| ExplainError::NoDirector(director.to_owned()))?;
+    let ip: Option<IpAddr> = if by_ip { key.parse().ok() } else { None };
+    let key = match ip {
+        Some(ip) => Key::ip(ip),
+        None => Key::str(key),
+    };
+    let backend = directors
+        .select(d, &key, SelectOpts::default(), health)?
+        .map(|b| directors.backend_name(b).to_owned());
+    let alternates = directors
+        .order(d, &key, alternates)?
+        .into_iter()
+        .map(|t: Target| directors.target_name(t).to_owned())
+        .collect();
+    Ok(Explanation {
+        director: directors.name(d).to_owned(),
+        backend,
+        alternates,
+    })
 }

@@ -107,6 +107,13 @@ impl Layout {
         format!("{}{}/{}", self.root, kind.segment(), name)
     }
 
+    /// The key every control-plane write bumps and compares, so that a write validated against
+    /// one revision of the whole configuration commits only if nothing changed since (deletes
+    /// included, which per-key compares would miss). Not under any kind's directory.
+    pub fn serial(&self) -> String {
+        format!("{}serial", self.root)
+    }
+
     /// Splits a key of this layout into its kind and name; `None` for any other key.
     pub fn parse<'k>(&self, key: &'k str) -> Option<(Kind, &'k str)> {
         let rest = key.strip_prefix(self.root.as_str())?;

@@ -1,0 +1,124 @@
+//! Control-plane errors, and the one place where they become gRPC statuses ([`to_status`]).
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::convert::{Failure, FieldError};
+use crate::store::StoreError;
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is bad or refers to something missing.
+    #[error("{0}")]
+    Field(#[from] FieldError),
+    /// A required field is absent.
+    #[error("{0}: is required")]
+    Required(&'static str),
+    /// No such resource.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Create of a name that exists.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The write named a revision, and the stored resource (or store) is at another.
+    #[error("{subject} is at revision {actual}, not {expected}: re-read it and retry")]
+    Stale {
+        /// `backends/b0`, or `store`.
+        subject: String,
+        /// What the caller expected.
+        expected: i64,
+        /// What is stored.
+        actual: i64,
+    },
+    /// A delete of something another resource refers to.
+    #[error("cannot delete {subject}: {by} refers to it")]
+    Referenced {
+        /// `backends/b0`.
+        subject: String,
+        /// The referring field, as `directors/sh.members[0].backend`.
+        by: String,
+    },
+    /// Concurrent writers kept winning; nothing was written.
+    #[error("the configuration kept changing during the write; nothing was written, retry")]
+    Contended,
+    /// A pattern matched nothing, or one without parentheses matched several.
+    #[error("{0}")]
+    Pattern(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The gRPC status of an error, with google.rpc details naming the field or the failed
+/// precondition.
+pub fn to_status(e: &ApiError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ApiError::Field(FieldError {
+            field,
+            message,
+            failure: Failure::Invalid,
+        }) => Status::with_error_details(
+            Code::InvalidArgument,
+            msg,
+            ErrorDetails::with_bad_request_violation(field, message),
+        ),
+        ApiError::Field(FieldError {
+            field,
+            message,
+            failure: Failure::Precondition,
+        }) => Status::with_error_details(
+            Code::FailedPrecondition,
+            msg,
+            ErrorDetails::with_precondition_failure_violation("REFERENCE", field, message),
+        ),
+        ApiError::Required(field) => Status::with_error_details(
+            Code::InvalidArgument,
+            msg,
+            ErrorDetails::with_bad_request_violation(*field, "is required"),
+        ),
+        ApiError::Pattern(_) => Status::with_error_details(
+            Code::InvalidArgument,
+            msg.clone(),
+            ErrorDetails::with_bad_request_violation("pattern", msg),
+        ),
+        ApiError::NotFound { .. } => Status::not_found(msg),
+        ApiError::AlreadyExists { .. } => Status::already_exists(msg),
+        ApiError::Stale { subject, .. } => Status::with_error_details(
+            Code::FailedPrecondition,
+            msg.clone(),
+            ErrorDetails::with_precondition_failure_violation("REVISION", subject, msg),
+        ),
+        ApiError::Referenced { subject, by } => Status::with_error_details(
+            Code::FailedPrecondition,
+            msg,
+            ErrorDetails::with_precondition_failure_violation(
+                "REFERENCED",
+                subject,
+                format!("{by} refers to it"),
+            ),
+        ),
+        ApiError::Contended => Status::aborted(msg),
+        ApiError::Store(StoreError::Compacted { .. }) => Status::out_of_range(msg),
+        ApiError::Store(StoreError::FutureRevision { .. }) => Status::out_of_range(msg),
+        ApiError::Store(StoreError::Closed) => Status::unavailable(msg),
+        ApiError::Store(StoreError::Storage(_) | StoreError::Corrupt(_)) => Status::internal(msg),
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        to_status(&e)
+    }
+}

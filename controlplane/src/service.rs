@@ -1,0 +1,788 @@
+//! The tether.v1 `Tether` gRPC service over a [`Store`].
+//!
+//! Every write is: list the configuration at revision R → change a copy → validate the whole
+//! result ([`crate::convert::validate`]) → one transaction with the difference, guarded by the
+//! serial key (commits only if nothing changed since R; retried a few times when another
+//! writer won). Nothing partial is ever stored: a bad field fails validation before the
+//! transaction exists.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tether_dataplane::config::{AdminHealth, Config};
+use tether_dataplane::director::{BackendId, Directors, HealthView, Key, SelectOpts};
+use tether_dataplane::runtime::Runtime;
+use tether_dataplane::snapshot::{self, ExplainError, ExplainTarget};
+use tether_proto::keys::{Kind, Layout};
+use tether_proto::v1::tether_server::Tether;
+use tether_proto::v1::{self, Action};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, Failure};
+use crate::error::ApiError;
+use crate::pattern::Pattern;
+use crate::state::{Resource, State};
+use crate::store::{Event, Store, TxnOutcome};
+
+/// Writes retried when another writer committed first.
+const WRITE_ATTEMPTS: usize = 8;
+/// Keys sampled per shard director to report the share a change moves.
+const MOVED_SAMPLE: u32 = 10_000;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Api<S> {
+    store: S,
+    layout: Layout,
+    live: Option<Arc<Runtime>>,
+}
+
+/// What a write did.
+#[derive(Debug)]
+struct Written<T> {
+    value: T,
+    revision: i64,
+    old: State,
+    new: State,
+}
+
+impl<S: Store> Api<S> {
+    /// A service writing through `store` under `layout`. `live` is the data plane running in
+    /// the same process (`tether up`), whose health Explain and ListHealth report.
+    pub fn new(store: S, layout: Layout, live: Option<Arc<Runtime>>) -> Api<S> {
+        Api {
+            store,
+            layout,
+            live,
+        }
+    }
+
+    async fn load(&self) -> Result<State, ApiError> {
+        let listing = self.store.list(self.layout.root()).await?;
+        let (state, errors) = State::from_listing(&self.layout, &listing);
+        for e in errors {
+            tracing::warn!(error = %e, "stored object does not decode; ignored");
+        }
+        Ok(state)
+    }
+
+    /// Loads, changes with `change(old, new)`, validates and commits (unless `dry_run`).
+    async fn write<T>(
+        &self,
+        dry_run: bool,
+        change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
+    ) -> Result<Written<T>, ApiError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let old = self.load().await?;
+            let mut new = old.clone();
+            new.labels.clear();
+            let value = change(&old, &mut new)?;
+            convert::validate(&new.resources())?;
+            let Some(txn) = old.diff_txn(&new, &self.layout) else {
+                let revision = old.revision;
+                return Ok(Written {
+                    value,
+                    revision,
+                    old,
+                    new,
+                });
+            };
+            if dry_run {
+                let revision = old.revision;
+                return Ok(Written {
+                    value,
+                    revision,
+                    old,
+                    new,
+                });
+            }
+            match self.store.txn(txn).await? {
+                TxnOutcome::Committed { revision } => {
+                    return Ok(Written {
+                        value,
+                        revision,
+                        old,
+                        new,
+                    });
+                }
+                TxnOutcome::Failed { .. } => continue,
+            }
+        }
+        Err(ApiError::Contended)
+    }
+
+    async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
+        self.get::<R>(name).await
+    }
+
+    async fn get<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
+        let key = self.layout.key(R::KIND, name);
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: R::FIELD,
+                name: name.to_owned(),
+            })?;
+        let mut r = R::decode(kv.value.as_slice()).map_err(|e| {
+            ApiError::Store(crate::store::StoreError::Corrupt(format!("{key}: {e}")))
+        })?;
+        r.set_revision(kv.mod_revision);
+        Ok(r)
+    }
+
+    async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
+        let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
+        self.write(false, |old, new| {
+            if R::map(old).contains_key(r.name()) {
+                return Err(ApiError::AlreadyExists {
+                    kind: R::FIELD,
+                    name: r.name().to_owned(),
+                });
+            }
+            let mut r = r.clone();
+            r.set_revision(0);
+            r.prepare(None);
+            new.insert(r, R::FIELD.to_owned());
+            Ok(())
+        })
+        .await?;
+        self.read_back(&name).await
+    }
+
+    async fn update<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
+        let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
+        self.write(false, |old, new| {
+            let stored = R::map(old)
+                .get(r.name())
+                .ok_or_else(|| ApiError::NotFound {
+                    kind: R::FIELD,
+                    name: r.name().to_owned(),
+                })?;
+            check_revision::<R>(stored, r.revision())?;
+            let mut r = r.clone();
+            r.set_revision(stored.revision());
+            r.prepare(Some(stored));
+            new.insert(r, R::FIELD.to_owned());
+            Ok(())
+        })
+        .await?;
+        self.read_back(&name).await
+    }
+
+    async fn delete<R: Resource>(&self, req: v1::DeleteRequest) -> Result<(), ApiError> {
+        let subject = format!("{}/{}", R::KIND, req.name);
+        let result = self
+            .write(false, |old, new| {
+                let stored = R::map(old)
+                    .get(&req.name)
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: R::FIELD,
+                        name: req.name.clone(),
+                    })?;
+                check_revision::<R>(stored, req.revision)?;
+                R::map_mut(new).remove(&req.name);
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(ApiError::Field(f)) if f.failure == Failure::Precondition => {
+                Err(ApiError::Referenced {
+                    subject,
+                    by: f.field,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list<R: Resource>(
+        &self,
+        req: &v1::ListRequest,
+    ) -> Result<(Vec<R>, String, i64), ApiError> {
+        let listing = self.store.list(&self.layout.dir(R::KIND)).await?;
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for kv in &listing.kvs {
+            let Some((_, name)) = self.layout.parse(&kv.key) else {
+                continue;
+            };
+            if !req.page_token.is_empty() && name <= req.page_token.as_str() {
+                continue;
+            }
+            if req.page_size != 0 && out.len() == req.page_size as usize {
+                next = out
+                    .last()
+                    .map(|r: &R| r.name().to_owned())
+                    .unwrap_or_default();
+                break;
+            }
+            match R::decode(kv.value.as_slice()) {
+                Ok(mut r) => {
+                    r.set_revision(kv.mod_revision);
+                    out.push(r);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "stored object does not decode; skipped")
+                }
+            }
+        }
+        Ok((out, next, listing.revision))
+    }
+
+    async fn apply(&self, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, ApiError> {
+        let w = self
+            .write(req.dry_run, |old, new| {
+                if req.expected_revision != 0 && req.expected_revision != old.revision {
+                    return Err(ApiError::Stale {
+                        subject: "store".into(),
+                        expected: req.expected_revision,
+                        actual: old.revision,
+                    });
+                }
+                let mut changes = Vec::new();
+                stage(old, new, &req.backends, "backends", req.prune, &mut changes)?;
+                stage(old, new, &req.probes, "probes", req.prune, &mut changes)?;
+                stage(
+                    old,
+                    new,
+                    &req.directors,
+                    "directors",
+                    req.prune,
+                    &mut changes,
+                )?;
+                stage(old, new, &req.routes, "routes", req.prune, &mut changes)?;
+                Ok(changes)
+            })
+            .await?;
+        let keys_moved = keys_moved(&w.old, &w.new);
+        Ok(v1::ApplyResponse {
+            revision: w.revision,
+            changes: w.value,
+            keys_moved,
+            dry_run: req.dry_run,
+        })
+    }
+
+    async fn set_health(
+        &self,
+        req: v1::SetHealthRequest,
+    ) -> Result<v1::SetHealthResponse, ApiError> {
+        let pattern = Pattern::parse(&req.pattern).map_err(|e| ApiError::Pattern(e.to_string()))?;
+        let state = v1::AdminHealth::try_from(req.state).map_err(|_| {
+            ApiError::Field(convert::FieldError::invalid(
+                "state",
+                format!("unknown value {}", req.state),
+            ))
+        })?;
+        let w = self
+            .write(false, |old, new| {
+                let mut names = Vec::new();
+                for (name, b) in &old.backends {
+                    let spec = convert::backend(b, &format!("backends/{name}"))?;
+                    let addrs: Vec<_> = spec.addresses().cloned().collect();
+                    if pattern.matches(name, &addrs) {
+                        let mut b = b.clone();
+                        b.admin_health = state as i32;
+                        new.insert(b, format!("backends/{name}"));
+                        names.push(name.clone());
+                    }
+                }
+                if names.is_empty() {
+                    return Err(ApiError::Pattern(format!(
+                        "pattern {:?} matches no backend",
+                        req.pattern
+                    )));
+                }
+                Ok(names)
+            })
+            .await?;
+        Ok(v1::SetHealthResponse {
+            revision: w.revision,
+            backends: w.value,
+        })
+    }
+
+    async fn list_health(
+        &self,
+        req: v1::ListHealthRequest,
+    ) -> Result<v1::ListHealthResponse, ApiError> {
+        let pattern = if req.pattern.is_empty() {
+            None
+        } else {
+            Some(Pattern::parse(&req.pattern).map_err(|e| ApiError::Pattern(e.to_string()))?)
+        };
+        let keep = |name: &str, addrs: &[tether_dataplane::config::Address]| {
+            pattern.as_ref().is_none_or(|p| p.matches(name, addrs))
+        };
+        let admin = |a: AdminHealth| match a {
+            AdminHealth::Auto => v1::AdminHealth::Auto,
+            AdminHealth::Healthy => v1::AdminHealth::Healthy,
+            AdminHealth::Sick => v1::AdminHealth::Sick,
+        } as i32;
+        let mut out = Vec::new();
+        if let Some(rt) = &self.live {
+            let snap = rt.snapshot();
+            for (spec, st) in snap.config.backends.iter().zip(&snap.backends) {
+                let addrs: Vec<_> = spec.addresses().cloned().collect();
+                if !keep(&spec.name, &addrs) {
+                    continue;
+                }
+                let window = st.probe_window();
+                out.push(v1::BackendHealth {
+                    name: spec.name.clone(),
+                    address: spec.address.to_string(),
+                    admin_health: admin(spec.admin_health),
+                    probe: match window {
+                        None => "-".into(),
+                        Some(_) if st.probe_healthy() => "healthy".into(),
+                        Some(_) => "sick".into(),
+                    },
+                    window: window.map(|(g, w)| format!("{g}/{w}")).unwrap_or_default(),
+                    healthy: snapshot::backend_healthy(spec, st),
+                    observed: true,
+                });
+            }
+        } else {
+            let v = convert::validate(&self.load().await?.resources())?;
+            for spec in &v.config.backends {
+                let addrs: Vec<_> = spec.addresses().cloned().collect();
+                if !keep(&spec.name, &addrs) {
+                    continue;
+                }
+                out.push(v1::BackendHealth {
+                    name: spec.name.clone(),
+                    address: spec.address.to_string(),
+                    admin_health: admin(spec.admin_health),
+                    probe: if spec.probe.is_some() {
+                        "?".into()
+                    } else {
+                        "-".into()
+                    },
+                    window: String::new(),
+                    healthy: !spec.drain && spec.admin_health != AdminHealth::Sick,
+                    observed: false,
+                });
+            }
+        }
+        if out.is_empty()
+            && let Some(p) = &pattern
+            && p.is_exact()
+        {
+            return Err(ApiError::NotFound {
+                kind: "backend",
+                name: req.pattern.clone(),
+            });
+        }
+        Ok(v1::ListHealthResponse { backends: out })
+    }
+
+    async fn explain(&self, req: v1::ExplainRequest) -> Result<v1::ExplainResponse, ApiError> {
+        let n = if req.alternates == 0 {
+            3
+        } else {
+            req.alternates as usize
+        };
+        let target = match &req.target {
+            Some(v1::explain_request::Target::Route(r)) => ExplainTarget::Route(r),
+            Some(v1::explain_request::Target::Director(d)) => ExplainTarget::Director(d),
+            None => return Err(ApiError::Required("target")),
+        };
+        let not_found = |e: ExplainError| match e {
+            ExplainError::NoRoute(name) => ApiError::NotFound {
+                kind: "route",
+                name,
+            },
+            ExplainError::NoDirector(name) => ApiError::NotFound {
+                kind: "director",
+                name,
+            },
+            ExplainError::Key(k) => ApiError::Field(convert::FieldError::invalid("key", k)),
+        };
+        let (e, revision) = match &self.live {
+            Some(rt) => {
+                let snap = rt.snapshot();
+                (
+                    snap.explain(target, &req.key, n).map_err(not_found)?,
+                    snap.revision,
+                )
+            }
+            None => {
+                let state = self.load().await?;
+                let v = convert::validate(&state.resources())?;
+                let health = AdminOnly(&v.config);
+                (
+                    snapshot::explain(&v.config, &v.directors, &health, target, &req.key, n)
+                        .map_err(not_found)?,
+                    state.revision,
+                )
+            }
+        };
+        Ok(v1::ExplainResponse {
+            director: e.director,
+            backend: e.backend.unwrap_or_default(),
+            alternates: e.alternates,
+            revision,
+        })
+    }
+
+    fn watch_events(&self, batch: crate::store::WatchBatch) -> v1::WatchResponse {
+        let mut events = Vec::new();
+        for e in batch.events {
+            let (key, action, value, rev) = match &e {
+                Event::Put(kv) => (
+                    kv.key.as_str(),
+                    if kv.create_revision == kv.mod_revision {
+                        Action::Create
+                    } else {
+                        Action::Update
+                    },
+                    Some(kv.value.as_slice()),
+                    kv.mod_revision,
+                ),
+                Event::Delete { key, mod_revision } => {
+                    (key.as_str(), Action::Delete, None, *mod_revision)
+                }
+            };
+            let Some((kind, name)) = self.layout.parse(key) else {
+                continue;
+            };
+            use prost::Message;
+            use v1::watch_event::Resource as R;
+            let resource = value.and_then(|v| match kind {
+                Kind::Backend => v1::Backend::decode(v).ok().map(|mut r| {
+                    r.revision = rev;
+                    R::Backend(r)
+                }),
+                Kind::Probe => v1::Probe::decode(v).ok().map(|mut r| {
+                    r.revision = rev;
+                    R::Probe(r)
+                }),
+                Kind::Director => v1::Director::decode(v).ok().map(|mut r| {
+                    r.revision = rev;
+                    R::Director(r)
+                }),
+                Kind::Route => v1::Route::decode(v).ok().map(|mut r| {
+                    r.revision = rev;
+                    R::Route(r)
+                }),
+                Kind::Health | Kind::Node => None,
+            });
+            if matches!(kind, Kind::Health | Kind::Node) {
+                continue;
+            }
+            events.push(v1::WatchEvent {
+                kind: kind_field(kind).to_owned(),
+                name: name.to_owned(),
+                action: action as i32,
+                resource,
+            });
+        }
+        v1::WatchResponse {
+            revision: batch.revision,
+            events,
+        }
+    }
+}
+
+fn kind_field(k: Kind) -> &'static str {
+    match k {
+        Kind::Backend => "backend",
+        Kind::Probe => "probe",
+        Kind::Director => "director",
+        Kind::Route => "route",
+        Kind::Health => "health",
+        Kind::Node => "node",
+    }
+}
+
+fn check_revision<R: Resource>(stored: &R, expected: i64) -> Result<(), ApiError> {
+    if expected != 0 && stored.revision() != expected {
+        return Err(ApiError::Stale {
+            subject: format!("{}/{}", R::KIND, stored.name()),
+            expected,
+            actual: stored.revision(),
+        });
+    }
+    Ok(())
+}
+
+/// Stages one kind of an Apply: each given resource is created, updated or unchanged; with
+/// `prune`, stored ones not given are deleted.
+fn stage<R: Resource>(
+    old: &State,
+    new: &mut State,
+    given: &[R],
+    plural: &str,
+    prune: bool,
+    changes: &mut Vec<v1::Change>,
+) -> Result<(), ApiError> {
+    let mut seen = HashSet::new();
+    let kind = R::FIELD.to_owned();
+    for (i, r) in given.iter().enumerate() {
+        if !seen.insert(r.name().to_owned()) {
+            return Err(ApiError::Field(convert::FieldError::invalid(
+                format!("{plural}[{i}].name"),
+                format!("{} {:?} is given twice", R::FIELD, r.name()),
+            )));
+        }
+        let stored = R::map(old).get(r.name());
+        if let Some(s) = stored {
+            check_revision::<R>(s, r.revision())?;
+        }
+        let mut r = r.clone();
+        r.set_revision(stored.map_or(0, Resource::revision));
+        r.prepare(stored);
+        let action = match stored {
+            None => Action::Create,
+            Some(_) if old.differs(&r) => Action::Update,
+            Some(_) => Action::Unchanged,
+        };
+        changes.push(v1::Change {
+            kind: kind.clone(),
+            name: r.name().to_owned(),
+            action: action as i32,
+        });
+        new.insert(r, format!("{plural}[{i}]"));
+    }
+    if prune {
+        for name in R::map(old).keys().filter(|n| !seen.contains(*n)) {
+            R::map_mut(new).remove(name);
+            changes.push(v1::Change {
+                kind: kind.clone(),
+                name: name.clone(),
+                action: Action::Delete as i32,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Health from the stored admin state only (no data plane in this process).
+struct AdminOnly<'a>(&'a Config);
+
+impl HealthView for AdminOnly<'_> {
+    fn is_healthy(&self, b: BackendId) -> bool {
+        let spec = &self.0.backends[b as usize];
+        !spec.drain && spec.admin_health != AdminHealth::Sick
+    }
+}
+
+struct AllHealthy;
+
+impl HealthView for AllHealthy {
+    fn is_healthy(&self, _: BackendId) -> bool {
+        true
+    }
+}
+
+/// For each shard director in both states whose configuration changed, the share of sampled
+/// keys whose backend differs (all backends taken as healthy).
+fn keys_moved(old: &State, new: &State) -> Vec<v1::KeysMoved> {
+    let (Ok(a), Ok(b)) = (
+        convert::validate(&old.resources()),
+        convert::validate(&new.resources()),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in &b.config.directors {
+        if !matches!(d.policy, tether_dataplane::config::Policy::Shard(_)) {
+            continue;
+        }
+        let (Some(da), Some(db)) = (a.directors.id(&d.name), b.directors.id(&d.name)) else {
+            continue;
+        };
+        let before = a.config.directors.iter().find(|x| x.name == d.name);
+        let backends_same = a.config.backends.iter().map(|x| &x.name).eq(b
+            .config
+            .backends
+            .iter()
+            .map(|x| &x.name));
+        if before == Some(d) && backends_same {
+            continue;
+        }
+        let pick = |dirs: &Directors, id, k: &str| {
+            dirs.select(id, &Key::str(k), SelectOpts::default(), &AllHealthy)
+                .ok()
+                .flatten()
+                .map(|x| dirs.backend_name(x).to_owned())
+        };
+        let mut moved = 0u32;
+        for i in 0..MOVED_SAMPLE {
+            let k = format!("key-{i}");
+            if pick(&a.directors, da, &k) != pick(&b.directors, db, &k) {
+                moved += 1;
+            }
+        }
+        out.push(v1::KeysMoved {
+            director: d.name.clone(),
+            share: f64::from(moved) / f64::from(MOVED_SAMPLE),
+            sampled_keys: MOVED_SAMPLE,
+        });
+    }
+    out
+}
+
+type Resp<T> = Result<Response<T>, Status>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+fn ok<T>(r: Result<T, ApiError>) -> Resp<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl<S: Store> Tether for Api<S> {
+    async fn create_backend(&self, r: Request<v1::CreateBackendRequest>) -> Resp<v1::Backend> {
+        ok(self.create(r.into_inner().backend).await)
+    }
+    async fn get_backend(&self, r: Request<v1::GetRequest>) -> Resp<v1::Backend> {
+        ok(self.get(&r.into_inner().name).await)
+    }
+    async fn list_backends(&self, r: Request<v1::ListRequest>) -> Resp<v1::ListBackendsResponse> {
+        ok(self
+            .list(r.get_ref())
+            .await
+            .map(
+                |(backends, next_page_token, revision)| v1::ListBackendsResponse {
+                    backends,
+                    next_page_token,
+                    revision,
+                },
+            ))
+    }
+    async fn update_backend(&self, r: Request<v1::UpdateBackendRequest>) -> Resp<v1::Backend> {
+        ok(self.update(r.into_inner().backend).await)
+    }
+    async fn delete_backend(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
+        ok(self.delete::<v1::Backend>(r.into_inner()).await)
+    }
+
+    async fn create_probe(&self, r: Request<v1::CreateProbeRequest>) -> Resp<v1::Probe> {
+        ok(self.create(r.into_inner().probe).await)
+    }
+    async fn get_probe(&self, r: Request<v1::GetRequest>) -> Resp<v1::Probe> {
+        ok(self.get(&r.into_inner().name).await)
+    }
+    async fn list_probes(&self, r: Request<v1::ListRequest>) -> Resp<v1::ListProbesResponse> {
+        ok(self
+            .list(r.get_ref())
+            .await
+            .map(
+                |(probes, next_page_token, revision)| v1::ListProbesResponse {
+                    probes,
+                    next_page_token,
+                    revision,
+                },
+            ))
+    }
+    async fn update_probe(&self, r: Request<v1::UpdateProbeRequest>) -> Resp<v1::Probe> {
+        ok(self.update(r.into_inner().probe).await)
+    }
+    async fn delete_probe(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
+        ok(self.delete::<v1::Probe>(r.into_inner()).await)
+    }
+
+    async fn create_director(&self, r: Request<v1::CreateDirectorRequest>) -> Resp<v1::Director> {
+        ok(self.create(r.into_inner().director).await)
+    }
+    async fn get_director(&self, r: Request<v1::GetRequest>) -> Resp<v1::Director> {
+        ok(self.get(&r.into_inner().name).await)
+    }
+    async fn list_directors(&self, r: Request<v1::ListRequest>) -> Resp<v1::ListDirectorsResponse> {
+        ok(self
+            .list(r.get_ref())
+            .await
+            .map(
+                |(directors, next_page_token, revision)| v1::ListDirectorsResponse {
+                    directors,
+                    next_page_token,
+                    revision,
+                },
+            ))
+    }
+    async fn update_director(&self, r: Request<v1::UpdateDirectorRequest>) -> Resp<v1::Director> {
+        ok(self.update(r.into_inner().director).await)
+    }
+    async fn delete_director(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
+        ok(self.delete::<v1::Director>(r.into_inner()).await)
+    }
+
+    async fn create_route(&self, r: Request<v1::CreateRouteRequest>) -> Resp<v1::Route> {
+        ok(self.create(r.into_inner().route).await)
+    }
+    async fn get_route(&self, r: Request<v1::GetRequest>) -> Resp<v1::Route> {
+        ok(self.get(&r.into_inner().name).await)
+    }
+    async fn list_routes(&self, r: Request<v1::ListRequest>) -> Resp<v1::ListRoutesResponse> {
+        ok(self
+            .list(r.get_ref())
+            .await
+            .map(
+                |(routes, next_page_token, revision)| v1::ListRoutesResponse {
+                    routes,
+                    next_page_token,
+                    revision,
+                },
+            ))
+    }
+    async fn update_route(&self, r: Request<v1::UpdateRouteRequest>) -> Resp<v1::Route> {
+        ok(self.update(r.into_inner().route).await)
+    }
+    async fn delete_route(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
+        ok(self.delete::<v1::Route>(r.into_inner()).await)
+    }
+
+    async fn apply(&self, r: Request<v1::ApplyRequest>) -> Resp<v1::ApplyResponse> {
+        ok(Api::apply(self, r.into_inner()).await)
+    }
+    async fn set_health(&self, r: Request<v1::SetHealthRequest>) -> Resp<v1::SetHealthResponse> {
+        ok(Api::set_health(self, r.into_inner()).await)
+    }
+    async fn list_health(&self, r: Request<v1::ListHealthRequest>) -> Resp<v1::ListHealthResponse> {
+        ok(Api::list_health(self, r.into_inner()).await)
+    }
+    async fn explain(&self, r: Request<v1::ExplainRequest>) -> Resp<v1::ExplainResponse> {
+        ok(Api::explain(self, r.into_inner()).await)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, r: Request<v1::WatchRequest>) -> Resp<WatchStream> {
+        let from = r.into_inner().from_revision;
+        let mut rx = self
+            .store
+            .watch(self.layout.root(), from)
+            .await
+            .map_err(|e| Status::from(ApiError::Store(e)))?;
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let item = batch
+                    .map(|b| api.watch_events(b))
+                    .map_err(|e| Status::from(ApiError::Store(e)));
+                let end = item.is_err();
+                if let Ok(resp) = &item
+                    && resp.events.is_empty()
+                {
+                    continue;
+                }
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use super::*;
+use crate::store::embedded::EmbeddedStore;
+
+fn api() -> (tempfile::TempDir, Api<EmbeddedStore>, EmbeddedStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(&dir.path().join("t.redb")).expect("open");
+    (dir, Api::new(store.clone(), Layout::default(), None), store)
+}
+
+fn backend(name: &str, port: u16) -> v1::Backend {
+    v1::Backend {
+        name: name.into(),
+        address: format!("127.0.0.1:{port}"),
+        ..Default::default()
+    }
+}
+
+fn shard(name: &str, members: &[&str]) -> v1::Director {
+    v1::Director {
+        name: name.into(),
+        revision: 0,
+        policy: Some(v1::director::Policy::Shard(v1::Shard::default())),
+        members: members
+            .iter()
+            .map(|m| v1::Member {
+                target: Some(v1::member::Target::Backend((*m).into())),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn apply_req(backends: Vec<v1::Backend>, directors: Vec<v1::Director>) -> v1::ApplyRequest {
+    v1::ApplyRequest {
+        backends,
+        directors,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_get_update_with_revisions() {
+    let (_d, api, _s) = api();
+    let b = api.create(Some(backend("b0", 9000))).await.unwrap();
+    assert!(b.revision > 0);
+    let e = Status::from(api.create(Some(backend("b0", 9001))).await.unwrap_err());
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let mut changed = b.clone();
+    changed.address = "127.0.0.1:9001".into();
+    let b2 = api.update(Some(changed.clone())).await.unwrap();
+    assert!(b2.revision > b.revision);
+    // A write naming the old revision fails and changes nothing.
+    changed.address = "127.0.0.1:9002".into();
+    let e = Status::from(api.update(Some(changed)).await.unwrap_err());
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let now: v1::Backend = api.get("b0").await.unwrap();
+    assert_eq!(now, b2);
+}
+
+#[tokio::test]
+async fn bad_fields_are_named_and_nothing_is_stored() {
+    let (_d, api, store) = api();
+    let before = store.list("/").await.unwrap();
+    let mut bad = backend("b0", 9000);
+    bad.address = "127.0.0.1".into();
+    let e = Status::from(api.create(Some(bad)).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let br = e.get_details_bad_request().expect("BadRequest details");
+    assert_eq!(br.field_violations[0].field, "backend.address");
+    // An Apply with one bad field among good resources: refused whole.
+    let mut req = apply_req(
+        vec![backend("b1", 9001), backend("b2", 9002)],
+        vec![shard("d", &["b1", "b2"])],
+    );
+    req.backends[1].weight = Some(-1.0);
+    let e = Status::from(api.apply(req).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.get_details_bad_request().unwrap().field_violations[0].field,
+        "backends[1].weight"
+    );
+    assert_eq!(store.list("/").await.unwrap(), before);
+    // A reference to a missing backend is a failed precondition.
+    let e = Status::from(
+        api.apply(apply_req(vec![], vec![shard("d", &["nope"])]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("directors[0].members[0].backend"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(store.list("/").await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn referenced_resources_cannot_be_deleted() {
+    let (_d, api, _s) = api();
+    api.apply(apply_req(
+        vec![backend("b0", 9000)],
+        vec![shard("d", &["b0"])],
+    ))
+    .await
+    .unwrap();
+    let e = Status::from(
+        api.delete::<v1::Backend>(v1::DeleteRequest {
+            name: "b0".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("directors/d.members[0].backend"),
+        "{}",
+        e.message()
+    );
+    api.delete::<v1::Director>(v1::DeleteRequest {
+        name: "d".into(),
+        revision: 0,
+    })
+    .await
+    .unwrap();
+    api.delete::<v1::Backend>(v1::DeleteRequest {
+        name: "b0".into(),
+        revision: 0,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn apply_reports_changes_dry_run_writes_nothing_and_prune_deletes() {
+    let (_d, api, store) = api();
+    let names: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let backends: Vec<_> = (0..10)
+        .map(|i| backend(&names[i], 9000 + i as u16))
+        .collect();
+    let r = api
+        .apply(apply_req(backends.clone(), vec![shard("d", &refs)]))
+        .await
+        .unwrap();
+    assert!(r.changes.iter().all(|c| c.action == Action::Create as i32));
+    let rev = r.revision;
+    // Dry run of removing one of ten members: about a tenth of keys move; nothing written.
+    let mut req = apply_req(backends.clone(), vec![shard("d", &refs[..9])]);
+    req.dry_run = true;
+    let r = api.apply(req).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), rev);
+    let d = r.changes.iter().find(|c| c.kind == "director").unwrap();
+    assert_eq!(d.action, Action::Update as i32);
+    let moved = &r.keys_moved[0];
+    assert!((0.05..0.2).contains(&moved.share), "{moved:?}");
+    // Prune: only b0 and no director remain.
+    let mut req = apply_req(vec![backend("b0", 9000)], vec![]);
+    req.prune = true;
+    let r = api.apply(req).await.unwrap();
+    assert_eq!(
+        r.changes
+            .iter()
+            .filter(|c| c.action == Action::Delete as i32)
+            .count(),
+        10
+    );
+    let (left, _, _) = api
+        .list::<v1::Backend>(&v1::ListRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    // Unchanged apply writes nothing.
+    let again = api
+        .apply(apply_req(vec![backend("b0", 9000)], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(again.revision, r.revision);
+    assert_eq!(again.changes[0].action, Action::Unchanged as i32);
+}
+
+#[tokio::test]
+async fn set_health_by_pattern() {
+    let (_d, api, _s) = api();
+    api.apply(apply_req(
+        vec![
+            backend("web-1", 9001),
+            backend("web-2", 9002),
+            backend("db", 9003),
+        ],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    let r = api
+        .set_health(v1::SetHealthRequest {
+            pattern: "web-*".into(),
+            state: v1::AdminHealth::Sick as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.backends, ["web-1", "web-2"]);
+    let db: v1::Backend = api.get("db").await.unwrap();
+    assert_eq!(db.admin_health, v1::AdminHealth::Auto as i32);
+    let e = Status::from(
+        api.set_health(v1::SetHealthRequest {
+            pattern: "nope".into(),
+            state: 0,
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let h = api
+        .list_health(v1::ListHealthRequest {
+            pattern: "(:9002)".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.backends.len(), 1);
+    assert!(!h.backends[0].healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_and_reports_compaction() {
+    let (_d, api, store) = api();
+    api.create(Some(backend("b0", 9000))).await.unwrap();
+    let mut stream = Tether::watch(&api, Request::new(v1::WatchRequest { from_revision: 1 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.events[0].name, "b0");
+    assert_eq!(first.events[0].action, Action::Create as i32);
+    api.delete::<v1::Backend>(v1::DeleteRequest {
+        name: "b0".into(),
+        revision: 0,
+    })
+    .await
+    .unwrap();
+    let second = stream.next().await.unwrap().unwrap();
+    assert_eq!(second.events[0].action, Action::Delete as i32);
+    store
+        .compact(store.revision().await.unwrap())
+        .await
+        .unwrap();
+    let Err(e) = Tether::watch(&api, Request::new(v1::WatchRequest { from_revision: 1 })).await
+    else {
+        panic!("watching compacted history must fail")
+    };
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(e.message().contains("list again"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn explain_from_the_store() {
+    let (_d, api, _s) = api();
+    let mut b1 = backend("b1", 9001);
+    b1.admin_health = v1::AdminHealth::Sick as i32;
+    api.apply(apply_req(
+        vec![backend("b0", 9000), b1],
+        vec![shard("d", &["b0", "b1"])],
+    ))
+    .await
+    .unwrap();
+    for k in ["a", "b", "c", "d"] {
+        let e = api
+            .explain(v1::ExplainRequest {
+                target: Some(v1::explain_request::Target::Director("d".into())),
+                key: k.into(),
+                alternates: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(e.backend, "b0", "b1 is sick");
+        assert_eq!(e.alternates.len(), 2);
+    }
+}

@@ -1,0 +1,277 @@
+//! The stored configuration, decoded: every Backend, Probe, Director and Route at one
+//! revision, by name. Both sides use it: the API loads it, changes a copy and writes the
+//! difference in one transaction; the data-plane follower keeps it current from the watch and
+//! converts it into a snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+use tether_proto::keys::{Kind, Layout};
+use tether_proto::v1;
+
+use crate::convert::Resources;
+use crate::store::{Compare, Event, KeyValue, Listing, Op, Txn};
+
+/// A stored object that did not decode (skipped, logged and counted by the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct DecodeError {
+    /// The key.
+    pub key: String,
+    /// Why.
+    pub message: String,
+}
+
+/// A tether.v1 resource as the API and the store handle it.
+pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
+    /// Its kind (and key directory).
+    const KIND: Kind;
+    /// Its field name in requests (`backend`).
+    const FIELD: &'static str;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// The revision at which it last changed (0 when not stored).
+    fn revision(&self) -> i64;
+    /// Sets the revision.
+    fn set_revision(&mut self, revision: i64);
+    /// This kind's map in a state.
+    fn map(state: &State) -> &BTreeMap<String, Self>;
+    /// This kind's map in a state, to change.
+    fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self>;
+    /// Fills in what the control plane stores on the caller's behalf, given the stored
+    /// version (balanced shard slots).
+    fn prepare(&mut self, _stored: Option<&Self>) {}
+}
+
+macro_rules! resource {
+    ($t:ty, $kind:expr, $field:literal, $map:ident) => {
+        impl Resource for $t {
+            const KIND: Kind = $kind;
+            const FIELD: &'static str = $field;
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn revision(&self) -> i64 {
+                self.revision
+            }
+            fn set_revision(&mut self, revision: i64) {
+                self.revision = revision;
+            }
+            fn map(state: &State) -> &BTreeMap<String, Self> {
+                &state.$map
+            }
+            fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self> {
+                &mut state.$map
+            }
+            resource!(@prepare $t);
+        }
+    };
+    (@prepare v1::Director) => {
+        fn prepare(&mut self, stored: Option<&Self>) {
+            crate::convert::assign_slots(self, stored);
+        }
+    };
+    (@prepare $t:ty) => {};
+}
+
+resource!(v1::Backend, Kind::Backend, "backend", backends);
+resource!(v1::Probe, Kind::Probe, "probe", probes);
+resource!(v1::Director, Kind::Director, "director", directors);
+resource!(v1::Route, Kind::Route, "route", routes);
+
+/// The configuration at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// The store revision.
+    pub revision: i64,
+    /// `mod_revision` of the serial key (0 when never written).
+    pub serial_revision: i64,
+    /// Backends by name.
+    pub backends: BTreeMap<String, v1::Backend>,
+    /// Probes by name.
+    pub probes: BTreeMap<String, v1::Probe>,
+    /// Directors by name.
+    pub directors: BTreeMap<String, v1::Director>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, v1::Route>,
+    /// Where errors about a resource are reported, when not `<kind>/<name>` (the request's
+    /// own field, as `backend` or `backends[2]`).
+    pub labels: HashMap<(Kind, String), String>,
+}
+
+fn decode<R: Resource>(kv: &KeyValue, name: &str) -> Result<R, DecodeError> {
+    let mut r = R::decode(kv.value.as_slice()).map_err(|e| DecodeError {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })?;
+    if r.name() != name {
+        return Err(DecodeError {
+            key: kv.key.clone(),
+            message: format!("holds a resource named {:?}", r.name()),
+        });
+    }
+    r.set_revision(kv.mod_revision);
+    Ok(r)
+}
+
+fn encode<R: Resource>(r: &R) -> Vec<u8> {
+    let mut stored = r.clone();
+    stored.set_revision(0);
+    stored.encode_to_vec()
+}
+
+impl State {
+    /// Decodes a listing of the layout's root. Objects that do not decode are left out and
+    /// returned.
+    pub fn from_listing(layout: &Layout, listing: &Listing) -> (State, Vec<DecodeError>) {
+        let mut state = State {
+            revision: listing.revision,
+            ..State::default()
+        };
+        let mut errors = Vec::new();
+        let serial = layout.serial();
+        for kv in &listing.kvs {
+            if kv.key == serial {
+                state.serial_revision = kv.mod_revision;
+            } else if let Err(e) = state.put(layout, kv) {
+                errors.push(e);
+            }
+        }
+        (state, errors)
+    }
+
+    fn put(&mut self, layout: &Layout, kv: &KeyValue) -> Result<(), DecodeError> {
+        let Some((kind, name)) = layout.parse(&kv.key) else {
+            return Ok(());
+        };
+        let name = name.to_owned();
+        match kind {
+            Kind::Backend => {
+                self.backends.insert(name.clone(), decode(kv, &name)?);
+            }
+            Kind::Probe => {
+                self.probes.insert(name.clone(), decode(kv, &name)?);
+            }
+            Kind::Director => {
+                self.directors.insert(name.clone(), decode(kv, &name)?);
+            }
+            Kind::Route => {
+                self.routes.insert(name.clone(), decode(kv, &name)?);
+            }
+            Kind::Health | Kind::Node => {}
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: Kind, name: &str) {
+        match kind {
+            Kind::Backend => drop(self.backends.remove(name)),
+            Kind::Probe => drop(self.probes.remove(name)),
+            Kind::Director => drop(self.directors.remove(name)),
+            Kind::Route => drop(self.routes.remove(name)),
+            Kind::Health | Kind::Node => {}
+        }
+    }
+
+    /// Applies the events of one revision.
+    pub fn apply_events(
+        &mut self,
+        layout: &Layout,
+        revision: i64,
+        events: &[Event],
+    ) -> Vec<DecodeError> {
+        let serial = layout.serial();
+        let mut errors = Vec::new();
+        for e in events {
+            match e {
+                Event::Put(kv) if kv.key == serial => self.serial_revision = kv.mod_revision,
+                Event::Put(kv) => {
+                    if let Err(err) = self.put(layout, kv) {
+                        // The bad object is gone from the configuration, not left stale.
+                        if let Some((kind, name)) = layout.parse(&kv.key) {
+                            self.remove(kind, name);
+                        }
+                        errors.push(err);
+                    }
+                }
+                Event::Delete { key, .. } => {
+                    if let Some((kind, name)) = layout.parse(key) {
+                        self.remove(kind, name);
+                    }
+                }
+            }
+        }
+        self.revision = revision;
+        errors
+    }
+
+    /// Every resource, for [`crate::convert::validate`], each under its label.
+    pub fn resources(&self) -> Resources {
+        fn tag<R: Resource>(state: &State) -> Vec<(String, R)> {
+            R::map(state)
+                .values()
+                .map(|r| {
+                    let label = state
+                        .labels
+                        .get(&(R::KIND, r.name().to_owned()))
+                        .cloned()
+                        .unwrap_or_else(|| format!("{}/{}", R::KIND, r.name()));
+                    (label, r.clone())
+                })
+                .collect()
+        }
+        Resources {
+            backends: tag(self),
+            probes: tag(self),
+            directors: tag(self),
+            routes: tag(self),
+        }
+    }
+
+    /// Inserts or replaces a resource, labelling its errors with `label`.
+    pub fn insert<R: Resource>(&mut self, r: R, label: String) {
+        self.labels.insert((R::KIND, r.name().to_owned()), label);
+        R::map_mut(self).insert(r.name().to_owned(), r);
+    }
+
+    /// The transaction that turns `self` (as listed) into `next`: puts and deletes of what
+    /// differs, guarded by the serial key so that it commits only if nothing changed since
+    /// `self` was read. `None` when nothing differs.
+    pub fn diff_txn(&self, next: &State, layout: &Layout) -> Option<Txn> {
+        let mut ops = Vec::new();
+        fn diff<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
+            let (a, b) = (R::map(old), R::map(new));
+            for (name, r) in b {
+                let same = a.get(name).is_some_and(|o| encode(o) == encode(r));
+                if !same {
+                    ops.push(Op::Put(layout.key(R::KIND, name), encode(r)));
+                }
+            }
+            for name in a.keys().filter(|n| !b.contains_key(*n)) {
+                ops.push(Op::Delete(layout.key(R::KIND, name)));
+            }
+        }
+        diff::<v1::Backend>(self, next, layout, &mut ops);
+        diff::<v1::Probe>(self, next, layout, &mut ops);
+        diff::<v1::Director>(self, next, layout, &mut ops);
+        diff::<v1::Route>(self, next, layout, &mut ops);
+        if ops.is_empty() {
+            return None;
+        }
+        ops.push(Op::Put(
+            layout.serial(),
+            self.revision.to_le_bytes().to_vec(),
+        ));
+        Some(Txn {
+            compares: vec![Compare::ModRevision(layout.serial(), self.serial_revision)],
+            ops,
+        })
+    }
+
+    /// Whether a stored resource differs from `r` (ignoring revisions).
+    pub fn differs<R: Resource>(&self, r: &R) -> bool {
+        R::map(self)
+            .get(r.name())
+            .is_none_or(|stored| encode(stored) != encode(r))
+    }
+}

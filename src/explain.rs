@@ -1,6 +1,8 @@
 //! `tether explain -f FILE --director NAME KEY…`: the backend a director picks for each key,
 //! and its alternates, computed offline from a declarative file with the same code the proxy
 //! runs. Health comes from the file's `admin_health` (there are no probes offline).
+//! Without `-f`, `tether explain --route R KEY…` (or `--director D`) asks the running system
+//! (see [`crate::client`]).
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -17,12 +19,16 @@ use tether_dataplane::director::{
 #[derive(Debug, clap::Args)]
 #[command(arg_required_else_help = true)]
 pub(crate) struct Args {
-    /// The declarative YAML file.
+    /// The declarative YAML file (offline); without it, the running system is asked.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
-    file: PathBuf,
+    pub(crate) file: Option<PathBuf>,
     /// The director to ask.
-    #[arg(long, value_name = "NAME")]
-    director: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "route")]
+    pub(crate) director: Option<String>,
+    /// The route to ask (running system only): its director, and for a `client_ip` key the
+    /// key read as an IP address.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["director", "file"])]
+    pub(crate) route: Option<String>,
     /// Which alternate to pick (0 is the first choice).
     #[arg(long, default_value_t = 0)]
     alt: u32,
@@ -37,10 +43,10 @@ pub(crate) struct Args {
     keys: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    pub(crate) format: Format,
     /// How many alternates the text format lists.
     #[arg(long, default_value_t = 3)]
-    alternates: usize,
+    pub(crate) alternates: usize,
     /// Keys to explain.
     #[arg(value_name = "KEY", id = "keys_args", required_unless_present = "keys")]
     key_args: Vec<String>,
@@ -61,7 +67,7 @@ enum KeyType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Text,
     Csv,
 }
@@ -114,6 +120,9 @@ pub(crate) enum ExplainError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// Offline explain needs a file and a director.
+    #[error("offline explain needs -f FILE and --director NAME")]
+    Offline,
 }
 
 impl ExplainError {
@@ -135,10 +144,13 @@ impl HealthView for AdminView<'_> {
     }
 }
 
-/// Runs `tether explain`, writing to `out`.
+/// Runs `tether explain -f`, writing to `out`.
 pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), ExplainError> {
-    let path = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).map_err(|source| ExplainError::Read {
+    let (Some(file), Some(director)) = (&args.file, &args.director) else {
+        return Err(ExplainError::Offline);
+    };
+    let path = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| ExplainError::Read {
         path: path.clone(),
         source,
     })?;
@@ -148,9 +160,9 @@ pub(crate) fn run(args: &Args, out: &mut dyn Write) -> Result<(), ExplainError> 
     })?;
     let d = loaded
         .directors
-        .id(&args.director)
+        .id(director)
         .ok_or_else(|| ExplainError::UnknownDirector {
-            name: args.director.clone(),
+            name: director.clone(),
             path: path.clone(),
             known: loaded
                 .config
@@ -268,7 +280,7 @@ fn alternates(
 }
 
 /// Keys from the arguments or from `--keys` (blank lines skipped).
-fn read_keys(args: &Args) -> Result<Vec<String>, ExplainError> {
+pub(crate) fn read_keys(args: &Args) -> Result<Vec<String>, ExplainError> {
     let Some(path) = &args.keys else {
         return Ok(args.key_args.clone());
     };
@@ -295,7 +307,7 @@ fn read_keys(args: &Args) -> Result<Vec<String>, ExplainError> {
 }
 
 /// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

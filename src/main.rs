@@ -1,10 +1,15 @@
-//! `tether`: the one binary. Parses the command line and hands over to a command module.
+//! `tether`: the one binary. Parses the command line and hands over to a command module:
+//! [`up`] (control plane and proxy in one process), [`explain`] (offline, from a file),
+//! [`client`] (everything that talks to a running API), [`echo`] (a demo upstream).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
+mod echo;
 mod explain;
+mod up;
 
 /// Dynamic-backend control plane and sticky HTTP proxy.
 #[derive(Debug, Parser)]
@@ -12,26 +17,124 @@ mod explain;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: client::Conn,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show which backend a director picks for each key, offline, from a declarative file.
+    /// Run the control plane and the proxy in one process on the embedded store.
+    Up(up::Args),
+    /// Show which backend a director or route picks for each key: offline from a file
+    /// (-f), or from the running system.
     Explain(explain::Args),
+    /// Backends: list, get, create, update, delete.
+    Backend {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
+    /// Health probes: list, get, create, update, delete.
+    Probe {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
+    /// Directors: list, get, create, update, delete.
+    Director {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
+    /// Routes: list, get, create, update, delete.
+    Route {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
+    /// Backend health: set the admin state by pattern, list.
+    Health {
+        #[command(subcommand)]
+        op: client::HealthCmd,
+    },
+    /// Apply a declarative file in one transaction.
+    Apply(client::ApplyArgs),
+    /// Stream every configuration change.
+    Watch(client::WatchArgs),
+    /// A tiny HTTP server answering with its name (quickstart and benchmark upstream).
+    Echo(echo::Args),
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Exit code of a failed command: 2 for input the user must fix before retrying (a bad file,
+/// bad flags, a field the server refused), 1 for everything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<client::InputError>().is_some() {
+        return 2;
+    }
+    if let Some(c) = e.downcast_ref::<client::CallError>() {
+        return match c.0.code() {
+            tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::NotFound
+            | tonic::Code::AlreadyExists => 2,
+            _ => 1,
+        };
+    }
+    1
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Explain(args) => {
-            let stdout = std::io::stdout();
-            match explain::run(&args, &mut stdout.lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tether explain: {e}");
-                    ExitCode::from(e.exit_code())
-                }
+    if let Command::Explain(args) = &cli.command
+        && args.file.is_some()
+    {
+        let stdout = std::io::stdout();
+        return match explain::run(args, &mut stdout.lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether explain: {e}");
+                ExitCode::from(e.exit_code())
             }
+        };
+    }
+    if matches!(cli.command, Command::Up(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conn = cli.conn;
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Explain(args) => client::explain(&conn, &args).await,
+            Command::Backend { op } => client::resource(&conn, client::Kind::Backend, op).await,
+            Command::Probe { op } => client::resource(&conn, client::Kind::Probe, op).await,
+            Command::Director { op } => client::resource(&conn, client::Kind::Director, op).await,
+            Command::Route { op } => client::resource(&conn, client::Kind::Route, op).await,
+            Command::Health { op } => client::health(&conn, op).await,
+            Command::Apply(args) => client::apply(&conn, args).await,
+            Command::Watch(args) => client::watch(&conn, args).await,
+            Command::Echo(args) => echo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e:#}");
+            ExitCode::from(exit_code(&e))
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tether_dataplane::config::Config;
 use tether_dataplane::director::Directors;
 use tether_proto::v1;
@@ -36,25 +36,25 @@ impl FileError {
 }
 
 /// The file as written.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// Backends.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendDoc>,
     /// Probes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeDoc>,
     /// Directors.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub directors: Vec<DirectorDoc>,
     /// Routes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteDoc>,
 }
 
 /// A backend as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendDoc {
     /// Name.
@@ -62,115 +62,133 @@ pub struct BackendDoc {
     /// `host:port`.
     pub address: String,
     /// Second address (other IP family).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address2: Option<String>,
     /// Default member weight (1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// Probe name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
     /// `Host` sent to the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
     /// Connect timeout, as `3.5s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
     /// First-byte timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_byte_timeout: Option<String>,
     /// Between-bytes timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub between_bytes_timeout: Option<String>,
     /// Connection limit (0: none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub max_connections: u32,
     /// `auto` (default), `healthy` or `sick`.
     #[serde(default)]
     pub admin_health: AdminHealthDoc,
     /// No new requests.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub drain: bool,
     /// Free-form labels.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
 /// A probe as written (Varnish defaults when absent).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeDoc {
     /// Name.
     pub name: String,
     /// URL path (default `/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Raw request lines, replacing `url`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request: Vec<String>,
     /// Expected status (200).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_status: Option<u32>,
     /// Whole-probe timeout (2s).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Interval (5s).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     /// Window (8).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
     /// Threshold (3).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u32>,
     /// Initial good probes (threshold - 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initial: Option<u32>,
 }
 
 /// A key source as written: exactly one of the fields.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct KeyDoc {
     /// `client_ip: true`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub client_ip: bool,
     /// A header name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// A cookie name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// A query parameter name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// `url: true`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub url: bool,
     /// `path: true`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub path: bool,
 }
 
 /// A required header as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderDoc {
     /// Header name.
     pub name: String,
     /// Exact value; absent: present with any value.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
 }
 
 /// A route as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
     /// Name.
     pub name: String,
     /// Host names (any when empty).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// Path prefix.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path_prefix: String,
     /// Required headers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderDoc>,
     /// Director name.
     pub director: String,
     /// Key source.
     pub key: KeyDoc,
     /// Key source when `key` is absent from a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_key: Option<KeyDoc>,
 }
 
 /// Admin health as written.
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum AdminHealthDoc {
@@ -181,62 +199,71 @@ pub enum AdminHealthDoc {
 }
 
 /// A director as written: a name, exactly one policy, members.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectorDoc {
     /// Name.
     pub name: String,
     /// `round_robin: {}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub round_robin: Option<Empty>,
     /// `fallback: { sticky: true }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackDoc>,
     /// `random: {}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub random: Option<Empty>,
     /// `hash: {}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<Empty>,
     /// `shard: { … }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardDoc>,
     /// Members, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberDoc>,
 }
 
 /// A policy without parameters.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// Fallback parameters.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// Stay on the current member while it is healthy.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub sticky: bool,
 }
 
 /// Shard parameters as written.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ShardDoc {
     /// `varnish` (default) or `balanced`.
     #[serde(default)]
     pub algorithm: AlgorithmDoc,
     /// Ring points per unit of weight (default 67).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
     /// `chosen` (default), `ignore` or `all`.
     #[serde(default)]
     pub healthy: HealthyDoc,
     /// Rampup duration, as `30s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rampup: Option<String>,
     /// Warmup share in `[0, 1)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup: Option<f64>,
     /// Balanced: the flat base of the slot space (a power of two; default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_slots: Option<u32>,
 }
 
 /// Shard algorithm as written.
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum AlgorithmDoc {
@@ -246,7 +273,7 @@ pub enum AlgorithmDoc {
 }
 
 /// Shard health mode as written.
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum HealthyDoc {
@@ -257,21 +284,35 @@ pub enum HealthyDoc {
 }
 
 /// A member as written: exactly one of `backend`, `director`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberDoc {
     /// A backend name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// A director name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub director: Option<String>,
     /// Weight (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
     /// Shard ident.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ident: Option<String>,
     /// Shard (balanced) slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
     /// Shard per-member rampup.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rampup: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A loaded file: its configuration and the directors built from it.
@@ -370,7 +411,8 @@ impl Document {
 }
 
 impl BackendDoc {
-    fn to_proto(&self, at: &str) -> Result<v1::Backend, FileError> {
+    /// As a tether.v1 message; errors are reported under `at`.
+    pub fn to_proto(&self, at: &str) -> Result<v1::Backend, FileError> {
         let timeouts = v1::Timeouts {
             connect: dur(self.connect_timeout.as_deref(), || {
                 format!("{at}.connect_timeout")
@@ -404,7 +446,8 @@ impl BackendDoc {
 }
 
 impl ProbeDoc {
-    fn to_proto(&self, at: &str) -> Result<v1::Probe, FileError> {
+    /// As a tether.v1 message; errors are reported under `at`.
+    pub fn to_proto(&self, at: &str) -> Result<v1::Probe, FileError> {
         Ok(v1::Probe {
             name: self.name.clone(),
             url: self.url.clone().unwrap_or_default(),
@@ -421,7 +464,8 @@ impl ProbeDoc {
 }
 
 impl DirectorDoc {
-    fn to_proto(&self, at: &str) -> Result<v1::Director, FileError> {
+    /// As a tether.v1 message; errors are reported under `at`.
+    pub fn to_proto(&self, at: &str) -> Result<v1::Director, FileError> {
         use v1::director::Policy;
         let mut policies = Vec::new();
         if self.round_robin.is_some() {
@@ -555,7 +599,8 @@ impl KeyDoc {
 }
 
 impl RouteDoc {
-    fn to_proto(&self, at: &str) -> Result<v1::Route, FileError> {
+    /// As a tether.v1 message; errors are reported under `at`.
+    pub fn to_proto(&self, at: &str) -> Result<v1::Route, FileError> {
         let one = |k: &KeyDoc, field: &str| {
             if k.count() == 1 {
                 Ok(k.to_proto())
@@ -587,6 +632,159 @@ impl RouteDoc {
                 .map(|k| one(k, "fallback_key"))
                 .transpose()?,
         })
+    }
+}
+
+/// Parses one resource as written in a file (`tether backend create -f`).
+pub fn parse_one<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FileError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+        let path = e.path().to_string();
+        FileError::new(path, e.into_inner())
+    })
+}
+
+fn dur_text(d: Option<&prost_types::Duration>) -> Option<String> {
+    let d = d?;
+    let std =
+        std::time::Duration::new(u64::try_from(d.seconds).ok()?, u32::try_from(d.nanos).ok()?);
+    Some(duration::format(std))
+}
+
+impl From<&v1::Backend> for BackendDoc {
+    fn from(b: &v1::Backend) -> BackendDoc {
+        let t = b.timeouts.unwrap_or_default();
+        BackendDoc {
+            name: b.name.clone(),
+            address: b.address.clone(),
+            address2: (!b.address2.is_empty()).then(|| b.address2.clone()),
+            weight: b.weight,
+            probe: (!b.probe.is_empty()).then(|| b.probe.clone()),
+            host_header: (!b.host_header.is_empty()).then(|| b.host_header.clone()),
+            connect_timeout: dur_text(t.connect.as_ref()),
+            first_byte_timeout: dur_text(t.first_byte.as_ref()),
+            between_bytes_timeout: dur_text(t.between_bytes.as_ref()),
+            max_connections: b.max_connections,
+            admin_health: match v1::AdminHealth::try_from(b.admin_health) {
+                Ok(v1::AdminHealth::Healthy) => AdminHealthDoc::Healthy,
+                Ok(v1::AdminHealth::Sick) => AdminHealthDoc::Sick,
+                _ => AdminHealthDoc::Auto,
+            },
+            drain: b.drain,
+            labels: b.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<&v1::Probe> for ProbeDoc {
+    fn from(p: &v1::Probe) -> ProbeDoc {
+        ProbeDoc {
+            name: p.name.clone(),
+            url: (!p.url.is_empty()).then(|| p.url.clone()),
+            request: p.request.clone(),
+            expected_status: (p.expected_status != 0).then_some(p.expected_status),
+            timeout: dur_text(p.timeout.as_ref()),
+            interval: dur_text(p.interval.as_ref()),
+            window: (p.window != 0).then_some(p.window),
+            threshold: (p.threshold != 0).then_some(p.threshold),
+            initial: p.initial,
+        }
+    }
+}
+
+impl From<&v1::Director> for DirectorDoc {
+    fn from(d: &v1::Director) -> DirectorDoc {
+        use v1::director::Policy;
+        let mut doc = DirectorDoc {
+            name: d.name.clone(),
+            round_robin: None,
+            fallback: None,
+            random: None,
+            hash: None,
+            shard: None,
+            members: d
+                .members
+                .iter()
+                .map(|m| MemberDoc {
+                    backend: match &m.target {
+                        Some(v1::member::Target::Backend(b)) => Some(b.clone()),
+                        _ => None,
+                    },
+                    director: match &m.target {
+                        Some(v1::member::Target::Director(x)) => Some(x.clone()),
+                        _ => None,
+                    },
+                    weight: m.weight,
+                    ident: (!m.ident.is_empty()).then(|| m.ident.clone()),
+                    slot: m.slot,
+                    rampup: dur_text(m.rampup.as_ref()),
+                })
+                .collect(),
+        };
+        match &d.policy {
+            Some(Policy::RoundRobin(_)) => doc.round_robin = Some(Empty {}),
+            Some(Policy::Fallback(f)) => doc.fallback = Some(FallbackDoc { sticky: f.sticky }),
+            Some(Policy::Random(_)) => doc.random = Some(Empty {}),
+            Some(Policy::Hash(_)) => doc.hash = Some(Empty {}),
+            Some(Policy::Shard(s)) => {
+                doc.shard = Some(ShardDoc {
+                    algorithm: if s.algorithm == v1::ShardAlgorithm::Balanced as i32 {
+                        AlgorithmDoc::Balanced
+                    } else {
+                        AlgorithmDoc::Varnish
+                    },
+                    replicas: (s.replicas != 0).then_some(s.replicas),
+                    healthy: match v1::ShardHealthy::try_from(s.healthy) {
+                        Ok(v1::ShardHealthy::Ignore) => HealthyDoc::Ignore,
+                        Ok(v1::ShardHealthy::All) => HealthyDoc::All,
+                        _ => HealthyDoc::Chosen,
+                    },
+                    rampup: dur_text(s.rampup.as_ref()),
+                    warmup: (s.warmup != 0.0).then_some(s.warmup),
+                    base_slots: (s.base_slots != 0).then_some(s.base_slots),
+                });
+            }
+            None => {}
+        }
+        doc
+    }
+}
+
+impl From<&v1::KeySource> for KeyDoc {
+    fn from(k: &v1::KeySource) -> KeyDoc {
+        use v1::key_source::Source;
+        let mut doc = KeyDoc::default();
+        match &k.source {
+            Some(Source::ClientIp(b)) => doc.client_ip = *b,
+            Some(Source::Header(h)) => doc.header = Some(h.clone()),
+            Some(Source::Cookie(c)) => doc.cookie = Some(c.clone()),
+            Some(Source::Query(q)) => doc.query = Some(q.clone()),
+            Some(Source::Url(b)) => doc.url = *b,
+            Some(Source::Path(b)) => doc.path = *b,
+            None => {}
+        }
+        doc
+    }
+}
+
+impl From<&v1::Route> for RouteDoc {
+    fn from(r: &v1::Route) -> RouteDoc {
+        RouteDoc {
+            name: r.name.clone(),
+            hosts: r.hosts.clone(),
+            path_prefix: r.path_prefix.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| HeaderDoc {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            director: r.director.clone(),
+            key: r.key.as_ref().map(KeyDoc::from).unwrap_or_default(),
+            fallback_key: r.fallback_key.as_ref().map(KeyDoc::from),
+        }
     }
 }
 

@@ -30,6 +30,25 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
     Duration::try_from_secs_f64(secs).map_err(|_| err())
 }
 
+/// Formats a duration in the syntax [`parse`] reads: whole hours, minutes or seconds when
+/// exact, else milliseconds, else fractional seconds.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.is_zero() {
+        "0".into()
+    } else if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(3600) {
+        format!("{}h", d.as_secs() / 3600)
+    } else if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(60) {
+        format!("{}m", d.as_secs() / 60)
+    } else if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)) == d {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +62,21 @@ mod tests {
         assert_eq!(parse("0"), Ok(Duration::ZERO));
         for bad in ["", "5", "s", "5x", "-1s", "1e3s", "ms5"] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for (d, text) in [
+            (Duration::ZERO, "0"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_millis(3500), "3500ms"),
+            (Duration::from_micros(1500), "0.0015s"),
+        ] {
+            assert_eq!(format(d), text);
+            assert_eq!(parse(text), Ok(d));
         }
     }
 }

@@ -1,0 +1,170 @@
+//! `tether up`: the control plane and the proxy in one process, on the embedded store.
+//!
+//! Binds the API, proxy and admin listeners (loopback by default), opens the store in the data
+//! directory, optionally applies a declarative file, writes the bound addresses to
+//! `<data-dir>/endpoints.json`, then runs four tasks until Ctrl-C or SIGTERM: the gRPC server, the follower that turns each store revision into a snapshot, the
+//! proxy and the admin listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tether_controlplane::auth::Tokens;
+use tether_controlplane::service::Api;
+use tether_controlplane::store::embedded::EmbeddedStore;
+use tether_controlplane::{follow, server};
+use tether_dataplane::runtime::Runtime;
+use tether_dataplane::{admin, proxy};
+use tether_proto::keys::Layout;
+use tether_proto::v1::tether_server::Tether;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::client;
+
+/// Arguments of `tether up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// gRPC API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// HTTP proxy address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    proxy: SocketAddr,
+    /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Where the embedded store keeps its file.
+    #[arg(long, default_value = "tether-data")]
+    data_dir: PathBuf,
+    /// Apply this declarative file at start (created or updated; nothing is pruned).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Bearer tokens, one `admin:TOKEN` or `read-only:TOKEN` per line.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback address without tokens.
+    #[arg(long)]
+    insecure: bool,
+    /// Key prefix in the store.
+    #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for the {what} (use --{what} to pick another address)")
+    })
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Runs `tether up` until a signal.
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let tokens = match &args.token_file {
+        Some(p) => Tokens::load(p)?,
+        None => Tokens::none(),
+    };
+    if tokens.is_empty() && !args.api.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to serve the API on {} without tokens: give --token-file FILE, or --insecure to accept anyone who can reach it",
+            args.api
+        );
+    }
+    let layout = Layout::new(&args.prefix)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let db = args.data_dir.join("tether.redb");
+    let store = EmbeddedStore::open(&db).with_context(|| {
+        format!(
+            "cannot open the store {} (is another tether up using it?)",
+            db.display()
+        )
+    })?;
+    let api_l = bind(args.api, "api").await?;
+    let proxy_l = bind(args.proxy, "proxy").await?;
+    let admin_l = bind(args.admin, "admin").await?;
+    let rt = Runtime::new();
+    let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
+    if let Some(f) = &args.file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let req = client::apply_request(&text, &f.display().to_string())?;
+        let r = Tether::apply(&api, tonic::Request::new(req))
+            .await
+            .map_err(client::CallError)
+            .with_context(|| format!("applying {}", f.display()))?
+            .into_inner();
+        tracing::info!(file = %f.display(), revision = r.revision, "applied");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // Where everything listens (ports may have been 0): for scripts and tests.
+    let endpoints = serde_json::json!({
+        "api": format!("http://{}", api_l.local_addr()?),
+        "proxy": format!("http://{}", proxy_l.local_addr()?),
+        "admin": format!("http://{}", admin_l.local_addr()?),
+    });
+    let endpoints_file = args.data_dir.join("endpoints.json");
+    std::fs::write(&endpoints_file, format!("{endpoints}\n"))
+        .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
+    tracing::info!(
+        api = %format!("http://{}", api_l.local_addr()?),
+        proxy = %format!("http://{}", proxy_l.local_addr()?),
+        admin = %format!("http://{}", admin_l.local_addr()?),
+        store = %db.display(),
+        "tether up"
+    );
+    let follower = tokio::spawn(follow::run(
+        store.clone(),
+        layout,
+        Arc::clone(&rt),
+        stopped(),
+    ));
+    let proxy_task = tokio::spawn(proxy::serve(proxy_l, Arc::clone(&rt), stopped()));
+    let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
+    let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
+    let early = tokio::select! {
+        () = signal() => None,
+        r = &mut server => Some(r),
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(follower, proxy_task, admin_task);
+    match early {
+        Some(r) => {
+            r??;
+            bail!("the API server stopped unexpectedly")
+        }
+        None => {
+            server.await??;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! End-to-end harness: the real `tether` binary on ephemeral loopback ports, real HTTP backends
+//! (in-process hyper servers that count their connections), and small helpers to wait for a
+//! condition instead of sleeping.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+/// Polls `f` every 25 ms until it holds, or panics after `limit` with `what`.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A real HTTP/1.1 backend that answers with its name and counts accepted connections.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Backend::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (acc, t2, body) = (
+            Arc::clone(&accepted),
+            Arc::clone(&tasks),
+            Bytes::from(name.to_owned()),
+        );
+        tasks.lock().unwrap().spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                acc.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                t2.lock().unwrap().spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let b = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(b)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            accepted,
+            tasks,
+        }
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn stop(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `tether up`.
+pub struct Tether {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub api: String,
+    pub proxy: String,
+    pub admin: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Tether {
+    /// Starts `tether up` on ephemeral ports with its store in `dir`, and waits until ready.
+    pub async fn up(dir: &Path, extra: &[&str]) -> Tether {
+        let endpoints = dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints);
+        let child = Command::new(BIN)
+            .args([
+                "up",
+                "--api",
+                "127.0.0.1:0",
+                "--proxy",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn tether up");
+        wait_until("endpoints.json", Duration::from_secs(20), || {
+            endpoints.exists()
+        })
+        .await;
+        let v: serde_json::Value = loop {
+            // The file may be seen half-written.
+            if let Ok(v) =
+                serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap_or_default())
+            {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let s = |k: &str| v[k].as_str().unwrap().to_owned();
+        let t = Tether {
+            child,
+            dir: dir.to_owned(),
+            api: s("api"),
+            proxy: s("proxy"),
+            admin: s("admin"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        let start = Instant::now();
+        while t.admin_get("/readyz").await.0 != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tether never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        t
+    }
+
+    /// Runs a CLI command against this instance.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.api])
+            .output()
+            .expect("run tether")
+    }
+
+    /// Runs a CLI command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tether {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Applies YAML text; the revision written.
+    pub fn apply(&self, yaml: &str) -> i64 {
+        let f = self.dir.join(format!("apply-{}.yaml", fastrand_name()));
+        std::fs::write(&f, yaml).unwrap();
+        let out = self.ok(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["revision"].as_i64().unwrap()
+    }
+
+    async fn get(&self, url: String, header: Option<(&str, &str)>) -> (u16, String) {
+        let mut req = hyper::Request::builder().uri(url);
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// GET through the proxy with `x-user: key`.
+    pub async fn request(&self, key: &str) -> (u16, String) {
+        self.get(format!("{}/", self.proxy), Some(("x-user", key)))
+            .await
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            self.get(format!("{}{path}", self.admin), None),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/state").await.1).unwrap()
+    }
+
+    /// Waits until the proxy applied `revision`.
+    pub async fn wait_applied(&self, revision: i64) {
+        let start = Instant::now();
+        loop {
+            let s = self.state().await;
+            if s["applied_revision"].as_i64().unwrap() >= revision {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "revision {revision} never applied: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the proxy sees `backend` as healthy (or not).
+    pub async fn wait_health(&self, backend: &str, healthy: bool) {
+        let start = Instant::now();
+        loop {
+            let s = self.state().await;
+            let b = s["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["name"] == backend)
+                .cloned();
+            if b.as_ref().is_some_and(|b| b["healthy"] == healthy) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{backend} never became healthy={healthy}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where each key goes now (status must be 200).
+    pub async fn map(&self, keys: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let (status, body) = self.request(k).await;
+            assert_eq!(status, 200, "key {k}: {body}");
+            out.push(body);
+        }
+        out
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_name() -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A declarative file: backends (name, address), an optional probe on all of them, one shard
+/// director "users" over them, and a route keyed on the `x-user` header.
+pub fn config(backends: &[(&str, SocketAddr)], probe: bool) -> String {
+    let mut y = String::new();
+    if probe {
+        y.push_str("probes:\n  - name: fast\n    interval: 100ms\n    timeout: 200ms\n    window: 3\n    threshold: 2\n");
+    }
+    y.push_str("backends:\n");
+    for (n, a) in backends {
+        y.push_str(&format!(
+            "  - name: {n}\n    address: {a}\n    connect_timeout: 500ms\n"
+        ));
+        if probe {
+            y.push_str("    probe: fast\n");
+        }
+    }
+    y.push_str("directors:\n  - name: users\n    shard: { algorithm: varnish }\n    members:\n");
+    for (n, _) in backends {
+        y.push_str(&format!("      - backend: {n}\n"));
+    }
+    y.push_str("routes:\n  - name: app\n    director: users\n    key: { header: x-user }\n");
+    y
+}

@@ -1,0 +1,211 @@
+//! `tether up` end to end, through the real binary: stickiness, failover by admin override and
+//! by probe, refusal of a bad Apply, durability across kill -9, and connection reuse across
+//! configuration changes. Real sockets and real HTTP backends on loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::{Backend, Tether, config};
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user-{i}")).collect()
+}
+
+/// Keys whose backend changed between two maps.
+fn moved(before: &[String], after: &[String]) -> Vec<usize> {
+    (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stick_and_only_a_sick_backends_keys_move_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let b: Vec<Backend> = futures_join(["b1", "b2", "b3"]).await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let rev = t.apply(&config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        true,
+    ));
+    t.wait_applied(rev).await;
+    for x in ["b1", "b2", "b3"] {
+        t.wait_health(x, true).await;
+    }
+
+    // 1,000 keys, each always reaching the same backend; the load spreads over all three.
+    let keys = keys(1000);
+    let first = t.map(&keys).await;
+    assert_eq!(
+        t.map(&keys).await,
+        first,
+        "every key reaches the same backend again"
+    );
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for v in &first {
+        *per.entry(v.as_str()).or_default() += 1;
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    // The running system's explain agrees with the proxy.
+    let explained = t.ok(&[
+        "explain", "--route", "app", "--format", "csv", &keys[0], &keys[1], &keys[2],
+    ]);
+    for (line, got) in explained.lines().zip(&first) {
+        assert_eq!(line.split(',').nth(1), Some(got.as_str()), "{explained}");
+    }
+
+    // Admin override: b1's keys, and only those, move to their alternates; then come back.
+    t.ok(&["health", "set", "b1", "sick"]);
+    t.wait_health("b1", false).await;
+    let sick = t.map(&keys).await;
+    let m = moved(&first, &sick);
+    assert!(!m.is_empty());
+    for &i in &m {
+        assert_eq!(first[i], "b1", "only b1's keys move (key {})", keys[i]);
+        assert_ne!(sick[i], "b1");
+    }
+    assert_eq!(m.len(), per["b1"], "all of b1's keys move");
+    assert_eq!(t.map(&keys).await, sick, "the alternates are sticky too");
+    t.ok(&["health", "set", "b1", "auto"]);
+    t.wait_health("b1", true).await;
+    assert_eq!(t.map(&keys).await, first, "restored: every key is back");
+
+    // Probe: stop b2; once the probe marks it sick its keys move, and only those.
+    b[1].stop();
+    t.wait_health("b2", false).await;
+    let down = t.map(&keys).await;
+    let m = moved(&first, &down);
+    assert_eq!(m.len(), per["b2"]);
+    assert!(m.iter().all(|&i| first[i] == "b2"));
+    // Same alternates as the admin override would give: the shard alt chain.
+    let b2_again = Backend::start_at("b2", b[1].addr).await;
+    t.wait_health("b2", true).await;
+    assert_eq!(t.map(&keys).await, first, "b2 back: its keys return");
+    drop(b2_again);
+
+    let metrics = t.admin_get("/metrics").await.1;
+    assert!(metrics.contains("tether_backend_requests_total{backend=\"b1\",status=\"200\"}"));
+    assert!(metrics.contains("tether_health_transitions_total{backend=\"b2\"}"));
+}
+
+async fn futures_join<const N: usize>(names: [&str; N]) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(Backend::start(n).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_apply_leaves_the_store_exactly_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = futures_join(["b1", "b2"]).await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let good = config(&[("b1", b[0].addr), ("b2", b[1].addr)], false);
+    let rev = t.apply(&good);
+    let before: Vec<String> = ["backend", "director", "route", "probe"]
+        .iter()
+        .map(|k| t.ok(&[k, "list", "-o", "json"]))
+        .collect();
+    // One invalid field among valid, changed resources.
+    let bad = config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[1].addr)],
+        true,
+    )
+    .replace("threshold: 2", "threshold: 9");
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, bad).unwrap();
+    let out = t.cli(&["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("probes[0].threshold"), "{err}");
+    let after: Vec<String> = ["backend", "director", "route", "probe"]
+        .iter()
+        .map(|k| t.ok(&[k, "list", "-o", "json"]))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(t.state().await["applied_revision"].as_i64(), Some(rev));
+    // A dry run of a good change writes nothing either.
+    let g = dir.path().join("more.yaml");
+    std::fs::write(
+        &g,
+        config(
+            &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[1].addr)],
+            false,
+        ),
+    )
+    .unwrap();
+    let dry = t.ok(&["apply", "-f", g.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        dry.lines()
+            .any(|l| l.starts_with("create") && l.contains("backend") && l.ends_with("b3")),
+        "{dry}"
+    );
+    assert!(dry.contains("of keys move"), "{dry}");
+    assert_eq!(before[0], t.ok(&["backend", "list", "-o", "json"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keeps_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = futures_join(["b1", "b2"]).await;
+    let mut t = Tether::up(dir.path(), &[]).await;
+    let rev = t.apply(&config(&[("b1", b[0].addr), ("b2", b[1].addr)], false));
+    t.ok(&["health", "set", "b2", "sick"]);
+    let listed: Vec<String> = ["backend", "director", "route"]
+        .iter()
+        .map(|k| t.ok(&[k, "list", "-o", "json"]))
+        .collect();
+    t.kill9();
+    let t2 = Tether::up(dir.path(), &[]).await;
+    let again: Vec<String> = ["backend", "director", "route"]
+        .iter()
+        .map(|k| t2.ok(&[k, "list", "-o", "json"]))
+        .collect();
+    assert_eq!(listed, again);
+    assert!(t2.state().await["applied_revision"].as_i64().unwrap() > rev);
+    let keys = keys(50);
+    assert!(
+        t2.map(&keys).await.iter().all(|b| b == "b1"),
+        "b2 is still sick after restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_leaves_a_backend_unchanged_does_not_reconnect_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = futures_join(["b1", "b2", "b3"]).await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let rev = t.apply(&config(&[("b1", b[0].addr), ("b2", b[1].addr)], false));
+    t.wait_applied(rev).await;
+    let keys = keys(200);
+    // Sequential requests: one keep-alive connection per backend is enough.
+    t.map(&keys).await;
+    let b1_conns = b[0].accepted();
+    assert!(b1_conns >= 1);
+    // Add b3, and change b2's weight: b1's identity (name + address) is unchanged.
+    let changed = config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        false,
+    )
+    .replacen("connect_timeout: 500ms", "connect_timeout: 600ms", 1)
+    .replace(
+        "      - backend: b2\n",
+        "      - backend: b2\n        weight: 2\n",
+    );
+    let rev2 = t.apply(&changed);
+    assert!(rev2 > rev);
+    t.wait_applied(rev2).await;
+    let after = t.map(&keys).await;
+    assert!(after.iter().any(|x| x == "b1"));
+    assert!(after.iter().any(|x| x == "b3"));
+    assert_eq!(b[0].accepted(), b1_conns, "b1 was not reconnected");
+    // A backend whose address changes is a new identity: it gets a new connection.
+    let moved_b1 = Backend::start("b1").await;
+    let rev3 = t.apply(&changed.replace(&b[0].addr.to_string(), &moved_b1.addr.to_string()));
+    t.wait_applied(rev3).await;
+    t.map(&keys).await;
+    assert!(moved_b1.accepted() >= 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

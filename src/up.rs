@@ -32,6 +32,9 @@ pub(crate) struct Args {
     /// HTTP proxy address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     proxy: SocketAddr,
+    /// Proxy threads, each with its own event loop (default: one per CPU).
+    #[arg(long)]
+    proxy_threads: Option<usize>,
     /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -119,6 +122,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(file = %f.display(), revision = r.revision, "applied");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -147,7 +151,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&rt),
         stopped(),
     ));
-    let proxy_task = tokio::spawn(proxy::serve(proxy_l, Arc::clone(&rt), stopped()));
+    let threads = args
+        .proxy_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let proxy_threads =
+        proxy::serve_on_threads(proxy_l.into_std()?, Arc::clone(&rt), threads, proxy_stop)?;
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
     let early = tokio::select! {
@@ -156,7 +164,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, proxy_task, admin_task);
+    let _ = tokio::join!(follower, admin_task);
+    for t in proxy_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     match early {
         Some(r) => {
             r??;

@@ -220,12 +220,7 @@ fn metrics(rt: &Runtime) -> String {
     );
     let _ = writeln!(w, "# TYPE tether_backend_requests_total counter");
     for st in &snap.backends {
-        let by = st
-            .counters
-            .by_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let by = st.counters.by_status.snapshot();
         for (status, n) in by {
             let _ = writeln!(
                 w,

@@ -38,11 +38,64 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Status codes counted without a lock per backend; others go to a locked map.
+const STATUS_SLOTS: usize = 8;
+
+/// Responses by status: a few lock-free slots, claimed by the first statuses seen (a backend
+/// answers with few distinct ones), then a locked map for the rest.
+#[derive(Debug, Default)]
+pub struct StatusCounts {
+    codes: [std::sync::atomic::AtomicU16; STATUS_SLOTS],
+    counts: [AtomicU64; STATUS_SLOTS],
+    rest: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl StatusCounts {
+    /// Counts one response.
+    pub fn add(&self, status: u16) {
+        for (code, count) in self.codes.iter().zip(&self.counts) {
+            let mut c = code.load(Ordering::Acquire);
+            if c == 0 {
+                c = match code.compare_exchange(0, status, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => status,
+                    Err(taken) => taken,
+                };
+            }
+            if c == status {
+                count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        *self
+            .rest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// Every status with its count, in status order.
+    pub fn snapshot(&self) -> BTreeMap<u16, u64> {
+        let mut out = self
+            .rest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (code, count) in self.codes.iter().zip(&self.counts) {
+            let c = code.load(Ordering::Acquire);
+            if c != 0 {
+                *out.entry(c).or_default() += count.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
 /// Per-backend counters, exported by `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Responses by status (including the proxy's own 502/504 for this backend).
-    pub by_status: Mutex<BTreeMap<u16, u64>>,
+    pub by_status: StatusCounts,
     /// Latency to the response head, cumulative buckets of [`LATENCY_BUCKETS`] and +Inf.
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies, in microseconds.
@@ -62,12 +115,7 @@ pub struct Counters {
 impl Counters {
     /// Records one response.
     pub fn record(&self, status: u16, latency: Duration) {
-        *self
-            .by_status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(status)
-            .or_default() += 1;
+        self.by_status.add(status);
         let secs = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()

@@ -40,7 +40,8 @@ pub enum BodyError {
 pub struct UpstreamBody {
     inner: Incoming,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Armed the first time the backend makes us wait (most small bodies never do).
+    sleep: Option<Pin<Box<Sleep>>>,
     conn: Option<(BackendRef, Conn)>,
 }
 
@@ -50,7 +51,7 @@ impl UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
             conn: Some((backend, conn)),
         };
         if body.inner.is_end_stream() {
@@ -82,9 +83,8 @@ impl Body for UpstreamBody {
                     // A server stops polling once a body reports its end (a known length was
                     // read): give the connection back now, not at a `None` that never comes.
                     this.release();
-                } else {
-                    let deadline = Instant::now() + this.timeout;
-                    this.sleep.as_mut().reset(deadline);
+                } else if let Some(sleep) = &mut this.sleep {
+                    sleep.as_mut().reset(Instant::now() + this.timeout);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -96,7 +96,12 @@ impl Body for UpstreamBody {
                 this.release();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.timeout)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     this.conn = None;
                     Poll::Ready(Some(Err(BodyError::Timeout(this.timeout))))

@@ -4,6 +4,10 @@
 //! read to the end ([`crate::body::UpstreamBody`] returns it); one dropped half-way is closed.
 //! Connecting is a separate step from sending, so that a connect failure leaves the request
 //! untouched and the proxy can retry it on the director's next alternate.
+//!
+//! Idle connections are kept per proxy thread (as NGINX keeps them per worker): a backend
+//! connection's task runs on the thread that opened it, so handing it to another thread would
+//! add a cross-thread wake-up to every request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,8 +21,24 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::config::{Address, Host};
 
-/// Idle connections kept per backend; more are closed when returned.
+/// Idle connections kept per backend and proxy thread; more are closed when returned.
 const MAX_IDLE: usize = 256;
+/// Idle lists per backend; proxy threads beyond this share lists.
+const SHARDS: usize = 16;
+
+thread_local! {
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread use idle list `index` (proxy threads call this once at start;
+/// other threads use list 0).
+pub fn set_thread_shard(index: usize) {
+    SHARD.with(|s| s.set(index % SHARDS));
+}
+
+fn shard() -> usize {
+    SHARD.with(std::cell::Cell::get)
+}
 
 /// A connection that can carry one request.
 pub type Conn = SendRequest<RequestBody>;
@@ -44,7 +64,7 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub struct Pool {
     addresses: Vec<Address>,
-    idle: Mutex<Vec<Conn>>,
+    idle: Box<[Mutex<Vec<Conn>>]>,
     open: Arc<AtomicUsize>,
 }
 
@@ -62,7 +82,7 @@ impl Pool {
     pub fn new(addresses: Vec<Address>) -> Pool {
         Pool {
             addresses,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             open: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -75,13 +95,13 @@ impl Pool {
     /// Idle connections.
     pub fn idle(&self) -> usize {
         self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
     }
 
     fn pop(&self) -> Option<Conn> {
-        self.idle
+        self.idle[shard()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
@@ -92,7 +112,9 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle[shard()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

@@ -366,3 +366,44 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Futur
         });
     }
 }
+
+/// Serves the proxy on `threads` threads, each running its own single-threaded runtime that
+/// accepts from the same listener (as NGINX workers do): no work stealing, and the tasks of a
+/// request — client connection, backend connection — stay on one thread. Returns when every
+/// thread has started; the threads end when `shutdown` turns true.
+pub fn serve_on_threads(
+    listener: std::net::TcpListener,
+    rt: Arc<Runtime>,
+    threads: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    listener.set_nonblocking(true)?;
+    let mut handles = Vec::with_capacity(threads);
+    for i in 0..threads.max(1) {
+        let l = listener.try_clone()?;
+        let rt = Arc::clone(&rt);
+        let mut stop = shutdown.clone();
+        let local = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("tether-proxy-{i}"))
+                .spawn(move || {
+                    crate::pool::set_thread_shard(i);
+                    local.block_on(async move {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                serve(l, rt, async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                })
+                                .await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "proxy thread cannot listen"),
+                        }
+                    });
+                })?,
+        );
+    }
+    Ok(handles)
+}

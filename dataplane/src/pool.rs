@@ -120,18 +120,18 @@ impl Pool {
         }
     }
 
-    /// An idle connection, or a new one. `connected` is called once per new connection, and
-    /// `failed` once per failed connect attempt.
+    /// An idle connection (`true`: reused), or a new one (`false`). `connected` is called once
+    /// per new connection, and `failed` once per failed connect attempt.
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         max_connections: u32,
         connected: impl Fn(),
         failed: impl Fn(),
-    ) -> Result<Conn, ConnectError> {
+    ) -> Result<(Conn, bool), ConnectError> {
         while let Some(mut c) = self.pop() {
             if !c.is_closed() && c.ready().await.is_ok() {
-                return Ok(c);
+                return Ok((c, true));
             }
         }
         if max_connections > 0 && self.open() >= max_connections as usize {
@@ -151,7 +151,7 @@ impl Pool {
                         drop(guard);
                     });
                     connected();
-                    return Ok(sender);
+                    return Ok((sender, false));
                 }
                 Ok(Err(e)) => {
                     failed();

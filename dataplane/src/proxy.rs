@@ -240,7 +240,11 @@ async fn forward(
         Either::Left(body)
     });
     let mut last: Option<Failure> = None;
-    for alt in 0..=MAX_RETRIES {
+    let mut alt = 0;
+    // A failure on a reused keep-alive connection (the backend closed it meanwhile) is retried
+    // once on another connection to the same backend before moving on: stickiness first.
+    let mut fresh_retry_used = false;
+    while alt <= MAX_RETRIES {
         let b = match snap.select(d, &key, alt) {
             Ok(Some(b)) => b as usize,
             Ok(None) => break,
@@ -263,7 +267,7 @@ async fn forward(
                 },
             )
             .await;
-        let mut conn = match conn {
+        let (mut conn, reused) = match conn {
             Ok(c) => c,
             Err(source) => {
                 tracing::debug!(backend = %spec.name, error = %source, alt, "connect failed, trying next alternate");
@@ -275,6 +279,7 @@ async fn forward(
                     },
                     Some((Arc::clone(state), started)),
                 ));
+                alt += 1;
                 continue;
             }
         };
@@ -312,18 +317,21 @@ async fn forward(
                         Some((Arc::clone(state), started)),
                     )
                 };
+                let retry_here = reused && !fresh_retry_used;
                 if let Some(unsent) = e.take_message() {
                     // Nothing was written: the body is intact, any method may go on.
                     body = Some(unsent.into_body());
-                    last = Some(failure(e.into_error()));
-                    continue;
-                }
-                if replayable {
+                } else if replayable {
                     body = Some(Either::Right(Empty::new()));
-                    last = Some(failure(e.into_error()));
-                    continue;
+                } else {
+                    return Err(failure(e.into_error()));
                 }
-                return Err(failure(e.into_error()));
+                last = Some(failure(e.into_error()));
+                if retry_here {
+                    fresh_retry_used = true;
+                } else {
+                    alt += 1;
+                }
             }
         }
     }

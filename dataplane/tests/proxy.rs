@@ -348,3 +348,52 @@ async fn a_draining_backend_gets_no_new_requests() {
         assert_eq!(p.send(p.req("GET", "/", &key, "")).await.1, "b");
     }
 }
+
+/// A backend that answers every connection with `200` and closes (what a probe needs), and
+/// counts connections.
+async fn counting_probe_target() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&n);
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let _ =
+                    tokio::io::AsyncWriteExt::write_all(&mut s, b"HTTP/1.1 200 OK\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, n)
+}
+
+#[tokio::test]
+async fn one_probe_loop_per_backend_identity_across_directors_and_revisions() {
+    let (addr, probes) = counting_probe_target().await;
+    let mut probe = tether_dataplane::config::ProbeSpec::new("p");
+    probe.interval = Duration::from_millis(100);
+    let mut cfg = config(vec![spec("a", addr)]);
+    cfg.backends[0].probe = Some("p".into());
+    cfg.probes.push(probe);
+    // A second director referring to the same backend.
+    let mut second = cfg.directors[0].clone();
+    second.name = "d2".into();
+    cfg.directors.push(second);
+    let p = proxy(cfg.clone()).await;
+    // New revisions that keep the backend's identity do not start more loops.
+    for rev in 2..5 {
+        p.rt.apply(rev, cfg.clone()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let n = probes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (8..=13).contains(&n),
+        "{n} probes in ~1 s at a 100 ms interval: one loop"
+    );
+    // Healthy after its first good probe (the defaults start it sick).
+    assert!(p.rt.snapshot().backends[0].probe_healthy());
+}

@@ -22,3 +22,23 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of tether.v1, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tether_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn the_descriptor_set_is_self_contained_for_reflection() {
+        let fds =
+            prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("decodes");
+        let names: Vec<_> = fds.file.iter().filter_map(|f| f.name.as_deref()).collect();
+        for f in [
+            "tether/v1/api.proto",
+            "tether/v1/resources.proto",
+            "google/protobuf/empty.proto",
+            "google/protobuf/duration.proto",
+        ] {
+            assert!(names.contains(&f), "{f} missing from {names:?}");
+        }
+    }
+}

@@ -17,5 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // etcd's v3 API: clients only, for the control plane's etcd store.
+    let etcd = [
+        "proto/etcd/rpc.proto",
+        "proto/etcd/kv.proto",
+        "proto/etcd/auth.proto",
+    ];
+    for f in etcd {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(etcd, ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(fds)?;
     Ok(())
 }

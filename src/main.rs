@@ -1,5 +1,6 @@
 //! `tether`: the one binary. Parses the command line and hands over to a command module:
-//! [`up`] (control plane and proxy in one process), [`explain`] (offline, from a file),
+//! [`up`] (control plane and proxy in one process), [`cluster`] (the etcd-backed
+//! `controlplane` and `dataplane`), [`explain`] (offline, from a file),
 //! [`client`] (everything that talks to a running API), [`echo`] (a demo upstream).
 
 use std::process::ExitCode;
@@ -7,8 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod cluster;
 mod echo;
 mod explain;
+mod process;
 mod up;
 
 /// Dynamic-backend control plane and sticky HTTP proxy.
@@ -25,6 +28,10 @@ struct Cli {
 enum Command {
     /// Run the control plane and the proxy in one process on the embedded store.
     Up(up::Args),
+    /// Run the control-plane API on etcd (any number of replicas).
+    Controlplane(cluster::ControlPlaneArgs),
+    /// Run a proxy node that follows etcd.
+    Dataplane(cluster::DataPlaneArgs),
     /// Show which backend a director or route picks for each key: offline from a file
     /// (-f), or from the running system.
     Explain(explain::Args),
@@ -99,7 +106,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    if matches!(cli.command, Command::Up(_)) {
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Controlplane(_) | Command::Dataplane(_)
+    ) {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,6 +129,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Controlplane(args) => cluster::controlplane(args).await,
+            Command::Dataplane(args) => cluster::dataplane(args).await,
             Command::Explain(args) => client::explain(&conn, &args).await,
             Command::Backend { op } => client::resource(&conn, client::Kind::Backend, op).await,
             Command::Probe { op } => client::resource(&conn, client::Kind::Probe, op).await,

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tether_controlplane::auth::Tokens;
 use tether_controlplane::service::Api;
 use tether_controlplane::store::embedded::EmbeddedStore;
 use tether_controlplane::{follow, server};
@@ -18,10 +17,9 @@ use tether_dataplane::runtime::Runtime;
 use tether_dataplane::{admin, proxy};
 use tether_proto::keys::Layout;
 use tether_proto::v1::tether_server::Tether;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::client;
+use crate::{client, process};
 
 /// Arguments of `tether up`.
 #[derive(Debug, clap::Args)]
@@ -55,46 +53,9 @@ pub(crate) struct Args {
     prefix: String,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} for the {what} (use --{what} to pick another address)")
-    })
-}
-
-/// Resolves when Ctrl-C or SIGTERM arrives.
-async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 /// Runs `tether up` until a signal.
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let tokens = match &args.token_file {
-        Some(p) => Tokens::load(p)?,
-        None => Tokens::none(),
-    };
-    if tokens.is_empty() && !args.api.ip().is_loopback() && !args.insecure {
-        bail!(
-            "refusing to serve the API on {} without tokens: give --token-file FILE, or --insecure to accept anyone who can reach it",
-            args.api
-        );
-    }
+    let tokens = process::tokens(args.token_file.as_deref(), args.api, args.insecure)?;
     let layout = Layout::new(&args.prefix)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -105,9 +66,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             db.display()
         )
     })?;
-    let api_l = bind(args.api, "api").await?;
-    let proxy_l = bind(args.proxy, "proxy").await?;
-    let admin_l = bind(args.admin, "admin").await?;
+    let api_l = process::bind(args.api, "api").await?;
+    let proxy_l = process::bind(args.proxy, "proxy").await?;
+    let admin_l = process::bind(args.admin, "admin").await?;
     let rt = Runtime::new();
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
     if let Some(f) = &args.file {
@@ -129,15 +90,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    // Where everything listens (ports may have been 0): for scripts and tests.
-    let endpoints = serde_json::json!({
-        "api": format!("http://{}", api_l.local_addr()?),
-        "proxy": format!("http://{}", proxy_l.local_addr()?),
-        "admin": format!("http://{}", admin_l.local_addr()?),
-    });
-    let endpoints_file = args.data_dir.join("endpoints.json");
-    std::fs::write(&endpoints_file, format!("{endpoints}\n"))
-        .with_context(|| format!("cannot write {}", endpoints_file.display()))?;
+    process::write_endpoints(
+        &args.data_dir,
+        &[("api", &api_l), ("proxy", &proxy_l), ("admin", &admin_l)],
+    )?;
     tracing::info!(
         api = %format!("http://{}", api_l.local_addr()?),
         proxy = %format!("http://{}", proxy_l.local_addr()?),
@@ -149,17 +105,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         store.clone(),
         layout,
         Arc::clone(&rt),
+        follow::Options::default(),
         stopped(),
     ));
-    let threads = args
-        .proxy_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let proxy_threads =
-        proxy::serve_on_threads(proxy_l.into_std()?, Arc::clone(&rt), threads, proxy_stop)?;
+    let proxy_threads = proxy::serve_on_threads(
+        proxy_l.into_std()?,
+        Arc::clone(&rt),
+        process::proxy_threads(args.proxy_threads),
+        proxy_stop,
+    )?;
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
     let early = tokio::select! {
-        () = signal() => None,
+        () = process::signal() => None,
         r = &mut server => Some(r),
     };
     tracing::info!("shutting down");

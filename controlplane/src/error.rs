@@ -112,7 +112,9 @@ pub fn to_status(e: &ApiError) -> Status {
         ApiError::Contended => Status::aborted(msg),
         ApiError::Store(StoreError::Compacted { .. }) => Status::out_of_range(msg),
         ApiError::Store(StoreError::FutureRevision { .. }) => Status::out_of_range(msg),
-        ApiError::Store(StoreError::Closed) => Status::unavailable(msg),
+        ApiError::Store(StoreError::Closed | StoreError::Unavailable(_)) => {
+            Status::unavailable(msg)
+        }
         ApiError::Store(StoreError::Storage(_) | StoreError::Corrupt(_)) => Status::internal(msg),
     }
 }

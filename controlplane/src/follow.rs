@@ -1,23 +1,32 @@
 //! The data-plane follower: keeps a [`Runtime`] on the store's latest revision.
 //!
-//! A state machine (see `docs/architecture.md`):
+//! A state machine (drawn in `docs/architecture.md`):
 //! `Listing` — list the root at revision R, build and apply the snapshot, mark ready — then
-//! `Watching{R}` — watch from R+1 and apply each revision's events together. When the watch
-//! ends or fails it re-watches from the last applied revision + 1 after a jittered backoff;
-//! when that history is compacted it lists again. A revision that does not validate is not
-//! applied: the previous snapshot keeps serving, and the failure is logged and counted.
+//! `Watching{R}` — watch from R+1 and apply each batch's events together (one snapshot per
+//! batch). When the watch ends or fails it re-watches from the last applied revision + 1 after
+//! a jittered backoff; when that history is compacted, or a batch's revision is not past the
+//! applied one (the store was restored from a backup), it lists again. A revision that does not
+//! validate is not applied: the previous snapshot keeps serving, and the failure is logged and
+//! counted. Configuration is never dropped because of an error.
+//!
+//! With a cache file, every applied state is also written to local disk (revision, checksum),
+//! and a follower that starts while the store is unreachable serves from it.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message;
+use sha2::{Digest, Sha256};
 use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
+use tether_proto::v1;
 
 use crate::convert;
 use crate::state::State;
-use crate::store::{Store, StoreError};
+use crate::store::{Event, Store, StoreError, WatchBatch};
 
 /// Jittered exponential backoff: 100 ms doubling to 10 s, reset after a success.
 #[derive(Debug)]
@@ -47,15 +56,123 @@ impl Backoff {
     }
 }
 
-fn apply(rt: &Runtime, state: &State) {
+/// The commit time a control-plane write left in the serial key's value (bytes 16..24, Unix
+/// nanoseconds), if this batch carries one.
+pub fn commit_time(layout: &Layout, batch: &WatchBatch) -> Option<SystemTime> {
+    let serial = layout.serial();
+    batch.events.iter().find_map(|e| match e {
+        Event::Put(kv) if kv.key == serial && kv.value.len() >= 24 => {
+            let mut ns = [0u8; 8];
+            ns.copy_from_slice(&kv.value[16..24]);
+            Some(UNIX_EPOCH + Duration::from_nanos(u64::from_le_bytes(ns)))
+        }
+        _ => None,
+    })
+}
+
+/// Why the cache file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Reading or writing failed.
+    #[error("snapshot cache {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is damaged (bad magic, checksum or encoding).
+    #[error("snapshot cache {0}: damaged, ignored")]
+    Damaged(String),
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"TTHRSNP1";
+
+fn encode_cache(state: &State) -> Vec<u8> {
+    let cached = v1::CachedState {
+        revision: state.revision,
+        backends: state.backends.values().cloned().collect(),
+        probes: state.probes.values().cloned().collect(),
+        directors: state.directors.values().cloned().collect(),
+        routes: state.routes.values().cloned().collect(),
+    };
+    let payload = cached.encode_to_vec();
+    let mut out = Vec::with_capacity(payload.len() + 40);
+    out.extend_from_slice(CACHE_MAGIC);
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn decode_cache(path: &Path, bytes: &[u8]) -> Result<State, CacheError> {
+    let damaged = || CacheError::Damaged(path.display().to_string());
+    let rest = bytes.strip_prefix(CACHE_MAGIC).ok_or_else(damaged)?;
+    if rest.len() < 32 || Sha256::digest(&rest[32..]).as_slice() != &rest[..32] {
+        return Err(damaged());
+    }
+    let c = v1::CachedState::decode(&rest[32..]).map_err(|_| damaged())?;
+    let mut s = State {
+        revision: c.revision,
+        ..State::default()
+    };
+    for r in c.backends {
+        s.backends.insert(r.name.clone(), r);
+    }
+    for r in c.probes {
+        s.probes.insert(r.name.clone(), r);
+    }
+    for r in c.directors {
+        s.directors.insert(r.name.clone(), r);
+    }
+    for r in c.routes {
+        s.routes.insert(r.name.clone(), r);
+    }
+    Ok(s)
+}
+
+/// Writes the state to `path` atomically (temporary file, then rename).
+async fn write_cache(path: PathBuf, state: &State) -> Result<(), CacheError> {
+    let bytes = encode_cache(state);
+    tokio::task::spawn_blocking(move || {
+        let io = |source| CacheError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    })
+    .await
+    .unwrap_or_else(|e| Err(CacheError::Damaged(format!("cache writer failed: {e}"))))
+}
+
+/// Reads the cache file, if there is one.
+pub fn read_cache(path: &Path) -> Result<Option<State>, CacheError> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode_cache(path, &bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CacheError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Applies a state to the runtime; false when it does not validate or build.
+fn apply(rt: &Runtime, state: &State) -> bool {
+    rt.saw_revision(state.revision);
     match convert::validate(&state.resources()) {
         Ok(v) => match rt.apply(state.revision, v.config) {
-            Ok(()) => tracing::debug!(revision = state.revision, "applied"),
+            Ok(()) => {
+                tracing::debug!(revision = state.revision, "applied");
+                true
+            }
             Err(e) => {
                 rt.counters
                     .rejected_revisions
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(revision = state.revision, error = %e, "revision not applied; keeping the previous snapshot");
+                false
             }
         },
         Err(e) => {
@@ -63,9 +180,9 @@ fn apply(rt: &Runtime, state: &State) {
                 .rejected_revisions
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(revision = state.revision, error = %e, "stored configuration is invalid; keeping the previous snapshot");
+            false
         }
     }
-    rt.saw_revision(state.revision);
 }
 
 fn log_decode_errors(rt: &Runtime, errors: Vec<crate::state::DecodeError>) {
@@ -77,25 +194,60 @@ fn log_decode_errors(rt: &Runtime, errors: Vec<crate::state::DecodeError>) {
     }
 }
 
+/// Where the follower keeps its local copy, if anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The snapshot cache file.
+    pub cache: Option<PathBuf>,
+}
+
 /// Follows the store until `shutdown` resolves.
 pub async fn run<S: Store>(
     store: S,
     layout: Layout,
     rt: Arc<Runtime>,
+    opts: Options,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    if let Some(path) = &opts.cache {
+        match read_cache(path) {
+            Ok(Some(s)) => {
+                if apply(&rt, &s) {
+                    rt.set_from_cache();
+                    rt.set_ready();
+                    tracing::info!(revision = s.revision, cache = %path.display(), "serving the cached snapshot until the store answers");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "snapshot cache not used"),
+        }
+    }
+    let save = |s: &State| {
+        let path = opts.cache.clone();
+        let s = s.clone();
+        async move {
+            if let Some(p) = path
+                && let Err(e) = write_cache(p, &s).await
+            {
+                tracing::warn!(error = %e, "snapshot cache not written");
+            }
+        }
+    };
     let mut backoff = Backoff::default();
     let mut state: Option<State> = None;
     loop {
         // Listing, unless a watch can resume from the applied revision.
-        let current = match state.take() {
+        let mut s = match state.take() {
             Some(s) => s,
             None => match store.list(layout.root()).await {
                 Ok(listing) => {
                     let (s, errors) = State::from_listing(&layout, &listing);
                     log_decode_errors(&rt, errors);
-                    apply(&rt, &s);
+                    if apply(&rt, &s) {
+                        save(&s).await;
+                    }
+                    rt.mark_confirmed();
                     rt.set_ready();
                     s
                 }
@@ -108,11 +260,13 @@ pub async fn run<S: Store>(
                 }
             },
         };
-        let mut s = current;
         // Watching.
         let mut rx = match store.watch(layout.root(), s.revision + 1).await {
             Ok(rx) => rx,
-            Err(StoreError::Compacted { .. }) => continue,
+            Err(StoreError::Compacted { .. }) => {
+                tracing::warn!(revision = s.revision, "history compacted; listing again");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watch failed; retrying");
                 state = Some(s);
@@ -129,17 +283,35 @@ pub async fn run<S: Store>(
                 () = &mut shutdown => return,
             };
             match batch {
+                Some(Ok(b)) if b.events.is_empty() => rt.mark_confirmed(),
+                Some(Ok(b)) if b.revision <= s.revision => {
+                    tracing::warn!(
+                        batch = b.revision,
+                        applied = s.revision,
+                        "the store's revision went backwards (restored?); listing again"
+                    );
+                    break;
+                }
                 Some(Ok(b)) => {
+                    let committed = commit_time(&layout, &b);
                     let errors = s.apply_events(&layout, b.revision, &b.events);
                     log_decode_errors(&rt, errors);
-                    apply(&rt, &s);
+                    if apply(&rt, &s) {
+                        if let Some(t) = committed
+                            && let Ok(d) = SystemTime::now().duration_since(t)
+                        {
+                            rt.apply_delay.observe(d);
+                        }
+                        save(&s).await;
+                    }
+                    rt.mark_confirmed();
                 }
                 Some(Err(StoreError::Compacted { .. })) => {
                     tracing::warn!("watch history compacted; listing again");
                     break;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watch failed; resuming");
+                    tracing::warn!(error = %e, "watch ended; resuming");
                     state = Some(s);
                     break;
                 }
@@ -153,5 +325,35 @@ pub async fn run<S: Store>(
             () = tokio::time::sleep(backoff.delay()) => {}
             () = &mut shutdown => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_round_trips_and_detects_damage() {
+        let mut s = State {
+            revision: 42,
+            ..State::default()
+        };
+        s.backends.insert(
+            "b0".into(),
+            v1::Backend {
+                name: "b0".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            },
+        );
+        let bytes = encode_cache(&s);
+        let p = Path::new("cache");
+        let back = decode_cache(p, &bytes).unwrap();
+        assert_eq!((back.revision, back.backends.len()), (42, 1));
+        let mut bad = bytes;
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(decode_cache(p, &bad), Err(CacheError::Damaged(_))));
+        assert!(decode_cache(p, b"nope").is_err());
     }
 }

@@ -70,28 +70,26 @@ impl<S: Store> Api<S> {
     }
 
     /// Loads, changes with `change(old, new)`, validates and commits (unless `dry_run`).
+    ///
+    /// The difference is written in one transaction guarded by the serial key. When it is
+    /// larger than the store allows in one transaction (etcd: 128 operations, 1.5 MiB), it is
+    /// split into parts in [`State::diff_ops`] order, each referentially complete and each
+    /// guarded by the serial key as the previous part left it; if another writer intervenes
+    /// between parts, the write starts over from a fresh load (Apply is idempotent).
     async fn write<T>(
         &self,
         dry_run: bool,
         change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
     ) -> Result<Written<T>, ApiError> {
-        for _ in 0..WRITE_ATTEMPTS {
+        'attempt: for _ in 0..WRITE_ATTEMPTS {
             let old = self.load().await?;
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
             convert::validate(&new.resources())?;
-            let Some(txn) = old.diff_txn(&new, &self.layout) else {
-                let revision = old.revision;
-                return Ok(Written {
-                    value,
-                    revision,
-                    old,
-                    new,
-                });
-            };
-            if dry_run {
-                let revision = old.revision;
+            let ops = old.diff_ops(&new, &self.layout);
+            let mut revision = old.revision;
+            if ops.is_empty() || dry_run {
                 return Ok(Written {
                     value,
                     revision,
@@ -99,17 +97,47 @@ impl<S: Store> Api<S> {
                     new,
                 });
             }
-            match self.store.txn(txn).await? {
-                TxnOutcome::Committed { revision } => {
-                    return Ok(Written {
-                        value,
-                        revision,
-                        old,
-                        new,
-                    });
+            let serial = self.layout.serial();
+            let mut serial_revision = old.serial_revision;
+            let parts = split(
+                ops,
+                self.store.max_txn_ops().saturating_sub(1).max(1),
+                self.store.max_txn_bytes().saturating_sub(serial.len() + 64),
+            );
+            for (i, ops) in parts.into_iter().enumerate() {
+                let witness = write_id();
+                let mut ops = ops;
+                ops.push(crate::store::Op::Put(serial.clone(), witness.clone()));
+                let txn = crate::store::Txn {
+                    compares: vec![crate::store::Compare::ModRevision(
+                        serial.clone(),
+                        serial_revision,
+                    )],
+                    ops,
+                    witness: Some((serial.clone(), witness)),
+                };
+                match self.store.txn(txn).await? {
+                    TxnOutcome::Committed { revision: r } => {
+                        serial_revision = r;
+                        revision = r;
+                    }
+                    TxnOutcome::Failed { .. } => {
+                        if i > 0 {
+                            tracing::warn!(
+                                parts_written = i,
+                                "another write intervened between parts of a split write; starting over"
+                            );
+                        }
+                        continue 'attempt;
+                    }
                 }
-                TxnOutcome::Failed { .. } => continue,
             }
+            return Ok(Written {
+                value,
+                revision,
+                old,
+                new,
+            });
         }
         Err(ApiError::Contended)
     }
@@ -490,6 +518,51 @@ impl<S: Store> Api<S> {
             events,
         }
     }
+}
+
+/// The serial key's value for one write: 16 random bytes, unique to the write (so that an
+/// unknown outcome can be resolved by reading it back), then the commit time in Unix
+/// nanoseconds (so that data planes can measure commit-to-apply delay; see
+/// [`crate::follow::commit_time`]).
+fn write_id() -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut id = Vec::with_capacity(24);
+    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+    id.extend_from_slice(&now.to_le_bytes());
+    id
+}
+
+/// Splits ops into parts of at most `max_ops` operations and about `max_bytes` bytes of keys
+/// and values, keeping their order.
+fn split(
+    ops: Vec<crate::store::Op>,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Vec<Vec<crate::store::Op>> {
+    let size = |op: &crate::store::Op| match op {
+        crate::store::Op::Put(k, v) => k.len() + v.len() + 16,
+        crate::store::Op::Delete(k) => k.len() + 16,
+    };
+    let mut parts: Vec<Vec<crate::store::Op>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for op in ops {
+        let n = size(&op);
+        let full = parts
+            .last()
+            .is_some_and(|p| !p.is_empty() && (p.len() >= max_ops || bytes + n > max_bytes));
+        if full {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(p) = parts.last_mut() {
+            p.push(op);
+        }
+    }
+    parts
 }
 
 fn kind_field(k: Kind) -> &'static str {

@@ -10,7 +10,7 @@ use tether_proto::keys::{Kind, Layout};
 use tether_proto::v1;
 
 use crate::convert::Resources;
-use crate::store::{Compare, Event, KeyValue, Listing, Op, Txn};
+use crate::store::{Event, KeyValue, Listing, Op};
 
 /// A stored object that did not decode (skipped, logged and counted by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,38 +234,36 @@ impl State {
         R::map_mut(self).insert(r.name().to_owned(), r);
     }
 
-    /// The transaction that turns `self` (as listed) into `next`: puts and deletes of what
-    /// differs, guarded by the serial key so that it commits only if nothing changed since
-    /// `self` was read. `None` when nothing differs.
-    pub fn diff_txn(&self, next: &State, layout: &Layout) -> Option<Txn> {
-        let mut ops = Vec::new();
-        fn diff<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
-            let (a, b) = (R::map(old), R::map(new));
-            for (name, r) in b {
-                let same = a.get(name).is_some_and(|o| encode(o) == encode(r));
-                if !same {
+    /// The writes that turn `self` into `next`, ordered so that every prefix leaves a
+    /// referentially complete configuration (when `next` is one): puts of probes, backends,
+    /// directors, routes — a resource's references are written before it — then deletes of
+    /// routes, directors, backends, probes — a resource's referrers are gone or updated first.
+    /// That is what lets a write too large for one etcd transaction be split.
+    pub fn diff_ops(&self, next: &State, layout: &Layout) -> Vec<Op> {
+        fn puts<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
+            let a = R::map(old);
+            for (name, r) in R::map(new) {
+                if a.get(name).is_none_or(|o| encode(o) != encode(r)) {
                     ops.push(Op::Put(layout.key(R::KIND, name), encode(r)));
                 }
             }
-            for name in a.keys().filter(|n| !b.contains_key(*n)) {
+        }
+        fn deletes<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
+            let b = R::map(new);
+            for name in R::map(old).keys().filter(|n| !b.contains_key(*n)) {
                 ops.push(Op::Delete(layout.key(R::KIND, name)));
             }
         }
-        diff::<v1::Backend>(self, next, layout, &mut ops);
-        diff::<v1::Probe>(self, next, layout, &mut ops);
-        diff::<v1::Director>(self, next, layout, &mut ops);
-        diff::<v1::Route>(self, next, layout, &mut ops);
-        if ops.is_empty() {
-            return None;
-        }
-        ops.push(Op::Put(
-            layout.serial(),
-            self.revision.to_le_bytes().to_vec(),
-        ));
-        Some(Txn {
-            compares: vec![Compare::ModRevision(layout.serial(), self.serial_revision)],
-            ops,
-        })
+        let mut ops = Vec::new();
+        puts::<v1::Probe>(self, next, layout, &mut ops);
+        puts::<v1::Backend>(self, next, layout, &mut ops);
+        puts::<v1::Director>(self, next, layout, &mut ops);
+        puts::<v1::Route>(self, next, layout, &mut ops);
+        deletes::<v1::Route>(self, next, layout, &mut ops);
+        deletes::<v1::Director>(self, next, layout, &mut ops);
+        deletes::<v1::Backend>(self, next, layout, &mut ops);
+        deletes::<v1::Probe>(self, next, layout, &mut ops);
+        ops
     }
 
     /// Whether a stored resource differs from `r` (ignoring revisions).

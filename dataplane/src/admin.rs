@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::backend::LATENCY_BUCKETS;
 use crate::runtime::Runtime;
 use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
 
@@ -148,6 +147,8 @@ fn state(rt: &Runtime) -> serde_json::Value {
         "ready": rt.is_ready(),
         "applied_revision": snap.revision,
         "seen_revision": rt.seen_revision(),
+        "from_cache": rt.from_cache(),
+        "confirmed_age_seconds": rt.confirmed_age().map(|d| d.as_secs_f64()),
         "backends": backends,
         "directors": snap.config.directors.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "routes": snap.config.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -235,28 +236,34 @@ fn metrics(rt: &Runtime) -> String {
     );
     let _ = writeln!(w, "# TYPE tether_backend_response_seconds histogram");
     for st in &snap.backends {
-        let name = label(&st.name);
-        let mut cumulative = 0;
-        for (i, b) in st.counters.latency_buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |v| v.to_string());
-            let _ = writeln!(
-                w,
-                "tether_backend_response_seconds_bucket{{backend=\"{name}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let sum = st.counters.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            w,
-            "tether_backend_response_seconds_sum{{backend=\"{name}\"}} {sum}"
-        );
-        let _ = writeln!(
-            w,
-            "tether_backend_response_seconds_count{{backend=\"{name}\"}} {cumulative}"
-        );
+        let labels = format!("backend=\"{}\",", label(&st.name));
+        st.counters
+            .latency
+            .write_prometheus(w, "tether_backend_response_seconds", &labels);
     }
+    let _ = writeln!(
+        w,
+        "# HELP tether_apply_delay_seconds From a change's commit in the store to its application here."
+    );
+    let _ = writeln!(w, "# TYPE tether_apply_delay_seconds histogram");
+    rt.apply_delay
+        .write_prometheus(w, "tether_apply_delay_seconds", "");
+    let _ = writeln!(
+        w,
+        "# HELP tether_config_confirmed_age_seconds Seconds since the store last confirmed the applied state is current (-1: never)."
+    );
+    let _ = writeln!(w, "# TYPE tether_config_confirmed_age_seconds gauge");
+    let _ = writeln!(
+        w,
+        "tether_config_confirmed_age_seconds {}",
+        rt.confirmed_age().map_or(-1.0, |d| d.as_secs_f64())
+    );
+    let _ = writeln!(
+        w,
+        "# HELP tether_config_from_cache Whether the applied state came from the local cache (the store not reached yet)."
+    );
+    let _ = writeln!(w, "# TYPE tether_config_from_cache gauge");
+    let _ = writeln!(w, "tether_config_from_cache {}", u8::from(rt.from_cache()));
     for (metric, help, kind) in [
         (
             "tether_probe_results_total",

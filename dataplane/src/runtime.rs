@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{BackendRef, BackendRuntime, Identity};
+use crate::backend::{BackendRef, BackendRuntime, Histogram, Identity};
 use crate::config::{Config, Host};
 use crate::director::{BuildError, Directors};
 use crate::health;
@@ -41,6 +42,12 @@ pub struct Runtime {
     seen_revision: AtomicI64,
     /// Proxy-wide counters.
     pub counters: ProxyCounters,
+    /// From a change's commit in the store to its application here.
+    pub apply_delay: Histogram,
+    /// When the store last confirmed that the applied state is current.
+    confirmed: Mutex<Option<Instant>>,
+    /// Whether the applied state came from the local cache.
+    from_cache: AtomicBool,
 }
 
 impl Runtime {
@@ -59,6 +66,9 @@ impl Runtime {
             ready: AtomicBool::new(false),
             seen_revision: AtomicI64::new(0),
             counters: ProxyCounters::default(),
+            apply_delay: Histogram::default(),
+            confirmed: Mutex::new(None),
+            from_cache: AtomicBool::new(false),
         })
     }
 
@@ -80,6 +90,34 @@ impl Runtime {
     /// Records the latest revision seen in the store.
     pub fn saw_revision(&self, revision: i64) {
         self.seen_revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Records that the store just confirmed the applied state is current (a listing, a
+    /// watch event or a progress notification), and that it no longer comes from the cache.
+    pub fn mark_confirmed(&self) {
+        *self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.from_cache.store(false, Ordering::Release);
+    }
+
+    /// Time since the store last confirmed the applied state; `None` before it ever did.
+    pub fn confirmed_age(&self) -> Option<Duration> {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// Marks the applied state as loaded from the local cache.
+    pub fn set_from_cache(&self) {
+        self.from_cache.store(true, Ordering::Release);
+    }
+
+    /// Whether the applied state came from the local cache.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache.load(Ordering::Acquire)
     }
 
     /// The latest revision seen in the store.

@@ -4,7 +4,8 @@
 //! - [`v1`]: the generated `tether.v1` messages (Backend, Probe, Director, Route) and the
 //!   `Tether` gRPC service (server and client), compiled from `proto/tether/v1/*.proto` by
 //!   `build.rs` with protox, so no `protoc` is needed;
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection;
+//! - [`etcd`]: etcd's v3 API messages and gRPC clients, for the etcd store.
 //! - [`keys`]: the etcd key layout of `shared/DESIGN.md` §4, the one place that turns a
 //!   resource kind and name into a key and back.
 //!
@@ -17,6 +18,23 @@ pub mod keys;
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tether.v1.rs"));
+}
+
+/// etcd's v3 API (clients only), compiled from `proto/etcd/` (see its README).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod etcd {
+    /// `etcdserverpb`: KV, Watch, Lease, Auth, Maintenance services.
+    pub mod etcdserverpb {
+        include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    }
+    /// `mvccpb`: stored key-values and watch events.
+    pub mod mvccpb {
+        include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    }
+    /// `authpb`: users and roles.
+    pub mod authpb {
+        include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    }
 }
 
 /// The encoded `FileDescriptorSet` of tether.v1, for gRPC server reflection.

@@ -267,7 +267,9 @@ impl Inner {
                 }
             }
             if let Some(compare) = failed {
-                TxnOutcome::Failed { compare }
+                TxnOutcome::Failed {
+                    compare: Some(compare),
+                }
             } else {
                 let revision = current + 1;
                 let mut events = Vec::new();

@@ -12,6 +12,7 @@
 //! with the cluster mode.
 
 pub mod embedded;
+pub mod etcd;
 
 /// One stored key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,10 @@ pub struct Txn {
     pub compares: Vec<Compare>,
     /// Writes, applied in order.
     pub ops: Vec<Op>,
+    /// A put among `ops` whose value is unique to this transaction. When a store cannot tell
+    /// whether a transaction committed (a timeout during an etcd leader change), it reads this
+    /// key back to find out, instead of retrying blindly.
+    pub witness: Option<(String, Vec<u8>)>,
 }
 
 /// What a transaction did.
@@ -64,10 +69,10 @@ pub enum TxnOutcome {
         /// The revision of the write.
         revision: i64,
     },
-    /// A compare failed (its index); nothing was written.
+    /// A compare failed; nothing was written.
     Failed {
-        /// Index of the first failed compare.
-        compare: usize,
+        /// Index of the first failed compare, when the store reports it (etcd does not).
+        compare: Option<usize>,
     },
 }
 
@@ -141,9 +146,13 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// The store cannot be reached (every etcd endpoint failed, or no quorum).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// A watch: batches in revision order, starting at the revision asked for.
+/// A watch: batches in revision order, starting at the revision asked for. A batch without
+/// events is a progress notification (the store is alive; nothing to apply).
 pub type WatchReceiver = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>;
 
 /// The store interface (etcd's KV semantics, see the module doc). Cheap to clone: clones share
@@ -166,4 +175,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<WatchReceiver, StoreError>> + Send;
     /// Forgets history before `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Most operations one transaction may hold (etcd: 128 by default).
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
+    /// Most bytes of keys and values one transaction may carry (etcd: 1.5 MiB by default).
+    fn max_txn_bytes(&self) -> usize {
+        usize::MAX
+    }
 }

@@ -17,6 +17,7 @@ async fn commit(s: &EmbeddedStore, ops: Vec<Op>) -> i64 {
         .txn(Txn {
             compares: vec![],
             ops,
+            witness: None,
         })
         .await
         .expect("txn")
@@ -61,10 +62,16 @@ async fn a_failed_compare_writes_nothing() {
             .txn(Txn {
                 compares,
                 ops: vec![put("/a", "changed"), put("/c", "new")],
+                witness: None,
             })
             .await
             .unwrap();
-        assert_eq!(out, TxnOutcome::Failed { compare: n - 1 });
+        assert_eq!(
+            out,
+            TxnOutcome::Failed {
+                compare: Some(n - 1)
+            }
+        );
         assert_eq!(
             s.list("/").await.unwrap(),
             before,
@@ -78,6 +85,7 @@ async fn a_failed_compare_writes_nothing() {
                 Compare::Missing("/c".into()),
             ],
             ops: vec![put("/a", "changed"), put("/c", "new")],
+            witness: None,
         })
         .await
         .unwrap();

@@ -1,0 +1,161 @@
+//! The cluster-mode processes on etcd: `tether controlplane` (the API; any number of
+//! replicas) and `tether dataplane` (a proxy node following etcd, with a local snapshot cache).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tether_controlplane::service::Api;
+use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
+use tether_controlplane::{follow, server};
+use tether_dataplane::runtime::Runtime;
+use tether_dataplane::{admin, proxy};
+use tether_proto::keys::Layout;
+use tokio::sync::watch;
+
+use crate::process;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct EtcdArgs {
+    /// etcd client URLs, comma-separated (as http://127.0.0.1:2379,http://10.0.0.2:2379).
+    #[arg(long, env = "TETHER_ETCD", value_name = "URLS")]
+    etcd: String,
+    /// etcd user, when etcd has authentication enabled (password in TETHER_ETCD_PASSWORD).
+    #[arg(long, env = "TETHER_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// etcd password.
+    #[arg(
+        long,
+        env = "TETHER_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    etcd_password: Option<String>,
+    /// Key prefix in etcd (several installations can share one etcd).
+    #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+impl EtcdArgs {
+    fn connect(&self) -> anyhow::Result<(EtcdStore, Layout)> {
+        let mut opts = EtcdOptions::new(&self.etcd);
+        if opts.endpoints.is_empty() {
+            bail!("--etcd: no endpoint given");
+        }
+        if let Some(u) = &self.etcd_user {
+            opts.user = Some((u.clone(), self.etcd_password.clone().unwrap_or_default()));
+        }
+        let store = EtcdStore::connect(&opts).context("--etcd")?;
+        Ok((store, Layout::new(&self.prefix)?))
+    }
+}
+
+/// Arguments of `tether controlplane`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControlPlaneArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// gRPC API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// Bearer tokens, one `admin:TOKEN` or `read-only:TOKEN` per line.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve the API on a non-loopback address without tokens.
+    #[arg(long)]
+    insecure: bool,
+    /// Write `endpoints.json` (the bound address) into this directory.
+    #[arg(long, value_name = "DIR")]
+    endpoints_dir: Option<PathBuf>,
+}
+
+/// Runs `tether controlplane` until a signal.
+pub(crate) async fn controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let tokens = process::tokens(args.token_file.as_deref(), args.api, args.insecure)?;
+    let (store, layout) = args.etcd.connect()?;
+    let api_l = process::bind(args.api, "api").await?;
+    if let Some(d) = &args.endpoints_dir {
+        std::fs::create_dir_all(d)?;
+        process::write_endpoints(d, &[("api", &api_l)])?;
+    }
+    tracing::info!(api = %format!("http://{}", api_l.local_addr()?), etcd = %args.etcd.etcd, "tether controlplane");
+    let api = Api::new(store, layout, None);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut server = tokio::spawn(server::serve(api_l, api, tokens, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tokio::select! {
+        () = process::signal() => {
+            let _ = stop_tx.send(true);
+            server.await??;
+            Ok(())
+        }
+        r = &mut server => {
+            r??;
+            bail!("the API server stopped unexpectedly")
+        }
+    }
+}
+
+/// Arguments of `tether dataplane`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DataPlaneArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// HTTP proxy address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    proxy: SocketAddr,
+    /// Proxy threads, each with its own event loop (default: one per CPU).
+    #[arg(long)]
+    proxy_threads: Option<usize>,
+    /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Where the snapshot cache and endpoints.json live.
+    #[arg(long, default_value = "tether-dataplane")]
+    data_dir: PathBuf,
+}
+
+/// Runs `tether dataplane` until a signal.
+pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    let (store, layout) = args.etcd.connect()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let proxy_l = process::bind(args.proxy, "proxy").await?;
+    let admin_l = process::bind(args.admin, "admin").await?;
+    process::write_endpoints(&args.data_dir, &[("proxy", &proxy_l), ("admin", &admin_l)])?;
+    tracing::info!(
+        proxy = %format!("http://{}", proxy_l.local_addr()?),
+        admin = %format!("http://{}", admin_l.local_addr()?),
+        etcd = %args.etcd.etcd,
+        "tether dataplane"
+    );
+    let rt = Runtime::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let opts = follow::Options {
+        cache: Some(args.data_dir.join("snapshot.cache")),
+    };
+    let follower = tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
+    let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
+    let threads = proxy::serve_on_threads(
+        proxy_l.into_std()?,
+        Arc::clone(&rt),
+        process::proxy_threads(args.proxy_threads),
+        stop_tx.subscribe(),
+    )?;
+    process::signal().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(follower, admin_task);
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    Ok(())
+}

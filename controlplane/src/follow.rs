@@ -236,12 +236,17 @@ pub async fn run<S: Store>(
     };
     let mut backoff = Backoff::default();
     let mut state: Option<State> = None;
+    let mut listed = false;
     loop {
         // Listing, unless a watch can resume from the applied revision.
         let mut s = match state.take() {
             Some(s) => s,
             None => match store.list(layout.root()).await {
                 Ok(listing) => {
+                    if listed {
+                        rt.counters.relists.fetch_add(1, Ordering::Relaxed);
+                    }
+                    listed = true;
                     let (s, errors) = State::from_listing(&layout, &listing);
                     log_decode_errors(&rt, errors);
                     if apply(&rt, &s) {

@@ -197,6 +197,11 @@ fn metrics(rt: &Runtime) -> String {
             "Store revisions that could not be applied.",
             &c.rejected_revisions,
         ),
+        (
+            "tether_store_relists_total",
+            "Full listings of the store after the first (compaction, restored store).",
+            &c.relists,
+        ),
     ] {
         let _ = writeln!(w, "# HELP {name} {help}");
         let _ = writeln!(w, "# TYPE {name} counter");

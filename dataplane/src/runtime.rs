@@ -30,6 +30,8 @@ pub struct ProxyCounters {
     pub retries: AtomicU64,
     /// Revisions that could not be applied (the previous snapshot stayed).
     pub rejected_revisions: AtomicU64,
+    /// Full listings of the store after the first (compaction, restored store).
+    pub relists: AtomicU64,
 }
 
 /// The data plane's state.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // test support: a failed setup should panic
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -98,6 +100,26 @@ impl Drop for Backend {
     }
 }
 
+/// Spawns the binary with `args`, waits for `<dir>/endpoints.json`, and returns the child and
+/// the endpoints.
+pub async fn spawn_with_endpoints(dir: &Path, args: &[&str]) -> (Child, serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let endpoints = dir.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn tether");
+    wait_until("endpoints.json", Duration::from_secs(20), || {
+        endpoints.exists()
+    })
+    .await;
+    let v = serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    (child, v)
+}
+
 /// A running `tether up`.
 pub struct Tether {
     pub child: Child,
@@ -111,47 +133,62 @@ pub struct Tether {
 impl Tether {
     /// Starts `tether up` on ephemeral ports with its store in `dir`, and waits until ready.
     pub async fn up(dir: &Path, extra: &[&str]) -> Tether {
-        let endpoints = dir.join("endpoints.json");
-        let _ = std::fs::remove_file(&endpoints);
-        let child = Command::new(BIN)
-            .args([
-                "up",
-                "--api",
-                "127.0.0.1:0",
-                "--proxy",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn tether up");
-        wait_until("endpoints.json", Duration::from_secs(20), || {
-            endpoints.exists()
-        })
-        .await;
-        let v: serde_json::Value = loop {
-            // The file may be seen half-written.
-            if let Ok(v) =
-                serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap_or_default())
-            {
-                break v;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let s = |k: &str| v[k].as_str().unwrap().to_owned();
-        let t = Tether {
+        let d = dir.to_str().unwrap();
+        let mut args = vec![
+            "up",
+            "--api",
+            "127.0.0.1:0",
+            "--proxy",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+        ];
+        args.extend_from_slice(extra);
+        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        Tether::ready(child, dir, &v).await
+    }
+
+    /// Starts `tether dataplane` following etcd, with its cache in `dir`. Waits until ready
+    /// unless `wait` is false (etcd down and no cache).
+    pub async fn dataplane(dir: &Path, etcd: &str, wait: bool) -> Tether {
+        let d = dir.to_str().unwrap();
+        let args = [
+            "dataplane",
+            "--etcd",
+            etcd,
+            "--proxy",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--proxy-threads",
+            "1",
+            "--data-dir",
+            d,
+        ];
+        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        if wait {
+            Tether::ready(child, dir, &v).await
+        } else {
+            Tether::new(child, dir, &v)
+        }
+    }
+
+    fn new(child: Child, dir: &Path, v: &serde_json::Value) -> Tether {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Tether {
             child,
             dir: dir.to_owned(),
             api: s("api"),
             proxy: s("proxy"),
             admin: s("admin"),
             client: Client::builder(TokioExecutor::new()).build_http(),
-        };
+        }
+    }
+
+    async fn ready(child: Child, dir: &Path, v: &serde_json::Value) -> Tether {
+        let t = Tether::new(child, dir, v);
         let start = Instant::now();
         while t.admin_get("/readyz").await.0 != 200 {
             assert!(
@@ -165,31 +202,17 @@ impl Tether {
 
     /// Runs a CLI command against this instance.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .args(["--server", &self.api])
-            .output()
-            .expect("run tether")
+        cli(&self.api, args)
     }
 
     /// Runs a CLI command that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "tether {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        ok(&self.api, args)
     }
 
     /// Applies YAML text; the revision written.
     pub fn apply(&self, yaml: &str) -> i64 {
-        let f = self.dir.join(format!("apply-{}.yaml", fastrand_name()));
-        std::fs::write(&f, yaml).unwrap();
-        let out = self.ok(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["revision"].as_i64().unwrap()
+        apply(&self.api, &self.dir, yaml, false)
     }
 
     async fn get(&self, url: String, header: Option<(&str, &str)>) -> (u16, String) {
@@ -283,6 +306,88 @@ impl Tether {
 }
 
 impl Drop for Tether {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a CLI command against the API at `api`.
+pub fn cli(api: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--server", api])
+        .output()
+        .expect("run tether")
+}
+
+/// Runs a CLI command that must succeed; its stdout.
+pub fn ok(api: &str, args: &[&str]) -> String {
+    let out = cli(api, args);
+    assert!(
+        out.status.success(),
+        "tether {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Applies YAML text through the API at `api` (a temporary file in `dir`); the revision.
+pub fn apply(api: &str, dir: &Path, yaml: &str, prune: bool) -> i64 {
+    let f = dir.join(format!("apply-{}.yaml", fastrand_name()));
+    std::fs::write(&f, yaml).unwrap();
+    let mut args = vec!["apply", "-f", f.to_str().unwrap(), "-o", "json"];
+    if prune {
+        args.push("--prune");
+    }
+    let out = ok(api, &args);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["revision"].as_i64().unwrap()
+}
+
+/// A running `tether controlplane` on etcd.
+pub struct ControlPlane {
+    pub child: Child,
+    pub api: String,
+}
+
+impl ControlPlane {
+    pub async fn start(dir: &Path, etcd: &str) -> ControlPlane {
+        let d = dir.to_str().unwrap();
+        let args = [
+            "controlplane",
+            "--etcd",
+            etcd,
+            "--api",
+            "127.0.0.1:0",
+            "--endpoints-dir",
+            d,
+        ];
+        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        let api = v["api"].as_str().unwrap().to_owned();
+        // Serving once a read answers (etcd reachable or not, the server is up).
+        let start = Instant::now();
+        while Command::new(BIN)
+            .args(["backend", "list", "--server", &api])
+            .output()
+            .map(|o| {
+                o.status.code() == Some(0)
+                    || String::from_utf8_lossy(&o.stderr).contains("Unavailable")
+            })
+            .ok()
+            != Some(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "controlplane never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ControlPlane { child, api }
+    }
+}
+
+impl Drop for ControlPlane {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,254 @@
+//! Cluster mode on a real etcd, through the real binaries: several control planes and data
+//! planes agree on every key; a deletion moves only its keys, the same way on every node;
+//! etcd outages (a member, or all of it) are survived; compaction while a node is cut off ends
+//! in a re-list with exactly the stored state.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::etcd::Etcd;
+use support::{Backend, ControlPlane, Tether, apply, cli, config};
+use tether_controlplane::store::Store;
+use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user-{i}")).collect()
+}
+
+async fn maps(nodes: &[Tether], keys: &[String]) -> Vec<Vec<String>> {
+    let futs = nodes.iter().map(|n| n.map(keys));
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(f.await);
+    }
+    out
+}
+
+async fn wait_all_applied(nodes: &[Tether], revision: i64, limit: Duration) -> Duration {
+    let start = Instant::now();
+    for n in nodes {
+        loop {
+            let s = n.state().await;
+            if s["applied_revision"].as_i64().unwrap_or(0) >= revision {
+                break;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "revision {revision} not applied in {limit:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_routes_every_key_alike_and_a_deletion_moves_only_its_keys() {
+    let etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let b = [
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    ];
+    let cp1 = ControlPlane::start(&dir.path().join("cp1"), &etcd.urls()).await;
+    let cp2 = ControlPlane::start(&dir.path().join("cp2"), &etcd.urls()).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(Tether::dataplane(&dir.path().join(format!("dp{i}")), &etcd.urls(), true).await);
+    }
+    let all = [("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)];
+    let rev = apply(&cp1.api, dir.path(), &config(&all, false), true);
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+
+    let keys = keys(10_000);
+    let before = maps(&nodes, &keys).await;
+    assert_eq!(before[0], before[1], "node 0 and node 1 agree on every key");
+    assert_eq!(before[0], before[2], "node 0 and node 2 agree on every key");
+    assert!(before[0].iter().any(|x| x == "b2"));
+
+    // Delete b2 through the other control plane (its director updated in the same apply).
+    let rev = apply(
+        &cp2.api,
+        dir.path(),
+        &config(&[all[0], all[2]], false),
+        true,
+    );
+    let took = wait_all_applied(&nodes, rev, Duration::from_secs(1)).await;
+    assert!(took < Duration::from_secs(1));
+    let after = maps(&nodes, &keys).await;
+    assert_eq!(after[0], after[1]);
+    assert_eq!(after[0], after[2]);
+    for i in 0..keys.len() {
+        if before[0][i] == "b2" {
+            assert_ne!(after[0][i], "b2");
+        } else {
+            assert_eq!(
+                after[0][i], before[0][i],
+                "key {} moved needlessly",
+                keys[i]
+            );
+        }
+    }
+    let listed = cli(&cp1.api, &["backend", "list", "-o", "json"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("\"b2\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_nodes_serve_from_their_last_state_and_their_cache() {
+    let mut etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
+    let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
+    let mut nodes = vec![
+        Tether::dataplane(&dir.path().join("dp1"), &etcd.urls(), true).await,
+        Tether::dataplane(&dir.path().join("dp2"), &etcd.urls(), true).await,
+    ];
+    let two = config(&[("b1", b[0].addr), ("b2", b[1].addr)], false);
+    let rev = apply(&cp.api, dir.path(), &two, false);
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+    let keys = keys(500);
+    let before = nodes[0].map(&keys).await;
+    assert!(before.iter().any(|x| x == "b1") && before.iter().any(|x| x == "b2"));
+
+    etcd.members[0].kill();
+    for n in &nodes {
+        assert_eq!(
+            n.map(&keys).await,
+            before,
+            "every request served from the last state"
+        );
+    }
+    let out = cli(
+        &cp.api,
+        &["backend", "create", "b9", "--address", "127.0.0.1:9"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unavailable") && err.contains("etcd"), "{err}");
+
+    // A node restarted during the outage serves from its cache.
+    let d2 = nodes[1].dir.clone();
+    drop(nodes.pop());
+    let n2 = Tether::dataplane(&d2, &etcd.urls(), true).await;
+    assert_eq!(n2.state().await["from_cache"], true);
+    assert_eq!(n2.map(&keys).await, before);
+    nodes.push(n2);
+
+    // etcd back: a new change reaches every node.
+    etcd.members[0].restart();
+    etcd.members[0].wait_healthy();
+    let out = support::ok(&cp.api, &["health", "set", "b1", "sick", "-o", "json"]);
+    let rev: i64 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    wait_all_applied(&nodes, rev, Duration::from_secs(20)).await;
+    for n in &nodes {
+        assert!(n.map(&keys).await.iter().all(|x| x == "b2"));
+    }
+    assert_eq!(nodes[1].state().await["from_cache"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_etcd_member_is_survived_and_nothing_is_lost() {
+    let mut etcd = Etcd::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
+    let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
+    let nodes = vec![Tether::dataplane(&dir.path().join("dp"), &etcd.urls(), true).await];
+    let rev = apply(
+        &cp.api,
+        dir.path(),
+        &config(&[("b1", b[0].addr), ("b2", b[1].addr)], false),
+        false,
+    );
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+    // Member 0 is where every client starts: its watch and its calls must move.
+    etcd.members[0].kill();
+    let mut last = rev;
+    for i in 0..5 {
+        let out = support::ok(
+            &cp.api,
+            &[
+                "backend",
+                "create",
+                &format!("x{i}"),
+                "--address",
+                "127.0.0.1:9",
+                "-o",
+                "json",
+            ],
+        );
+        last = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
+            .as_i64()
+            .unwrap();
+    }
+    wait_all_applied(&nodes, last, Duration::from_secs(10)).await;
+    etcd.members[0].restart();
+    etcd.members[0].wait_healthy();
+    let listed = support::ok(&cp.api, &["backend", "list", "-o", "json"]);
+    for i in 0..5 {
+        assert!(listed.contains(&format!("\"x{i}\"")), "{listed}");
+    }
+    assert_eq!(
+        nodes[0].state().await["backends"].as_array().unwrap().len(),
+        7
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_a_node_is_cut_off_ends_in_a_relist_with_the_stored_state() {
+    let mut etcd = Etcd::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
+    let others = format!("{},{}", etcd.members[0].url(), etcd.members[1].url());
+    let cp = ControlPlane::start(&dir.path().join("cp"), &others).await;
+    // The node only knows member 2.
+    let nodes = vec![Tether::dataplane(&dir.path().join("dp"), &etcd.members[2].url(), true).await];
+    let rev = apply(
+        &cp.api,
+        dir.path(),
+        &config(&[("b1", b[0].addr), ("b2", b[1].addr)], false),
+        false,
+    );
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+    etcd.members[2].kill();
+    // Changes it misses: two backends added, one deleted; then history is compacted.
+    support::ok(
+        &cp.api,
+        &["backend", "create", "y1", "--address", "127.0.0.1:9"],
+    );
+    support::ok(
+        &cp.api,
+        &["backend", "create", "y2", "--address", "127.0.0.1:9"],
+    );
+    support::ok(&cp.api, &["backend", "delete", "y1"]);
+    let store = EtcdStore::connect(&EtcdOptions::new(&others)).unwrap();
+    let now = store.revision().await.unwrap();
+    store.compact(now).await.unwrap();
+    etcd.members[2].restart();
+    etcd.members[2].wait_healthy();
+    wait_all_applied(&nodes, now, Duration::from_secs(20)).await;
+    let state = nodes[0].state().await;
+    let mut names: Vec<String> = state["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b1", "b2", "y2"]);
+    let metrics = nodes[0].admin_get("/metrics").await.1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tether_store_relists_total ") && !l.ends_with(" 0")),
+        "the node re-listed: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("relists"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}

@@ -866,3 +866,66 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
     }
     Ok(())
 }
+
+/// Runs `tether nodes`.
+pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = connect(conn).await?;
+    let r = call(c.list_nodes(v1::ListNodesRequest {}).await)?;
+    if conn.output == Output::Json {
+        let nodes: Vec<_> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "proxy": n.proxy, "admin": n.admin,
+                    "applied_revision": n.applied_revision, "fingerprint": n.fingerprint,
+                    "agrees": n.fingerprint == r.majority_fingerprint,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"agree": r.agree, "majority_fingerprint": r.majority_fingerprint, "nodes": nodes})
+        );
+        return Ok(());
+    }
+    let rows: Vec<_> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                if n.proxy.is_empty() {
+                    "-".into()
+                } else {
+                    n.proxy.clone()
+                },
+                n.applied_revision.to_string(),
+                n.fingerprint.clone(),
+                if n.fingerprint == r.majority_fingerprint {
+                    "yes".into()
+                } else {
+                    "DIFFERS".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["NODE", "PROXY", "REVISION", "FINGERPRINT", "AGREES"],
+        &rows,
+    );
+    if r.nodes.is_empty() {
+        println!("no nodes registered");
+    } else if r.agree {
+        println!("all {} nodes agree", r.nodes.len());
+    } else {
+        let differ: Vec<&str> = r
+            .nodes
+            .iter()
+            .filter(|n| n.fingerprint != r.majority_fingerprint)
+            .map(|n| n.id.as_str())
+            .collect();
+        println!("nodes differ from the majority: {}", differ.join(", "));
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The cluster-mode processes on etcd: `tether controlplane` (the API; any number of
-//! replicas) and `tether dataplane` (a proxy node following etcd, with a local snapshot cache).
+//! replicas) and `tether dataplane` (a proxy node following etcd, with a local snapshot cache,
+//! registered under a lease).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,18 @@ pub(crate) struct DataPlaneArgs {
     /// Where the snapshot cache and endpoints.json live.
     #[arg(long, default_value = "tether-dataplane")]
     data_dir: PathBuf,
+    /// This node's id in `tether nodes` (default: host name and proxy port).
+    #[arg(long)]
+    node_id: Option<String>,
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
 }
 
 /// Runs `tether dataplane` until a signal.
@@ -132,6 +145,18 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         etcd = %args.etcd.etcd,
         "tether dataplane"
     );
+    let me = tether_controlplane::nodes::Identity {
+        id: args.node_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                host_name(),
+                proxy_l.local_addr().map_or(0, |a| a.port())
+            )
+        }),
+        proxy: format!("http://{}", proxy_l.local_addr()?),
+        admin: format!("http://{}", admin_l.local_addr()?),
+    };
+    tether_dataplane::config::validate_name(&me.id).context("--node-id")?;
     let rt = Runtime::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -143,6 +168,13 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let opts = follow::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
     };
+    let registration = tokio::spawn(tether_controlplane::nodes::register(
+        store.clone(),
+        layout.clone(),
+        Arc::clone(&rt),
+        me,
+        stopped(),
+    ));
     let follower = tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
     let threads = proxy::serve_on_threads(
@@ -153,7 +185,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     )?;
     process::signal().await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task);
+    let _ = tokio::join!(follower, admin_task, registration);
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

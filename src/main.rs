@@ -64,6 +64,8 @@ enum Command {
     Apply(client::ApplyArgs),
     /// Stream every configuration change.
     Watch(client::WatchArgs),
+    /// Data-plane nodes, and whether they agree on their routing state.
+    Nodes,
     /// A tiny HTTP server answering with its name (quickstart and benchmark upstream).
     Echo(echo::Args),
 }
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
             Command::Health { op } => client::health(&conn, op).await,
             Command::Apply(args) => client::apply(&conn, args).await,
             Command::Watch(args) => client::watch(&conn, args).await,
+            Command::Nodes => client::nodes(&conn).await,
             Command::Echo(args) => echo::run(args).await,
         }
     });

@@ -93,6 +93,31 @@ async fn every_node_routes_every_key_alike_and_a_deletion_moves_only_its_keys() 
     }
     let listed = cli(&cp1.api, &["backend", "list", "-o", "json"]);
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("\"b2\""));
+
+    // Every node is registered, at the same revision, with the same routing fingerprint.
+    let start = Instant::now();
+    loop {
+        let out = support::ok(&cp2.api, &["nodes", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let at_rev = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["applied_revision"].as_i64() == Some(rev))
+            .count();
+        if at_rev == 3 && v["agree"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nodes never agreed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The table form lists the nodes that are left.
+    drop(nodes.pop());
+    let table = support::ok(&cp2.api, &["nodes"]);
+    assert!(table.contains("NODE"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

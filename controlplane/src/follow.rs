@@ -70,6 +70,22 @@ pub fn commit_time(layout: &Layout, batch: &WatchBatch) -> Option<SystemTime> {
     })
 }
 
+/// Whether a batch changes a resource (rather than only node records or the serial key).
+fn touches_config(layout: &Layout, batch: &WatchBatch) -> bool {
+    batch.events.iter().any(|e| {
+        matches!(
+            layout.parse(e.key()),
+            Some((
+                tether_proto::keys::Kind::Backend
+                    | tether_proto::keys::Kind::Probe
+                    | tether_proto::keys::Kind::Director
+                    | tether_proto::keys::Kind::Route,
+                _
+            ))
+        )
+    })
+}
+
 /// Why the cache file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -296,6 +312,12 @@ pub async fn run<S: Store>(
                         "the store's revision went backwards (restored?); listing again"
                     );
                     break;
+                }
+                Some(Ok(b)) if !touches_config(&layout, &b) => {
+                    // Node registrations and the like: nothing to rebuild.
+                    s.revision = b.revision;
+                    rt.saw_revision(b.revision);
+                    rt.mark_confirmed();
                 }
                 Some(Ok(b)) => {
                     let committed = commit_time(&layout, &b);

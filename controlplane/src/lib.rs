@@ -15,7 +15,9 @@
 //!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens;
 //!   [`server`] serves it all with the health and reflection services;
 //! - [`follow`]: keeps a data-plane [`tether_dataplane::runtime::Runtime`] on the store's
-//!   latest revision (list, then watch).
+//!   latest revision (list, then watch), with a local snapshot cache;
+//! - [`nodes`]: data-plane registration under a lease (cluster mode) and the agreement check
+//!   of `tether nodes`.
 //!
 //! Data flow (write): request → [`service`] loads a [`state::State`] → changes a copy →
 //! [`convert::validate`] → one [`store::Txn`]. (Read side): [`store::Store::watch`] →
@@ -27,6 +29,7 @@ pub mod declarative;
 pub mod duration;
 pub mod error;
 pub mod follow;
+pub mod nodes;
 pub mod pattern;
 pub mod server;
 pub mod service;

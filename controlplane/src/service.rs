@@ -461,6 +461,35 @@ impl<S: Store> Api<S> {
         })
     }
 
+    async fn list_nodes(&self) -> Result<v1::ListNodesResponse, ApiError> {
+        let listing = self.store.list(&self.layout.dir(Kind::Node)).await?;
+        let mut nodes = Vec::new();
+        for kv in &listing.kvs {
+            use prost::Message;
+            match v1::Node::decode(kv.value.as_slice()) {
+                Ok(n) => nodes.push(n),
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "node record does not decode"),
+            }
+        }
+        if let Some(rt) = &self.live {
+            // `tether up`: the data plane in this process is the one node.
+            nodes.push(crate::nodes::record(
+                &crate::nodes::Identity {
+                    id: "local".into(),
+                    proxy: String::new(),
+                    admin: String::new(),
+                },
+                rt,
+            ));
+        }
+        let (agree, majority_fingerprint) = crate::nodes::agreement(&nodes);
+        Ok(v1::ListNodesResponse {
+            nodes,
+            agree,
+            majority_fingerprint,
+        })
+    }
+
     fn watch_events(&self, batch: crate::store::WatchBatch) -> v1::WatchResponse {
         let mut events = Vec::new();
         for e in batch.events {
@@ -824,6 +853,10 @@ impl<S: Store> Tether for Api<S> {
     }
     async fn explain(&self, r: Request<v1::ExplainRequest>) -> Resp<v1::ExplainResponse> {
         ok(Api::explain(self, r.into_inner()).await)
+    }
+
+    async fn list_nodes(&self, _: Request<v1::ListNodesRequest>) -> Resp<v1::ListNodesResponse> {
+        ok(Api::list_nodes(self).await)
     }
 
     type WatchStream = WatchStream;

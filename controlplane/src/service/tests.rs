@@ -290,17 +290,28 @@ impl Store for Small {
     async fn revision(&self) -> Result<i64, crate::store::StoreError> {
         self.0.revision().await
     }
-    async fn get(&self, key: &str) -> Result<Option<crate::store::KeyValue>, crate::store::StoreError> {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::store::KeyValue>, crate::store::StoreError> {
         self.0.get(key).await
     }
     async fn list(&self, prefix: &str) -> Result<crate::store::Listing, crate::store::StoreError> {
         self.0.list(prefix).await
     }
     async fn txn(&self, txn: crate::store::Txn) -> Result<TxnOutcome, crate::store::StoreError> {
-        assert!(txn.ops.len() <= 5, "a part exceeds the limit: {}", txn.ops.len());
+        assert!(
+            txn.ops.len() <= 5,
+            "a part exceeds the limit: {}",
+            txn.ops.len()
+        );
         self.0.txn(txn).await
     }
-    async fn watch(&self, prefix: &str, from: i64) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+    ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
         self.0.watch(prefix, from).await
     }
     async fn compact(&self, revision: i64) -> Result<(), crate::store::StoreError> {
@@ -317,12 +328,18 @@ async fn a_write_too_large_for_one_transaction_is_split_into_valid_parts() {
     let api = Api::new(Small(store.clone()), Layout::default(), None);
     let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let backends: Vec<_> = (0..12).map(|i| backend(&names[i], 9000 + i as u16)).collect();
+    let backends: Vec<_> = (0..12)
+        .map(|i| backend(&names[i], 9000 + i as u16))
+        .collect();
     let r = api
         .apply(apply_req(backends.clone(), vec![shard("d", &refs)]))
         .await
         .unwrap();
-    assert!(r.revision >= 4, "13 resources in parts of 4: {}", r.revision);
+    assert!(
+        r.revision >= 4,
+        "13 resources in parts of 4: {}",
+        r.revision
+    );
     // Replace the set: half the backends go, the director shrinks; also split.
     let mut req = apply_req(backends[..6].to_vec(), vec![shard("d", &refs[..6])]);
     req.prune = true;

@@ -342,6 +342,59 @@ impl EtcdStore {
     }
 }
 
+/// Leases, for node registration (not part of [`Store`]: only etcd has them).
+impl EtcdStore {
+    /// Grants a lease of `ttl` seconds; its id.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        self.read("lease grant", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let r = self.request(pb::LeaseGrantRequest { ttl, id: 0 });
+            async move { c.lease_grant(r).await.map(|r| r.into_inner().id) }
+        })
+        .await
+    }
+
+    /// Renews a lease once; its remaining TTL (0: the lease is gone, grant a new one).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        self.read("lease keepalive", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let (tx, rx) = mpsc::channel(1);
+            let r = self.request(ReceiverStream::new(rx));
+            async move {
+                tx.send(pb::LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(|_| Status::unavailable("keepalive not sent"))?;
+                let mut s = c.lease_keep_alive(r).await?.into_inner();
+                match s.message().await? {
+                    Some(resp) => Ok(resp.ttl),
+                    None => Err(Status::unavailable("keepalive stream ended")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Puts `key` bound to a lease (deleted when the lease expires).
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(), StoreError> {
+        self.read("put", |i| {
+            let mut kv = self.kv(i);
+            let r = self.request(pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.clone(),
+                lease,
+                ..Default::default()
+            });
+            async move { kv.put(r).await.map(|_| ()) }
+        })
+        .await
+    }
+}
+
 impl Store for EtcdStore {
     async fn revision(&self) -> Result<i64, StoreError> {
         let r = self

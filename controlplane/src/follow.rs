@@ -177,8 +177,9 @@ pub fn read_cache(path: &Path) -> Result<Option<State>, CacheError> {
 /// Applies a state to the runtime; false when it does not validate or build.
 fn apply(rt: &Runtime, state: &State) -> bool {
     rt.saw_revision(state.revision);
-    match convert::validate(&state.resources()) {
-        Ok(v) => match rt.apply(state.revision, v.config) {
+    let current = rt.snapshot();
+    match convert::validate_with(&state.resources(), Some(&current.directors)) {
+        Ok(v) => match rt.install(state.revision, v.config, v.directors) {
             Ok(()) => {
                 tracing::debug!(revision = state.revision, "applied");
                 true

@@ -38,6 +38,9 @@ pub struct Api<S> {
     store: S,
     layout: Layout,
     live: Option<Arc<Runtime>>,
+    /// Directors of the last configuration this replica validated: handed to the next
+    /// validation so unchanged shard rings are reused rather than rebuilt.
+    last_built: Arc<std::sync::Mutex<Option<Arc<Directors>>>>,
 }
 
 /// What a write did.
@@ -57,6 +60,7 @@ impl<S: Store> Api<S> {
             store,
             layout,
             live,
+            last_built: Arc::default(),
         }
     }
 
@@ -86,7 +90,8 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
-            convert::validate(&new.resources())?;
+            let validated = self.validate(&new)?;
+            self.remember(validated);
             let ops = old.diff_ops(&new, &self.layout);
             let mut revision = old.revision;
             if ops.is_empty() || dry_run {
@@ -140,6 +145,25 @@ impl<S: Store> Api<S> {
             });
         }
         Err(ApiError::Contended)
+    }
+
+    /// Validates a whole configuration, reusing the last build's rings.
+    fn validate(&self, state: &State) -> Result<convert::Validated, ApiError> {
+        let prev = self
+            .last_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let v = convert::validate_with(&state.resources(), prev.as_deref())?;
+        Ok(v)
+    }
+
+    /// Remembers a validated configuration's directors for the next validation.
+    fn remember(&self, v: convert::Validated) {
+        *self
+            .last_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(v.directors));
     }
 
     async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
@@ -290,7 +314,12 @@ impl<S: Store> Api<S> {
                 Ok(changes)
             })
             .await?;
-        let keys_moved = keys_moved(&w.old, &w.new);
+        let prev = self
+            .last_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let keys_moved = keys_moved(&w.old, &w.new, prev.as_deref());
         Ok(v1::ApplyResponse {
             revision: w.revision,
             changes: w.value,
@@ -379,7 +408,7 @@ impl<S: Store> Api<S> {
                 });
             }
         } else {
-            let v = convert::validate(&self.load().await?.resources())?;
+            let v = self.validate(&self.load().await?)?;
             for spec in &v.config.backends {
                 let addrs: Vec<_> = spec.addresses().cloned().collect();
                 if !keep(&spec.name, &addrs) {
@@ -444,7 +473,7 @@ impl<S: Store> Api<S> {
             }
             None => {
                 let state = self.load().await?;
-                let v = convert::validate(&state.resources())?;
+                let v = self.validate(&state)?;
                 let health = AdminOnly(&v.config);
                 (
                     snapshot::explain(&v.config, &v.directors, &health, target, &req.key, n)
@@ -687,10 +716,10 @@ impl HealthView for AllHealthy {
 
 /// For each shard director in both states whose configuration changed, the share of sampled
 /// keys whose backend differs (all backends taken as healthy).
-fn keys_moved(old: &State, new: &State) -> Vec<v1::KeysMoved> {
+fn keys_moved(old: &State, new: &State, prev: Option<&Directors>) -> Vec<v1::KeysMoved> {
     let (Ok(a), Ok(b)) = (
-        convert::validate(&old.resources()),
-        convert::validate(&new.resources()),
+        convert::validate_with(&old.resources(), prev),
+        convert::validate_with(&new.resources(), prev),
     ) else {
         return Vec::new();
     };

@@ -45,7 +45,10 @@ pub fn handle(rt: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "not ready: no full snapshot applied yet\n".into(),
         ),
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(rt)),
-        "/state" => json(StatusCode::OK, &state(rt)),
+        "/state" => json(
+            StatusCode::OK,
+            &state(rt, req.uri().query() != Some("backends=false")),
+        ),
         "/explain" => explain(rt, req.uri().query().unwrap_or("")),
         _ => reply(
             StatusCode::NOT_FOUND,
@@ -122,13 +125,16 @@ fn explain(rt: &Runtime, q: &str) -> Response<Full<Bytes>> {
     }
 }
 
-fn state(rt: &Runtime) -> serde_json::Value {
+/// The state as JSON; `with_backends: false` (`/state?backends=false`) leaves out the
+/// per-backend list, which is large at thousands of backends.
+fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
     let snap = rt.snapshot();
     let backends: Vec<_> = snap
         .config
         .backends
         .iter()
         .zip(&snap.backends)
+        .filter(|_| with_backends)
         .map(|(spec, st)| {
             serde_json::json!({
                 "name": spec.name,

@@ -130,8 +130,19 @@ impl Runtime {
     /// Builds and swaps in the snapshot of `revision`. Must run inside a tokio runtime (it
     /// starts probe loops). On error the current snapshot stays.
     pub fn apply(&self, revision: i64, config: Config) -> Result<(), BuildError> {
+        let directors = Directors::build(&config, Some(&self.snapshot().directors))?;
+        self.install(revision, config, directors)
+    }
+
+    /// [`Runtime::apply`] with directors already built from `config` (by a caller that built
+    /// them to validate it, reusing this runtime's current directors as `prev`).
+    pub fn install(
+        &self,
+        revision: i64,
+        config: Config,
+        directors: Directors,
+    ) -> Result<(), BuildError> {
         let prev = self.snapshot();
-        let directors = Directors::build(&config, Some(&prev.directors))?;
         let route_directors = config
             .routes
             .iter()

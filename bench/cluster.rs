@@ -1,0 +1,215 @@
+//! Cluster-mode figures for docs/benchmarks.md (run by `bench/cluster.sh`, which starts etcd, a
+//! control plane and three data planes and passes their addresses):
+//!
+//! 1. propagation: from an API call returning to all data planes having applied it, over 200
+//!    changes (p50, p99, max);
+//! 2. 10,000 backends in one shard director: the Apply, the time to list and build from
+//!    scratch, and to apply a one-backend change (in this process, with the data plane's own
+//!    code), and the propagation of a one-backend change at that size.
+//!
+//! Usage: cluster API ETCD ADMIN_URL...
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tether_controlplane::convert;
+use tether_controlplane::state::State;
+use tether_controlplane::store::Store;
+use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
+use tether_dataplane::runtime::Runtime;
+use tether_proto::keys::Layout;
+use tether_proto::v1::{self, tether_client::TetherClient};
+
+type Http = Client<HttpConnector, Empty<Bytes>>;
+
+async fn applied(http: &Http, admin: &str) -> i64 {
+    let Ok(resp) = http
+        .get(
+            format!("{admin}/state?backends=false")
+                .parse()
+                .expect("url"),
+        )
+        .await
+    else {
+        return 0;
+    };
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["applied_revision"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Waits until every data plane applied `rev`; the time since `since`.
+async fn all_applied(http: &Http, admins: &[String], rev: i64, since: Instant) -> Duration {
+    for a in admins {
+        while applied(http, a).await < rev {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "{a} never applied {rev}"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    since.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn backend(i: usize) -> v1::Backend {
+    v1::Backend {
+        name: format!("b{i}"),
+        address: format!("10.{}.{}.{}:80", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        ..Default::default()
+    }
+}
+
+fn director(n: usize) -> v1::Director {
+    v1::Director {
+        name: "users".into(),
+        revision: 0,
+        policy: Some(v1::director::Policy::Shard(v1::Shard::default())),
+        members: (0..n)
+            .map(|i| v1::Member {
+                target: Some(v1::member::Target::Backend(format!("b{i}"))),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (api, etcd, admins) = (args[0].clone(), args[1].clone(), args[2..].to_vec());
+    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let mut c = TetherClient::connect(api)
+        .await?
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+
+    // 1. Propagation of small changes.
+    c.apply(v1::ApplyRequest {
+        backends: (0..3).map(backend).collect(),
+        directors: vec![director(3)],
+        prune: true,
+        ..Default::default()
+    })
+    .await?;
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let mut b = backend(0);
+        b.weight = Some(1.0 + f64::from(i % 7));
+        let start = Instant::now();
+        let rev = c
+            .update_backend(v1::UpdateBackendRequest { backend: Some(b) })
+            .await?
+            .into_inner()
+            .revision;
+        times.push(all_applied(&http, &admins, rev, start).await);
+    }
+    times.sort();
+    println!(
+        "propagation to {} data planes, 200 changes: p50 {:.2?}  p99 {:.2?}  max {:.2?}",
+        admins.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+
+    // 2. 10,000 backends in one shard director.
+    let n = 10_000;
+    let start = Instant::now();
+    let rev = c
+        .apply(v1::ApplyRequest {
+            backends: (0..n).map(backend).collect(),
+            directors: vec![director(n)],
+            prune: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .revision;
+    let api_done = start.elapsed();
+    let all = all_applied(&http, &admins, rev, start).await;
+    println!(
+        "apply of {n} backends + director: API {api_done:.2?}, applied on every node after {all:.2?}"
+    );
+
+    // In this process, with the data plane's code: list and build from scratch, then apply a
+    // one-backend change.
+    let store = EtcdStore::connect(&EtcdOptions::new(&etcd))?;
+    let layout = Layout::default();
+    let rt = Runtime::new();
+    let mut builds = Vec::new();
+    let mut state = State::default();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let listing = store.list(layout.root()).await?;
+        let (s, _) = State::from_listing(&layout, &listing);
+        let v = convert::validate(&s.resources())?;
+        rt.apply(s.revision, v.config)?;
+        builds.push(t.elapsed());
+        state = s;
+    }
+    builds.sort();
+    println!("list + build from scratch at {n}: median {:.2?}", builds[2]);
+    let mut changes = Vec::new();
+    for i in 0..20 {
+        let mut s = state.clone();
+        if let Some(b) = s.backends.get_mut("b17") {
+            b.weight = Some(2.0 + f64::from(i));
+        }
+        s.revision += 1;
+        let t = Instant::now();
+        let current = rt.snapshot();
+        let v = convert::validate_with(&s.resources(), Some(&current.directors))?;
+        let validated = t.elapsed();
+        rt.install(s.revision, v.config, v.directors)?;
+        changes.push(t.elapsed());
+        if i == 19 {
+            println!(
+                "  (last change: convert + validate {validated:.2?}, install {:.2?})",
+                t.elapsed() - validated
+            );
+        }
+        state = s;
+    }
+    changes.sort();
+    println!(
+        "one-backend change at {n} (convert + validate + build reusing rings + swap): median {:.2?}, max {:.2?}",
+        changes[10], changes[19]
+    );
+
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let mut b = backend(17);
+        b.weight = Some(3.0 + f64::from(i));
+        let start = Instant::now();
+        let rev = c
+            .update_backend(v1::UpdateBackendRequest { backend: Some(b) })
+            .await?
+            .into_inner()
+            .revision;
+        times.push(all_applied(&http, &admins, rev, start).await);
+    }
+    times.sort();
+    println!(
+        "one-backend change at {n}, API call to every node applied: p50 {:.2?}  max {:.2?}",
+        percentile(&times, 0.5),
+        times[times.len() - 1]
+    );
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! The cluster-mode processes on etcd: `tether controlplane` (the API; any number of
-//! replicas) and `tether dataplane` (a proxy node following etcd, with a local snapshot cache,
-//! registered under a lease).
+//! replicas) and `tether dataplane` (a proxy node following etcd — registered under a lease —
+//! or a control plane's Watch stream, with a local snapshot cache).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tether_controlplane::service::Api;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
+use tether_controlplane::store::remote::RemoteStore;
 use tether_controlplane::{follow, server};
 use tether_dataplane::runtime::Runtime;
 use tether_dataplane::{admin, proxy};
@@ -22,7 +23,7 @@ use crate::process;
 pub(crate) struct EtcdArgs {
     /// etcd client URLs, comma-separated (as http://127.0.0.1:2379,http://10.0.0.2:2379).
     #[arg(long, env = "TETHER_ETCD", value_name = "URLS")]
-    etcd: String,
+    etcd: Option<String>,
     /// etcd user, when etcd has authentication enabled (password in TETHER_ETCD_PASSWORD).
     #[arg(long, env = "TETHER_ETCD_USER")]
     etcd_user: Option<String>,
@@ -41,7 +42,10 @@ pub(crate) struct EtcdArgs {
 
 impl EtcdArgs {
     fn connect(&self) -> anyhow::Result<(EtcdStore, Layout)> {
-        let mut opts = EtcdOptions::new(&self.etcd);
+        let Some(urls) = &self.etcd else {
+            bail!("--etcd URLS is required");
+        };
+        let mut opts = EtcdOptions::new(urls);
         if opts.endpoints.is_empty() {
             bail!("--etcd: no endpoint given");
         }
@@ -55,6 +59,7 @@ impl EtcdArgs {
 
 /// Arguments of `tether controlplane`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("store").required(true).args(["etcd"])))]
 pub(crate) struct ControlPlaneArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
@@ -81,7 +86,7 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(d)?;
         process::write_endpoints(d, &[("api", &api_l)])?;
     }
-    tracing::info!(api = %format!("http://{}", api_l.local_addr()?), etcd = %args.etcd.etcd, "tether controlplane");
+    tracing::info!(api = %format!("http://{}", api_l.local_addr()?), etcd = ?args.etcd.etcd, "tether controlplane");
     let api = Api::new(store, layout, None);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, async move {
@@ -102,9 +107,22 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
 
 /// Arguments of `tether dataplane`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["etcd", "controlplane"])))]
 pub(crate) struct DataPlaneArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Follow a control plane's Watch stream instead of etcd (no etcd credentials needed;
+    /// the node is then not registered for `tether nodes`).
+    #[arg(long, value_name = "URL", conflicts_with = "etcd")]
+    controlplane: Option<String>,
+    /// Bearer token for --controlplane (read-only is enough).
+    #[arg(
+        long,
+        env = "TETHER_TOKEN",
+        hide_env_values = true,
+        requires = "controlplane"
+    )]
+    token: Option<String>,
     /// HTTP proxy address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     proxy: SocketAddr,
@@ -133,7 +151,6 @@ fn host_name() -> String {
 
 /// Runs `tether dataplane` until a signal.
 pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
-    let (store, layout) = args.etcd.connect()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let proxy_l = process::bind(args.proxy, "proxy").await?;
@@ -142,7 +159,8 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     tracing::info!(
         proxy = %format!("http://{}", proxy_l.local_addr()?),
         admin = %format!("http://{}", admin_l.local_addr()?),
-        etcd = %args.etcd.etcd,
+        etcd = ?args.etcd.etcd,
+        controlplane = ?args.controlplane,
         "tether dataplane"
     );
     let me = tether_controlplane::nodes::Identity {
@@ -168,14 +186,29 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let opts = follow::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
     };
-    let registration = tokio::spawn(tether_controlplane::nodes::register(
-        store.clone(),
-        layout.clone(),
-        Arc::clone(&rt),
-        me,
-        stopped(),
-    ));
-    let follower = tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
+    let (follower, registration) = match &args.controlplane {
+        Some(url) => {
+            let layout = Layout::new(&args.etcd.prefix)?;
+            let store = RemoteStore::connect(url, args.token.as_deref(), layout.clone())
+                .context("--controlplane")?;
+            let follower =
+                tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
+            (follower, None)
+        }
+        None => {
+            let (store, layout) = args.etcd.connect()?;
+            let registration = tokio::spawn(tether_controlplane::nodes::register(
+                store.clone(),
+                layout.clone(),
+                Arc::clone(&rt),
+                me,
+                stopped(),
+            ));
+            let follower =
+                tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
+            (follower, Some(registration))
+        }
+    };
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
     let threads = proxy::serve_on_threads(
         proxy_l.into_std()?,
@@ -185,7 +218,10 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     )?;
     process::signal().await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task, registration);
+    let _ = tokio::join!(follower, admin_task);
+    if let Some(r) = registration {
+        let _ = r.await;
+    }
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

@@ -2,7 +2,8 @@
 //!
 //! Binds the API, proxy and admin listeners (loopback by default), opens the store in the data
 //! directory, optionally applies a declarative file, writes the bound addresses to
-//! `<data-dir>/endpoints.json`, then runs four tasks until Ctrl-C or SIGTERM: the gRPC server, the follower that turns each store revision into a snapshot, the
+//! `<data-dir>/endpoints.json`, then runs its tasks until Ctrl-C or SIGTERM (and compacts the
+//! store's history to the last 10,000 revisions once a minute): the gRPC server, the follower that turns each store revision into a snapshot, the
 //! proxy and the admin listener.
 
 use std::net::SocketAddr;
@@ -51,6 +52,31 @@ pub(crate) struct Args {
     /// Key prefix in the store.
     #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
     prefix: String,
+}
+
+/// Revisions of history the embedded store keeps for watches that resume (older ones are
+/// compacted; a watcher that far behind lists again).
+const HISTORY: i64 = 10_000;
+
+/// Compacts the embedded store's history once a minute, keeping the last [`HISTORY`] revisions.
+async fn compact_history(store: EmbeddedStore, shutdown: impl std::future::Future<Output = ()>) {
+    use tether_controlplane::store::Store;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            () = &mut shutdown => return,
+        }
+        match store.revision().await {
+            Ok(r) if r > HISTORY => {
+                if let Err(e) = store.compact(r - HISTORY).await {
+                    tracing::warn!(error = %e, "compacting the store's history failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the store's revision failed"),
+        }
+    }
 }
 
 /// Runs `tether up` until a signal.
@@ -115,6 +141,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         proxy_stop,
     )?;
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
+    let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
     let early = tokio::select! {
         () = process::signal() => None,
@@ -122,7 +149,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task);
+    let _ = tokio::join!(follower, admin_task, compactor);
     for t in proxy_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

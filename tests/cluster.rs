@@ -277,3 +277,55 @@ async fn compaction_while_a_node_is_cut_off_ends_in_a_relist_with_the_stored_sta
             .join("; ")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_needs_the_user_and_password() {
+    use tether_proto::etcd::etcdserverpb as pb;
+    let etcd = Etcd::start(1);
+    let channel = tonic::transport::Channel::from_shared(etcd.members[0].url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut auth = pb::auth_client::AuthClient::new(channel);
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "root-password".into(),
+        options: None,
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b1").await;
+    // Without credentials every call is refused, with a clear message.
+    let anon = ControlPlane::start(&dir.path().join("anon"), &etcd.urls()).await;
+    let out = cli(
+        &anon.api,
+        &["backend", "create", "b1", "--address", &b.addr.to_string()],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd"), "{err}");
+    // With them, the control plane writes and a data plane follows.
+    let creds = [
+        ("TETHER_ETCD_USER", "root"),
+        ("TETHER_ETCD_PASSWORD", "root-password"),
+    ];
+    let cp = ControlPlane::start_env(&dir.path().join("cp"), &etcd.urls(), &creds).await;
+    let node = Tether::dataplane_env(&dir.path().join("dp"), &etcd.urls(), true, &creds).await;
+    let rev = apply(
+        &cp.api,
+        dir.path(),
+        &config(&[("b1", b.addr)], false),
+        false,
+    );
+    wait_all_applied(&[node], rev, Duration::from_secs(5)).await;
+}

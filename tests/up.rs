@@ -209,3 +209,29 @@ async fn a_change_that_leaves_a_backend_unchanged_does_not_reconnect_to_it() {
     assert!(moved_b1.accepted() >= 1);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_can_follow_the_control_plane_instead_of_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = futures_join(["b1", "b2", "b3"]).await;
+    let t = Tether::up(&dir.path().join("up"), &[]).await;
+    let node = Tether::dataplane_from(&dir.path().join("dp"), &t.api).await;
+    let rev = t.apply(&config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        false,
+    ));
+    t.wait_applied(rev).await;
+    node.wait_applied(rev).await;
+    let keys = keys(1000);
+    let here = t.map(&keys).await;
+    assert_eq!(
+        node.map(&keys).await,
+        here,
+        "both proxies route every key alike"
+    );
+    t.ok(&["health", "set", "b1", "sick"]);
+    t.wait_health("b1", false).await;
+    node.wait_health("b1", false).await;
+    assert_eq!(node.map(&keys).await, t.map(&keys).await);
+    assert!(node.map(&keys).await.iter().all(|x| x != "b1"));
+}

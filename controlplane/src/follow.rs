@@ -105,7 +105,7 @@ pub enum CacheError {
 const CACHE_MAGIC: &[u8; 8] = b"TTHRSNP1";
 
 fn encode_cache(state: &State) -> Vec<u8> {
-    let cached = v1::CachedState {
+    let cached = v1::ConfigSnapshot {
         revision: state.revision,
         backends: state.backends.values().cloned().collect(),
         probes: state.probes.values().cloned().collect(),
@@ -126,7 +126,7 @@ fn decode_cache(path: &Path, bytes: &[u8]) -> Result<State, CacheError> {
     if rest.len() < 32 || Sha256::digest(&rest[32..]).as_slice() != &rest[..32] {
         return Err(damaged());
     }
-    let c = v1::CachedState::decode(&rest[32..]).map_err(|_| damaged())?;
+    let c = v1::ConfigSnapshot::decode(&rest[32..]).map_err(|_| damaged())?;
     let mut s = State {
         revision: c.revision,
         ..State::default()

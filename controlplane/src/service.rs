@@ -490,6 +490,17 @@ impl<S: Store> Api<S> {
         })
     }
 
+    async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
+        let s = self.load().await?;
+        Ok(v1::ConfigSnapshot {
+            revision: s.revision,
+            backends: s.backends.into_values().collect(),
+            probes: s.probes.into_values().collect(),
+            directors: s.directors.into_values().collect(),
+            routes: s.routes.into_values().collect(),
+        })
+    }
+
     async fn list_nodes(&self) -> Result<v1::ListNodesResponse, ApiError> {
         let listing = self.store.list(&self.layout.dir(Kind::Node)).await?;
         let mut nodes = Vec::new();
@@ -882,6 +893,10 @@ impl<S: Store> Tether for Api<S> {
     }
     async fn explain(&self, r: Request<v1::ExplainRequest>) -> Resp<v1::ExplainResponse> {
         ok(Api::explain(self, r.into_inner()).await)
+    }
+
+    async fn get_snapshot(&self, _: Request<v1::GetSnapshotRequest>) -> Resp<v1::ConfigSnapshot> {
+        ok(self.snapshot().await)
     }
 
     async fn list_nodes(&self, _: Request<v1::ListNodesRequest>) -> Resp<v1::ListNodesResponse> {

@@ -103,11 +103,21 @@ impl Drop for Backend {
 /// Spawns the binary with `args`, waits for `<dir>/endpoints.json`, and returns the child and
 /// the endpoints.
 pub async fn spawn_with_endpoints(dir: &Path, args: &[&str]) -> (Child, serde_json::Value) {
+    spawn_env(dir, args, &[]).await
+}
+
+/// [`spawn_with_endpoints`] with extra environment variables.
+pub async fn spawn_env(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, serde_json::Value) {
     std::fs::create_dir_all(dir).unwrap();
     let endpoints = dir.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
     let child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -153,6 +163,11 @@ impl Tether {
     /// Starts `tether dataplane` following etcd, with its cache in `dir`. Waits until ready
     /// unless `wait` is false (etcd down and no cache).
     pub async fn dataplane(dir: &Path, etcd: &str, wait: bool) -> Tether {
+        Tether::dataplane_env(dir, etcd, wait, &[]).await
+    }
+
+    /// [`Tether::dataplane`] with extra environment variables.
+    pub async fn dataplane_env(dir: &Path, etcd: &str, wait: bool, env: &[(&str, &str)]) -> Tether {
         let d = dir.to_str().unwrap();
         let args = [
             "dataplane",
@@ -167,12 +182,32 @@ impl Tether {
             "--data-dir",
             d,
         ];
-        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        let (child, v) = spawn_env(dir, &args, env).await;
         if wait {
             Tether::ready(child, dir, &v).await
         } else {
             Tether::new(child, dir, &v)
         }
+    }
+
+    /// Starts `tether dataplane` following the control plane at `api` (its Watch stream).
+    pub async fn dataplane_from(dir: &Path, api: &str) -> Tether {
+        let d = dir.to_str().unwrap();
+        let args = [
+            "dataplane",
+            "--controlplane",
+            api,
+            "--proxy",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--proxy-threads",
+            "1",
+            "--data-dir",
+            d,
+        ];
+        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        Tether::ready(child, dir, &v).await
     }
 
     fn new(child: Child, dir: &Path, v: &serde_json::Value) -> Tether {
@@ -353,6 +388,11 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(dir: &Path, etcd: &str) -> ControlPlane {
+        ControlPlane::start_env(dir, etcd, &[]).await
+    }
+
+    /// [`ControlPlane::start`] with extra environment variables.
+    pub async fn start_env(dir: &Path, etcd: &str, env: &[(&str, &str)]) -> ControlPlane {
         let d = dir.to_str().unwrap();
         let args = [
             "controlplane",
@@ -363,27 +403,24 @@ impl ControlPlane {
             "--endpoints-dir",
             d,
         ];
-        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        let (child, v) = spawn_env(dir, &args, env).await;
         let api = v["api"].as_str().unwrap().to_owned();
-        // Serving once a read answers (etcd reachable or not, the server is up).
+        // Killed on drop even if the wait below panics.
+        let cp = ControlPlane { child, api };
+        // Serving once a call gets an answer from it (whatever the store says).
         let start = Instant::now();
-        while Command::new(BIN)
-            .args(["backend", "list", "--server", &api])
-            .output()
-            .map(|o| {
-                o.status.code() == Some(0)
-                    || String::from_utf8_lossy(&o.stderr).contains("Unavailable")
-            })
-            .ok()
-            != Some(true)
-        {
+        loop {
+            let out = cli(&cp.api, &["backend", "list"]);
+            if !String::from_utf8_lossy(&out.stderr).contains("cannot reach the Tether API") {
+                break;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "controlplane never answered"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        ControlPlane { child, api }
+        cp
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod remote;
 
 /// One stored key.
 #[derive(Debug, Clone, PartialEq, Eq)]

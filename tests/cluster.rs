@@ -329,3 +329,67 @@ async fn etcd_with_authentication_needs_the_user_and_password() {
     );
     wait_all_applied(&[node], rev, Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_object_written_behind_our_back_is_left_out_not_wedging() {
+    use prost::Message;
+    let etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
+    let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
+    let nodes = vec![Tether::dataplane(&dir.path().join("dp"), &etcd.urls(), true).await];
+    let rev = apply(
+        &cp.api,
+        dir.path(),
+        &config(&[("b1", b[0].addr), ("b2", b[1].addr)], false),
+        false,
+    );
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+    // Something other than a control plane writes a backend without a port.
+    let store = EtcdStore::connect(&EtcdOptions::new(&etcd.urls())).unwrap();
+    let bad = tether_proto::v1::Backend {
+        name: "bad".into(),
+        address: "nowhere".into(),
+        ..Default::default()
+    };
+    let out = store
+        .txn(tether_controlplane::store::Txn {
+            compares: vec![],
+            ops: vec![tether_controlplane::store::Op::Put(
+                "/tether/v1/backends/bad".into(),
+                bad.encode_to_vec(),
+            )],
+            witness: None,
+        })
+        .await
+        .unwrap();
+    let tether_controlplane::store::TxnOutcome::Committed { revision } = out else {
+        panic!("{out:?}")
+    };
+    wait_all_applied(&nodes, revision, Duration::from_secs(5)).await;
+    // Later changes still go through the control plane and reach the node.
+    let out = support::ok(&cp.api, &["health", "set", "b1", "sick", "-o", "json"]);
+    let rev: i64 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
+    assert!(nodes[0].map(&keys(100)).await.iter().all(|x| x == "b2"));
+    let metrics = nodes[0].admin_get("/metrics").await.1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tether_invalid_objects_total ") && !l.ends_with(" 0")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("invalid"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let state = nodes[0].state().await;
+    assert_eq!(
+        state["backends"].as_array().unwrap().len(),
+        2,
+        "the bad one is left out"
+    );
+}

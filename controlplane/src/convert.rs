@@ -173,6 +173,56 @@ pub fn validate_with(set: &Resources, prev: Option<&Directors>) -> Result<Valida
     Ok(Validated { config, directors })
 }
 
+/// Most objects [`validate_leaving_out`] leaves out before it gives up.
+const MAX_LEFT_OUT: usize = 64;
+
+/// [`validate_with`], leaving out objects that `may_leave_out` allows (by label) when they do
+/// not validate: each error names its object (`backends/b1.address`), that object is removed
+/// and the rest validated again. Returns the left-out objects with their errors. For stored
+/// objects written by something other than a control plane (or an older version): one bad
+/// object must not stop every later change.
+pub fn validate_leaving_out(
+    set: &Resources,
+    prev: Option<&Directors>,
+    may_leave_out: impl Fn(&str) -> bool,
+) -> Result<(Validated, Vec<FieldError>), FieldError> {
+    let mut set = set.clone();
+    let mut left_out = Vec::new();
+    loop {
+        match validate_with(&set, prev) {
+            Ok(v) => return Ok((v, left_out)),
+            Err(e) => {
+                let label = e
+                    .field
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if left_out.len() >= MAX_LEFT_OUT
+                    || !may_leave_out(&label)
+                    || !remove(&mut set, &label)
+                {
+                    return Err(e);
+                }
+                left_out.push(e);
+            }
+        }
+    }
+}
+
+/// Removes the resource labelled `label`; false when there is none.
+fn remove(set: &mut Resources, label: &str) -> bool {
+    fn drop_from<T>(v: &mut Vec<(String, T)>, label: &str) -> bool {
+        let before = v.len();
+        v.retain(|(l, _)| l != label);
+        v.len() != before
+    }
+    drop_from(&mut set.backends, label)
+        || drop_from(&mut set.probes, label)
+        || drop_from(&mut set.directors, label)
+        || drop_from(&mut set.routes, label)
+}
+
 fn name(n: &str, at: &str) -> Result<String, FieldError> {
     config::validate_name(n).map_err(|e| FieldError::invalid(format!("{at}.name"), e))?;
     Ok(n.to_owned())

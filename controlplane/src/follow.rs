@@ -174,24 +174,35 @@ pub fn read_cache(path: &Path) -> Result<Option<State>, CacheError> {
     }
 }
 
-/// Applies a state to the runtime; false when it does not validate or build.
+/// Applies a state to the runtime; false when it could not be applied.
+///
+/// A stored object that does not validate (written to the store by something other than a
+/// control plane, or by an older version) is left out with a log line and a count in
+/// `tether_invalid_objects_total` ([`convert::validate_leaving_out`]); a referrer of a
+/// left-out object is left out too. One bad object does not stop every later change.
 fn apply(rt: &Runtime, state: &State) -> bool {
     rt.saw_revision(state.revision);
     let current = rt.snapshot();
-    match convert::validate_with(&state.resources(), Some(&current.directors)) {
-        Ok(v) => match rt.install(state.revision, v.config, v.directors) {
-            Ok(()) => {
-                tracing::debug!(revision = state.revision, "applied");
-                true
+    match convert::validate_leaving_out(&state.resources(), Some(&current.directors), |_| true) {
+        Ok((v, left_out)) => {
+            for e in left_out {
+                rt.counters.invalid_objects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(revision = state.revision, error = %e, "stored object is invalid; left out");
             }
-            Err(e) => {
-                rt.counters
-                    .rejected_revisions
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(revision = state.revision, error = %e, "revision not applied; keeping the previous snapshot");
-                false
+            match rt.install(state.revision, v.config, v.directors) {
+                Ok(()) => {
+                    tracing::debug!(revision = state.revision, "applied");
+                    true
+                }
+                Err(e) => {
+                    rt.counters
+                        .rejected_revisions
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(revision = state.revision, error = %e, "revision not applied; keeping the previous snapshot");
+                    false
+                }
             }
-        },
+        }
         Err(e) => {
             rt.counters
                 .rejected_revisions
@@ -204,9 +215,7 @@ fn apply(rt: &Runtime, state: &State) -> bool {
 
 fn log_decode_errors(rt: &Runtime, errors: Vec<crate::state::DecodeError>) {
     for e in errors {
-        rt.counters
-            .rejected_revisions
-            .fetch_add(1, Ordering::Relaxed);
+        rt.counters.invalid_objects.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "stored object does not decode; left out");
     }
 }

@@ -90,7 +90,7 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
-            let validated = self.validate(&new)?;
+            let validated = self.validate_write(&old, &new)?;
             self.remember(validated);
             let ops = old.diff_ops(&new, &self.layout);
             let mut revision = old.revision;
@@ -147,15 +147,60 @@ impl<S: Store> Api<S> {
         Err(ApiError::Contended)
     }
 
-    /// Validates a whole configuration, reusing the last build's rings.
+    /// Validates a whole configuration, reusing the last build's rings. Stored objects that
+    /// do not validate (labelled `kind/name`: written by something else) are left out with a
+    /// warning, as the data planes leave them out; an error in what the caller sent is the
+    /// caller's.
     fn validate(&self, state: &State) -> Result<convert::Validated, ApiError> {
+        self.validate_leaving_out(state, &|label: &str| label.contains('/'))
+    }
+
+    fn validate_leaving_out(
+        &self,
+        state: &State,
+        may_leave_out: &dyn Fn(&str) -> bool,
+    ) -> Result<convert::Validated, ApiError> {
         let prev = self
             .last_built
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let v = convert::validate_with(&state.resources(), prev.as_deref())?;
+        let (v, left_out) =
+            convert::validate_leaving_out(&state.resources(), prev.as_deref(), may_leave_out)?;
+        for e in left_out {
+            tracing::warn!(error = %e, "stored object is invalid; left out of validation");
+        }
         Ok(v)
+    }
+
+    /// Validates the configuration a write produces. Stored objects that were already invalid
+    /// before the write are left out (and stay as they are); anything the write itself breaks
+    /// — a field it sent, a reference it removed — is refused.
+    fn validate_write(&self, old: &State, new: &State) -> Result<convert::Validated, ApiError> {
+        match self.validate_leaving_out(new, &|_: &str| false) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let before =
+                    convert::validate_leaving_out(&old.resources(), None, |l| l.contains('/'));
+                let broken: HashSet<String> = match before {
+                    Ok((_, left_out)) => left_out
+                        .into_iter()
+                        .map(|f| {
+                            f.field
+                                .split(['.', '['])
+                                .next()
+                                .unwrap_or_default()
+                                .to_owned()
+                        })
+                        .collect(),
+                    Err(_) => HashSet::new(),
+                };
+                if broken.is_empty() {
+                    return Err(e);
+                }
+                self.validate_leaving_out(new, &|l: &str| broken.contains(l))
+            }
+        }
     }
 
     /// Remembers a validated configuration's directors for the next validation.
@@ -343,7 +388,10 @@ impl<S: Store> Api<S> {
             .write(false, |old, new| {
                 let mut names = Vec::new();
                 for (name, b) in &old.backends {
-                    let spec = convert::backend(b, &format!("backends/{name}"))?;
+                    // A stored backend that does not validate is not matched (nor changed).
+                    let Ok(spec) = convert::backend(b, &format!("backends/{name}")) else {
+                        continue;
+                    };
                     let addrs: Vec<_> = spec.addresses().cloned().collect();
                     if pattern.matches(name, &addrs) {
                         let mut b = b.clone();

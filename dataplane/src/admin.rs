@@ -204,6 +204,11 @@ fn metrics(rt: &Runtime) -> String {
             &c.rejected_revisions,
         ),
         (
+            "tether_invalid_objects_total",
+            "Stored objects left out because they do not decode or validate.",
+            &c.invalid_objects,
+        ),
+        (
             "tether_store_relists_total",
             "Full listings of the store after the first (compaction, restored store).",
             &c.relists,

@@ -32,6 +32,8 @@ pub struct ProxyCounters {
     pub rejected_revisions: AtomicU64,
     /// Full listings of the store after the first (compaction, restored store).
     pub relists: AtomicU64,
+    /// Stored objects left out because they do not decode or validate.
+    pub invalid_objects: AtomicU64,
 }
 
 /// The data plane's state.

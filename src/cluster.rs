@@ -35,6 +35,15 @@ pub(crate) struct EtcdArgs {
         requires = "etcd_user"
     )]
     etcd_password: Option<String>,
+    /// CA certificate (PEM) that signed etcd's certificate: TLS to etcd (use https:// URLs).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), when etcd requires client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_ca", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Key prefix in etcd (several installations can share one etcd).
     #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
     prefix: String,
@@ -51,6 +60,19 @@ impl EtcdArgs {
         }
         if let Some(u) = &self.etcd_user {
             opts.user = Some((u.clone(), self.etcd_password.clone().unwrap_or_default()));
+        }
+        if let Some(ca) = &self.etcd_ca {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let identity = match (&self.etcd_cert, &self.etcd_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            opts.tls = Some(tether_controlplane::store::etcd::EtcdTls {
+                ca: read(ca)?,
+                identity,
+            });
         }
         let store = EtcdStore::connect(&opts).context("--etcd")?;
         Ok((store, Layout::new(&self.prefix)?))

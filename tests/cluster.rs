@@ -393,3 +393,134 @@ async fn an_invalid_object_written_behind_our_back_is_left_out_not_wedging() {
         "the bad one is left out"
     );
 }
+
+/// Runs a shell command that must succeed.
+fn sh(cmd: &str, dir: &std::path::Path) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, a server certificate for 127.0.0.1 and a client certificate.
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=tether-test-ca 2>/dev/null",
+        d,
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+        sh(
+            &format!(
+                "openssl req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null"
+            ),
+            d,
+        );
+        sh(
+            &format!(
+                "openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 1 -extfile {name}.ext 2>/dev/null"
+            ),
+            d,
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let shm = format!("/dev/shm/tether-tls-{}-{port}", std::process::id());
+    let mut etcd = std::process::Command::new(support::etcd::binary())
+        .args(["--name", "tls", "--data-dir", &shm])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
+        .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+        .arg(format!("--cert-file={}", d.join("server.pem").display()))
+        .arg(format!("--key-file={}", d.join("server.key").display()))
+        .arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
+        .arg("--client-cert-auth")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ca = d.join("ca.pem");
+    let cert = d.join("client.pem");
+    let key = d.join("client.key");
+    let cp_dir = d.join("cp");
+    let (child, v) = support::spawn_with_endpoints(
+        &cp_dir,
+        &[
+            "controlplane",
+            "--etcd",
+            &url,
+            "--api",
+            "127.0.0.1:0",
+            "--endpoints-dir",
+            cp_dir.to_str().unwrap(),
+            "--etcd-ca",
+            ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert.to_str().unwrap(),
+            "--etcd-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let cp = ControlPlane {
+        child,
+        api: v["api"].as_str().unwrap().to_owned(),
+    };
+    // Writes go through once etcd is up (TLS handshake with client certificate included).
+    let start = Instant::now();
+    loop {
+        let out = cli(
+            &cp.api,
+            &["backend", "create", "b1", "--address", "127.0.0.1:9"],
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(support::ok(&cp.api, &["backend", "list"]).contains("b1"));
+    drop(cp);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let _ = std::fs::remove_dir_all(&shm);
+}

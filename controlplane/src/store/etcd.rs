@@ -46,6 +46,18 @@ pub struct EtcdOptions {
     pub user: Option<(String, String)>,
     /// Bound on one unary call (the connect included).
     pub timeout: Duration,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the CA that signed etcd's certificate, and optionally a client certificate
+/// (when etcd runs with `--client-cert-auth`). All PEM.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA certificate(s).
+    pub ca: Vec<u8>,
+    /// Client certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EtcdOptions {
@@ -66,6 +78,7 @@ impl EtcdOptions {
                 .collect(),
             user: None,
             timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -144,8 +157,19 @@ impl EtcdStore {
         }
         let mut channels = Vec::with_capacity(opts.endpoints.len());
         for url in &opts.endpoints {
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| StoreError::Storage(format!("etcd endpoint {url:?}: {e}")))?
+            let mut ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| StoreError::Storage(format!("etcd endpoint {url:?}: {e}")))?;
+            if let Some(tls) = &opts.tls {
+                let mut cfg = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca));
+                if let Some((cert, key)) = &tls.identity {
+                    cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+                }
+                ep = ep
+                    .tls_config(cfg)
+                    .map_err(|e| StoreError::Storage(format!("etcd TLS for {url:?}: {e}")))?;
+            }
+            let ep = ep
                 .connect_timeout(opts.timeout)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(5))

@@ -401,7 +401,7 @@ fn sh(cmd: &str, dir: &std::path::Path) {
         .arg(cmd)
         .current_dir(dir)
         .output()
-        .unwrap();
+        .expect("run sh");
     assert!(
         out.status.success(),
         "{cmd}: {}",

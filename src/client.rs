@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use serde::Serialize;
 use tether_controlplane::declarative::{self, BackendDoc, DirectorDoc, ProbeDoc, RouteDoc};
+use tether_controlplane::state::Resource;
 use tether_proto::v1::tether_client::TetherClient;
 use tether_proto::v1::{self, Action};
 use tonic::service::interceptor::InterceptedService;
@@ -257,6 +258,20 @@ fn with_revision<T: Serialize>(doc: &T, revision: i64) -> anyhow::Result<serde_j
     Ok(v)
 }
 
+/// Prints resources as a JSON array of their file-shaped documents, each with its revision.
+fn print_json_list<'a, R, D>(items: &'a [R]) -> anyhow::Result<()>
+where
+    R: Resource,
+    D: Serialize + From<&'a R>,
+{
+    let v: Vec<_> = items
+        .iter()
+        .map(|r| with_revision(&D::from(r), r.revision()))
+        .collect::<Result<_, _>>()?;
+    println!("{}", serde_json::Value::Array(v));
+    Ok(())
+}
+
 fn print_one<T: Serialize>(doc: &T, revision: i64, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", with_revision(doc, revision)?),
@@ -463,13 +478,7 @@ async fn list(c: &mut Client, kind: Kind, out: Output) -> anyhow::Result<()> {
         Kind::Backend => {
             let r = call(c.list_backends(req()).await)?;
             if out == Output::Json {
-                let v: Vec<_> = r
-                    .backends
-                    .iter()
-                    .map(|b| with_revision(&BackendDoc::from(b), b.revision))
-                    .collect::<Result<_, _>>()?;
-                println!("{}", serde_json::Value::Array(v));
-                return Ok(());
+                return print_json_list::<_, BackendDoc>(&r.backends);
             }
             let rows: Vec<_> = r
                 .backends
@@ -500,13 +509,7 @@ async fn list(c: &mut Client, kind: Kind, out: Output) -> anyhow::Result<()> {
         Kind::Probe => {
             let r = call(c.list_probes(req()).await)?;
             if out == Output::Json {
-                let v: Vec<_> = r
-                    .probes
-                    .iter()
-                    .map(|p| with_revision(&ProbeDoc::from(p), p.revision))
-                    .collect::<Result<_, _>>()?;
-                println!("{}", serde_json::Value::Array(v));
-                return Ok(());
+                return print_json_list::<_, ProbeDoc>(&r.probes);
             }
             let rows: Vec<_> = r
                 .probes
@@ -542,13 +545,7 @@ async fn list(c: &mut Client, kind: Kind, out: Output) -> anyhow::Result<()> {
         Kind::Director => {
             let r = call(c.list_directors(req()).await)?;
             if out == Output::Json {
-                let v: Vec<_> = r
-                    .directors
-                    .iter()
-                    .map(|d| with_revision(&DirectorDoc::from(d), d.revision))
-                    .collect::<Result<_, _>>()?;
-                println!("{}", serde_json::Value::Array(v));
-                return Ok(());
+                return print_json_list::<_, DirectorDoc>(&r.directors);
             }
             let rows: Vec<_> = r
                 .directors
@@ -576,13 +573,7 @@ async fn list(c: &mut Client, kind: Kind, out: Output) -> anyhow::Result<()> {
         Kind::Route => {
             let r = call(c.list_routes(req()).await)?;
             if out == Output::Json {
-                let v: Vec<_> = r
-                    .routes
-                    .iter()
-                    .map(|x| with_revision(&RouteDoc::from(x), x.revision))
-                    .collect::<Result<_, _>>()?;
-                println!("{}", serde_json::Value::Array(v));
-                return Ok(());
+                return print_json_list::<_, RouteDoc>(&r.routes);
             }
             let rows: Vec<_> = r
                 .routes

@@ -145,15 +145,8 @@ pub(crate) struct DataPlaneArgs {
         requires = "controlplane"
     )]
     token: Option<String>,
-    /// HTTP proxy address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    proxy: SocketAddr,
-    /// Proxy threads, each with its own event loop (default: one per CPU).
-    #[arg(long)]
-    proxy_threads: Option<usize>,
-    /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
+    #[command(flatten)]
+    listen: process::ProxyArgs,
     /// Where the snapshot cache and endpoints.json live.
     #[arg(long, default_value = "tether-dataplane")]
     data_dir: PathBuf,
@@ -175,8 +168,8 @@ fn host_name() -> String {
 pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let proxy_l = process::bind(args.proxy, "proxy").await?;
-    let admin_l = process::bind(args.admin, "admin").await?;
+    let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
+    let admin_l = process::bind(args.listen.admin, "admin").await?;
     process::write_endpoints(&args.data_dir, &[("proxy", &proxy_l), ("admin", &admin_l)])?;
     tracing::info!(
         proxy = %format!("http://{}", proxy_l.local_addr()?),
@@ -235,7 +228,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let threads = proxy::serve_on_threads(
         proxy_l.into_std()?,
         Arc::clone(&rt),
-        process::proxy_threads(args.proxy_threads),
+        process::proxy_threads(args.listen.proxy_threads),
         stop_tx.subscribe(),
     )?;
     process::signal().await;

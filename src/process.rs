@@ -9,6 +9,20 @@ use anyhow::{Context, bail};
 use tether_controlplane::auth::Tokens;
 use tokio::net::TcpListener;
 
+/// Where a data plane listens, and with how many proxy threads.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// HTTP proxy address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) proxy: SocketAddr,
+    /// Proxy threads, each with its own event loop (default: one per CPU).
+    #[arg(long)]
+    pub(crate) proxy_threads: Option<usize>,
+    /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub(crate) admin: SocketAddr,
+}
+
 /// Binds `addr`, naming the flag to change in the error.
 pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {

@@ -28,15 +28,8 @@ pub(crate) struct Args {
     /// gRPC API address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: SocketAddr,
-    /// HTTP proxy address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    proxy: SocketAddr,
-    /// Proxy threads, each with its own event loop (default: one per CPU).
-    #[arg(long)]
-    proxy_threads: Option<usize>,
-    /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
-    #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
+    #[command(flatten)]
+    listen: process::ProxyArgs,
     /// Where the embedded store keeps its file.
     #[arg(long, default_value = "tether-data")]
     data_dir: PathBuf,
@@ -93,8 +86,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let api_l = process::bind(args.api, "api").await?;
-    let proxy_l = process::bind(args.proxy, "proxy").await?;
-    let admin_l = process::bind(args.admin, "admin").await?;
+    let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
+    let admin_l = process::bind(args.listen.admin, "admin").await?;
     let rt = Runtime::new();
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
     if let Some(f) = &args.file {
@@ -137,7 +130,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let proxy_threads = proxy::serve_on_threads(
         proxy_l.into_std()?,
         Arc::clone(&rt),
-        process::proxy_threads(args.proxy_threads),
+        process::proxy_threads(args.listen.proxy_threads),
         proxy_stop,
     )?;
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));

@@ -232,6 +232,29 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Authenticates on endpoint `i` when a user is configured and no token is held.
+    async fn ensure_token(&self, i: usize) -> Result<(), StoreError> {
+        let missing = self.inner.user.is_some()
+            && self
+                .inner
+                .token
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none();
+        if missing {
+            self.authenticate(i).await?;
+        }
+        Ok(())
+    }
+
+    fn clear_token(&self) {
+        *self
+            .inner
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Runs an idempotent call on the current endpoint, then on each other one.
     async fn read<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
@@ -241,29 +264,23 @@ impl EtcdStore {
         let n = self.inner.channels.len();
         let start = self.inner.current.load(Ordering::Relaxed);
         let mut last = String::new();
-        let mut authed = false;
+        let mut reauthed = false;
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
-            if self.inner.user.is_some()
-                && !authed
-                && self
-                    .inner
-                    .token
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_none()
-            {
-                self.authenticate(i).await?;
-                authed = true;
+            if let Err(e) = self.ensure_token(i).await {
+                last = format!("{}: {e}", self.inner.urls[i]);
+                continue;
             }
             match tokio::time::timeout(self.inner.timeout, f(i)).await {
                 Ok(Ok(v)) => {
                     self.inner.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() && !authed => {
-                    self.authenticate(i).await?;
-                    authed = true;
+                Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() && !reauthed => {
+                    // Authenticate again (on the next attempt) once per call.
+                    self.clear_token();
+                    reauthed = true;
+                    last = format!("{}: {}", self.inner.urls[i], s.message());
                 }
                 Ok(Err(s)) if retryable(&s) => {
                     last = format!("{}: {}", self.inner.urls[i], s.message())
@@ -478,8 +495,14 @@ impl Store for EtcdStore {
         let n = self.inner.channels.len();
         let start = self.inner.current.load(Ordering::Relaxed);
         let mut last = String::new();
+        let mut reauthed = false;
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
+            if let Err(e) = self.ensure_token(i).await {
+                // Nothing was sent: try the next endpoint.
+                last = format!("{}: {e}", self.inner.urls[i]);
+                continue;
+            }
             let mut kv = self.kv(i);
             let call = kv.txn(self.request(req.clone()));
             let failure = match tokio::time::timeout(self.inner.timeout, call).await {
@@ -494,8 +517,11 @@ impl Store for EtcdStore {
                         TxnOutcome::Failed { compare: None }
                     });
                 }
-                Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() => {
-                    self.authenticate(i).await?;
+                Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() && !reauthed => {
+                    // Refused before it ran: authenticate again and retry.
+                    self.clear_token();
+                    reauthed = true;
+                    last = format!("{}: {}", self.inner.urls[i], s.message());
                     continue;
                 }
                 Ok(Err(s)) if retryable(&s) => format!("{}: {}", self.inner.urls[i], s.message()),

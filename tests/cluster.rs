@@ -176,7 +176,7 @@ async fn etcd_down_nodes_serve_from_their_last_state_and_their_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_etcd_member_is_survived_and_nothing_is_lost() {
+async fn a_killed_etcd_member_and_a_leader_change_are_survived_and_nothing_is_lost() {
     let mut etcd = Etcd::start(3);
     let dir = tempfile::tempdir().unwrap();
     let b = [Backend::start("b1").await, Backend::start("b2").await];
@@ -212,13 +212,36 @@ async fn a_killed_etcd_member_is_survived_and_nothing_is_lost() {
     wait_all_applied(&nodes, last, Duration::from_secs(10)).await;
     etcd.members[0].restart();
     etcd.members[0].wait_healthy();
+    // Then the leader dies: a leader change while writes go on.
+    let leader = etcd.leader().await.expect("a leader");
+    etcd.members[leader].kill();
+    for i in 5..10 {
+        let out = support::ok(
+            &cp.api,
+            &[
+                "backend",
+                "create",
+                &format!("x{i}"),
+                "--address",
+                "127.0.0.1:9",
+                "-o",
+                "json",
+            ],
+        );
+        last = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
+            .as_i64()
+            .unwrap();
+    }
+    wait_all_applied(&nodes, last, Duration::from_secs(10)).await;
+    etcd.members[leader].restart();
+    etcd.members[leader].wait_healthy();
     let listed = support::ok(&cp.api, &["backend", "list", "-o", "json"]);
-    for i in 0..5 {
+    for i in 0..10 {
         assert!(listed.contains(&format!("\"x{i}\"")), "{listed}");
     }
     assert_eq!(
         nodes[0].state().await["backends"].as_array().unwrap().len(),
-        7
+        12
     );
 }
 

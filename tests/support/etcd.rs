@@ -163,3 +163,29 @@ impl Etcd {
             .join(",")
     }
 }
+
+impl Etcd {
+    /// The index of the current leader, asking each live member.
+    pub async fn leader(&self) -> Option<usize> {
+        use tether_proto::etcd::etcdserverpb as pb;
+        for m in &self.members {
+            let Ok(ch) = tonic::transport::Channel::from_shared(m.url())
+                .ok()?
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            let mut c = pb::maintenance_client::MaintenanceClient::new(ch);
+            let Ok(r) = c.status(pb::StatusRequest {}).await else {
+                continue;
+            };
+            let r = r.into_inner();
+            let me = r.header.map(|h| h.member_id);
+            if me == Some(r.leader) {
+                return self.members.iter().position(|x| x.name == m.name);
+            }
+        }
+        None
+    }
+}

@@ -30,7 +30,7 @@ pub(crate) struct Conn {
     server: String,
     /// Bearer token (admin or read-only).
     #[arg(long, global = true, env = "TETHER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,

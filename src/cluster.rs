@@ -134,17 +134,10 @@ pub(crate) struct DataPlaneArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
     /// Follow a control plane's Watch stream instead of etcd (no etcd credentials needed;
-    /// the node is then not registered for `tether nodes`).
+    /// the node is then not registered for `tether nodes`). Sends `--token`/`TETHER_TOKEN`
+    /// (read-only is enough).
     #[arg(long, value_name = "URL", conflicts_with = "etcd")]
     controlplane: Option<String>,
-    /// Bearer token for --controlplane (read-only is enough).
-    #[arg(
-        long,
-        env = "TETHER_TOKEN",
-        hide_env_values = true,
-        requires = "controlplane"
-    )]
-    token: Option<String>,
     #[command(flatten)]
     listen: process::ProxyArgs,
     /// Where the snapshot cache and endpoints.json live.
@@ -165,7 +158,7 @@ fn host_name() -> String {
 }
 
 /// Runs `tether dataplane` until a signal.
-pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
+pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
@@ -204,7 +197,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let (follower, registration) = match &args.controlplane {
         Some(url) => {
             let layout = Layout::new(&args.etcd.prefix)?;
-            let store = RemoteStore::connect(url, args.token.as_deref(), layout.clone())
+            let store = RemoteStore::connect(url, token.as_deref(), layout.clone())
                 .context("--controlplane")?;
             let follower =
                 tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));

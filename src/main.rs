@@ -30,7 +30,7 @@ enum Command {
     Up(up::Args),
     /// Run the control-plane API on etcd (any number of replicas).
     Controlplane(cluster::ControlPlaneArgs),
-    /// Run a proxy node that follows etcd.
+    /// Run a proxy node that follows etcd (or a control plane's Watch stream).
     Dataplane(cluster::DataPlaneArgs),
     /// Show which backend a director or route picks for each key: offline from a file
     /// (-f), or from the running system.
@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Controlplane(args) => cluster::controlplane(args).await,
-            Command::Dataplane(args) => cluster::dataplane(args).await,
+            Command::Dataplane(args) => cluster::dataplane(args, conn.token.clone()).await,
             Command::Explain(args) => client::explain(&conn, &args).await,
             Command::Backend { op } => client::resource(&conn, client::Kind::Backend, op).await,
             Command::Probe { op } => client::resource(&conn, client::Kind::Probe, op).await,

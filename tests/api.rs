@@ -44,6 +44,11 @@ async fn tokens_roles_health_and_reflection() {
     let out = run(Some(READER), &["backend", "list", "-o", "json"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"b1\""));
+    // A data plane following this control plane with a read-only token.
+    let node =
+        Tether::dataplane_from_env(&dir.path().join("dp"), &t.api, &[("TETHER_TOKEN", READER)])
+            .await;
+    assert_eq!(node.state().await["backends"][0]["name"], "b1");
 
     // Stock gRPC tools: health (read-only allowed) and reflection.
     let channel = tonic::transport::Channel::from_shared(t.api.clone())

@@ -192,6 +192,11 @@ impl Tether {
 
     /// Starts `tether dataplane` following the control plane at `api` (its Watch stream).
     pub async fn dataplane_from(dir: &Path, api: &str) -> Tether {
+        Tether::dataplane_from_env(dir, api, &[]).await
+    }
+
+    /// [`Tether::dataplane_from`] with extra environment variables.
+    pub async fn dataplane_from_env(dir: &Path, api: &str, env: &[(&str, &str)]) -> Tether {
         let d = dir.to_str().unwrap();
         let args = [
             "dataplane",
@@ -206,7 +211,7 @@ impl Tether {
             "--data-dir",
             d,
         ];
-        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        let (child, v) = spawn_env(dir, &args, env).await;
         Tether::ready(child, dir, &v).await
     }
 

@@ -49,7 +49,15 @@ struct Written<T> {
     value: T,
     revision: i64,
     old: State,
-    new: State,
+    /// The written configuration as validated, with its directors.
+    built: Built,
+}
+
+/// A validated configuration whose directors are shared with the next validation's `prev`.
+#[derive(Debug)]
+struct Built {
+    config: Config,
+    directors: Arc<Directors>,
 }
 
 impl<S: Store> Api<S> {
@@ -90,8 +98,7 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
-            let validated = self.validate_write(&old, &new)?;
-            self.remember(validated);
+            let built = self.remember(self.validate_write(&old, &new)?);
             let ops = old.diff_ops(&new, &self.layout);
             let mut revision = old.revision;
             if ops.is_empty() || dry_run {
@@ -99,7 +106,7 @@ impl<S: Store> Api<S> {
                     value,
                     revision,
                     old,
-                    new,
+                    built,
                 });
             }
             let serial = self.layout.serial();
@@ -141,7 +148,7 @@ impl<S: Store> Api<S> {
                 value,
                 revision,
                 old,
-                new,
+                built,
             });
         }
         Err(ApiError::Contended)
@@ -204,11 +211,16 @@ impl<S: Store> Api<S> {
     }
 
     /// Remembers a validated configuration's directors for the next validation.
-    fn remember(&self, v: convert::Validated) {
+    fn remember(&self, v: convert::Validated) -> Built {
+        let directors = Arc::new(v.directors);
         *self
             .last_built
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(v.directors));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&directors));
+        Built {
+            config: v.config,
+            directors,
+        }
     }
 
     async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
@@ -359,12 +371,11 @@ impl<S: Store> Api<S> {
                 Ok(changes)
             })
             .await?;
-        let prev = self
-            .last_built
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let keys_moved = keys_moved(&w.old, &w.new, prev.as_deref());
+        // The stored configuration as the write path sees it (invalid stored objects left out).
+        let keys_moved = match self.validate(&w.old) {
+            Ok(before) => keys_moved(&before.config, &before.directors, &w.built),
+            Err(_) => Vec::new(),
+        };
         Ok(v1::ApplyResponse {
             revision: w.revision,
             changes: w.value,
@@ -775,23 +786,17 @@ impl HealthView for AllHealthy {
 
 /// For each shard director in both states whose configuration changed, the share of sampled
 /// keys whose backend differs (all backends taken as healthy).
-fn keys_moved(old: &State, new: &State, prev: Option<&Directors>) -> Vec<v1::KeysMoved> {
-    let (Ok(a), Ok(b)) = (
-        convert::validate_with(&old.resources(), prev),
-        convert::validate_with(&new.resources(), prev),
-    ) else {
-        return Vec::new();
-    };
+fn keys_moved(a_config: &Config, a_directors: &Directors, b: &Built) -> Vec<v1::KeysMoved> {
     let mut out = Vec::new();
     for d in &b.config.directors {
         if !matches!(d.policy, tether_dataplane::config::Policy::Shard(_)) {
             continue;
         }
-        let (Some(da), Some(db)) = (a.directors.id(&d.name), b.directors.id(&d.name)) else {
+        let (Some(da), Some(db)) = (a_directors.id(&d.name), b.directors.id(&d.name)) else {
             continue;
         };
-        let before = a.config.directors.iter().find(|x| x.name == d.name);
-        let backends_same = a.config.backends.iter().map(|x| &x.name).eq(b
+        let before = a_config.directors.iter().find(|x| x.name == d.name);
+        let backends_same = a_config.backends.iter().map(|x| &x.name).eq(b
             .config
             .backends
             .iter()
@@ -808,7 +813,7 @@ fn keys_moved(old: &State, new: &State, prev: Option<&Directors>) -> Vec<v1::Key
         let mut moved = 0u32;
         for i in 0..MOVED_SAMPLE {
             let k = format!("key-{i}");
-            if pick(&a.directors, da, &k) != pick(&b.directors, db, &k) {
+            if pick(a_directors, da, &k) != pick(&b.directors, db, &k) {
                 moved += 1;
             }
         }

@@ -48,6 +48,12 @@ impl FieldError {
         }
     }
 
+    /// The object the error is about: its label, the field path up to the first `.` or `[`
+    /// (`backends/b1` of `backends/b1.address`).
+    pub fn object(&self) -> &str {
+        self.field.split(['.', '[']).next().unwrap_or_default()
+    }
+
     fn precondition(field: impl Into<String>, message: impl ToString) -> FieldError {
         FieldError {
             field: field.into(),
@@ -192,12 +198,7 @@ pub fn validate_leaving_out(
         match validate_with(&set, prev) {
             Ok(v) => return Ok((v, left_out)),
             Err(e) => {
-                let label = e
-                    .field
-                    .split(['.', '['])
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let label = e.object().to_owned();
                 if left_out.len() >= MAX_LEFT_OUT
                     || !may_leave_out(&label)
                     || !remove(&mut set, &label)

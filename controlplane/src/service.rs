@@ -190,16 +190,7 @@ impl<S: Store> Api<S> {
                 let before =
                     convert::validate_leaving_out(&old.resources(), None, |l| l.contains('/'));
                 let broken: HashSet<String> = match before {
-                    Ok((_, left_out)) => left_out
-                        .into_iter()
-                        .map(|f| {
-                            f.field
-                                .split(['.', '['])
-                                .next()
-                                .unwrap_or_default()
-                                .to_owned()
-                        })
-                        .collect(),
+                    Ok((_, left_out)) => left_out.iter().map(|f| f.object().to_owned()).collect(),
                     Err(_) => HashSet::new(),
                 };
                 if broken.is_empty() {
@@ -635,7 +626,7 @@ impl<S: Store> Api<S> {
                 continue;
             }
             events.push(v1::WatchEvent {
-                kind: kind_field(kind).to_owned(),
+                kind: kind.singular().to_owned(),
                 name: name.to_owned(),
                 action: action as i32,
                 resource,
@@ -691,17 +682,6 @@ fn split(
         }
     }
     parts
-}
-
-fn kind_field(k: Kind) -> &'static str {
-    match k {
-        Kind::Backend => "backend",
-        Kind::Probe => "probe",
-        Kind::Director => "director",
-        Kind::Route => "route",
-        Kind::Health => "health",
-        Kind::Node => "node",
-    }
 }
 
 fn check_revision<R: Resource>(stored: &R, expected: i64) -> Result<(), ApiError> {

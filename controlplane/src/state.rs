@@ -44,10 +44,10 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
 }
 
 macro_rules! resource {
-    ($t:ty, $kind:expr, $field:literal, $map:ident) => {
+    ($t:ty, $kind:expr, $map:ident) => {
         impl Resource for $t {
             const KIND: Kind = $kind;
-            const FIELD: &'static str = $field;
+            const FIELD: &'static str = $kind.singular();
             fn name(&self) -> &str {
                 &self.name
             }
@@ -74,10 +74,10 @@ macro_rules! resource {
     (@prepare $t:ty) => {};
 }
 
-resource!(v1::Backend, Kind::Backend, "backend", backends);
-resource!(v1::Probe, Kind::Probe, "probe", probes);
-resource!(v1::Director, Kind::Director, "director", directors);
-resource!(v1::Route, Kind::Route, "route", routes);
+resource!(v1::Backend, Kind::Backend, backends);
+resource!(v1::Probe, Kind::Probe, probes);
+resource!(v1::Director, Kind::Director, directors);
+resource!(v1::Route, Kind::Route, routes);
 
 /// The configuration at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]

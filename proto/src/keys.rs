@@ -48,6 +48,23 @@ impl Kind {
         }
     }
 
+    /// The singular name, as API messages name a kind (`backend`).
+    pub const fn singular(self) -> &'static str {
+        match self {
+            Kind::Backend => "backend",
+            Kind::Probe => "probe",
+            Kind::Director => "director",
+            Kind::Route => "route",
+            Kind::Health => "health",
+            Kind::Node => "node",
+        }
+    }
+
+    /// The kind named by [`Kind::singular`].
+    pub fn from_singular(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.singular() == s)
+    }
+
     fn from_segment(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.segment() == s)
     }
@@ -133,6 +150,7 @@ mod tests {
     fn keys_round_trip_for_every_kind() {
         let l = Layout::new("/team-a/tether").unwrap();
         for kind in Kind::ALL {
+            assert_eq!(Kind::from_singular(kind.singular()), Some(kind));
             let key = l.key(kind, "web-1");
             assert!(key.starts_with(&l.dir(kind)));
             assert_eq!(l.parse(&key), Some((kind, "web-1")));

@@ -174,11 +174,8 @@ impl Store for RemoteStore {
                 let mut events = Vec::new();
                 for e in resp.events {
                     use v1::watch_event::Resource as R;
-                    let kind = match e.kind.as_str() {
-                        "backend" => Kind::Backend,
-                        "probe" => Kind::Probe,
-                        "director" => Kind::Director,
-                        "route" => Kind::Route,
+                    let kind = match Kind::from_singular(&e.kind) {
+                        Some(k @ (Kind::Backend | Kind::Probe | Kind::Director | Kind::Route)) => k,
                         _ => continue,
                     };
                     if e.action == Action::Delete as i32 {

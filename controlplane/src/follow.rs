@@ -162,6 +162,15 @@ async fn write_cache(path: PathBuf, state: &State) -> Result<(), CacheError> {
     .unwrap_or_else(|e| Err(CacheError::Damaged(format!("cache writer failed: {e}"))))
 }
 
+/// Writes the cache file, if there is one (a failure is logged: serving goes on).
+async fn save(opts: &Options, state: &State) {
+    if let Some(p) = &opts.cache
+        && let Err(e) = write_cache(p.clone(), state).await
+    {
+        tracing::warn!(error = %e, "snapshot cache not written");
+    }
+}
+
 /// Reads the cache file, if there is one.
 pub fn read_cache(path: &Path) -> Result<Option<State>, CacheError> {
     match std::fs::read(path) {
@@ -249,17 +258,6 @@ pub async fn run<S: Store>(
             Err(e) => tracing::warn!(error = %e, "snapshot cache not used"),
         }
     }
-    let save = |s: &State| {
-        let path = opts.cache.clone();
-        let s = s.clone();
-        async move {
-            if let Some(p) = path
-                && let Err(e) = write_cache(p, &s).await
-            {
-                tracing::warn!(error = %e, "snapshot cache not written");
-            }
-        }
-    };
     let mut backoff = Backoff::default();
     let mut state: Option<State> = None;
     let mut listed = false;
@@ -276,7 +274,7 @@ pub async fn run<S: Store>(
                     let (s, errors) = State::from_listing(&layout, &listing);
                     log_decode_errors(&rt, errors);
                     if apply(&rt, &s) {
-                        save(&s).await;
+                        save(&opts, &s).await;
                     }
                     rt.mark_confirmed();
                     rt.set_ready();
@@ -339,7 +337,7 @@ pub async fn run<S: Store>(
                         {
                             rt.apply_delay.observe(d);
                         }
-                        save(&s).await;
+                        save(&opts, &s).await;
                     }
                     rt.mark_confirmed();
                 }

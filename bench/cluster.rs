@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tether_controlplane::convert;
+use tether_controlplane::convert::Converted;
+use tether_controlplane::follow;
 use tether_controlplane::state::State;
 use tether_controlplane::store::Store;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
@@ -152,44 +153,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // one-backend change.
     let store = EtcdStore::connect(&EtcdOptions::new(&etcd))?;
     let layout = Layout::default();
-    let rt = Runtime::new();
     let mut builds = Vec::new();
     let mut state = State::default();
     for _ in 0..5 {
         let t = Instant::now();
         let listing = store.list(layout.root()).await?;
         let (s, _) = State::from_listing(&layout, &listing);
-        let v = convert::validate(&s.resources())?;
-        rt.apply(s.revision, v.config)?;
+        assert!(follow::apply(
+            &Runtime::new(),
+            &s,
+            &mut Converted::default()
+        ));
         builds.push(t.elapsed());
         state = s;
     }
     builds.sort();
     println!("list + build from scratch at {n}: median {:.2?}", builds[2]);
+    // The follower's own apply, as after a watch event changing one backend.
+    let rt = Runtime::new();
+    let mut converted = Converted::default();
+    assert!(follow::apply(&rt, &state, &mut converted));
     let mut changes = Vec::new();
     for i in 0..20 {
-        let mut s = state.clone();
-        if let Some(b) = s.backends.get_mut("b17") {
+        state.revision += 1;
+        if let Some(b) = state.backends.get_mut("b17") {
             b.weight = Some(2.0 + f64::from(i));
+            b.revision = state.revision;
         }
-        s.revision += 1;
         let t = Instant::now();
-        let current = rt.snapshot();
-        let v = convert::validate_with(&s.resources(), Some(&current.directors))?;
-        let validated = t.elapsed();
-        rt.install(s.revision, v.config, v.directors)?;
+        assert!(follow::apply(&rt, &state, &mut converted));
         changes.push(t.elapsed());
-        if i == 19 {
-            println!(
-                "  (last change: convert + validate {validated:.2?}, install {:.2?})",
-                t.elapsed() - validated
-            );
-        }
-        state = s;
     }
     changes.sort();
     println!(
-        "one-backend change at {n} (convert + validate + build reusing rings + swap): median {:.2?}, max {:.2?}",
+        "one-backend change at {n} (the follower's apply: convert + validate + build + install): median {:.2?}, max {:.2?}",
         changes[10], changes[19]
     );
 

@@ -691,19 +691,9 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
 
 /// The file's resources as an Apply request (errors name the field in the file).
 pub(crate) fn apply_request(text: &str, path: &str) -> Result<v1::ApplyRequest, InputError> {
-    let set = declarative::parse(text)
-        .and_then(|d| d.to_resources())
-        .map_err(|e| InputError(format!("{path}: {e}")))?;
-    fn strip<T>(v: Vec<(String, T)>) -> Vec<T> {
-        v.into_iter().map(|(_, r)| r).collect()
-    }
-    Ok(v1::ApplyRequest {
-        backends: strip(set.backends),
-        probes: strip(set.probes),
-        directors: strip(set.directors),
-        routes: strip(set.routes),
-        ..Default::default()
-    })
+    declarative::parse(text)
+        .and_then(|d| d.to_request())
+        .map_err(|e| InputError(format!("{path}: {e}")))
 }
 
 fn action_name(a: i32) -> &'static str {

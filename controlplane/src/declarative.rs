@@ -334,8 +334,8 @@ impl From<FieldError> for FileError {
 /// (slots, `base_slots`) exactly as the control plane would assign it when the file is applied
 /// to an empty store, so offline answers match the running system's.
 pub fn load(text: &str) -> Result<Loaded, FileError> {
-    let set = parse(text)?.to_resources()?;
-    let v = convert::validate(&set)?;
+    let req = parse(text)?.to_request()?;
+    let v = convert::validate(&Resources::of_request(&req))?;
     Ok(Loaded {
         config: v.config,
         directors: v.directors,
@@ -374,10 +374,10 @@ fn dur(
 }
 
 impl Document {
-    /// The file's resources as tether.v1 messages, with balanced shard mappings assigned (as
-    /// for a first apply), each tagged with its path in the file. Only syntax (durations) is
-    /// checked here; [`convert::validate`] checks the rest.
-    pub fn to_resources(&self) -> Result<Resources, FileError> {
+    /// The file's resources as an Apply request, with balanced shard mappings assigned (as
+    /// for a first apply); [`Resources::of_request`] labels each with its path in the file.
+    /// Only syntax (durations) is checked here; [`convert::validate`] checks the rest.
+    pub fn to_request(&self) -> Result<v1::ApplyRequest, FileError> {
         let backends = self
             .backends
             .iter()
@@ -406,7 +406,13 @@ impl Document {
             .enumerate()
             .map(|(i, r)| r.to_proto(&format!("routes[{i}]")))
             .collect::<Result<_, _>>()?;
-        Ok(Resources::indexed(backends, probes, directors, routes))
+        Ok(v1::ApplyRequest {
+            backends,
+            probes,
+            directors,
+            routes,
+            ..Default::default()
+        })
     }
 }
 
@@ -820,7 +826,7 @@ directors:
             l.config.backends[0].admin_health,
             tether_dataplane::config::AdminHealth::Sick
         );
-        assert_eq!(l.config.directors[0].members[1].weight, 2.0);
+        assert_eq!(l.config.directors[0].members[1].weight, Some(2.0));
         assert!(l.directors.id("rr").is_some());
     }
 

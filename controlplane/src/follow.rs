@@ -24,7 +24,7 @@ use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
 use tether_proto::v1;
 
-use crate::convert;
+use crate::convert::{self, Converted};
 use crate::state::State;
 use crate::store::{Event, Store, StoreError, WatchBatch};
 
@@ -189,16 +189,29 @@ pub fn read_cache(path: &Path) -> Result<Option<State>, CacheError> {
 /// control plane, or by an older version) is left out with a log line and a count in
 /// `tether_invalid_objects_total` ([`convert::validate_leaving_out`]); a referrer of a
 /// left-out object is left out too. One bad object does not stop every later change.
-fn apply(rt: &Runtime, state: &State) -> bool {
+///
+/// `converted` carries conversions from one revision to the next: only changed backends are
+/// converted again.
+pub fn apply(rt: &Runtime, state: &State, converted: &mut Converted) -> bool {
     rt.saw_revision(state.revision);
     let current = rt.snapshot();
-    match convert::validate_leaving_out(&state.resources(), Some(&current.directors), |_| true) {
+    let set = state.resources();
+    match convert::validate_leaving_out(&set, Some(&current.directors), converted, |_| true) {
         Ok((v, left_out)) => {
             for e in left_out {
                 rt.counters.invalid_objects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(revision = state.revision, error = %e, "stored object is invalid; left out");
             }
-            match rt.install(state.revision, v.config, v.directors) {
+            let t = std::time::Instant::now();
+            let r = rt.install(state.revision, v.config, v.directors);
+            if std::env::var_os("TT").is_some() {
+                eprintln!("install {:?}", t.elapsed());
+            }
+            drop(current);
+            if std::env::var_os("TT").is_some() {
+                eprintln!("install+drop {:?}", t.elapsed());
+            }
+            match r {
                 Ok(()) => {
                     tracing::debug!(revision = state.revision, "applied");
                     true
@@ -245,10 +258,11 @@ pub async fn run<S: Store>(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut converted = Converted::default();
     if let Some(path) = &opts.cache {
         match read_cache(path) {
             Ok(Some(s)) => {
-                if apply(&rt, &s) {
+                if apply(&rt, &s, &mut converted) {
                     rt.set_from_cache();
                     rt.set_ready();
                     tracing::info!(revision = s.revision, cache = %path.display(), "serving the cached snapshot until the store answers");
@@ -273,7 +287,10 @@ pub async fn run<S: Store>(
                     listed = true;
                     let (s, errors) = State::from_listing(&layout, &listing);
                     log_decode_errors(&rt, errors);
-                    if apply(&rt, &s) {
+                    // A new store history may begin here (a restored store): revisions
+                    // identify contents only within one.
+                    converted = Converted::default();
+                    if apply(&rt, &s, &mut converted) {
                         save(&opts, &s).await;
                     }
                     rt.mark_confirmed();
@@ -331,7 +348,7 @@ pub async fn run<S: Store>(
                     let committed = commit_time(&layout, &b);
                     let errors = s.apply_events(&layout, b.revision, &b.events);
                     log_decode_errors(&rt, errors);
-                    if apply(&rt, &s) {
+                    if apply(&rt, &s, &mut converted) {
                         if let Some(t) = committed
                             && let Ok(d) = SystemTime::now().duration_since(t)
                         {

@@ -21,7 +21,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, Failure};
+use crate::convert::{self, Converted, Failure};
 use crate::error::ApiError;
 use crate::pattern::Pattern;
 use crate::state::{Resource, State};
@@ -172,8 +172,14 @@ impl<S: Store> Api<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let (v, left_out) =
-            convert::validate_leaving_out(&state.resources(), prev.as_deref(), may_leave_out)?;
+        // No `Converted` here: a request's messages carry the revision they expect, which
+        // does not identify their contents.
+        let (v, left_out) = convert::validate_leaving_out(
+            &state.resources(),
+            prev.as_deref(),
+            &mut Converted::default(),
+            may_leave_out,
+        )?;
         for e in left_out {
             tracing::warn!(error = %e, "stored object is invalid; left out of validation");
         }
@@ -187,8 +193,12 @@ impl<S: Store> Api<S> {
         match self.validate_leaving_out(new, &|_: &str| false) {
             Ok(v) => Ok(v),
             Err(e) => {
-                let before =
-                    convert::validate_leaving_out(&old.resources(), None, |l| l.contains('/'));
+                let before = convert::validate_leaving_out(
+                    &old.resources(),
+                    None,
+                    &mut Converted::default(),
+                    |l| l.contains('/'),
+                );
                 let broken: HashSet<String> = match before {
                     Ok((_, left_out)) => left_out.iter().map(|f| f.object().to_owned()).collect(),
                     Err(_) => HashSet::new(),

@@ -9,7 +9,7 @@ use prost::Message;
 use tether_proto::keys::{Kind, Layout};
 use tether_proto::v1;
 
-use crate::convert::Resources;
+use crate::convert::{Label, Resources};
 use crate::store::{Event, KeyValue, Listing, Op};
 
 /// A stored object that did not decode (skipped, logged and counted by the caller).
@@ -205,20 +205,25 @@ impl State {
         errors
     }
 
-    /// Every resource, for [`crate::convert::validate`], each under its label.
-    pub fn resources(&self) -> Resources {
-        fn tag<R: Resource>(state: &State) -> Vec<(String, R)> {
-            R::map(state)
+    /// Every resource (borrowed), for [`crate::convert::validate`], each under its label:
+    /// `<kind>/<name>`, or the request's field it was given in.
+    pub fn resources(&self) -> Resources<'_> {
+        fn tag<R: Resource>(state: &State) -> Vec<(Label<'_>, &R)> {
+            let mut v: Vec<(Label<'_>, &R)> = R::map(state)
                 .values()
-                .map(|r| {
-                    let label = state
-                        .labels
-                        .get(&(R::KIND, r.name().to_owned()))
-                        .cloned()
-                        .unwrap_or_else(|| format!("{}/{}", R::KIND, r.name()));
-                    (label, r.clone())
-                })
-                .collect()
+                .map(|r| (Label::Stored(R::KIND, r.name()), r))
+                .collect();
+            // Few resources have a label of their own (those of the request being
+            // validated): find them by name in the sorted list rather than look up every
+            // resource in the labels.
+            for ((kind, name), label) in &state.labels {
+                if *kind == R::KIND
+                    && let Ok(i) = v.binary_search_by(|(_, r)| r.name().cmp(name))
+                {
+                    v[i].0 = Label::Field(label);
+                }
+            }
+            v
         }
         Resources {
             backends: tag(self),

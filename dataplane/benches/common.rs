@@ -39,10 +39,10 @@ pub fn config_with_base(
     Config {
         backends: (0..=n)
             .map(|i| {
-                BackendSpec::new(
+                std::sync::Arc::new(BackendSpec::new(
                     format!("b{i}"),
                     "127.0.0.1:8080".parse::<Address>().expect("address"),
-                )
+                ))
             })
             .collect(),
         directors: vec![DirectorSpec {

@@ -31,6 +31,11 @@ impl Identity {
             addresses: spec.addresses().cloned().collect(),
         }
     }
+
+    /// Whether this is the identity of `spec` (without building that identity).
+    pub fn is(&self, spec: &BackendSpec) -> bool {
+        self.name == spec.name && self.addresses.iter().eq(spec.addresses())
+    }
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::director::{Algorithm, HealthyMode};
@@ -398,8 +399,9 @@ impl TargetRef {
 pub struct MemberSpec {
     /// Backend or director.
     pub target: TargetRef,
-    /// Relative weight (default 1).
-    pub weight: f64,
+    /// Relative weight; absent: the backend's weight (1 for a director). Resolved when the
+    /// directors are built, so a backend's weight change does not change this spec.
+    pub weight: Option<f64>,
     /// Shard: the name hashed onto the ring; defaults to the target's name.
     pub ident: Option<String>,
     /// Shard (balanced): the member's slot; assigned when absent.
@@ -409,11 +411,11 @@ pub struct MemberSpec {
 }
 
 impl MemberSpec {
-    /// A member with weight 1 and no shard options.
+    /// A member with its target's weight and no shard options.
     pub fn new(target: TargetRef) -> MemberSpec {
         MemberSpec {
             target,
-            weight: 1.0,
+            weight: None,
             ident: None,
             slot: None,
             rampup: None,
@@ -436,8 +438,9 @@ pub struct DirectorSpec {
 /// data plane's snapshot.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
-    /// Backends.
-    pub backends: Vec<BackendSpec>,
+    /// Backends (shared: an unchanged backend's spec is the same allocation from one revision
+    /// to the next, so carrying 10,000 of them over copies pointers, not specs).
+    pub backends: Vec<Arc<BackendSpec>>,
     /// Probes.
     pub probes: Vec<ProbeSpec>,
     /// Directors.

@@ -7,6 +7,8 @@
 //! there, so an unchanged backend keeps its connections, probe window and counters.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::backend::{BackendRef, BackendRuntime, Histogram, Identity};
-use crate::config::{Config, Host};
+use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
 use crate::health;
 use crate::snapshot::Snapshot;
@@ -74,6 +76,15 @@ impl Runtime {
             confirmed: Mutex::new(None),
             from_cache: AtomicBool::new(false),
         })
+    }
+
+    /// Backend identities with a runtime state.
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The current snapshot.
@@ -159,21 +170,40 @@ impl Runtime {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let probes: HashMap<&str, _> = config.probes.iter().map(|p| (p.name.as_str(), p)).collect();
-        let old_specs: HashMap<&str, _> = prev
+        let probes: FxHashMap<&str, &ProbeSpec> =
+            config.probes.iter().map(|p| (p.name.as_str(), p)).collect();
+        let old_probes: FxHashMap<&str, &ProbeSpec> = prev
             .config
-            .backends
+            .probes
             .iter()
-            .map(|b| (b.name.as_str(), b))
+            .map(|p| (p.name.as_str(), p))
             .collect();
+        let probes_unchanged = prev.config.probes == config.probes;
+        let old = &prev.config.backends;
+        let mut matcher = PrevMatcher::new(old);
+        let mut reused = vec![false; old.len()];
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = HashMap::with_capacity(config.backends.len());
         let mut backends = Vec::with_capacity(config.backends.len());
+        // Identities of the backends that were not carried over as they were.
+        let mut kept: FxHashMap<&str, Identity> = FxHashMap::default();
         for spec in &config.backends {
+            let found = matcher.find(spec);
+            if let Some(i) = found
+                && !reused[i]
+                && (Arc::ptr_eq(&old[i], spec) || old[i] == *spec)
+                && (probes_unchanged || probe_of(&old_probes, &old[i]) == probe_of(&probes, spec))
+            {
+                // Unchanged, probe included: the same state, nothing to reconfigure. (A
+                // one-backend change at 10,000 backends takes this path 9,999 times, comparing
+                // pointers.)
+                reused[i] = true;
+                backends.push(Arc::clone(&prev.backends[i]));
+                continue;
+            }
             let id = Identity::of(spec);
-            let state = match registry.remove(&id) {
+            let state = match registry.get(&id) {
                 Some(s) => {
-                    if let Some(old) = old_specs.get(spec.name.as_str())
+                    if let Some(old) = found.map(|i| &old[i])
                         && (old.admin_health != spec.admin_health || old.drain != spec.drain)
                     {
                         s.mark_changed();
@@ -184,9 +214,13 @@ impl Runtime {
                             "admin state changed"
                         );
                     }
+                    Arc::clone(s)
+                }
+                None => {
+                    let s = Arc::new(BackendRuntime::new(spec));
+                    registry.insert(id.clone(), Arc::clone(&s));
                     s
                 }
-                None => Arc::new(BackendRuntime::new(spec)),
             };
             let host = spec
                 .host_header
@@ -195,16 +229,23 @@ impl Runtime {
                     Host::Ip(ip) => ip.to_string(),
                     Host::Dns(d) => d.clone(),
                 });
-            let probe = spec.probe.as_deref().and_then(|p| probes.get(p).copied());
-            if state.set_probe(probe, host) {
+            if state.set_probe(probe_of(&probes, spec), host) {
                 tokio::spawn(health::run(Arc::downgrade(&state)));
             }
-            backends.push(Arc::clone(&state));
-            next.insert(id, state);
+            kept.insert(spec.name.as_str(), id);
+            backends.push(state);
         }
         // Identities not in this revision are dropped here: their probe loops end and their
-        // idle connections close.
-        *registry = next;
+        // idle connections close. Only backends not carried over can be gone: deleted ones,
+        // and changed ones whose identity (addresses) changed.
+        for (old_spec, _) in old.iter().zip(&reused).filter(|(_, r)| !**r) {
+            if !kept
+                .get(old_spec.name.as_str())
+                .is_some_and(|id| id.is(old_spec))
+            {
+                registry.remove(&Identity::of(old_spec));
+            }
+        }
         drop(registry);
         self.current.store(Arc::new(Snapshot {
             revision,
@@ -215,5 +256,110 @@ impl Runtime {
         }));
         self.saw_revision(revision);
         Ok(())
+    }
+}
+
+/// The probe `spec` uses, from the probes by name.
+fn probe_of<'a>(
+    probes: &FxHashMap<&str, &'a ProbeSpec>,
+    spec: &BackendSpec,
+) -> Option<&'a ProbeSpec> {
+    spec.probe.as_deref().and_then(|p| probes.get(p).copied())
+}
+
+/// Finds a backend's previous position by walking the previous list alongside the new one:
+/// lists come in the same (name) order, so the next previous entry, or the one after it (a
+/// deletion), is usually the one — found by comparing pointers, without reading either spec.
+/// Anything else (a reordered list) falls back to a map by name, built once when first needed.
+struct PrevMatcher<'a> {
+    old: &'a [Arc<BackendSpec>],
+    next: usize,
+    by_name: Option<FxHashMap<&'a str, usize>>,
+}
+
+impl<'a> PrevMatcher<'a> {
+    fn new(old: &'a [Arc<BackendSpec>]) -> PrevMatcher<'a> {
+        PrevMatcher {
+            old,
+            next: 0,
+            by_name: None,
+        }
+    }
+
+    /// The previous index of the backend named as `spec` is, if there is one.
+    fn find(&mut self, spec: &Arc<BackendSpec>) -> Option<usize> {
+        let (old, j) = (self.old, self.next);
+        let at = |i: usize| old.get(i).is_some_and(|o| Arc::ptr_eq(o, spec));
+        let found = if at(j) {
+            Some(j)
+        } else if at(j + 1) {
+            Some(j + 1)
+        } else if old.get(j).is_some_and(|o| o.name == spec.name) {
+            Some(j)
+        } else {
+            self.by_name
+                .get_or_insert_with(|| {
+                    old.iter()
+                        .enumerate()
+                        .map(|(i, b)| (b.name.as_str(), i))
+                        .collect()
+                })
+                .get(spec.name.as_str())
+                .copied()
+        };
+        if let Some(i) = found {
+            self.next = i + 1;
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, port: u16) -> Arc<BackendSpec> {
+        let address = format!("127.0.0.1:{port}").parse().expect("address");
+        Arc::new(BackendSpec::new(name, address))
+    }
+
+    fn config(backends: &[&Arc<BackendSpec>]) -> Config {
+        Config {
+            backends: backends.iter().map(|b| Arc::clone(b)).collect(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn unchanged_backends_keep_their_state_and_gone_identities_are_dropped() {
+        let rt = Runtime::new();
+        let (a, b, c) = (spec("a", 1), spec("b", 2), spec("c", 3));
+        rt.apply(1, config(&[&a, &b, &c])).expect("apply");
+        let first = rt.snapshot();
+        // b's weight changes (same identity), bb is inserted before c.
+        let mut heavier = (*b).clone();
+        heavier.weight = 2.0;
+        let (b2, bb) = (Arc::new(heavier), spec("bb", 9));
+        rt.apply(2, config(&[&a, &b2, &bb, &c])).expect("apply");
+        let second = rt.snapshot();
+        assert!(Arc::ptr_eq(&first.backends[0], &second.backends[0]));
+        assert!(Arc::ptr_eq(&first.backends[1], &second.backends[1]));
+        assert!(Arc::ptr_eq(&first.backends[2], &second.backends[3]));
+        assert_eq!(rt.registered(), 4);
+        // a deleted, c's address changed: a new state for c, the old identities gone.
+        let c4 = spec("c", 4);
+        rt.apply(3, config(&[&b2, &bb, &c4])).expect("apply");
+        let third = rt.snapshot();
+        assert!(Arc::ptr_eq(&second.backends[1], &third.backends[0]));
+        assert!(Arc::ptr_eq(&second.backends[2], &third.backends[1]));
+        assert!(!Arc::ptr_eq(&second.backends[3], &third.backends[2]));
+        assert_eq!(rt.registered(), 3);
+        // A reordered list finds every previous state by name.
+        rt.apply(4, config(&[&c4, &bb, &b2])).expect("apply");
+        let fourth = rt.snapshot();
+        for (i, j) in [(0, 2), (1, 1), (2, 0)] {
+            assert!(Arc::ptr_eq(&third.backends[i], &fourth.backends[j]));
+        }
+        assert_eq!(rt.registered(), 3);
     }
 }

@@ -122,7 +122,7 @@ fn config(backends: Vec<BackendSpec>) -> Config {
         .map(|b| MemberSpec::new(TargetRef::Backend(b.name.clone())))
         .collect();
     Config {
-        backends,
+        backends: backends.into_iter().map(std::sync::Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec::default()),
@@ -207,7 +207,8 @@ async fn no_route_is_404_and_no_healthy_backend_is_503() {
     let a = backend("a").await;
     let mut cfg = config(vec![spec("a", a)]);
     cfg.routes[0].path_prefix = "/app".into();
-    cfg.backends[0].admin_health = tether_dataplane::config::AdminHealth::Sick;
+    std::sync::Arc::make_mut(&mut cfg.backends[0]).admin_health =
+        tether_dataplane::config::AdminHealth::Sick;
     let p = proxy(cfg).await;
     let (s, body) = p.send(p.req("GET", "/other", "k", "")).await;
     assert_eq!((s, body.as_str()), (404, "no route matches this request\n"));
@@ -266,7 +267,9 @@ async fn timeouts_first_byte_is_504_and_between_bytes_cuts_the_body() {
 async fn bodies_stream_without_buffering() {
     let a = backend("a").await;
     let mut cfg = config(vec![spec("a", a)]);
-    cfg.backends[0].timeouts.between_bytes = Duration::from_secs(2);
+    std::sync::Arc::make_mut(&mut cfg.backends[0])
+        .timeouts
+        .between_bytes = Duration::from_secs(2);
     let p = proxy(cfg).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let started = Instant::now();
@@ -290,7 +293,7 @@ async fn bodies_stream_without_buffering() {
 async fn headers_forwarded_for_hop_by_hop_and_host() {
     let a = backend("a").await;
     let mut cfg = config(vec![spec("a", a)]);
-    cfg.backends[0].host_header = Some("origin.example".into());
+    std::sync::Arc::make_mut(&mut cfg.backends[0]).host_header = Some("origin.example".into());
     let p = proxy(cfg).await;
     let req = Request::builder()
         .uri(format!("http://{}/echo?q=1", p.addr))
@@ -342,7 +345,7 @@ async fn a_draining_backend_gets_no_new_requests() {
     let key = p.key_for("a");
     assert_eq!(p.send(p.req("GET", "/", &key, "")).await.1, "a");
     let mut cfg = config(vec![spec("a", a), spec("b", b)]);
-    cfg.backends[0].drain = true;
+    std::sync::Arc::make_mut(&mut cfg.backends[0]).drain = true;
     p.rt.apply(2, cfg).unwrap();
     for _ in 0..20 {
         assert_eq!(p.send(p.req("GET", "/", &key, "")).await.1, "b");
@@ -377,7 +380,7 @@ async fn one_probe_loop_per_backend_identity_across_directors_and_revisions() {
     let mut probe = tether_dataplane::config::ProbeSpec::new("p");
     probe.interval = Duration::from_millis(100);
     let mut cfg = config(vec![spec("a", addr)]);
-    cfg.backends[0].probe = Some("p".into());
+    std::sync::Arc::make_mut(&mut cfg.backends[0]).probe = Some("p".into());
     cfg.probes.push(probe);
     // A second director referring to the same backend.
     let mut second = cfg.directors[0].clone();

@@ -36,55 +36,59 @@ fn probe_rules_follow_varnish() {
         initial: i,
         ..Default::default()
     };
-    let s = probe(&p(0, 0, None), "probe").unwrap();
+    let s = probe(&p(0, 0, None), &"probe").unwrap();
     assert_eq!((s.window, s.threshold, s.initial), (8, 3, 2));
-    let s = probe(&p(0, 5, None), "probe").unwrap();
+    let s = probe(&p(0, 5, None), &"probe").unwrap();
     assert_eq!(
         (s.window, s.threshold, s.initial),
         (6, 5, 4),
         "window = threshold + 1"
     );
     assert_eq!(
-        probe(&p(8, 0, None), "probe").unwrap_err().field,
+        probe(&p(8, 0, None), &"probe").unwrap_err().field,
         "probe.threshold"
     );
     assert_eq!(
-        probe(&p(65, 3, None), "probe").unwrap_err().field,
+        probe(&p(65, 3, None), &"probe").unwrap_err().field,
         "probe.window"
     );
     assert_eq!(
-        probe(&p(4, 5, None), "probe").unwrap_err().field,
+        probe(&p(4, 5, None), &"probe").unwrap_err().field,
         "probe.threshold"
     );
     assert_eq!(
-        probe(&p(8, 3, Some(4)), "probe").unwrap_err().field,
+        probe(&p(8, 3, Some(4)), &"probe").unwrap_err().field,
         "probe.initial"
     );
     let mut bad = p(0, 0, None);
     bad.expected_status = 99;
     assert_eq!(
-        probe(&bad, "probe").unwrap_err().field,
+        probe(&bad, &"probe").unwrap_err().field,
         "probe.expected_status"
     );
     bad.expected_status = 1000;
     assert_eq!(
-        probe(&bad, "probe").unwrap_err().field,
+        probe(&bad, &"probe").unwrap_err().field,
         "probe.expected_status"
     );
 }
 
 #[test]
 fn references_are_preconditions_and_values_are_invalid() {
-    let mut set = Resources::default();
-    set.backends.push(("backend".into(), backend("b0", 1)));
-    set.directors
-        .push(("director".into(), balanced(&["b0", "b9"])));
-    let e = validate(&set).unwrap_err();
+    let (mut b, mut d) = (backend("b0", 1), balanced(&["b0", "b9"]));
+    fn set<'a>(b: &'a v1::Backend, d: &'a v1::Director) -> Resources<'a> {
+        Resources {
+            backends: vec![(Label::Field("backend"), b)],
+            directors: vec![(Label::Field("director"), d)],
+            ..Resources::default()
+        }
+    }
+    let e = validate(&set(&b, &d)).unwrap_err();
     assert_eq!(e.field, "director.members[1].backend");
     assert_eq!(e.failure, Failure::Precondition);
-    set.directors[0].1.members.pop();
-    set.backends[0].1.address = "nowhere".into();
-    let e = validate(&set).unwrap_err();
+    d.members.pop();
+    b.address = "nowhere".into();
+    let e = validate(&set(&b, &d)).unwrap_err();
     assert_eq!(
         (e.field.as_str(), e.failure),
         ("backend.address", Failure::Invalid)
@@ -109,4 +113,37 @@ fn slots_are_kept_for_unchanged_members_and_base_fixed_at_creation() {
         panic!()
     };
     assert_eq!(s.base_slots, 4);
+}
+
+#[test]
+fn converted_backends_are_reused_by_stored_revision_only() {
+    let stored = |name: &str, port: u16, revision: i64| v1::Backend {
+        revision,
+        ..backend(name, port)
+    };
+    let mut converted = Converted::default();
+    let mut run = |bs: &[v1::Backend]| -> Config {
+        let res = Resources {
+            backends: bs
+                .iter()
+                .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
+                .collect(),
+            ..Resources::default()
+        };
+        validate_with(&res, None, &mut converted)
+            .expect("valid")
+            .config
+    };
+    let first = run(&[stored("a", 1, 5), stored("b", 2, 6), stored("c", 3, 7)]);
+    // b changed (new revision), a deleted, d added; c is the earlier conversion itself.
+    let second = run(&[stored("b", 9, 8), stored("c", 3, 7), stored("d", 4, 8)]);
+    assert_eq!(second.backends[0].address.to_string(), "127.0.0.1:9");
+    assert!(Arc::ptr_eq(&first.backends[2], &second.backends[1]));
+    assert!(!Arc::ptr_eq(&first.backends[1], &second.backends[0]));
+    // A message without a stored revision (a request's) is always converted.
+    let third = run(&[stored("c", 3, 0)]);
+    assert!(!Arc::ptr_eq(&second.backends[1], &third.backends[0]));
+    // An unsorted set is converted correctly too (the walk just finds nothing to reuse).
+    let fourth = run(&[stored("z", 5, 9), stored("c", 6, 10)]);
+    assert_eq!(fourth.backends[1].address.to_string(), "127.0.0.1:6");
 }

@@ -19,6 +19,7 @@ pub mod varnish;
 mod visited;
 mod weighted;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -26,7 +27,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 pub use key::{Key, KeySource};
 pub use shard::Algorithm;
 
-use crate::config::{Config, Policy, TargetRef};
+use crate::config::{BackendSpec, Config, Policy, TargetRef};
 use balanced::SlotTable;
 use fallback::Fallback;
 use round_robin::RoundRobin;
@@ -159,7 +160,8 @@ const NOT_A_BACKEND: BackendId = BackendId::MAX;
 pub struct Directors {
     list: Vec<Director>,
     by_name: FxHashMap<String, DirectorId>,
-    backends: Vec<String>,
+    /// The configuration's backends, for their names (shared with it, not copied).
+    backends: Vec<Arc<BackendSpec>>,
 }
 
 impl Directors {
@@ -218,16 +220,18 @@ impl Directors {
                         name: m.target.name().to_owned(),
                     });
                 };
-                if !m.weight.is_finite() || m.weight < 0.0 {
+                let weight = match (m.weight, target) {
+                    (Some(w), _) => w,
+                    (None, Target::Backend(b)) => config.backends[b as usize].weight,
+                    (None, Target::Director(_)) => 1.0,
+                };
+                if !weight.is_finite() || weight < 0.0 {
                     return Err(invalid(
                         format!("members[{j}].weight"),
-                        format!("must be a finite number >= 0, got {}", m.weight),
+                        format!("must be a finite number >= 0, got {weight}"),
                     ));
                 }
-                members.push(Member {
-                    target,
-                    weight: m.weight,
-                });
+                members.push(Member { target, weight });
             }
             let kind = match &d.policy {
                 Policy::RoundRobin => Kind::RoundRobin(RoundRobin::default()),
@@ -255,7 +259,7 @@ impl Directors {
         let set = Directors {
             list,
             by_name,
-            backends: config.backends.iter().map(|b| b.name.clone()).collect(),
+            backends: config.backends.clone(),
         };
         set.check_cycles()?;
         Ok(set)
@@ -318,7 +322,7 @@ impl Directors {
 
     /// A backend's name.
     pub fn backend_name(&self, b: BackendId) -> &str {
-        &self.backends[b as usize]
+        &self.backends[b as usize].name
     }
 
     /// A member target's name.
@@ -479,7 +483,7 @@ fn build_shard(
         });
     let (table, host_member) = match spec.algorithm {
         Algorithm::Varnish => {
-            let (hosts, host_member) = ring_hosts(d, spec.replicas);
+            let (hosts, host_member) = ring_hosts(d, members, spec.replicas);
             (Table::Varnish(Ring::build(hosts, prev_ring)), host_member)
         }
         Algorithm::Balanced => {
@@ -527,18 +531,22 @@ fn build_shard(
 
 /// The ring hosts of a varnish shard director: members in order, each named by its ident (or
 /// target name), a repeated ident skipped (the first wins, as Varnish's reconfigure does).
-fn ring_hosts(d: &crate::config::DirectorSpec, replicas: u32) -> (Vec<RingHost>, Vec<usize>) {
+fn ring_hosts(
+    d: &crate::config::DirectorSpec,
+    members: &[Member],
+    replicas: u32,
+) -> (Vec<RingHost>, Vec<usize>) {
     let mut seen = FxHashSet::default();
     let mut hosts = Vec::new();
     let mut host_member = Vec::new();
-    for (j, m) in d.members.iter().enumerate() {
+    for (j, (m, built)) in d.members.iter().zip(members).enumerate() {
         let ident = m
             .ident
             .as_deref()
             .filter(|i| !i.is_empty())
             .unwrap_or(m.target.name());
         if seen.insert(ident) {
-            hosts.push(RingHost::new(ident.to_owned(), replicas, m.weight));
+            hosts.push(RingHost::new(ident.to_owned(), replicas, built.weight));
             host_member.push(j);
         }
     }

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::{Address, BackendSpec, DirectorSpec, MemberSpec, Policy, ShardSpec, TargetRef};
 use std::cell::RefCell;
 use std::collections::{HashMap as Map, HashSet};
+use std::sync::Arc;
 
 /// Health by backend id; everything else healthy.
 #[derive(Default)]
@@ -32,7 +33,7 @@ fn members(n: usize) -> Vec<MemberSpec> {
 
 fn one(policy: Policy, n: usize) -> (Directors, DirectorId) {
     let cfg = Config {
-        backends: (0..n).map(backend).collect(),
+        backends: (0..n).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy,
@@ -193,7 +194,7 @@ fn reference_examples() {
 #[test]
 fn duplicate_idents_keep_the_first_member() {
     let mut cfg = Config {
-        backends: (0..3).map(backend).collect(),
+        backends: (0..3).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: shard(Algorithm::Varnish),
@@ -282,7 +283,7 @@ fn every_policy_returns_none_when_all_are_sick_and_skips_sick_members() {
 #[test]
 fn hash_director_is_deterministic_weighted_and_not_consistent() {
     let mut cfg = Config {
-        backends: (0..3).map(backend).collect(),
+        backends: (0..3).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: Policy::Hash,
@@ -290,7 +291,7 @@ fn hash_director_is_deterministic_weighted_and_not_consistent() {
         }],
         ..Default::default()
     };
-    cfg.directors[0].members[1].weight = 2.0;
+    cfg.directors[0].members[1].weight = Some(2.0);
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();
     let h = Sick::default();
@@ -322,7 +323,7 @@ fn hash_director_is_deterministic_weighted_and_not_consistent() {
 #[test]
 fn random_director_follows_weights_over_healthy_members() {
     let mut cfg = Config {
-        backends: (0..3).map(backend).collect(),
+        backends: (0..3).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: Policy::Random,
@@ -330,8 +331,8 @@ fn random_director_follows_weights_over_healthy_members() {
         }],
         ..Default::default()
     };
-    cfg.directors[0].members[0].weight = 3.0;
-    cfg.directors[0].members[2].weight = 0.0;
+    cfg.directors[0].members[0].weight = Some(3.0);
+    cfg.directors[0].members[2].weight = Some(0.0);
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();
     let h = Sick::default();
@@ -351,7 +352,7 @@ fn random_director_follows_weights_over_healthy_members() {
 #[test]
 fn nested_directors_resolve_and_are_healthy_when_any_member_is() {
     let cfg = Config {
-        backends: (0..3).map(backend).collect(),
+        backends: (0..3).map(backend).map(Arc::new).collect(),
         directors: vec![
             DirectorSpec {
                 name: "sh".into(),
@@ -419,7 +420,7 @@ fn cycles_and_unknown_references_are_rejected() {
         Err(BuildError::Cycle(_))
     ));
     let cfg = Config {
-        backends: vec![backend(0)],
+        backends: vec![Arc::new(backend(0))],
         directors: vec![DirectorSpec {
             name: "x".into(),
             policy: Policy::Hash,
@@ -438,7 +439,7 @@ fn cycles_and_unknown_references_are_rejected() {
 fn bad_values_are_rejected_naming_the_field() {
     let (_, _) = one(Policy::RoundRobin, 1);
     let mut cfg = Config {
-        backends: (0..2).map(backend).collect(),
+        backends: (0..2).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: shard(Algorithm::Balanced),
@@ -446,10 +447,10 @@ fn bad_values_are_rejected_naming_the_field() {
         }],
         ..Default::default()
     };
-    cfg.directors[0].members[1].weight = -1.0;
+    cfg.directors[0].members[1].weight = Some(-1.0);
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
     assert!(e.contains("members[1].weight"), "{e}");
-    cfg.directors[0].members[1].weight = 1.0;
+    cfg.directors[0].members[1].weight = Some(1.0);
     cfg.directors[0].members[0].slot = Some(3);
     cfg.directors[0].members[1].slot = Some(3);
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
@@ -487,7 +488,7 @@ impl HealthView for Ramp {
 fn rampup_is_deterministic_monotone_and_linear() {
     for algorithm in [Algorithm::Varnish, Algorithm::Balanced] {
         let cfg = Config {
-            backends: (0..4).map(backend).collect(),
+            backends: (0..4).map(backend).map(Arc::new).collect(),
             directors: vec![DirectorSpec {
                 name: "d".into(),
                 policy: Policy::Shard(ShardSpec {
@@ -552,7 +553,7 @@ fn rampup_is_deterministic_monotone_and_linear() {
 #[test]
 fn warmup_sends_its_share_to_the_next_member() {
     let cfg = Config {
-        backends: (0..4).map(backend).collect(),
+        backends: (0..4).map(backend).map(Arc::new).collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {

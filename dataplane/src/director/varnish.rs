@@ -18,6 +18,9 @@ use super::{HealthyMode, Pick};
 /// Ring entries the first-pick fast path scans before it falls back to the full walk.
 const SHORT_SCAN: usize = 64;
 
+/// In a remap: the host has no unchanged counterpart.
+const GONE: u32 = u32::MAX;
+
 /// Average ring points per index bucket (measured: 8–16 beat 2 by a few ns per lookup).
 const POINTS_PER_BUCKET: usize = 8;
 
@@ -78,7 +81,7 @@ impl Ring {
             .map(|p| Self::remap(p, &hosts, rmax))
             .unwrap_or_default();
         let mut reused = vec![false; n];
-        for &h in remap.iter().flatten() {
+        for &h in remap.iter().filter(|&&h| h != GONE) {
             reused[h as usize] = true;
         }
         let mut fresh: Vec<u64> = Vec::new();
@@ -94,13 +97,10 @@ impl Ring {
         }
         fresh.sort_unstable();
         let entries = match prev {
-            Some(p) if remap.iter().any(Option::is_some) => {
-                merge_reused(&p.entries, &remap, &fresh)
-            }
+            Some(p) if remap.iter().any(|&h| h != GONE) => merge_reused(&p.entries, &remap, &fresh),
             _ => fresh,
         };
-        let has_duplicate_points = entries.windows(2).any(|w| point(w[0]) == point(w[1]));
-        let (index, shift) = build_index(&entries);
+        let (index, shift, has_duplicate_points) = build_index(&entries);
         Ring {
             hosts,
             entries,
@@ -110,21 +110,44 @@ impl Ring {
         }
     }
 
-    /// For each host of `prev`: its index among `hosts` if its ring points are unchanged.
-    fn remap(prev: &Ring, hosts: &[RingHost], new_rmax: u32) -> Vec<Option<u32>> {
-        let by_host: FxHashMap<&RingHost, u32> = hosts
+    /// For each host of `prev`: its index among `hosts` if its ring points are unchanged, else
+    /// [`GONE`]. The common prefix and suffix of the two host lists are matched in place (a
+    /// one-member change leaves everything else there); only the hosts between are matched by
+    /// ident, so a one-member change at 10,000 hosts hashes a handful of idents, not all.
+    fn remap(prev: &Ring, hosts: &[RingHost], new_rmax: u32) -> Vec<u32> {
+        let prev_rmax = rmax(prev.hosts.len());
+        let same = |a: &RingHost, b: &RingHost| {
+            a == b && a.replicas.min(prev_rmax) == b.replicas.min(new_rmax)
+        };
+        let (old, new) = (&prev.hosts[..], hosts);
+        let mut out = vec![GONE; old.len()];
+        let prefix = old.iter().zip(new).take_while(|(a, b)| same(a, b)).count();
+        let suffix = old[prefix..]
+            .iter()
+            .rev()
+            .zip(new[prefix..].iter().rev())
+            .take_while(|(a, b)| same(a, b))
+            .count();
+        for (i, o) in out.iter_mut().enumerate().take(prefix) {
+            *o = i as u32;
+        }
+        for k in 0..suffix {
+            out[old.len() - 1 - k] = (new.len() - 1 - k) as u32;
+        }
+        // Idents are unique among a ring's hosts, so a host matched above is not in between.
+        let between: FxHashMap<&RingHost, u32> = new[prefix..new.len() - suffix]
             .iter()
             .enumerate()
-            .map(|(i, h)| (h, i as u32))
+            .map(|(i, h)| (h, (prefix + i) as u32))
             .collect();
-        let prev_rmax = rmax(prev.hosts.len());
-        prev.hosts
-            .iter()
-            .map(|h| {
-                let same_points = h.replicas.min(prev_rmax) == h.replicas.min(new_rmax);
-                by_host.get(h).copied().filter(|_| same_points)
-            })
-            .collect()
+        for (i, h) in old.iter().enumerate().take(old.len() - suffix).skip(prefix) {
+            if let Some(&j) = between.get(h)
+                && same(h, &new[j as usize])
+            {
+                out[i] = j;
+            }
+        }
+        out
     }
 
     /// Total ring points.
@@ -311,31 +334,57 @@ fn rmax(n_hosts: usize) -> u32 {
 }
 
 /// Merges the previous ring's surviving entries (renumbered by `remap`) with the sorted
-/// `fresh` entries, in one pass. When the renumbering kept the hosts' relative order (removals
-/// and appends), the survivors are still sorted by (point, host); otherwise ties may have to
-/// sort differently and the result is sorted again.
-fn merge_reused(prev: &[u64], remap: &[Option<u32>], fresh: &[u64]) -> Vec<u64> {
+/// `fresh` entries. When the renumbering kept the hosts' relative order (removals, appends,
+/// changes in place), the survivors are still sorted by (point, host); otherwise ties may have
+/// to sort differently and the result is sorted again.
+fn merge_reused(prev: &[u64], remap: &[u32], fresh: &[u64]) -> Vec<u64> {
+    let monotone = remap
+        .iter()
+        .filter(|&&h| h != GONE)
+        .try_fold(None::<u32>, |last, &i| match last {
+            Some(l) if l >= i => Err(()),
+            _ => Ok(Some(i)),
+        })
+        .is_ok();
+    let relabel = |e: u64| e & !0xffff_ffff | u64::from(remap[host(e) as usize]);
     let mut out = Vec::with_capacity(prev.len() + fresh.len());
+    if monotone {
+        // The common case, in runs: each fresh entry's place is a binary search on the points
+        // (then a step over the few entries with the same point), and the runs between are
+        // copied renumbered — no per-entry merge decision. Gone hosts' entries are copied too
+        // (as host GONE) and dropped afterwards, in one pass.
+        let mut start = 0;
+        for &x in fresh {
+            let mut end = start + prev[start..].partition_point(|&e| point(e) < point(x));
+            // Equal points sort by (new) host: survivors before x, and gone entries, go first.
+            while end < prev.len()
+                && point(prev[end]) == point(x)
+                && (remap[host(prev[end]) as usize] == GONE || relabel(prev[end]) < x)
+            {
+                end += 1;
+            }
+            out.extend(prev[start..end].iter().map(|&e| relabel(e)));
+            out.push(x);
+            start = end;
+        }
+        out.extend(prev[start..].iter().map(|&e| relabel(e)));
+        if remap.contains(&GONE) {
+            out.retain(|&e| host(e) != GONE);
+        }
+        return out;
+    }
     let mut f = fresh.iter().copied().peekable();
     for &e in prev {
-        let Some(h) = remap[host(e) as usize] else {
+        if remap[host(e) as usize] == GONE {
             continue;
-        };
-        let e = e & !0xffff_ffff | u64::from(h);
+        }
+        let e = relabel(e);
         while let Some(x) = f.next_if(|&x| x < e) {
             out.push(x);
         }
         out.push(e);
     }
     out.extend(f);
-    let monotone = remap
-        .iter()
-        .flatten()
-        .try_fold(None::<u32>, |last, &i| match last {
-            Some(l) if l >= i => Err(()),
-            _ => Ok(Some(i)),
-        })
-        .is_ok();
     if !monotone {
         out.sort_unstable();
     }
@@ -345,19 +394,24 @@ fn merge_reused(prev: &[u64], remap: &[Option<u32>], fresh: &[u64]) -> Vec<u64> 
 /// A prefix index over the top bits of the points, about one bucket per [`POINTS_PER_BUCKET`]
 /// points (at most 2^19 buckets): `index[b]` is the first entry whose bucket is ≥ b. A small
 /// index stays in L1 (32 KiB at N = 1,000), and a bucket's entries share a cache line or two.
-fn build_index(entries: &[u64]) -> (Vec<u32>, u32) {
+/// Also returns whether two entries share a point (found in the same pass).
+fn build_index(entries: &[u64]) -> (Vec<u32>, u32, bool) {
     let bits =
         (usize::BITS - (entries.len() / POINTS_PER_BUCKET).max(1).leading_zeros()).clamp(4, 19);
     let shift = 32 - bits;
     let buckets = 1usize << bits;
     let mut index = vec![0u32; buckets + 1];
+    let mut duplicates = false;
+    let mut last = None;
     for &e in entries {
         index[(point(e) >> shift) as usize + 1] += 1;
+        duplicates |= last == Some(point(e));
+        last = Some(point(e));
     }
     for b in 1..=buckets {
         index[b] += index[b - 1];
     }
-    (index, shift)
+    (index, shift, duplicates)
 }
 
 /// The ASCII decimal of `j` (Varnish's `"%d"`), written into `buf`.
@@ -465,7 +519,7 @@ mod tests {
         let mut r = Ring::build(hosts, None);
         r.entries = vec![10u64 << 32, 20u64 << 32 | 1, 20u64 << 32 | 2, 30u64 << 32];
         r.has_duplicate_points = true;
-        let (index, shift) = build_index(&r.entries);
+        let (index, shift, _) = build_index(&r.entries);
         r.index = index;
         r.shift = shift;
         for k in [0, 10, 15, 20, 25, 30, 31] {
@@ -495,6 +549,19 @@ mod tests {
             assert_eq!(inc.entries, fresh.entries);
             assert_eq!(inc.index, fresh.index);
         }
+        // A weight changed in place, and a host inserted in the middle: the common prefix and
+        // suffix are matched in place, the rest by ident.
+        let mut heavier = hosts(None, None);
+        heavier[20] = RingHost::new(names[20].clone(), 67, 3.0);
+        let mut inserted = hosts(None, None);
+        inserted.insert(10, RingHost::new("middle".into(), 67, 1.0));
+        for changed in [heavier, inserted] {
+            let fresh = Ring::build(changed.clone(), None);
+            let inc = Ring::build(changed, Some(&base));
+            assert_eq!(inc.entries, fresh.entries);
+            assert_eq!(inc.index, fresh.index);
+            assert_eq!(inc.has_duplicate_points, fresh.has_duplicate_points);
+        }
         // Reordered hosts: ties may sort differently, so the rebuild re-sorts.
         let mut rev = hosts(None, None);
         rev.reverse();
@@ -502,5 +569,41 @@ mod tests {
             Ring::build(rev.clone(), Some(&base)).entries,
             Ring::build(rev, None).entries
         );
+    }
+
+    #[test]
+    fn incremental_rebuild_equals_a_fresh_build_with_duplicate_points() {
+        // Points occur twice when ident ‖ replica strings do ("b1" ‖ "10" = "b11" ‖ "0", as in
+        // Varnish); the incremental merge must order them exactly as a fresh build does.
+        let hosts: Vec<RingHost> = (0..200)
+            .map(|i| RingHost::new(format!("b{i}"), 67, 1.0))
+            .collect();
+        let base = Ring::build(hosts.clone(), None);
+        assert!(base.has_duplicate_points);
+        let duplicated: Vec<u32> = base
+            .entries
+            .windows(2)
+            .filter(|w| point(w[0]) == point(w[1]))
+            .flat_map(|w| [host(w[0]), host(w[1])])
+            .collect();
+        let mut changes = Vec::new();
+        for &h in duplicated.iter().step_by(duplicated.len() / 8 + 1) {
+            // A host holding a duplicated point changes weight, goes, or has one inserted
+            // before it.
+            let mut heavier = hosts.clone();
+            heavier[h as usize] = RingHost::new(format!("b{h}"), 67, 2.0);
+            let mut removed = hosts.clone();
+            removed.remove(h as usize);
+            let mut inserted = hosts.clone();
+            inserted.insert(h as usize, RingHost::new(format!("new{h}"), 67, 1.0));
+            changes.extend([heavier, removed, inserted]);
+        }
+        for changed in changes {
+            let fresh = Ring::build(changed.clone(), None);
+            let inc = Ring::build(changed, Some(&base));
+            assert!(inc.entries == fresh.entries);
+            assert_eq!(inc.index, fresh.index);
+            assert_eq!(inc.has_duplicate_points, fresh.has_duplicate_points);
+        }
     }
 }

@@ -43,7 +43,7 @@ pub fn shard_config(
         backends: names
             .iter()
             .enumerate()
-            .map(|(i, n)| backend(n, 20000 + i as u16))
+            .map(|(i, n)| std::sync::Arc::new(backend(n, 20000 + i as u16)))
             .collect(),
         directors: vec![DirectorSpec {
             name: "d".into(),
@@ -55,7 +55,7 @@ pub fn shard_config(
             members: members
                 .iter()
                 .map(|(b, w, ident, slot)| MemberSpec {
-                    weight: *w,
+                    weight: Some(*w),
                     ident: ident.clone(),
                     slot: *slot,
                     ..MemberSpec::new(TargetRef::Backend(b.clone()))

@@ -196,22 +196,17 @@ pub fn apply(rt: &Runtime, state: &State, converted: &mut Converted) -> bool {
     rt.saw_revision(state.revision);
     let current = rt.snapshot();
     let set = state.resources();
-    match convert::validate_leaving_out(&set, Some(&current.directors), converted, |_| true) {
+    let validated =
+        convert::validate_leaving_out(&set, Some(&current.directors), converted, |_| true);
+    // Not held across the install: the replaced snapshot is freed off this path.
+    drop(current);
+    match validated {
         Ok((v, left_out)) => {
             for e in left_out {
                 rt.counters.invalid_objects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(revision = state.revision, error = %e, "stored object is invalid; left out");
             }
-            let t = std::time::Instant::now();
-            let r = rt.install(state.revision, v.config, v.directors);
-            if std::env::var_os("TT").is_some() {
-                eprintln!("install {:?}", t.elapsed());
-            }
-            drop(current);
-            if std::env::var_os("TT").is_some() {
-                eprintln!("install+drop {:?}", t.elapsed());
-            }
-            match r {
+            match rt.install(state.revision, v.config, v.directors) {
                 Ok(()) => {
                     tracing::debug!(revision = state.revision, "applied");
                     true

@@ -21,7 +21,8 @@
 //!
 //! Data flow (write): request → [`service`] loads a [`state::State`] → changes a copy →
 //! [`convert::validate`] → one [`store::Txn`]. (Read side): [`store::Store::watch`] →
-//! [`follow`] → `State` → `convert::validate` → `Runtime::apply`.
+//! [`follow`] → `State` → `convert::validate_with` (reusing the previous revision's conversions
+//! and rings) → `Runtime::install`.
 
 pub mod auth;
 pub mod convert;

@@ -385,4 +385,36 @@ mod tests {
         }
         assert_eq!(rt.registered(), 3);
     }
+
+    #[test]
+    fn the_fingerprint_follows_what_routes_keys() {
+        let fingerprint = |backends: &[&Arc<BackendSpec>]| {
+            let rt = Runtime::new();
+            let mut cfg = config(backends);
+            cfg.directors.push(crate::config::DirectorSpec {
+                name: "d".into(),
+                policy: crate::config::Policy::Shard(crate::config::ShardSpec::default()),
+                members: backends
+                    .iter()
+                    .map(|b| {
+                        crate::config::MemberSpec::new(crate::config::TargetRef::Backend(
+                            b.name.clone(),
+                        ))
+                    })
+                    .collect(),
+            });
+            rt.apply(1, cfg).expect("apply");
+            rt.snapshot().fingerprint()
+        };
+        let (a, b) = (spec("a", 1), spec("b", 2));
+        assert_eq!(fingerprint(&[&a, &b]), fingerprint(&[&a, &b]));
+        // A backend's weight is its members' weight when they give none: it moves keys.
+        let mut heavier = (*b).clone();
+        heavier.weight = 2.0;
+        assert_ne!(
+            fingerprint(&[&a, &b]),
+            fingerprint(&[&a, &Arc::new(heavier)])
+        );
+        assert_ne!(fingerprint(&[&a, &b]), fingerprint(&[&a, &spec("b", 3)]));
+    }
 }

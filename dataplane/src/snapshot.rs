@@ -114,8 +114,8 @@ impl Snapshot {
     }
 
     /// A hash of this node's routing state: every director's policy and members (targets,
-    /// weights, idents, slots), every backend's addresses, and which backends take requests
-    /// now. Two nodes with the same fingerprint send every key to the same backend.
+    /// weights, idents, slots), every backend's addresses and weight (the weight of members
+    /// that give none), and which backends take requests now. Two nodes with the same fingerprint send every key to the same backend.
     pub fn fingerprint(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -130,9 +130,10 @@ impl Snapshot {
             let addrs: Vec<String> = spec.addresses().map(ToString::to_string).collect();
             h.update(
                 format!(
-                    "{} {} {}\n",
+                    "{} {} {} {}\n",
                     spec.name,
                     addrs.join(","),
+                    spec.weight,
                     backend_healthy(spec, st)
                 )
                 .as_bytes(),

@@ -154,56 +154,69 @@ pub struct Converted {
 
 impl Converted {
     /// Every backend of `set` converted, reusing the earlier conversion of the same stored
-    /// revision. (A message converted before converted without error, so its label does not
-    /// matter.)
+    /// revision.
     fn backends(&mut self, set: &Resources) -> Result<Vec<Arc<BackendSpec>>, FieldError> {
-        let mut old = std::mem::take(&mut self.backends).into_iter().peekable();
-        let mut next = Vec::with_capacity(set.backends.len());
-        let mut specs = Vec::with_capacity(set.backends.len());
-        for (at, b) in &set.backends {
-            // The usual next entry is this backend; entries before its name are deleted
-            // backends (or the set is not sorted, and the rest is converted anew).
-            let mut reused = None;
-            while let Some((r, s)) = old.peek() {
-                if s.name == b.name {
-                    if *r == b.revision && b.revision != 0 {
-                        reused = old.next().map(|(_, s)| s);
-                    }
-                    break;
-                }
-                if s.name > b.name {
-                    break;
-                }
-                old.next();
-            }
-            let spec = match reused {
-                Some(spec) => spec,
-                None => Arc::new(backend(b, at)?),
-            };
-            specs.push(Arc::clone(&spec));
-            next.push((b.revision, spec));
-        }
-        self.backends = next;
-        Ok(specs)
+        reuse_or_convert(
+            &mut self.backends,
+            &set.backends,
+            |b| (&b.name, b.revision),
+            |s| &s.name,
+            |b, at| backend(b, at).map(Arc::new),
+        )
     }
 
     /// Every director of `set` converted, reusing the earlier conversion of the same stored
     /// revision (a copy: at 10,000 members about half the cost of converting).
     fn directors(&mut self, set: &Resources) -> Result<Vec<DirectorSpec>, FieldError> {
-        let mut old = std::mem::take(&mut self.directors).into_iter().peekable();
-        let mut next = Vec::with_capacity(set.directors.len());
-        for (at, d) in &set.directors {
-            while old.next_if(|(_, s)| s.name < d.name).is_some() {}
-            let spec = match old.next_if(|(r, s)| *r == d.revision && s.name == d.name) {
-                Some((_, spec)) if d.revision != 0 => spec,
-                _ => director(d, at)?,
-            };
-            next.push((d.revision, spec));
-        }
-        let specs = next.iter().map(|(_, s)| s.clone()).collect();
-        self.directors = next;
-        Ok(specs)
+        reuse_or_convert(
+            &mut self.directors,
+            &set.directors,
+            |d| (&d.name, d.revision),
+            |s| &s.name,
+            |d, at| director(d, at),
+        )
     }
+}
+
+/// Converts the messages of `set`, reusing from `cache` (an earlier call's result, by stored
+/// revision) the spec of each message whose revision is unchanged, and leaves this call's
+/// result in `cache`. Walks both in name order; the usual next cache entry is the message's
+/// own, and entries before its name are deleted resources (or the set is not sorted, and the
+/// rest is converted anew). A message converted before converted without error, so its label
+/// does not matter.
+fn reuse_or_convert<'a, M, S: Clone>(
+    cache: &mut Vec<(i64, S)>,
+    set: &[(Label<'a>, &'a M)],
+    stored: impl Fn(&M) -> (&String, i64),
+    name: impl Fn(&S) -> &String,
+    convert: impl Fn(&M, &Label<'a>) -> Result<S, FieldError>,
+) -> Result<Vec<S>, FieldError> {
+    let mut old = std::mem::take(cache).into_iter().peekable();
+    let mut next = Vec::with_capacity(set.len());
+    for (at, m) in set {
+        let (m_name, revision) = stored(m);
+        let mut reused = None;
+        while let Some((r, s)) = old.peek() {
+            if name(s) == m_name {
+                if *r == revision && revision != 0 {
+                    reused = old.next().map(|(_, s)| s);
+                }
+                break;
+            }
+            if name(s) > m_name {
+                break;
+            }
+            old.next();
+        }
+        let spec = match reused {
+            Some(spec) => spec,
+            None => convert(m, at)?,
+        };
+        next.push((revision, spec));
+    }
+    let specs = next.iter().map(|(_, s)| s.clone()).collect();
+    *cache = next;
+    Ok(specs)
 }
 
 /// Checks every resource and the references between them, and builds the directors.

@@ -95,7 +95,9 @@ fn director(n: usize) -> v1::Director {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (api, etcd, admins) = (args[0].clone(), args[1].clone(), args[2..].to_vec());
-    let http: Http = Client::builder(TokioExecutor::new()).build_http();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http: Http = Client::builder(TokioExecutor::new()).build(connector);
     let mut c = TetherClient::connect(api)
         .await?
         .max_decoding_message_size(64 << 20)

@@ -371,6 +371,9 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Futur
             },
             () = &mut shutdown => return,
         };
+        // Small responses, polled: without it a response written in two parts waits for a
+        // delayed ACK (40 ms).
+        let _ = stream.set_nodelay(true);
         let rt = Arc::clone(&rt);
         let builder = builder.clone();
         tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! The data-plane follower applying one revision at 10,000 backends in one shard director:
-//! from scratch (a listing) and a one-backend change (a watch event).
+//! from scratch (a listing) and a one-backend change (a watch event): a weight change, and a
+//! backend added to the director or deleted from it.
 //!
 //! `cargo bench -p tether-controlplane --bench apply`
 
@@ -83,6 +84,34 @@ fn apply(c: &mut Criterion) {
             // Weights 1 to 20: from 67 to 1,340 of the ring's points change.
             b17.weight = Some(1.0 + weight % 20.0);
             b17.revision = s.revision;
+            assert!(follow::apply(&rt, black_box(&s), &mut converted));
+        })
+    });
+    // A backend added as a member (one revision), then deleted (the next): each iteration is
+    // one of the two, alternately.
+    let mut added = false;
+    g.bench_function(format!("one_backend_added_or_deleted/{N}"), |b| {
+        b.iter(|| {
+            s.revision += 1;
+            let users = s.directors.get_mut("users").expect("users");
+            users.revision = s.revision;
+            if added {
+                s.backends.remove("b5000x");
+                users.members.pop();
+            } else {
+                let b = v1::Backend {
+                    name: "b5000x".into(),
+                    address: "10.9.9.9:80".into(),
+                    revision: s.revision,
+                    ..Default::default()
+                };
+                s.backends.insert(b.name.clone(), b);
+                users.members.push(v1::Member {
+                    target: Some(v1::member::Target::Backend("b5000x".into())),
+                    ..Default::default()
+                });
+            }
+            added = !added;
             assert!(follow::apply(&rt, black_box(&s), &mut converted));
         })
     });

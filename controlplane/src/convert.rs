@@ -130,8 +130,8 @@ pub struct Validated {
     pub directors: Directors,
 }
 
-/// Backends converted by an earlier validation, in that validation's order: a backend whose
-/// stored revision is unchanged is not parsed and checked again. For a follower, which
+/// Backends and directors converted by an earlier validation, in that validation's order: one
+/// whose stored revision is unchanged is not parsed and checked again. For a follower, which
 /// validates the store's revisions one after another: at 10,000 backends, converting them all
 /// was most of the cost of a one-backend change.
 ///
@@ -226,7 +226,8 @@ pub fn validate(set: &Resources) -> Result<Validated, FieldError> {
 
 /// [`validate`], reusing what `prev` (directors built from an earlier configuration) already
 /// computed for unchanged members (shard rings: a one-member change at 10,000 members does
-/// not rehash the ring) and the backends `converted` already holds.
+/// not rehash the ring) and the conversions `converted` holds ([`Converted`]: for sets read
+/// from the store only).
 pub fn validate_with(
     set: &Resources,
     prev: Option<&Directors>,

@@ -149,7 +149,7 @@ pub struct Converted {
     backends: Vec<(i64, Arc<BackendSpec>)>,
     /// Directors, the same way (a director's spec does not depend on its backends: member
     /// weights are resolved when the directors are built).
-    directors: Vec<(i64, DirectorSpec)>,
+    directors: Vec<(i64, Arc<DirectorSpec>)>,
 }
 
 impl Converted {
@@ -166,14 +166,14 @@ impl Converted {
     }
 
     /// Every director of `set` converted, reusing the earlier conversion of the same stored
-    /// revision (a copy: at 10,000 members about half the cost of converting).
-    fn directors(&mut self, set: &Resources) -> Result<Vec<DirectorSpec>, FieldError> {
+    /// revision.
+    fn directors(&mut self, set: &Resources) -> Result<Vec<Arc<DirectorSpec>>, FieldError> {
         reuse_or_convert(
             &mut self.directors,
             &set.directors,
             |d| (&d.name, d.revision),
             |s| &s.name,
-            |d, at| director(d, at),
+            |d, at| director(d, at).map(Arc::new),
         )
     }
 }

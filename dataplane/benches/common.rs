@@ -45,7 +45,7 @@ pub fn config_with_base(
                 ))
             })
             .collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {
                 algorithm,
@@ -60,7 +60,7 @@ pub fn config_with_base(
                     ..MemberSpec::new(TargetRef::Backend(format!("b{i}")))
                 })
                 .collect(),
-        }],
+        })],
         ..Default::default()
     }
 }

@@ -444,7 +444,7 @@ pub struct Config {
     /// Probes.
     pub probes: Vec<ProbeSpec>,
     /// Directors.
-    pub directors: Vec<DirectorSpec>,
+    pub directors: Vec<Arc<DirectorSpec>>,
     /// Routes, in match order.
     pub routes: Vec<RouteSpec>,
 }

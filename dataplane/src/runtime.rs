@@ -391,7 +391,7 @@ mod tests {
         let fingerprint = |backends: &[&Arc<BackendSpec>]| {
             let rt = Runtime::new();
             let mut cfg = config(backends);
-            cfg.directors.push(crate::config::DirectorSpec {
+            cfg.directors.push(Arc::new(crate::config::DirectorSpec {
                 name: "d".into(),
                 policy: crate::config::Policy::Shard(crate::config::ShardSpec::default()),
                 members: backends
@@ -402,7 +402,7 @@ mod tests {
                         ))
                     })
                     .collect(),
-            });
+            }));
             rt.apply(1, cfg).expect("apply");
             rt.snapshot().fingerprint()
         };

@@ -167,7 +167,9 @@ fn balanced_rows() -> Vec<String> {
         ("base16", uniform(10), 16),
     ] {
         let mut config = shard_config(Algorithm::Balanced, 67, &members);
-        if let tether_dataplane::config::Policy::Shard(s) = &mut config.directors[0].policy {
+        if let tether_dataplane::config::Policy::Shard(s) =
+            &mut std::sync::Arc::make_mut(&mut config.directors[0]).policy
+        {
             s.base_slots = base;
         }
         let set = build(&config);

@@ -164,7 +164,7 @@ proptest! {
         let ks = keys(1500, seed);
         let with_base = |m: &Members| {
             let mut c = shard_config(Algorithm::Balanced, 67, m);
-            if let tether_dataplane::config::Policy::Shard(s) = &mut c.directors[0].policy {
+            if let tether_dataplane::config::Policy::Shard(s) = &mut std::sync::Arc::make_mut(&mut c.directors[0]).policy {
                 s.base_slots = base;
             }
             c

@@ -123,11 +123,11 @@ fn config(backends: Vec<BackendSpec>) -> Config {
         .collect();
     Config {
         backends: backends.into_iter().map(std::sync::Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec::default()),
             members,
-        }],
+        })],
         routes: vec![RouteSpec {
             name: "r".into(),
             hosts: vec![],
@@ -383,9 +383,9 @@ async fn one_probe_loop_per_backend_identity_across_directors_and_revisions() {
     std::sync::Arc::make_mut(&mut cfg.backends[0]).probe = Some("p".into());
     cfg.probes.push(probe);
     // A second director referring to the same backend.
-    let mut second = cfg.directors[0].clone();
+    let mut second = (*cfg.directors[0]).clone();
     second.name = "d2".into();
-    cfg.directors.push(second);
+    cfg.directors.push(std::sync::Arc::new(second));
     let p = proxy(cfg.clone()).await;
     // New revisions that keep the backend's identity do not start more loops.
     for rev in 2..5 {

@@ -34,11 +34,11 @@ fn members(n: usize) -> Vec<MemberSpec> {
 fn one(policy: Policy, n: usize) -> (Directors, DirectorId) {
     let cfg = Config {
         backends: (0..n).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy,
             members: members(n),
-        }],
+        })],
         ..Default::default()
     };
     let set = Directors::build(&cfg, None).unwrap();
@@ -195,14 +195,14 @@ fn reference_examples() {
 fn duplicate_idents_keep_the_first_member() {
     let mut cfg = Config {
         backends: (0..3).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: shard(Algorithm::Varnish),
             members: members(3),
-        }],
+        })],
         ..Default::default()
     };
-    cfg.directors[0].members[2].ident = Some("b1".into());
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[2].ident = Some("b1".into());
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();
     let all = Sick::default();
@@ -284,14 +284,14 @@ fn every_policy_returns_none_when_all_are_sick_and_skips_sick_members() {
 fn hash_director_is_deterministic_weighted_and_not_consistent() {
     let mut cfg = Config {
         backends: (0..3).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Hash,
             members: members(3),
-        }],
+        })],
         ..Default::default()
     };
-    cfg.directors[0].members[1].weight = Some(2.0);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[1].weight = Some(2.0);
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();
     let h = Sick::default();
@@ -324,15 +324,15 @@ fn hash_director_is_deterministic_weighted_and_not_consistent() {
 fn random_director_follows_weights_over_healthy_members() {
     let mut cfg = Config {
         backends: (0..3).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Random,
             members: members(3),
-        }],
+        })],
         ..Default::default()
     };
-    cfg.directors[0].members[0].weight = Some(3.0);
-    cfg.directors[0].members[2].weight = Some(0.0);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[0].weight = Some(3.0);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[2].weight = Some(0.0);
     let set = Directors::build(&cfg, None).unwrap();
     let d = set.id("d").unwrap();
     let h = Sick::default();
@@ -354,19 +354,19 @@ fn nested_directors_resolve_and_are_healthy_when_any_member_is() {
     let cfg = Config {
         backends: (0..3).map(backend).map(Arc::new).collect(),
         directors: vec![
-            DirectorSpec {
+            Arc::new(DirectorSpec {
                 name: "sh".into(),
                 policy: shard(Algorithm::Varnish),
                 members: members(2),
-            },
-            DirectorSpec {
+            }),
+            Arc::new(DirectorSpec {
                 name: "fb".into(),
                 policy: Policy::Fallback { sticky: false },
                 members: vec![
                     MemberSpec::new(TargetRef::Director("sh".into())),
                     MemberSpec::new(TargetRef::Backend("b2".into())),
                 ],
-            },
+            }),
         ],
         ..Default::default()
     };
@@ -396,10 +396,12 @@ fn nested_directors_resolve_and_are_healthy_when_any_member_is() {
 
 #[test]
 fn cycles_and_unknown_references_are_rejected() {
-    let d = |name: &str, to: &str| DirectorSpec {
-        name: name.into(),
-        policy: Policy::RoundRobin,
-        members: vec![MemberSpec::new(TargetRef::Director(to.into()))],
+    let d = |name: &str, to: &str| {
+        Arc::new(DirectorSpec {
+            name: name.into(),
+            policy: Policy::RoundRobin,
+            members: vec![MemberSpec::new(TargetRef::Director(to.into()))],
+        })
     };
     let cfg = Config {
         backends: vec![],
@@ -421,11 +423,11 @@ fn cycles_and_unknown_references_are_rejected() {
     ));
     let cfg = Config {
         backends: vec![Arc::new(backend(0))],
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "x".into(),
             policy: Policy::Hash,
             members: vec![MemberSpec::new(TargetRef::Backend("b9".into()))],
-        }],
+        })],
         ..Default::default()
     };
     let err = Directors::build(&cfg, None).unwrap_err();
@@ -440,32 +442,32 @@ fn bad_values_are_rejected_naming_the_field() {
     let (_, _) = one(Policy::RoundRobin, 1);
     let mut cfg = Config {
         backends: (0..2).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: shard(Algorithm::Balanced),
             members: members(2),
-        }],
+        })],
         ..Default::default()
     };
-    cfg.directors[0].members[1].weight = Some(-1.0);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[1].weight = Some(-1.0);
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
     assert!(e.contains("members[1].weight"), "{e}");
-    cfg.directors[0].members[1].weight = Some(1.0);
-    cfg.directors[0].members[0].slot = Some(3);
-    cfg.directors[0].members[1].slot = Some(3);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[1].weight = Some(1.0);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[0].slot = Some(3);
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[1].slot = Some(3);
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
     assert_eq!(
         e,
         "director \"d\": members[1].slot: slot 3 is already taken by members[0]"
     );
-    cfg.directors[0].members[1].slot = None;
-    cfg.directors[0].policy = Policy::Shard(ShardSpec {
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).members[1].slot = None;
+    std::sync::Arc::make_mut(&mut cfg.directors[0]).policy = Policy::Shard(ShardSpec {
         warmup: 1.0,
         ..ShardSpec::default()
     });
     let e = Directors::build(&cfg, None).unwrap_err().to_string();
     assert!(e.contains("shard.warmup"), "{e}");
-    cfg.directors.push(cfg.directors[0].clone());
+    cfg.directors.push(Arc::clone(&cfg.directors[0]));
     assert!(matches!(
         Directors::build(&cfg, None),
         Err(BuildError::DuplicateDirector(_))
@@ -489,7 +491,7 @@ fn rampup_is_deterministic_monotone_and_linear() {
     for algorithm in [Algorithm::Varnish, Algorithm::Balanced] {
         let cfg = Config {
             backends: (0..4).map(backend).map(Arc::new).collect(),
-            directors: vec![DirectorSpec {
+            directors: vec![std::sync::Arc::new(DirectorSpec {
                 name: "d".into(),
                 policy: Policy::Shard(ShardSpec {
                     algorithm,
@@ -497,7 +499,7 @@ fn rampup_is_deterministic_monotone_and_linear() {
                     ..ShardSpec::default()
                 }),
                 members: members(4),
-            }],
+            })],
             ..Default::default()
         };
         let set = Directors::build(&cfg, None).unwrap();
@@ -554,7 +556,7 @@ fn rampup_is_deterministic_monotone_and_linear() {
 fn warmup_sends_its_share_to_the_next_member() {
     let cfg = Config {
         backends: (0..4).map(backend).map(Arc::new).collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {
                 algorithm: Algorithm::Balanced,
@@ -562,7 +564,7 @@ fn warmup_sends_its_share_to_the_next_member() {
                 ..ShardSpec::default()
             }),
             members: members(4),
-        }],
+        })],
         ..Default::default()
     };
     let set = Directors::build(&cfg, None).unwrap();

@@ -45,7 +45,7 @@ pub fn shard_config(
             .enumerate()
             .map(|(i, n)| std::sync::Arc::new(backend(n, 20000 + i as u16)))
             .collect(),
-        directors: vec![DirectorSpec {
+        directors: vec![std::sync::Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {
                 algorithm,
@@ -61,7 +61,7 @@ pub fn shard_config(
                     ..MemberSpec::new(TargetRef::Backend(b.clone()))
                 })
                 .collect(),
-        }],
+        })],
         ..Default::default()
     }
 }

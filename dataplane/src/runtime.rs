@@ -203,7 +203,7 @@ impl Runtime {
         // Identities of the backends that were not carried over as they were.
         let mut kept: FxHashMap<&str, Identity> = FxHashMap::default();
         for spec in &config.backends {
-            let found = matcher.find(spec);
+            let found = matcher.find(spec, |spec| registry.contains_key(&Identity::of(spec)));
             if let Some(i) = found
                 && !reused[i]
                 && (Arc::ptr_eq(&old[i], spec) || old[i] == *spec)
@@ -293,6 +293,7 @@ fn probe_of<'a>(
 /// Finds a backend's previous position by walking the previous list alongside the new one:
 /// lists come in the same (name) order, so the next previous entry, or the one after it (a
 /// deletion), is usually the one — found by comparing pointers, without reading either spec.
+/// A backend whose identity has no state is new (or its addresses changed): nothing to find.
 /// Anything else (a reordered list) falls back to a map by name, built once when first needed.
 struct PrevMatcher<'a> {
     old: &'a [Arc<BackendSpec>],
@@ -309,8 +310,13 @@ impl<'a> PrevMatcher<'a> {
         }
     }
 
-    /// The previous index of the backend named as `spec` is, if there is one.
-    fn find(&mut self, spec: &Arc<BackendSpec>) -> Option<usize> {
+    /// The previous index of the backend named as `spec` is, if there is one whose state
+    /// `spec` could keep; `has_state` says whether `spec`'s identity has a state.
+    fn find(
+        &mut self,
+        spec: &Arc<BackendSpec>,
+        has_state: impl FnOnce(&BackendSpec) -> bool,
+    ) -> Option<usize> {
         let (old, j) = (self.old, self.next);
         let at = |i: usize| old.get(i).is_some_and(|o| Arc::ptr_eq(o, spec));
         let found = if at(j) {
@@ -319,6 +325,9 @@ impl<'a> PrevMatcher<'a> {
             Some(j + 1)
         } else if old.get(j).is_some_and(|o| o.name == spec.name) {
             Some(j)
+        } else if !has_state(spec) {
+            // A new backend (an addition at 10,000 backends must not hash all the names).
+            return None;
         } else {
             self.by_name
                 .get_or_insert_with(|| {

@@ -243,11 +243,18 @@ impl Ring {
             // The common request. With alt=0 Varnish's walk returns the first healthy host in
             // ring order (the first host when health is ignored): scan a few ring entries for
             // it without the walk's bookkeeping; a longer run of sick hosts takes the walk.
+            // Wrapping by comparison, not `%`: a division would sit on every lookup's
+            // critical path.
             let n = self.entries.len();
-            for step in 0..n.min(SHORT_SCAN) {
-                let c = host(self.entries[(idx + step) % n]);
+            let mut i = idx;
+            for _ in 0..n.min(SHORT_SCAN) {
+                let c = host(self.entries[i]);
                 if mode == HealthyMode::Ignore || healthy(c) {
                     return Pick::only(Some(c));
+                }
+                i += 1;
+                if i == n {
+                    i = 0;
                 }
             }
         }

@@ -191,47 +191,36 @@ async fn a_killed_etcd_member_and_a_leader_change_are_survived_and_nothing_is_lo
     wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;
     // Member 0 is where every client starts: its watch and its calls must move.
     etcd.members[0].kill();
-    let mut last = rev;
-    for i in 0..5 {
-        let out = support::ok(
-            &cp.api,
-            &[
-                "backend",
-                "create",
-                &format!("x{i}"),
-                "--address",
-                "127.0.0.1:9",
-                "-o",
-                "json",
-            ],
-        );
-        last = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
-            .as_i64()
-            .unwrap();
-    }
+    // Creates backend x{i} for each i in `range`; the last write's revision.
+    let create = |range: std::ops::Range<usize>| -> i64 {
+        let mut last = 0;
+        for i in range {
+            let out = support::ok(
+                &cp.api,
+                &[
+                    "backend",
+                    "create",
+                    &format!("x{i}"),
+                    "--address",
+                    "127.0.0.1:9",
+                    "-o",
+                    "json",
+                ],
+            );
+            last = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
+                .as_i64()
+                .unwrap();
+        }
+        last
+    };
+    let last = create(0..5);
     wait_all_applied(&nodes, last, Duration::from_secs(10)).await;
     etcd.members[0].restart();
     etcd.members[0].wait_healthy();
     // Then the leader dies: a leader change while writes go on.
     let leader = etcd.leader().await.expect("a leader");
     etcd.members[leader].kill();
-    for i in 5..10 {
-        let out = support::ok(
-            &cp.api,
-            &[
-                "backend",
-                "create",
-                &format!("x{i}"),
-                "--address",
-                "127.0.0.1:9",
-                "-o",
-                "json",
-            ],
-        );
-        last = serde_json::from_str::<serde_json::Value>(&out).unwrap()["revision"]
-            .as_i64()
-            .unwrap();
-    }
+    let last = create(5..10);
     wait_all_applied(&nodes, last, Duration::from_secs(10)).await;
     etcd.members[leader].restart();
     etcd.members[leader].wait_healthy();

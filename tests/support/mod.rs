@@ -168,11 +168,22 @@ impl Tether {
 
     /// [`Tether::dataplane`] with extra environment variables.
     pub async fn dataplane_env(dir: &Path, etcd: &str, wait: bool, env: &[(&str, &str)]) -> Tether {
+        Tether::dataplane_of(dir, ["--etcd", etcd], wait, env).await
+    }
+
+    /// Starts `tether dataplane` reading its configuration from `source` (`--etcd URLS` or
+    /// `--controlplane URL`), on free loopback ports, one proxy thread.
+    async fn dataplane_of(
+        dir: &Path,
+        source: [&str; 2],
+        wait: bool,
+        env: &[(&str, &str)],
+    ) -> Tether {
         let d = dir.to_str().unwrap();
         let args = [
             "dataplane",
-            "--etcd",
-            etcd,
+            source[0],
+            source[1],
             "--proxy",
             "127.0.0.1:0",
             "--admin",
@@ -197,22 +208,7 @@ impl Tether {
 
     /// [`Tether::dataplane_from`] with extra environment variables.
     pub async fn dataplane_from_env(dir: &Path, api: &str, env: &[(&str, &str)]) -> Tether {
-        let d = dir.to_str().unwrap();
-        let args = [
-            "dataplane",
-            "--controlplane",
-            api,
-            "--proxy",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--proxy-threads",
-            "1",
-            "--data-dir",
-            d,
-        ];
-        let (child, v) = spawn_env(dir, &args, env).await;
-        Tether::ready(child, dir, &v).await
+        Tether::dataplane_of(dir, ["--controlplane", api], true, env).await
     }
 
     fn new(child: Child, dir: &Path, v: &serde_json::Value) -> Tether {

@@ -3,13 +3,16 @@
 //!
 //! `cargo build --release --example lookups -p tether-dataplane`
 //! `valgrind --tool=callgrind --branch-sim=yes target/release/examples/lookups balanced 100 200000`
+//!
+//! A fourth argument `base` gives the balanced director a flat base covering it
+//! (`base_slots` = the power of two at or above N), as the control plane does.
 
 #[path = "../benches/common.rs"]
 mod common;
 
 use std::hint::black_box;
 
-use common::config;
+use common::config_with_base;
 use tether_dataplane::director::{
     Algorithm, BackendId, Directors, HealthView, Key, KeySource, SelectOpts,
 };
@@ -30,7 +33,11 @@ fn main() {
     };
     let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
     let lookups: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let config = config(algorithm, n, None, false);
+    let base = match args.get(4).map(String::as_str) {
+        Some("base") => n.next_power_of_two() as u32,
+        _ => 1,
+    };
+    let config = config_with_base(algorithm, n, None, false, base);
     let set = Directors::build(&config, None).expect("build");
     let d = set.id("d").expect("director");
     // 16-byte keys, all distinct (no repeating pattern for a branch predictor to learn).

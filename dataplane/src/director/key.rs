@@ -104,7 +104,7 @@ impl<'a> Key<'a> {
 
     /// The 64-bit key of the balanced algorithm: xxh3-64 of the string, the integer as given,
     /// or xxh3-64 of the address octets (IPv4-mapped IPv6 counts as IPv4).
-    #[inline]
+    #[inline(always)]
     pub fn h64(&self) -> u64 {
         if let Some(v) = self.h64.get() {
             return v;

@@ -361,6 +361,12 @@ impl Directors {
         health: &H,
     ) -> Result<Option<BackendId>, SelectError> {
         let dir = &self.list[d as usize];
+        if let Kind::Shard(s) = &dir.kind
+            && let Some(b) =
+                s.select_backend(key, opts.alt, opts.healthy, &|b| health.is_healthy(b))
+        {
+            return Ok(b);
+        }
         let n = dir.members.len();
         let ok = |m: usize| match dir.backend_of[m] {
             NOT_A_BACKEND => self.is_healthy(dir.members[m].target, health),
@@ -507,11 +513,17 @@ fn build_shard(
                 .zip(members)
                 .map(|(&s, m)| (s, m.weight))
                 .collect();
+            let mut table = SlotTable::build(&sw, spec.base_slots.trailing_zeros());
+            let backends: Vec<Option<BackendId>> = members
+                .iter()
+                .map(|m| match m.target {
+                    Target::Backend(b) => Some(b),
+                    Target::Director(_) => None,
+                })
+                .collect();
+            table.set_backends(&backends);
             // Balanced hosts are the members themselves: no host → member map.
-            (
-                Table::Balanced(SlotTable::build(&sw, spec.base_slots.trailing_zeros())),
-                Vec::new(),
-            )
+            (Table::Balanced(table), Vec::new())
         }
     };
     let host_rampup: Vec<_> = match spec.algorithm {

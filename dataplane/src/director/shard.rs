@@ -64,6 +64,27 @@ impl Shard {
             || host_rampup.iter().flatten().any(|r| *r > Duration::ZERO)
     }
 
+    /// The backend for `key` straight from a flat balanced table whose members are all
+    /// backends, for a first pick (alt 0) without rampup or warmup: the usual balanced
+    /// request, with no member → backend step. `None` when this path does not apply.
+    #[inline(always)]
+    pub(crate) fn select_backend<H: Fn(u32) -> bool>(
+        &self,
+        key: &Key<'_>,
+        alt: u32,
+        mode: Option<HealthyMode>,
+        healthy: &H,
+    ) -> Option<Option<u32>> {
+        let Table::Balanced(slots) = &self.table else {
+            return None;
+        };
+        if alt != 0 || self.ramps || !slots.is_flat() {
+            return None;
+        }
+        let need_healthy = mode.unwrap_or(self.healthy) != HealthyMode::Ignore;
+        slots.first_flat_backend(key.h64(), need_healthy, healthy)
+    }
+
     /// The member for `key`.
     #[inline]
     pub(crate) fn select<H: Fn(usize) -> bool, S: Fn(usize) -> Duration>(

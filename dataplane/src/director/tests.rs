@@ -587,3 +587,59 @@ fn warmup_sends_its_share_to_the_next_member() {
     let share = f64::from(moved) / 20_000.0;
     assert!((share - 0.2).abs() < 0.02, "warmup share {share}");
 }
+
+#[test]
+fn balanced_first_picks_are_the_first_healthy_member_of_the_walk_on_every_path() {
+    // A flat balanced director answers first picks from its per-slot backend table; the same
+    // director with a nested-director member, or walked with `order`, goes through members.
+    // Every path must agree: the pick is the first healthy member of the key's walk.
+    let n = 10;
+    let flat = |extra_director: bool| {
+        let mut ms = members(n);
+        if extra_director {
+            ms.push(MemberSpec::new(TargetRef::Director("inner".into())));
+        }
+        let mut directors = vec![Arc::new(DirectorSpec {
+            name: "d".into(),
+            policy: Policy::Shard(ShardSpec {
+                algorithm: Algorithm::Balanced,
+                base_slots: 16,
+                ..ShardSpec::default()
+            }),
+            members: ms,
+        })];
+        directors.push(Arc::new(DirectorSpec {
+            name: "inner".into(),
+            policy: Policy::Fallback { sticky: false },
+            members: members(1),
+        }));
+        let cfg = Config {
+            backends: (0..n).map(backend).map(Arc::new).collect(),
+            directors,
+            ..Default::default()
+        };
+        Directors::build(&cfg, None).unwrap()
+    };
+    let sick = Sick::default();
+    sick.0.borrow_mut().extend([2, 5, 7]);
+    for set in [flat(false), flat(true)] {
+        let d = set.id("d").unwrap();
+        for k in 0..2_000 {
+            let text = format!("k{k}");
+            let key = Key::str(&text);
+            let expected = set
+                .order(d, &key, n + 1)
+                .unwrap()
+                .into_iter()
+                .find(|&t| set.is_healthy(t, &sick))
+                .map(|t| match t {
+                    Target::Backend(b) => b,
+                    Target::Director(_) => 0, // "inner" resolves to b0
+                });
+            assert_eq!(
+                set.select(d, &key, SelectOpts::default(), &sick),
+                Ok(expected)
+            );
+        }
+    }
+}

@@ -18,8 +18,8 @@ use super::SelectError;
 /// digest bytes read little-endian (`VRT_HashStrands32`).
 pub fn h32(pieces: &[&[u8]]) -> u32 {
     let d = match pieces {
-        // A request key is one piece: the one-shot digest measured 10 ns faster than the
-        // streaming loop below.
+        // A request key is one piece, and almost always short.
+        [one] if one.len() <= ONE_BLOCK => return h32_one_block(one),
         [one] => Sha256::digest(one),
         _ => {
             let mut sha = Sha256::new();
@@ -30,6 +30,40 @@ pub fn h32(pieces: &[&[u8]]) -> u32 {
         }
     };
     u32::from_le_bytes([d[28], d[29], d[30], d[31]])
+}
+
+/// The longest message whose padding fits in one 64-byte SHA-256 block.
+const ONE_BLOCK: usize = 55;
+
+/// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_H0: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// `H32` of a message of at most [`ONE_BLOCK`] bytes: the padded block is built in place and
+/// compressed once (the same compression function, with SHA-NI where the CPU has it), without
+/// the streaming hasher's buffer and finalisation: 5–8 ns less per varnish lookup than
+/// `Sha256::digest` (`docs/benchmarks.md`). (Assembling the block in 16-byte integers instead
+/// of copying the key in measured 4–8 ns slower.)
+#[inline(always)]
+fn h32_one_block(data: &[u8]) -> u32 {
+    let mut block = [0u8; 64];
+    let len = data.len().min(ONE_BLOCK);
+    block[..len].copy_from_slice(&data[..len]);
+    block[len] = 0x80;
+    block[56..].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+    let mut state = SHA256_H0;
+    // `from_ref`, not `&[block]`: the latter copied the block once more on the stack.
+    sha2::block_api::compress256(&mut state, std::slice::from_ref(&block));
+    // Digest bytes 28..32 are state[7] big-endian; H32 reads them little-endian.
+    state[7].swap_bytes()
 }
 
 /// Where a key came from.
@@ -91,6 +125,7 @@ impl<'a> Key<'a> {
             Some(v) => v,
             None => {
                 let v = match self.source {
+                    KeySource::Bytes(b) if b.len() <= ONE_BLOCK => Some(h32_one_block(b)),
                     KeySource::Bytes(b) => Some(h32(&[b])),
                     KeySource::Int(v) => u32::try_from(v).ok(),
                     KeySource::Ip(ip) => Some(h32(&[canonical_ip(ip).to_string().as_bytes()])),
@@ -160,6 +195,20 @@ mod tests {
         // Checked against varnishd 7.1.1 (shared/reference/varnish-directors.md §1.1).
         assert_eq!(h32(&[b"user-0"]), 2_912_063_798);
         assert_eq!(Key::str("user-0").h32(), Ok(2_912_063_798));
+    }
+
+    #[test]
+    fn one_block_h32_equals_the_streaming_digest_at_every_length() {
+        let bytes: Vec<u8> = (0..130u32).map(|i| (i * 37 + 11) as u8).collect();
+        for len in 0..bytes.len() {
+            let msg = &bytes[..len];
+            let d = Sha256::digest(msg);
+            assert_eq!(
+                h32(&[msg]),
+                u32::from_le_bytes([d[28], d[29], d[30], d[31]]),
+                "length {len}"
+            );
+        }
     }
 
     #[test]

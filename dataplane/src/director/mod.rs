@@ -530,7 +530,18 @@ fn build_shard(
         Algorithm::Varnish => host_member.iter().map(|&m| d.members[m].rampup).collect(),
         Algorithm::Balanced => d.members.iter().map(|m| m.rampup).collect(),
     };
+    let host_backend = match spec.algorithm {
+        Algorithm::Varnish => host_member
+            .iter()
+            .map(|&m| match members[m].target {
+                Target::Backend(b) => Some(b),
+                Target::Director(_) => None,
+            })
+            .collect(),
+        Algorithm::Balanced => None,
+    };
     Ok(Shard {
+        host_backend,
         ramps: Shard::ramps(spec.rampup, spec.warmup, &host_rampup),
         table,
         host_member,

@@ -47,6 +47,8 @@ pub(crate) struct Shard {
     pub(crate) host_rampup: Vec<Option<Duration>>,
     /// Whether rampup or warmup can apply at all (computed once, not per request).
     pub(crate) ramps: bool,
+    /// Varnish: per ring host, its member's backend id, when every member is a backend.
+    pub(crate) host_backend: Option<Vec<u32>>,
 }
 
 /// What the shard director needs to know about its members' health (generic, so that the
@@ -64,9 +66,10 @@ impl Shard {
             || host_rampup.iter().flatten().any(|r| *r > Duration::ZERO)
     }
 
-    /// The backend for `key` straight from a flat balanced table whose members are all
-    /// backends, for a first pick (alt 0) without rampup or warmup: the usual balanced
-    /// request, with no member → backend step. `None` when this path does not apply.
+    /// The backend for `key` on the usual request — a first pick (alt 0) without rampup or
+    /// warmup, from a director whose members are all backends — read from a per-slot (flat
+    /// balanced) or per-host (varnish) table of backend ids, with no host → member → backend
+    /// steps. `None` when this path does not apply and [`Shard::select`] answers.
     #[inline(always)]
     pub(crate) fn select_backend<H: Fn(u32) -> bool>(
         &self,
@@ -75,14 +78,27 @@ impl Shard {
         mode: Option<HealthyMode>,
         healthy: &H,
     ) -> Option<Option<u32>> {
-        let Table::Balanced(slots) = &self.table else {
-            return None;
-        };
-        if alt != 0 || self.ramps || !slots.is_flat() {
+        if alt != 0 || self.ramps {
             return None;
         }
-        let need_healthy = mode.unwrap_or(self.healthy) != HealthyMode::Ignore;
-        slots.first_flat_backend(key.h64(), need_healthy, healthy)
+        let mode = mode.unwrap_or(self.healthy);
+        match &self.table {
+            Table::Balanced(slots) => {
+                if !slots.is_flat() {
+                    return None;
+                }
+                slots.first_flat_backend(key.h64(), mode != HealthyMode::Ignore, healthy)
+            }
+            Table::Varnish(ring) => {
+                let host_backend = self.host_backend.as_deref()?;
+                // A key out of range takes the general path, which reports it.
+                let k = key.h32().ok()?;
+                let backend = |h: u32| host_backend.get(h as usize).copied();
+                let accept =
+                    |h: u32| mode == HealthyMode::Ignore || backend(h).is_some_and(healthy);
+                ring.first(k, &accept).map(backend)
+            }
+        }
     }
 
     /// The member for `key`.

@@ -589,10 +589,17 @@ fn warmup_sends_its_share_to_the_next_member() {
 }
 
 #[test]
-fn balanced_first_picks_are_the_first_healthy_member_of_the_walk_on_every_path() {
-    // A flat balanced director answers first picks from its per-slot backend table; the same
-    // director with a nested-director member, or walked with `order`, goes through members.
-    // Every path must agree: the pick is the first healthy member of the key's walk.
+fn shard_first_picks_are_the_first_healthy_member_of_the_walk_on_every_path() {
+    // A shard director whose members are all backends answers first picks from a per-slot
+    // (flat balanced) or per-host (varnish) backend table; the same director with a
+    // nested-director member, or walked with `order`, goes through members. Every path must
+    // agree: the pick is the first healthy member of the key's walk.
+    for algorithm in [Algorithm::Balanced, Algorithm::Varnish] {
+        first_picks_follow_the_walk(algorithm);
+    }
+}
+
+fn first_picks_follow_the_walk(algorithm: Algorithm) {
     let n = 10;
     let flat = |extra_director: bool| {
         let mut ms = members(n);
@@ -602,7 +609,7 @@ fn balanced_first_picks_are_the_first_healthy_member_of_the_walk_on_every_path()
         let mut directors = vec![Arc::new(DirectorSpec {
             name: "d".into(),
             policy: Policy::Shard(ShardSpec {
-                algorithm: Algorithm::Balanced,
+                algorithm,
                 base_slots: 16,
                 ..ShardSpec::default()
             }),

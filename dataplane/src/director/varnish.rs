@@ -448,9 +448,11 @@ fn merge_reused(prev: &[u64], remap: &[u32], fresh: &[u64]) -> (Vec<u64>, Option
     (out, None)
 }
 
-/// Bits of the index's buckets for a ring of `len` entries.
+/// Bits of the index's buckets for a ring of `len` entries. At most 2^17 buckets (512 KiB):
+/// a ring of 10,000 members (670,000 points) is out of L2 anyway, and a larger index only
+/// adds misses to its lookups and bytes to copy on every change.
 fn index_bits(len: usize) -> u32 {
-    (usize::BITS - (len / POINTS_PER_BUCKET).max(1).leading_zeros()).clamp(4, 19)
+    (usize::BITS - (len / POINTS_PER_BUCKET).max(1).leading_zeros()).clamp(4, 17)
 }
 
 /// `prev`'s index (buckets of `shift`) after the entries at points `gone` left and `fresh`

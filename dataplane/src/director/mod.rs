@@ -131,6 +131,16 @@ struct Member {
     weight: f64,
 }
 
+impl Member {
+    /// The member's backend id; `None` for a nested director.
+    fn backend(&self) -> Option<BackendId> {
+        match self.target {
+            Target::Backend(b) => Some(b),
+            Target::Director(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Kind {
     RoundRobin(RoundRobin),
@@ -242,10 +252,7 @@ impl Directors {
             };
             let backend_of = members
                 .iter()
-                .map(|m| match m.target {
-                    Target::Backend(b) => b,
-                    Target::Director(_) => NOT_A_BACKEND,
-                })
+                .map(|m| m.backend().unwrap_or(NOT_A_BACKEND))
                 .collect();
             let weights = members.iter().map(|m| m.weight).collect();
             list.push(Director {
@@ -514,13 +521,7 @@ fn build_shard(
                 .map(|(&s, m)| (s, m.weight))
                 .collect();
             let mut table = SlotTable::build(&sw, spec.base_slots.trailing_zeros());
-            let backends: Vec<Option<BackendId>> = members
-                .iter()
-                .map(|m| match m.target {
-                    Target::Backend(b) => Some(b),
-                    Target::Director(_) => None,
-                })
-                .collect();
+            let backends: Vec<Option<BackendId>> = members.iter().map(Member::backend).collect();
             table.set_backends(&backends);
             // Balanced hosts are the members themselves: no host → member map.
             (Table::Balanced(table), Vec::new())
@@ -531,13 +532,7 @@ fn build_shard(
         Algorithm::Balanced => d.members.iter().map(|m| m.rampup).collect(),
     };
     let host_backend = match spec.algorithm {
-        Algorithm::Varnish => host_member
-            .iter()
-            .map(|&m| match members[m].target {
-                Target::Backend(b) => Some(b),
-                Target::Director(_) => None,
-            })
-            .collect(),
+        Algorithm::Varnish => host_member.iter().map(|&m| members[m].backend()).collect(),
         Algorithm::Balanced => None,
     };
     Ok(Shard {

@@ -115,7 +115,8 @@ impl Snapshot {
 
     /// A hash of this node's routing state: every director's policy and members (targets,
     /// weights, idents, slots), every backend's addresses and weight (the weight of members
-    /// that give none), and which backends take requests now. Two nodes with the same fingerprint send every key to the same backend.
+    /// that give none), and which backends take requests now. Two nodes with the same
+    /// fingerprint send every key to the same backend.
     pub fn fingerprint(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();

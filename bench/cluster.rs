@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tether_controlplane::convert::Converted;
-use tether_controlplane::follow;
+use tether_controlplane::node::follower;
 use tether_controlplane::state::State;
 use tether_controlplane::store::Store;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
@@ -161,7 +161,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let listing = store.list(layout.root()).await?;
         let (s, _) = State::from_listing(&layout, &listing);
-        assert!(follow::apply(
+        assert!(follower::apply(
             &Runtime::new(),
             &s,
             &mut Converted::default()
@@ -178,7 +178,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // function alone.
     let rt = Runtime::new();
     let mut converted = Converted::default();
-    assert!(follow::apply(&rt, &state, &mut converted));
+    assert!(follower::apply(&rt, &state, &mut converted));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut changes = Vec::new();
     for i in 0..50 {
@@ -188,7 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             b.revision = state.revision;
         }
         let t = Instant::now();
-        assert!(follow::apply(&rt, &state, &mut converted));
+        assert!(follower::apply(&rt, &state, &mut converted));
         changes.push(t.elapsed());
     }
     changes.sort();

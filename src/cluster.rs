@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use tether_controlplane::node::remote::RemoteSource;
 use tether_controlplane::service::Api;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
-use tether_controlplane::store::remote::RemoteStore;
-use tether_controlplane::{follow, server};
+use tether_controlplane::{node, server};
 use tether_dataplane::runtime::Runtime;
 use tether_dataplane::{admin, proxy};
 use tether_proto::keys::Layout;
@@ -171,7 +171,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
         controlplane = ?args.controlplane,
         "tether dataplane"
     );
-    let me = tether_controlplane::nodes::Identity {
+    let me = node::Identity {
         id: args.node_id.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}",
@@ -191,30 +191,30 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let opts = follow::Options {
+    let opts = node::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
     };
-    let (follower, registration) = match &args.controlplane {
+    let shutdown = node::Shutdown::new(stop_tx.subscribe());
+    let agent = match &args.controlplane {
         Some(url) => {
-            let layout = Layout::new(&args.etcd.prefix)?;
-            let store = RemoteStore::connect(url, token.as_deref(), layout.clone())
-                .context("--controlplane")?;
-            let follower =
-                tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
-            (follower, None)
+            let source = RemoteSource::connect(url, token.as_deref()).context("--controlplane")?;
+            tokio::spawn(node::run(source, Arc::clone(&rt), opts, None, shutdown))
         }
         None => {
             let (store, layout) = args.etcd.connect()?;
-            let registration = tokio::spawn(tether_controlplane::nodes::register(
-                store.clone(),
-                layout.clone(),
-                Arc::clone(&rt),
+            let registration = node::Registration {
+                store: store.clone(),
+                layout: layout.clone(),
                 me,
-                stopped(),
-            ));
-            let follower =
-                tokio::spawn(follow::run(store, layout, Arc::clone(&rt), opts, stopped()));
-            (follower, Some(registration))
+            };
+            let source = node::StoreSource::new(store, layout);
+            tokio::spawn(node::run(
+                source,
+                Arc::clone(&rt),
+                opts,
+                Some(registration),
+                shutdown,
+            ))
         }
     };
     let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
@@ -226,10 +226,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
     )?;
     process::signal().await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task);
-    if let Some(r) = registration {
-        let _ = r.await;
-    }
+    let _ = tokio::join!(agent, admin_task);
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tether_controlplane::service::Api;
 use tether_controlplane::store::embedded::EmbeddedStore;
-use tether_controlplane::{follow, server};
+use tether_controlplane::{node, server};
 use tether_dataplane::runtime::Runtime;
 use tether_dataplane::{admin, proxy};
 use tether_proto::keys::Layout;
@@ -120,12 +120,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         store = %db.display(),
         "tether up"
     );
-    let follower = tokio::spawn(follow::run(
-        store.clone(),
-        layout,
+    let follower = tokio::spawn(node::run(
+        node::StoreSource::new(store.clone(), layout),
         Arc::clone(&rt),
-        follow::Options::default(),
-        stopped(),
+        node::Options::default(),
+        None,
+        node::Shutdown::new(stop_tx.subscribe()),
     ));
     let proxy_threads = proxy::serve_on_threads(
         proxy_l.into_std()?,

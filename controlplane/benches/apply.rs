@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prost::Message;
 use tether_controlplane::convert::Converted;
-use tether_controlplane::follow;
+use tether_controlplane::node::follower;
 use tether_controlplane::state::State;
 use tether_controlplane::store::{KeyValue, Listing};
 use tether_dataplane::runtime::Runtime;
@@ -67,13 +67,13 @@ fn apply(c: &mut Criterion) {
         b.iter(|| {
             let rt = Runtime::new();
             let mut converted = Converted::default();
-            assert!(follow::apply(&rt, black_box(&base), &mut converted));
+            assert!(follower::apply(&rt, black_box(&base), &mut converted));
         })
     });
     // A weight change of one backend: a one-member change of the varnish ring.
     let rt = Runtime::new();
     let mut converted = Converted::default();
-    assert!(follow::apply(&rt, &base, &mut converted));
+    assert!(follower::apply(&rt, &base, &mut converted));
     let mut s = base.clone();
     let mut weight = 1.0;
     g.bench_function(format!("one_backend_change/{N}"), |b| {
@@ -84,7 +84,7 @@ fn apply(c: &mut Criterion) {
             // Weights 1 to 20: from 67 to 1,340 of the ring's points change.
             b17.weight = Some(1.0 + weight % 20.0);
             b17.revision = s.revision;
-            assert!(follow::apply(&rt, black_box(&s), &mut converted));
+            assert!(follower::apply(&rt, black_box(&s), &mut converted));
         })
     });
     // A backend added as a member (one revision), then deleted (the next): each iteration is
@@ -112,7 +112,7 @@ fn apply(c: &mut Criterion) {
                 });
             }
             added = !added;
-            assert!(follow::apply(&rt, black_box(&s), &mut converted));
+            assert!(follower::apply(&rt, black_box(&s), &mut converted));
         })
     });
     g.finish();

@@ -14,14 +14,15 @@
 //! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
 //!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens;
 //!   [`server`] serves it all with the health and reflection services;
-//! - [`follow`]: keeps a data-plane [`tether_dataplane::runtime::Runtime`] on the store's
-//!   latest revision (list, then watch), with a local snapshot cache;
-//! - [`nodes`]: data-plane registration under a lease (cluster mode) and the agreement check
-//!   of `tether nodes`.
+//! - [`node`]: the node agent — what a proxy node runs to follow the store: the follower
+//!   state machine over a narrow [`node::Source`] (the embedded store, etcd, or a control
+//!   plane's Watch stream), the snapshot cache, registration under a lease, the supervisor and
+//!   the backoff;
+//! - [`nodes`]: the agreement check of `ListNodes` / `tether nodes` (the API side).
 //!
 //! Data flow (write): request → [`service`] loads a [`state::State`] → changes a copy →
-//! [`convert::validate`] → one [`store::Txn`]. (Read side): [`store::Store::watch`] →
-//! [`follow`] → `State` → `convert::validate_with` (reusing the previous revision's conversions
+//! [`convert::validate`] → one [`store::Txn`]. (Read side): [`node::Source`] →
+//! [`node::Follower`] → `State` → `convert::validate_with` (reusing the previous revision's conversions
 //! and rings) → `Runtime::install`.
 
 pub mod auth;
@@ -29,7 +30,7 @@ pub mod convert;
 pub mod declarative;
 pub mod duration;
 pub mod error;
-pub mod follow;
+pub mod node;
 pub mod nodes;
 pub mod pattern;
 pub mod server;

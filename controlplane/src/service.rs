@@ -24,8 +24,8 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, Converted, Failure};
 use crate::error::ApiError;
 use crate::pattern::Pattern;
-use crate::state::{Resource, State};
-use crate::store::{Event, Store, TxnOutcome};
+use crate::state::{Change, DecodeError, Resource, State};
+use crate::store::{Store, TxnOutcome};
 
 /// Writes retried when another writer committed first.
 const WRITE_ATTEMPTS: usize = 8;
@@ -73,12 +73,17 @@ impl<S: Store> Api<S> {
     }
 
     async fn load(&self) -> Result<State, ApiError> {
+        Ok(self.load_reporting().await?.0)
+    }
+
+    /// The stored configuration, and the objects left out of it because they do not decode.
+    async fn load_reporting(&self) -> Result<(State, Vec<DecodeError>), ApiError> {
         let listing = self.store.list(self.layout.root()).await?;
         let (state, errors) = State::from_listing(&self.layout, &listing);
-        for e in errors {
+        for e in &errors {
             tracing::warn!(error = %e, "stored object does not decode; ignored");
         }
-        Ok(state)
+        Ok((state, errors))
     }
 
     /// Loads, changes with `change(old, new)`, validates and commits (unless `dry_run`).
@@ -551,14 +556,8 @@ impl<S: Store> Api<S> {
     }
 
     async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
-        let s = self.load().await?;
-        Ok(v1::ConfigSnapshot {
-            revision: s.revision,
-            backends: s.backends.into_values().collect(),
-            probes: s.probes.into_values().collect(),
-            directors: s.directors.into_values().collect(),
-            routes: s.routes.into_values().collect(),
-        })
+        let (state, undecodable) = self.load_reporting().await?;
+        Ok(state.to_snapshot(&undecodable))
     }
 
     async fn list_nodes(&self) -> Result<v1::ListNodesResponse, ApiError> {
@@ -573,8 +572,8 @@ impl<S: Store> Api<S> {
         }
         if let Some(rt) = &self.live {
             // `tether up`: the data plane in this process is the one node.
-            nodes.push(crate::nodes::record(
-                &crate::nodes::Identity {
+            nodes.push(crate::node::register::record(
+                &crate::node::Identity {
                     id: "local".into(),
                     proxy: String::new(),
                     admin: String::new(),
@@ -591,60 +590,14 @@ impl<S: Store> Api<S> {
     }
 
     fn watch_events(&self, batch: crate::store::WatchBatch) -> v1::WatchResponse {
-        let mut events = Vec::new();
-        for e in batch.events {
-            let (key, action, value, rev) = match &e {
-                Event::Put(kv) => (
-                    kv.key.as_str(),
-                    if kv.create_revision == kv.mod_revision {
-                        Action::Create
-                    } else {
-                        Action::Update
-                    },
-                    Some(kv.value.as_slice()),
-                    kv.mod_revision,
-                ),
-                Event::Delete { key, mod_revision } => {
-                    (key.as_str(), Action::Delete, None, *mod_revision)
-                }
-            };
-            let Some((kind, name)) = self.layout.parse(key) else {
-                continue;
-            };
-            use prost::Message;
-            use v1::watch_event::Resource as R;
-            let resource = value.and_then(|v| match kind {
-                Kind::Backend => v1::Backend::decode(v).ok().map(|mut r| {
-                    r.revision = rev;
-                    R::Backend(r)
-                }),
-                Kind::Probe => v1::Probe::decode(v).ok().map(|mut r| {
-                    r.revision = rev;
-                    R::Probe(r)
-                }),
-                Kind::Director => v1::Director::decode(v).ok().map(|mut r| {
-                    r.revision = rev;
-                    R::Director(r)
-                }),
-                Kind::Route => v1::Route::decode(v).ok().map(|mut r| {
-                    r.revision = rev;
-                    R::Route(r)
-                }),
-                Kind::Health | Kind::Node => None,
-            });
-            if matches!(kind, Kind::Health | Kind::Node) {
-                continue;
-            }
-            events.push(v1::WatchEvent {
-                kind: kind.singular().to_owned(),
-                name: name.to_owned(),
-                action: action as i32,
-                resource,
-            });
-        }
         v1::WatchResponse {
             revision: batch.revision,
-            events,
+            events: batch
+                .events
+                .iter()
+                .filter_map(|e| Change::from_event(&self.layout, e))
+                .map(Change::into_watch_event)
+                .collect(),
         }
     }
 }
@@ -652,7 +605,7 @@ impl<S: Store> Api<S> {
 /// The serial key's value for one write: 16 random bytes, unique to the write (so that an
 /// unknown outcome can be resolved by reading it back), then the commit time in Unix
 /// nanoseconds (so that data planes can measure commit-to-apply delay; see
-/// [`crate::follow::commit_time`]).
+/// `node::source`).
 fn write_id() -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,23 +1,36 @@
 //! The stored configuration, decoded: every Backend, Probe, Director and Route at one
 //! revision, by name. Both sides use it: the API loads it, changes a copy and writes the
-//! difference in one transaction; the data-plane follower keeps it current from the watch and
-//! converts it into a snapshot.
+//! difference in one transaction; the node agent keeps it current from the watch and converts
+//! it into a snapshot.
+//!
+//! This is also the one place for per-kind code. [`Resource`] carries what differs between the
+//! kinds (key directory, request field, map in a [`State`], list in a
+//! [`v1::ConfigSnapshot`], variant of a watch event); [`per_kind`] and [`each_kind`] run
+//! generic code for a kind chosen at run time, or for all of them in dependency order. Every
+//! conversion — store key/value, watch event, snapshot — goes through [`Change`] and [`State`],
+//! so a stored object that does not decode is treated the same way wherever it is read: left
+//! out, and reported as a [`DecodeError`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
 use tether_proto::keys::{Kind, Layout};
-use tether_proto::v1;
+use tether_proto::v1::{self, Action};
 
 use crate::convert::{Label, Resources};
 use crate::store::{Event, KeyValue, Listing, Op};
 
-/// A stored object that did not decode (skipped, logged and counted by the caller).
+/// Any one resource: the `resource` oneof of a watch event.
+pub type AnyResource = v1::watch_event::Resource;
+
+/// A stored object that did not decode (left out, logged and counted by the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
+#[error("{kind}/{name}: {message}")]
 pub struct DecodeError {
-    /// The key.
-    pub key: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name (from the key).
+    pub name: String,
     /// Why.
     pub message: String,
 }
@@ -38,13 +51,17 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     fn map(state: &State) -> &BTreeMap<String, Self>;
     /// This kind's map in a state, to change.
     fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self>;
+    /// This kind's list in a snapshot.
+    fn list_mut(snapshot: &mut v1::ConfigSnapshot) -> &mut Vec<Self>;
+    /// As a watch event's resource.
+    fn into_any(self) -> AnyResource;
     /// Fills in what the control plane stores on the caller's behalf, given the stored
     /// version (balanced shard slots).
     fn prepare(&mut self, _stored: Option<&Self>) {}
 }
 
 macro_rules! resource {
-    ($t:ty, $kind:expr, $map:ident) => {
+    ($t:ty, $kind:expr, $map:ident, $variant:ident) => {
         impl Resource for $t {
             const KIND: Kind = $kind;
             const FIELD: &'static str = $kind.singular();
@@ -63,6 +80,12 @@ macro_rules! resource {
             fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self> {
                 &mut state.$map
             }
+            fn list_mut(snapshot: &mut v1::ConfigSnapshot) -> &mut Vec<Self> {
+                &mut snapshot.$map
+            }
+            fn into_any(self) -> AnyResource {
+                AnyResource::$variant(self)
+            }
             resource!(@prepare $t);
         }
     };
@@ -74,10 +97,214 @@ macro_rules! resource {
     (@prepare $t:ty) => {};
 }
 
-resource!(v1::Backend, Kind::Backend, backends);
-resource!(v1::Probe, Kind::Probe, probes);
-resource!(v1::Director, Kind::Director, directors);
-resource!(v1::Route, Kind::Route, routes);
+resource!(v1::Backend, Kind::Backend, backends, Backend);
+resource!(v1::Probe, Kind::Probe, probes, Probe);
+resource!(v1::Director, Kind::Director, directors, Director);
+resource!(v1::Route, Kind::Route, routes, Route);
+
+/// Generic code for one resource kind, run by [`per_kind`] for a kind known at run time.
+pub trait PerKind {
+    /// What it returns.
+    type Output;
+    /// Runs for resource type `R`.
+    fn run<R: Resource>(self) -> Self::Output;
+}
+
+/// Runs `f` for `kind`'s resource type; `None` for kinds that are not resources (health
+/// reports, node records).
+pub fn per_kind<F: PerKind>(kind: Kind, f: F) -> Option<F::Output> {
+    Some(match kind {
+        Kind::Backend => f.run::<v1::Backend>(),
+        Kind::Probe => f.run::<v1::Probe>(),
+        Kind::Director => f.run::<v1::Director>(),
+        Kind::Route => f.run::<v1::Route>(),
+        Kind::Health | Kind::Node => return None,
+    })
+}
+
+/// Generic code run by [`each_kind`] for every resource kind.
+pub trait EachKind {
+    /// Runs for resource type `R`.
+    fn visit<R: Resource>(&mut self);
+}
+
+/// Runs `f` for every resource kind in dependency order — probes, backends, directors, routes:
+/// a kind's references come before it — or in the reverse order.
+pub fn each_kind<F: EachKind>(f: &mut F, reverse: bool) {
+    if reverse {
+        f.visit::<v1::Route>();
+        f.visit::<v1::Director>();
+        f.visit::<v1::Backend>();
+        f.visit::<v1::Probe>();
+    } else {
+        f.visit::<v1::Probe>();
+        f.visit::<v1::Backend>();
+        f.visit::<v1::Director>();
+        f.visit::<v1::Route>();
+    }
+}
+
+/// The kind and name of a resource.
+fn any_kind_name(r: &AnyResource) -> (Kind, &str) {
+    match r {
+        AnyResource::Backend(r) => (Kind::Backend, &r.name),
+        AnyResource::Probe(r) => (Kind::Probe, &r.name),
+        AnyResource::Director(r) => (Kind::Director, &r.name),
+        AnyResource::Route(r) => (Kind::Route, &r.name),
+    }
+}
+
+/// One change to one resource, however it was read (a store event, a watch event of the API).
+// Changes are transient (decoded, then moved into a state): boxing the resource would cost an
+// allocation per object for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Created (`created`) or replaced; its revision is set.
+    Put {
+        /// The resource.
+        resource: AnyResource,
+        /// Whether it did not exist before.
+        created: bool,
+    },
+    /// Deleted.
+    Delete {
+        /// Its kind.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// Stored, but it does not decode: left out, as though deleted, and reported.
+    Undecodable(DecodeError),
+}
+
+/// Decodes a stored value of kind `R`, named `name`, at `mod_revision`.
+struct DecodeValue<'a> {
+    name: &'a str,
+    value: &'a [u8],
+    mod_revision: i64,
+}
+
+impl PerKind for DecodeValue<'_> {
+    type Output = Result<AnyResource, DecodeError>;
+    fn run<R: Resource>(self) -> Self::Output {
+        let error = |message: String| DecodeError {
+            kind: R::KIND,
+            name: self.name.to_owned(),
+            message,
+        };
+        let mut r = R::decode(self.value).map_err(|e| error(e.to_string()))?;
+        if r.name() != self.name {
+            return Err(error(format!("holds a resource named {:?}", r.name())));
+        }
+        r.set_revision(self.mod_revision);
+        Ok(r.into_any())
+    }
+}
+
+impl Change {
+    /// The change a store event makes; `None` for keys that hold no resource (the serial key,
+    /// node records, health reports).
+    pub fn from_event(layout: &Layout, event: &Event) -> Option<Change> {
+        match event {
+            Event::Put(kv) => Change::from_kv(layout, kv),
+            Event::Delete { key, .. } => {
+                let (kind, name) = layout.parse(key)?;
+                per_kind(kind, ())?;
+                Some(Change::Delete {
+                    kind,
+                    name: name.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// A stored key and value as a change (a put, or an undecodable object).
+    pub fn from_kv(layout: &Layout, kv: &KeyValue) -> Option<Change> {
+        let (kind, name) = layout.parse(&kv.key)?;
+        let decoded = per_kind(
+            kind,
+            DecodeValue {
+                name,
+                value: &kv.value,
+                mod_revision: kv.mod_revision,
+            },
+        )?;
+        Some(match decoded {
+            Ok(resource) => Change::Put {
+                resource,
+                created: kv.create_revision == kv.mod_revision,
+            },
+            Err(e) => Change::Undecodable(e),
+        })
+    }
+
+    /// The change as the API's Watch stream sends it.
+    pub fn into_watch_event(self) -> v1::WatchEvent {
+        match self {
+            Change::Put { resource, created } => {
+                let (kind, name) = any_kind_name(&resource);
+                v1::WatchEvent {
+                    kind: kind.singular().to_owned(),
+                    name: name.to_owned(),
+                    action: if created {
+                        Action::Create
+                    } else {
+                        Action::Update
+                    } as i32,
+                    resource: Some(resource),
+                    undecodable: String::new(),
+                }
+            }
+            Change::Delete { kind, name } => v1::WatchEvent {
+                kind: kind.singular().to_owned(),
+                name,
+                action: Action::Delete as i32,
+                resource: None,
+                undecodable: String::new(),
+            },
+            Change::Undecodable(e) => v1::WatchEvent {
+                kind: e.kind.singular().to_owned(),
+                name: e.name,
+                action: Action::Update as i32,
+                resource: None,
+                undecodable: e.message,
+            },
+        }
+    }
+
+    /// A Watch stream's event as a change; `None` for a kind this version does not know.
+    pub fn from_watch_event(e: v1::WatchEvent) -> Option<Change> {
+        let kind = Kind::from_singular(&e.kind)?;
+        per_kind(kind, ())?;
+        let undecodable = |message: String| {
+            Change::Undecodable(DecodeError {
+                kind,
+                name: e.name.clone(),
+                message,
+            })
+        };
+        if e.action == Action::Delete as i32 {
+            return Some(Change::Delete { kind, name: e.name });
+        }
+        if !e.undecodable.is_empty() {
+            return Some(undecodable(e.undecodable));
+        }
+        Some(match e.resource {
+            Some(r) if any_kind_name(&r) == (kind, e.name.as_str()) => Change::Put {
+                resource: r,
+                created: e.action == Action::Create as i32,
+            },
+            Some(_) => undecodable("the event's resource is not the one it names".into()),
+            None => undecodable("the event carries no resource".into()),
+        })
+    }
+}
+
+impl PerKind for () {
+    type Output = ();
+    fn run<R: Resource>(self) {}
+}
 
 /// The configuration at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,6 +313,11 @@ pub struct State {
     pub revision: i64,
     /// `mod_revision` of the serial key (0 when never written).
     pub serial_revision: i64,
+    /// The revision of the last change to a resource: the serial key's, or the newest
+    /// resource's when later, at a listing; a batch's revision when it changed a resource.
+    /// Unlike `revision`, writes to other keys (node records) do not move it, so nodes that
+    /// route alike show the same one.
+    pub config_revision: i64,
     /// Backends by name.
     pub backends: BTreeMap<String, v1::Backend>,
     /// Probes by name.
@@ -99,25 +331,20 @@ pub struct State {
     pub labels: HashMap<(Kind, String), String>,
 }
 
-fn decode<R: Resource>(kv: &KeyValue, name: &str) -> Result<R, DecodeError> {
-    let mut r = R::decode(kv.value.as_slice()).map_err(|e| DecodeError {
-        key: kv.key.clone(),
-        message: e.to_string(),
-    })?;
-    if r.name() != name {
-        return Err(DecodeError {
-            key: kv.key.clone(),
-            message: format!("holds a resource named {:?}", r.name()),
-        });
-    }
-    r.set_revision(kv.mod_revision);
-    Ok(r)
-}
-
 fn encode<R: Resource>(r: &R) -> Vec<u8> {
     let mut stored = r.clone();
     stored.set_revision(0);
     stored.encode_to_vec()
+}
+
+/// Removes one resource of kind `R`.
+struct Remove<'a>(&'a mut State, &'a str);
+
+impl PerKind for Remove<'_> {
+    type Output = ();
+    fn run<R: Resource>(self) {
+        R::map_mut(self.0).remove(self.1);
+    }
 }
 
 impl State {
@@ -128,52 +355,81 @@ impl State {
             revision: listing.revision,
             ..State::default()
         };
-        let mut errors = Vec::new();
         let serial = layout.serial();
+        let mut errors = Vec::new();
         for kv in &listing.kvs {
             if kv.key == serial {
                 state.serial_revision = kv.mod_revision;
-            } else if let Err(e) = state.put(layout, kv) {
-                errors.push(e);
+            } else if let Some(c) = Change::from_kv(layout, kv) {
+                state.apply_change(c, &mut errors);
             }
         }
+        state.config_revision = state.newest_change();
         (state, errors)
     }
 
-    fn put(&mut self, layout: &Layout, kv: &KeyValue) -> Result<(), DecodeError> {
-        let Some((kind, name)) = layout.parse(&kv.key) else {
-            return Ok(());
-        };
-        let name = name.to_owned();
-        match kind {
-            Kind::Backend => {
-                self.backends.insert(name.clone(), decode(kv, &name)?);
+    /// The serial key's revision or the newest resource's, whichever is later.
+    fn newest_change(&self) -> i64 {
+        struct Newest<'a>(&'a State, i64);
+        impl EachKind for Newest<'_> {
+            fn visit<R: Resource>(&mut self) {
+                let newest = R::map(self.0).values().map(Resource::revision).max();
+                self.1 = self.1.max(newest.unwrap_or(0));
             }
-            Kind::Probe => {
-                self.probes.insert(name.clone(), decode(kv, &name)?);
-            }
-            Kind::Director => {
-                self.directors.insert(name.clone(), decode(kv, &name)?);
-            }
-            Kind::Route => {
-                self.routes.insert(name.clone(), decode(kv, &name)?);
-            }
-            Kind::Health | Kind::Node => {}
         }
-        Ok(())
+        let mut n = Newest(self, self.serial_revision);
+        each_kind(&mut n, false);
+        n.1
+    }
+
+    fn put_any(&mut self, r: AnyResource) {
+        fn put<R: Resource>(s: &mut State, r: R) {
+            R::map_mut(s).insert(r.name().to_owned(), r);
+        }
+        match r {
+            AnyResource::Backend(r) => put(self, r),
+            AnyResource::Probe(r) => put(self, r),
+            AnyResource::Director(r) => put(self, r),
+            AnyResource::Route(r) => put(self, r),
+        }
     }
 
     fn remove(&mut self, kind: Kind, name: &str) {
-        match kind {
-            Kind::Backend => drop(self.backends.remove(name)),
-            Kind::Probe => drop(self.probes.remove(name)),
-            Kind::Director => drop(self.directors.remove(name)),
-            Kind::Route => drop(self.routes.remove(name)),
-            Kind::Health | Kind::Node => {}
+        per_kind(kind, Remove(self, name));
+    }
+
+    /// Applies one change; an object that did not decode is left out (a stale version is not
+    /// kept) and added to `errors`.
+    fn apply_change(&mut self, c: Change, errors: &mut Vec<DecodeError>) {
+        match c {
+            Change::Put { resource, .. } => self.put_any(resource),
+            Change::Delete { kind, name } => self.remove(kind, &name),
+            Change::Undecodable(e) => {
+                self.remove(e.kind, &e.name);
+                errors.push(e);
+            }
         }
     }
 
-    /// Applies the events of one revision.
+    /// Applies changes; returns the objects that did not decode.
+    fn apply_changes(&mut self, changes: Vec<Change>) -> Vec<DecodeError> {
+        let mut errors = Vec::new();
+        for c in changes {
+            self.apply_change(c, &mut errors);
+        }
+        errors
+    }
+
+    /// Applies the changes of one revision; returns the objects that did not decode.
+    pub fn apply(&mut self, revision: i64, changes: Vec<Change>) -> Vec<DecodeError> {
+        if !changes.is_empty() {
+            self.config_revision = revision;
+        }
+        self.revision = revision;
+        self.apply_changes(changes)
+    }
+
+    /// Applies the store events of one revision (see [`State::apply`]).
     pub fn apply_events(
         &mut self,
         layout: &Layout,
@@ -181,28 +437,82 @@ impl State {
         events: &[Event],
     ) -> Vec<DecodeError> {
         let serial = layout.serial();
-        let mut errors = Vec::new();
         for e in events {
-            match e {
-                Event::Put(kv) if kv.key == serial => self.serial_revision = kv.mod_revision,
-                Event::Put(kv) => {
-                    if let Err(err) = self.put(layout, kv) {
-                        // The bad object is gone from the configuration, not left stale.
-                        if let Some((kind, name)) = layout.parse(&kv.key) {
-                            self.remove(kind, name);
-                        }
-                        errors.push(err);
-                    }
-                }
-                Event::Delete { key, .. } => {
-                    if let Some((kind, name)) = layout.parse(key) {
-                        self.remove(kind, name);
-                    }
-                }
+            if let Event::Put(kv) = e
+                && kv.key == serial
+            {
+                self.serial_revision = kv.mod_revision;
             }
         }
-        self.revision = revision;
-        errors
+        let changes = events
+            .iter()
+            .filter_map(|e| Change::from_event(layout, e))
+            .collect();
+        self.apply(revision, changes)
+    }
+
+    /// The state as a snapshot message (GetSnapshot, the node's cache), with the objects that
+    /// were left out because they do not decode.
+    pub fn to_snapshot(&self, undecodable: &[DecodeError]) -> v1::ConfigSnapshot {
+        struct Fill<'a>(&'a State, v1::ConfigSnapshot);
+        impl EachKind for Fill<'_> {
+            fn visit<R: Resource>(&mut self) {
+                R::list_mut(&mut self.1).extend(R::map(self.0).values().cloned());
+            }
+        }
+        let mut fill = Fill(
+            self,
+            v1::ConfigSnapshot {
+                revision: self.revision,
+                config_revision: self.config_revision,
+                undecodable: undecodable
+                    .iter()
+                    .map(|e| v1::UndecodableObject {
+                        kind: e.kind.singular().to_owned(),
+                        name: e.name.clone(),
+                        reason: e.message.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        each_kind(&mut fill, false);
+        fill.1
+    }
+
+    /// A snapshot message as a state, with the objects it reports as undecodable.
+    pub fn from_snapshot(mut s: v1::ConfigSnapshot) -> (State, Vec<DecodeError>) {
+        struct Take<'a>(&'a mut v1::ConfigSnapshot, Vec<Change>);
+        impl EachKind for Take<'_> {
+            fn visit<R: Resource>(&mut self) {
+                self.1
+                    .extend(
+                        std::mem::take(R::list_mut(self.0))
+                            .into_iter()
+                            .map(|r| Change::Put {
+                                resource: r.into_any(),
+                                created: false,
+                            }),
+                    );
+            }
+        }
+        let mut take = Take(&mut s, Vec::new());
+        each_kind(&mut take, false);
+        let mut changes = take.1;
+        changes.extend(s.undecodable.into_iter().filter_map(|u| {
+            Some(Change::Undecodable(DecodeError {
+                kind: Kind::from_singular(&u.kind)?,
+                name: u.name,
+                message: u.reason,
+            }))
+        }));
+        let mut state = State {
+            revision: s.revision,
+            ..State::default()
+        };
+        let errors = state.apply_changes(changes);
+        state.config_revision = s.config_revision.max(state.newest_change());
+        (state, errors)
     }
 
     /// Every resource (borrowed), for [`crate::convert::validate`], each under its label:
@@ -245,30 +555,41 @@ impl State {
     /// routes, directors, backends, probes — a resource's referrers are gone or updated first.
     /// That is what lets a write too large for one etcd transaction be split.
     pub fn diff_ops(&self, next: &State, layout: &Layout) -> Vec<Op> {
-        fn puts<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
-            let a = R::map(old);
-            for (name, r) in R::map(new) {
-                if a.get(name).is_none_or(|o| encode(o) != encode(r)) {
-                    ops.push(Op::Put(layout.key(R::KIND, name), encode(r)));
+        struct Diff<'a> {
+            old: &'a State,
+            new: &'a State,
+            layout: &'a Layout,
+            ops: Vec<Op>,
+            deletes: bool,
+        }
+        impl EachKind for Diff<'_> {
+            fn visit<R: Resource>(&mut self) {
+                let (a, b) = (R::map(self.old), R::map(self.new));
+                if self.deletes {
+                    for name in a.keys().filter(|n| !b.contains_key(*n)) {
+                        self.ops.push(Op::Delete(self.layout.key(R::KIND, name)));
+                    }
+                } else {
+                    for (name, r) in b {
+                        if a.get(name).is_none_or(|o| encode(o) != encode(r)) {
+                            self.ops
+                                .push(Op::Put(self.layout.key(R::KIND, name), encode(r)));
+                        }
+                    }
                 }
             }
         }
-        fn deletes<R: Resource>(old: &State, new: &State, layout: &Layout, ops: &mut Vec<Op>) {
-            let b = R::map(new);
-            for name in R::map(old).keys().filter(|n| !b.contains_key(*n)) {
-                ops.push(Op::Delete(layout.key(R::KIND, name)));
-            }
-        }
-        let mut ops = Vec::new();
-        puts::<v1::Probe>(self, next, layout, &mut ops);
-        puts::<v1::Backend>(self, next, layout, &mut ops);
-        puts::<v1::Director>(self, next, layout, &mut ops);
-        puts::<v1::Route>(self, next, layout, &mut ops);
-        deletes::<v1::Route>(self, next, layout, &mut ops);
-        deletes::<v1::Director>(self, next, layout, &mut ops);
-        deletes::<v1::Backend>(self, next, layout, &mut ops);
-        deletes::<v1::Probe>(self, next, layout, &mut ops);
-        ops
+        let mut d = Diff {
+            old: self,
+            new: next,
+            layout,
+            ops: Vec::new(),
+            deletes: false,
+        };
+        each_kind(&mut d, false);
+        d.deletes = true;
+        each_kind(&mut d, true);
+        d.ops
     }
 
     /// Whether a stored resource differs from `r` (ignoring revisions).
@@ -276,5 +597,94 @@ impl State {
         R::map(self)
             .get(r.name())
             .is_none_or(|stored| encode(stored) != encode(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: Vec<u8>, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value,
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    fn backend(name: &str) -> v1::Backend {
+        v1::Backend {
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_path_leaves_out_an_undecodable_object_and_reports_it() {
+        let l = Layout::default();
+        let good = kv(&l.key(Kind::Backend, "a"), backend("a").encode_to_vec(), 3);
+        let bad = kv(&l.key(Kind::Backend, "b"), vec![0xff, 0xff], 4);
+        let listing = Listing {
+            revision: 5,
+            kvs: vec![good, bad],
+        };
+        let (direct, errors) = State::from_listing(&l, &listing);
+        assert_eq!(direct.backends.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            (errors[0].kind, errors[0].name.as_str()),
+            (Kind::Backend, "b")
+        );
+        assert_eq!(direct.config_revision, 3);
+
+        // Through the API's snapshot and back: the same state, the same error.
+        let (via_snapshot, errors2) = State::from_snapshot(direct.to_snapshot(&errors));
+        assert_eq!(via_snapshot.backends, direct.backends);
+        assert_eq!(errors2, errors);
+
+        // Through watch events and back: a stale version of "a" is not kept once it no
+        // longer decodes.
+        let mut s = direct;
+        let broken = kv(&l.key(Kind::Backend, "a"), b"\x0a\x01".to_vec(), 6);
+        let events = [Event::Put(broken)];
+        let changes: Vec<Change> = events
+            .iter()
+            .filter_map(|e| Change::from_event(&l, e))
+            .map(|c| Change::from_watch_event(c.into_watch_event()).unwrap())
+            .collect();
+        let errors3 = s.apply(6, changes);
+        assert!(s.backends.is_empty());
+        assert_eq!(errors3.len(), 1);
+        assert_eq!(s.config_revision, 6);
+    }
+
+    #[test]
+    fn watch_events_round_trip() {
+        let l = Layout::default();
+        let mut put = kv(&l.key(Kind::Backend, "a"), backend("a").encode_to_vec(), 7);
+        put.create_revision = 2;
+        for e in [
+            Event::Put(put),
+            Event::Delete {
+                key: l.key(Kind::Route, "r"),
+                mod_revision: 7,
+            },
+        ] {
+            let c = Change::from_event(&l, &e).unwrap();
+            assert_eq!(
+                Change::from_watch_event(c.clone().into_watch_event()),
+                Some(c)
+            );
+        }
+        assert_eq!(
+            Change::from_event(&l, &Event::Put(kv(&l.serial(), vec![], 1))),
+            None
+        );
+        assert_eq!(
+            Change::from_event(&l, &Event::Put(kv(&l.key(Kind::Node, "n"), vec![], 1))),
+            None
+        );
     }
 }

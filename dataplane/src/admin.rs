@@ -42,7 +42,8 @@ pub fn handle(rt: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
-            "not ready: no full snapshot applied yet\n".into(),
+            "not ready: no full snapshot applied yet, or the node's follower is restarting\n"
+                .into(),
         ),
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(rt)),
         "/state" => json(
@@ -152,6 +153,7 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
     serde_json::json!({
         "ready": rt.is_ready(),
         "applied_revision": snap.revision,
+        "config_revision": rt.config_revision(),
         "seen_revision": rt.seen_revision(),
         "from_cache": rt.from_cache(),
         "confirmed_age_seconds": rt.confirmed_age().map(|d| d.as_secs_f64()),
@@ -217,6 +219,21 @@ fn metrics(rt: &Runtime) -> String {
         let _ = writeln!(w, "# HELP {name} {help}");
         let _ = writeln!(w, "# TYPE {name} counter");
         let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_task_restarts_total Node agent tasks restarted by their supervisor after ending early."
+    );
+    let _ = writeln!(w, "# TYPE tether_task_restarts_total counter");
+    for (task, v) in [
+        ("follower", &c.follower_restarts),
+        ("registration", &c.registration_restarts),
+    ] {
+        let _ = writeln!(
+            w,
+            "tether_task_restarts_total{{task=\"{task}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
     let _ = writeln!(
         w,

@@ -36,6 +36,10 @@ pub struct ProxyCounters {
     pub relists: AtomicU64,
     /// Stored objects left out because they do not decode or validate.
     pub invalid_objects: AtomicU64,
+    /// Restarts of the node agent's follower by its supervisor.
+    pub follower_restarts: AtomicU64,
+    /// Restarts of the node agent's registration loop by its supervisor.
+    pub registration_restarts: AtomicU64,
 }
 
 /// The data plane's state.
@@ -46,6 +50,8 @@ pub struct Runtime {
     ready: AtomicBool,
     /// Revision of the last store event seen (applied or not), for staleness.
     seen_revision: AtomicI64,
+    /// The configuration revision of the applied state (the last change to a resource).
+    config_revision: AtomicI64,
     /// Proxy-wide counters.
     pub counters: ProxyCounters,
     /// From a change's commit in the store to its application here.
@@ -86,6 +92,7 @@ impl Runtime {
             registry: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             seen_revision: AtomicI64::new(0),
+            config_revision: AtomicI64::new(0),
             counters: ProxyCounters::default(),
             apply_delay: Histogram::default(),
             confirmed: Mutex::new(None),
@@ -116,6 +123,22 @@ impl Runtime {
     /// Marks the runtime ready (after the first full listing is applied).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Marks the runtime not ready (its follower is down; the snapshot still serves).
+    pub fn clear_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// Records the configuration revision of the state just installed.
+    pub fn set_config_revision(&self, revision: i64) {
+        self.config_revision.store(revision, Ordering::Release);
+    }
+
+    /// The configuration revision of the applied state: the last change to a resource (not
+    /// moved by writes to other keys, such as node records).
+    pub fn config_revision(&self) -> i64 {
+        self.config_revision.load(Ordering::Acquire)
     }
 
     /// Records the latest revision seen in the store.

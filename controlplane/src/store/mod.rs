@@ -13,7 +13,6 @@
 
 pub mod embedded;
 pub mod etcd;
-pub mod remote;
 
 /// One stored key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,90 @@
+//! The node agent: what a proxy node runs to follow the store.
+//!
+//! It lives in the control-plane crate because it needs the stored model — protobuf
+//! decoding, validation ([`crate::convert`]), the [`crate::store::Store`] trait — that the
+//! data-plane crate deliberately does not depend on; the data plane gets only a
+//! [`Runtime`] to install snapshots into.
+//!
+//! Modules:
+//! - [`source`]: the narrow [`Source`] trait the follower reads (list; watch from a revision),
+//!   implemented over any store by [`StoreSource`] (embedded, etcd) and by
+//!   [`remote::RemoteSource`] over a control plane's `GetSnapshot` + `Watch`;
+//! - [`follower`]: the state machine `Listing → Watching { revision }` that turns each revision
+//!   into a snapshot ([`follower::apply`]) — the only writer of it;
+//! - [`cache`]: the snapshot cache on the node's disk (start from it while the store is down);
+//! - [`register`]: the node's record under a lease (cluster mode);
+//! - [`supervise`]: restarts a task that ended early, counts it, clears readiness;
+//! - [`backoff`]: the one jittered backoff, reset only after a healthy period;
+//! - [`shutdown`]: the signal every task watches.
+//!
+//! Data flow: [`Source`] → [`source::Batch`] of decoded [`crate::state::Change`]s →
+//! [`crate::state::State`] → `convert::validate_leaving_out` → `Runtime::install` → the proxy's
+//! next request. [`run`] starts the follower (and the registration) under supervisors.
+
+pub mod backoff;
+pub mod cache;
+pub mod follower;
+pub mod register;
+pub mod remote;
+pub mod shutdown;
+pub mod source;
+pub mod supervise;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tether_dataplane::runtime::Runtime;
+
+pub use follower::{Follower, Options};
+pub use register::{Identity, Registration};
+pub use shutdown::Shutdown;
+pub use source::{Source, StoreSource};
+
+/// Runs the node agent until `shutdown`: the follower of `source` feeding `rt` and, in cluster
+/// mode, the node's registration, each under a supervisor. While the follower is down (between
+/// an early end and its restart) the node is not ready; the restarted follower lists again
+/// and marks it ready.
+pub async fn run<S: Source + Clone>(
+    source: S,
+    rt: Arc<Runtime>,
+    opts: Options,
+    registration: Option<Registration>,
+    shutdown: Shutdown,
+) {
+    let follower = {
+        let rt = Arc::clone(&rt);
+        let down = {
+            let rt = Arc::clone(&rt);
+            move || {
+                rt.counters
+                    .follower_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                rt.clear_ready();
+            }
+        };
+        supervise::supervise("follower", shutdown.clone(), down, move |s| {
+            Follower::new(source.clone(), Arc::clone(&rt), opts.clone()).run(s)
+        })
+    };
+    let registration = async {
+        let Some(reg) = registration else {
+            return;
+        };
+        let down = {
+            let rt = Arc::clone(&rt);
+            move || {
+                rt.counters
+                    .registration_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        supervise::supervise("registration", shutdown.clone(), down, move |s| {
+            register::register(reg.clone(), Arc::clone(&rt), s)
+        })
+        .await;
+    };
+    tokio::join!(follower, registration);
+}

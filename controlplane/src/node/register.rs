@@ -1,0 +1,129 @@
+//! Node registration (cluster mode): each node keeps a record under `<prefix>/v1/nodes/<id>`
+//! bound to a lease (TTL 12 s, renewed every 3 s, granted again when lost), with its addresses,
+//! applied and configuration revisions and routing fingerprint. `tether nodes` reads them
+//! (`crate::nodes::agreement`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use tether_dataplane::runtime::Runtime;
+use tether_proto::keys::{Kind, Layout};
+use tether_proto::v1;
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::shutdown::Shutdown;
+use crate::store::StoreError;
+use crate::store::etcd::EtcdStore;
+
+/// Lease TTL of a registration, in seconds.
+pub const TTL: i64 = 12;
+/// How often the lease is renewed and the record refreshed when it changed.
+const TICK: Duration = Duration::from_secs(3);
+/// How often the record is compared with the node's state (so a change shows within this).
+const CHECK: Duration = Duration::from_millis(250);
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Node id (unique in the installation).
+    pub id: String,
+    /// Proxy URL.
+    pub proxy: String,
+    /// Admin URL.
+    pub admin: String,
+}
+
+/// This node's record now.
+pub fn record(me: &Identity, rt: &Runtime) -> v1::Node {
+    let snap = rt.snapshot();
+    v1::Node {
+        id: me.id.clone(),
+        proxy: me.proxy.clone(),
+        admin: me.admin.clone(),
+        applied_revision: snap.revision,
+        fingerprint: snap.fingerprint(),
+        updated_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        config_revision: rt.config_revision(),
+    }
+}
+
+/// The registration loop's backoff: 100 ms doubling to 3 s (the lease renewal tick), reset
+/// after 10 s of successful rounds.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), TICK, Duration::from_secs(10))
+}
+
+/// Where and as whom a node registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The etcd store.
+    pub store: EtcdStore,
+    /// Its key layout.
+    pub layout: Layout,
+    /// The node.
+    pub me: Identity,
+}
+
+/// Keeps this node registered until `shutdown`, then revokes nothing: the record expires with
+/// its lease.
+pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
+    let Registration { store, layout, me } = reg;
+    let key = layout.key(Kind::Node, &me.id);
+    let mut lease: Option<i64> = None;
+    let mut written: Option<(i64, i64, String)> = None;
+    let mut renewed = Instant::now();
+    let mut backoff = backoff();
+    let mut healthy_since: Option<Instant> = None;
+    loop {
+        let step = async {
+            let id = match lease {
+                Some(id) => id,
+                None => {
+                    let id = store.lease_grant(TTL).await?;
+                    lease = Some(id);
+                    written = None;
+                    renewed = Instant::now();
+                    id
+                }
+            };
+            if renewed.elapsed() >= TICK {
+                if store.lease_keep_alive(id).await? <= 0 {
+                    // Expired (an outage longer than the TTL): register again.
+                    lease = None;
+                    return Ok(());
+                }
+                renewed = Instant::now();
+            }
+            let now = record(&me, &rt);
+            let state = (
+                now.applied_revision,
+                now.config_revision,
+                now.fingerprint.clone(),
+            );
+            if written.as_ref() != Some(&state) {
+                store.put_leased(&key, now.encode_to_vec(), id).await?;
+                written = Some(state);
+            }
+            Ok::<(), StoreError>(())
+        };
+        let delay = match step.await {
+            Ok(()) => {
+                healthy_since.get_or_insert_with(Instant::now);
+                CHECK
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node registration failed; retrying");
+                let worked = healthy_since.take().map_or(Duration::ZERO, |t| t.elapsed());
+                backoff.after_failure(worked)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return,
+        }
+    }
+}

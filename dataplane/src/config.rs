@@ -11,8 +11,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::director::{Algorithm, HealthyMode};
-
 /// Longest resource name (DESIGN §3: `[a-z0-9]([a-z0-9._-]{0,62})`).
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -340,6 +338,28 @@ pub enum Policy {
     Hash,
     /// Consistent hashing with alternates.
     Shard(ShardSpec),
+}
+
+/// Which consistent-hash algorithm a shard director uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Varnish 7.1 `directors.shard()`, bit-exact.
+    #[default]
+    Varnish,
+    /// Tether's slot-based algorithm.
+    Balanced,
+}
+
+/// The shard director's `healthy` parameter (Varnish `CHOSEN | IGNORE | ALL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthyMode {
+    /// Health decides the chosen member; `alt` skips members whatever their health.
+    #[default]
+    Chosen,
+    /// Health is ignored.
+    Ignore,
+    /// Health decides both the chosen member and the ones `alt` skips.
+    All,
 }
 
 /// Shard director parameters.

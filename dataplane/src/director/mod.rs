@@ -25,7 +25,8 @@ use std::time::Duration;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use key::{Key, KeySource};
-pub use shard::Algorithm;
+// The configuration's enums, re-exported for callers that only select.
+pub use crate::config::{Algorithm, HealthyMode};
 
 use crate::config::{BackendSpec, Config, Policy, TargetRef};
 use balanced::SlotTable;
@@ -46,18 +47,6 @@ pub enum Target {
     Backend(BackendId),
     /// A nested director.
     Director(DirectorId),
-}
-
-/// The shard director's `healthy` parameter (Varnish `CHOSEN | IGNORE | ALL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HealthyMode {
-    /// Health decides the chosen member; `alt` skips members whatever their health.
-    #[default]
-    Chosen,
-    /// Health is ignored.
-    Ignore,
-    /// Health decides both the chosen member and the ones `alt` skips.
-    All,
 }
 
 /// How the caller sees backend health. Health changes do not rebuild directors.

@@ -17,16 +17,6 @@ use super::{HealthyMode, SelectError};
 const RAMPUP_TAG: u64 = 1;
 const WARMUP_TAG: u64 = 2;
 
-/// Which consistent-hash algorithm a shard director uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Algorithm {
-    /// Varnish 7.1 `directors.shard()`, bit-exact.
-    #[default]
-    Varnish,
-    /// Tether's slot-based algorithm.
-    Balanced,
-}
-
 #[derive(Debug, Clone)]
 pub(crate) enum Table {
     Varnish(Ring),

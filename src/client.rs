@@ -859,7 +859,8 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
             .map(|n| {
                 serde_json::json!({
                     "id": n.id, "proxy": n.proxy, "admin": n.admin,
-                    "applied_revision": n.applied_revision, "fingerprint": n.fingerprint,
+                    "config_revision": n.config_revision, "applied_revision": n.applied_revision,
+                    "fingerprint": n.fingerprint,
                     "agrees": n.fingerprint == r.majority_fingerprint,
                 })
             })
@@ -881,6 +882,7 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
                 } else {
                     n.proxy.clone()
                 },
+                n.config_revision.to_string(),
                 n.applied_revision.to_string(),
                 n.fingerprint.clone(),
                 if n.fingerprint == r.majority_fingerprint {
@@ -892,7 +894,14 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
         })
         .collect();
     print_table(
-        &["NODE", "PROXY", "REVISION", "FINGERPRINT", "AGREES"],
+        &[
+            "NODE",
+            "PROXY",
+            "CONFIG REVISION",
+            "APPLIED",
+            "FINGERPRINT",
+            "AGREES",
+        ],
         &rows,
     );
     if r.nodes.is_empty() {

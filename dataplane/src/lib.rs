@@ -13,7 +13,8 @@
 //! - [`route`]: route matching and key extraction;
 //! - [`proxy`]: the HTTP server and forwarding (retries on the director's alternates), with
 //!   [`body`] streaming responses back; [`proxy::respond`] maps errors to HTTP once;
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
+//! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
 //! Data flow: resources → [`config`] types → [`runtime::Runtime::apply`] (directors, routes and
 //! backend states built, then one atomic swap) → per request: [`proxy`] loads the snapshot,
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod body;
 pub mod config;
 pub mod director;
+pub mod fingerprint;
 pub mod health;
 pub mod pool;
 pub mod proxy;

@@ -113,37 +113,14 @@ impl Snapshot {
             .select(d, key, SelectOpts { alt, healthy: None }, self)
     }
 
-    /// A hash of this node's routing state: every director's policy and members (targets,
-    /// weights, idents, slots), every backend's addresses and weight (the weight of members
-    /// that give none), and which backends take requests now. Two nodes with the same
-    /// fingerprint send every key to the same backend.
+    /// A hash of this node's routing state: routes, every director's policy and members
+    /// (targets, weights, idents, slots), every backend's addresses and weight, and which
+    /// backends take requests now — over the stable encoding of [`crate::fingerprint`]. Two
+    /// nodes with the same fingerprint send every key to the same backend.
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        let mut directors: Vec<_> = self.config.directors.iter().collect();
-        directors.sort_by(|a, b| a.name.cmp(&b.name));
-        for d in directors {
-            h.update(format!("{d:?}\n").as_bytes());
-        }
-        let mut backends: Vec<_> = self.config.backends.iter().zip(&self.backends).collect();
-        backends.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        for (spec, st) in backends {
-            let addrs: Vec<String> = spec.addresses().map(ToString::to_string).collect();
-            h.update(
-                format!(
-                    "{} {} {} {}\n",
-                    spec.name,
-                    addrs.join(","),
-                    spec.weight,
-                    backend_healthy(spec, st)
-                )
-                .as_bytes(),
-            );
-        }
-        h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::fingerprint::of(&crate::fingerprint::encode(&self.config, |i| {
+            backend_healthy(&self.config.backends[i], &self.backends[i])
+        }))
     }
 
     /// Which backend a route or director picks for `key` with live health, with up to

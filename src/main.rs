@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tether_proto::v1;
 
 mod client;
 mod cluster;
@@ -134,10 +135,10 @@ fn main() -> ExitCode {
             Command::Controlplane(args) => cluster::controlplane(args).await,
             Command::Dataplane(args) => cluster::dataplane(args, conn.token.clone()).await,
             Command::Explain(args) => client::explain(&conn, &args).await,
-            Command::Backend { op } => client::resource(&conn, client::Kind::Backend, op).await,
-            Command::Probe { op } => client::resource(&conn, client::Kind::Probe, op).await,
-            Command::Director { op } => client::resource(&conn, client::Kind::Director, op).await,
-            Command::Route { op } => client::resource(&conn, client::Kind::Route, op).await,
+            Command::Backend { op } => client::resource::<v1::Backend>(&conn, op).await,
+            Command::Probe { op } => client::resource::<v1::Probe>(&conn, op).await,
+            Command::Director { op } => client::resource::<v1::Director>(&conn, op).await,
+            Command::Route { op } => client::resource::<v1::Route>(&conn, op).await,
             Command::Health { op } => client::health(&conn, op).await,
             Command::Apply(args) => client::apply(&conn, args).await,
             Command::Watch(args) => client::watch(&conn, args).await,

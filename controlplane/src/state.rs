@@ -178,7 +178,23 @@ pub enum Change {
     Undecodable(DecodeError),
 }
 
-/// Decodes a stored value of kind `R`, named `name`, at `mod_revision`.
+/// Decodes a stored value of kind `R` whose key names it `name`, setting its revision: the one
+/// decoding of stored objects (the follower, the API's Get, List and Watch all use it).
+pub fn decode<R: Resource>(name: &str, value: &[u8], mod_revision: i64) -> Result<R, DecodeError> {
+    let error = |message: String| DecodeError {
+        kind: R::KIND,
+        name: name.to_owned(),
+        message,
+    };
+    let mut r = R::decode(value).map_err(|e| error(e.to_string()))?;
+    if r.name() != name {
+        return Err(error(format!("holds a resource named {:?}", r.name())));
+    }
+    r.set_revision(mod_revision);
+    Ok(r)
+}
+
+/// [`decode`] for a kind known at run time.
 struct DecodeValue<'a> {
     name: &'a str,
     value: &'a [u8],
@@ -188,17 +204,7 @@ struct DecodeValue<'a> {
 impl PerKind for DecodeValue<'_> {
     type Output = Result<AnyResource, DecodeError>;
     fn run<R: Resource>(self) -> Self::Output {
-        let error = |message: String| DecodeError {
-            kind: R::KIND,
-            name: self.name.to_owned(),
-            message,
-        };
-        let mut r = R::decode(self.value).map_err(|e| error(e.to_string()))?;
-        if r.name() != self.name {
-            return Err(error(format!("holds a resource named {:?}", r.name())));
-        }
-        r.set_revision(self.mod_revision);
-        Ok(r.into_any())
+        decode::<R>(self.name, self.value, self.mod_revision).map(Resource::into_any)
     }
 }
 

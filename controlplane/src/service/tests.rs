@@ -3,7 +3,10 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::*;
+use crate::convert;
+use crate::store::TxnOutcome;
 use crate::store::embedded::EmbeddedStore;
+use tether_proto::v1::Action;
 
 fn api() -> (tempfile::TempDir, Api<EmbeddedStore>, EmbeddedStore) {
     let dir = tempfile::tempdir().expect("tempdir");

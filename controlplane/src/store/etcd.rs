@@ -261,37 +261,53 @@ impl EtcdStore {
         F: Fn(usize) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        // A lost answer to a read is just a failed attempt: ask the next endpoint.
+        self.failover(what, f, |_| async { Ok(None) }).await
+    }
+
+    /// The one failover loop: runs `f(i)` on the current endpoint `i`, then on each other one
+    /// (twice around), authenticating first when a user is configured and once more when etcd
+    /// says the token expired (refused before it ran). When an attempt's outcome is unknown (a
+    /// transport error or a timeout after it was sent), `lost(why)` decides: `Some(v)` is the
+    /// answer after all, `None` tries the next endpoint, an error ends the call.
+    async fn failover<T, F, Fut, L, LFut>(&self, what: &str, f: F, lost: L) -> Result<T, StoreError>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+        L: Fn(String) -> LFut,
+        LFut: Future<Output = Result<Option<T>, StoreError>>,
+    {
         let n = self.inner.channels.len();
         let start = self.inner.current.load(Ordering::Relaxed);
         let mut last = String::new();
         let mut reauthed = false;
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
+            let url = &self.inner.urls[i];
             if let Err(e) = self.ensure_token(i).await {
-                last = format!("{}: {e}", self.inner.urls[i]);
+                // Nothing was sent: try the next endpoint.
+                last = format!("{url}: {e}");
                 continue;
             }
-            match tokio::time::timeout(self.inner.timeout, f(i)).await {
+            let failure = match tokio::time::timeout(self.inner.timeout, f(i)).await {
                 Ok(Ok(v)) => {
                     self.inner.current.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
                 Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() && !reauthed => {
-                    // Authenticate again (on the next attempt) once per call.
+                    // Refused before it ran: authenticate again on the next attempt.
                     self.clear_token();
                     reauthed = true;
-                    last = format!("{}: {}", self.inner.urls[i], s.message());
+                    last = format!("{url}: {}", s.message());
+                    continue;
                 }
-                Ok(Err(s)) if retryable(&s) => {
-                    last = format!("{}: {}", self.inner.urls[i], s.message())
-                }
+                Ok(Err(s)) if retryable(&s) => format!("{url}: {}", s.message()),
                 Ok(Err(s)) => return Err(status_error(what, &s)),
-                Err(_) => {
-                    last = format!(
-                        "{}: timed out after {:?}",
-                        self.inner.urls[i], self.inner.timeout
-                    )
-                }
+                Err(_) => format!("{url}: timed out after {:?}", self.inner.timeout),
+            };
+            match lost(failure.clone()).await? {
+                Some(v) => return Ok(v),
+                None => last = failure,
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -492,57 +508,34 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let req = Self::txn_request(&txn);
-        let n = self.inner.channels.len();
-        let start = self.inner.current.load(Ordering::Relaxed);
-        let mut last = String::new();
-        let mut reauthed = false;
-        for attempt in 0..2 * n {
-            let i = (start + attempt) % n;
-            if let Err(e) = self.ensure_token(i).await {
-                // Nothing was sent: try the next endpoint.
-                last = format!("{}: {e}", self.inner.urls[i]);
-                continue;
-            }
+        let run = |i: usize| {
             let mut kv = self.kv(i);
-            let call = kv.txn(self.request(req.clone()));
-            let failure = match tokio::time::timeout(self.inner.timeout, call).await {
-                Ok(Ok(resp)) => {
-                    self.inner.current.store(i, Ordering::Relaxed);
-                    let resp = resp.into_inner();
-                    return Ok(if resp.succeeded {
-                        TxnOutcome::Committed {
-                            revision: resp.header.map_or(0, |h| h.revision),
-                        }
-                    } else {
-                        TxnOutcome::Failed { compare: None }
-                    });
-                }
-                Ok(Err(s)) if token_expired(&s) && self.inner.user.is_some() && !reauthed => {
-                    // Refused before it ran: authenticate again and retry.
-                    self.clear_token();
-                    reauthed = true;
-                    last = format!("{}: {}", self.inner.urls[i], s.message());
-                    continue;
-                }
-                Ok(Err(s)) if retryable(&s) => format!("{}: {}", self.inner.urls[i], s.message()),
-                Ok(Err(s)) => return Err(status_error("txn", &s)),
-                Err(_) => format!("{}: timed out", self.inner.urls[i]),
-            };
-            // The outcome is unknown: find out before trying again, never retry blindly.
-            match self.resolve(&txn).await {
-                Ok(Some(outcome)) => return Ok(outcome),
-                Ok(None) if txn.witness.is_some() => last = failure,
-                Ok(None) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd txn: outcome unknown ({failure})"
-                    )));
-                }
-                Err(e) => return Err(e),
+            let r = self.request(req.clone());
+            async move {
+                let resp = kv.txn(r).await?.into_inner();
+                Ok(if resp.succeeded {
+                    TxnOutcome::Committed {
+                        revision: resp.header.map_or(0, |h| h.revision),
+                    }
+                } else {
+                    TxnOutcome::Failed { compare: None }
+                })
             }
-        }
-        Err(StoreError::Unavailable(format!(
-            "etcd txn: no endpoint answered ({last})"
-        )))
+        };
+        // The outcome is unknown: find out before trying again, never retry blindly.
+        let lost = |failure: String| {
+            let txn = &txn;
+            async move {
+                match self.resolve(txn).await? {
+                    Some(outcome) => Ok(Some(outcome)),
+                    None if txn.witness.is_some() => Ok(None),
+                    None => Err(StoreError::Unavailable(format!(
+                        "etcd txn: outcome unknown ({failure})"
+                    ))),
+                }
+            }
+        };
+        self.failover("txn", run, lost).await
     }
 
     async fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {

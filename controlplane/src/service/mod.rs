@@ -1,0 +1,366 @@
+//! The tether.v1 `Tether` gRPC service over a [`Store`], in three parts:
+//!
+//! - this module: the [`Api`] handle, the reads (get, list, health, snapshot, nodes, the Watch
+//!   stream's events) and the tonic glue — every RPC a one-line call, the per-kind ones
+//!   generated from one template ([`tether_rpcs!`]);
+//! - [`write`]: the write engine — list the configuration at revision R → change a copy →
+//!   validate the whole result ([`crate::convert::validate`]) → one transaction with the
+//!   difference, guarded by the serial key (split into referentially complete parts when it is
+//!   too large for one); nothing partial is ever stored;
+//! - [`explain`]: Explain (which backend a key goes to) and the keys-moved report of Apply.
+
+mod explain;
+mod write;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tether_dataplane::config::AdminHealth;
+use tether_dataplane::director::Directors;
+use tether_dataplane::runtime::Runtime;
+use tether_dataplane::snapshot;
+use tether_proto::keys::{Kind, Layout};
+use tether_proto::v1;
+use tether_proto::v1::tether_server::Tether;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::pattern::Pattern;
+use crate::state::{self, Change, DecodeError, Resource, State};
+use crate::store::Store;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Api<S> {
+    store: S,
+    layout: Layout,
+    live: Option<Arc<Runtime>>,
+    /// Directors of the last configuration this replica validated: handed to the next
+    /// validation so unchanged shard rings are reused rather than rebuilt.
+    last_built: Arc<std::sync::Mutex<Option<Arc<Directors>>>>,
+}
+
+impl<S: Store> Api<S> {
+    /// A service writing through `store` under `layout`. `live` is the data plane running in
+    /// the same process (`tether up`), whose health Explain and ListHealth report.
+    pub fn new(store: S, layout: Layout, live: Option<Arc<Runtime>>) -> Api<S> {
+        Api {
+            store,
+            layout,
+            live,
+            last_built: Arc::default(),
+        }
+    }
+
+    async fn load(&self) -> Result<State, ApiError> {
+        Ok(self.load_reporting().await?.0)
+    }
+
+    /// The stored configuration, and the objects left out of it because they do not decode.
+    async fn load_reporting(&self) -> Result<(State, Vec<DecodeError>), ApiError> {
+        let listing = self.store.list(self.layout.root()).await?;
+        let (state, errors) = State::from_listing(&self.layout, &listing);
+        for e in &errors {
+            tracing::warn!(error = %e, "stored object does not decode; ignored");
+        }
+        Ok((state, errors))
+    }
+
+    async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
+        self.get::<R>(name).await
+    }
+
+    async fn get<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
+        let key = self.layout.key(R::KIND, name);
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: R::FIELD,
+                name: name.to_owned(),
+            })?;
+        state::decode(name, &kv.value, kv.mod_revision)
+            .map_err(|e| ApiError::Store(crate::store::StoreError::Corrupt(e.to_string())))
+    }
+
+    async fn list<R: Resource>(
+        &self,
+        req: &v1::ListRequest,
+    ) -> Result<(Vec<R>, String, i64), ApiError> {
+        let listing = self.store.list(&self.layout.dir(R::KIND)).await?;
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for kv in &listing.kvs {
+            let Some((_, name)) = self.layout.parse(&kv.key) else {
+                continue;
+            };
+            if !req.page_token.is_empty() && name <= req.page_token.as_str() {
+                continue;
+            }
+            if req.page_size != 0 && out.len() == req.page_size as usize {
+                next = out
+                    .last()
+                    .map(|r: &R| r.name().to_owned())
+                    .unwrap_or_default();
+                break;
+            }
+            match state::decode(name, &kv.value, kv.mod_revision) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "stored object does not decode; skipped"),
+            }
+        }
+        Ok((out, next, listing.revision))
+    }
+
+    async fn list_health(
+        &self,
+        req: v1::ListHealthRequest,
+    ) -> Result<v1::ListHealthResponse, ApiError> {
+        let pattern = if req.pattern.is_empty() {
+            None
+        } else {
+            Some(Pattern::parse(&req.pattern).map_err(|e| ApiError::Pattern(e.to_string()))?)
+        };
+        let keep = |name: &str, addrs: &[tether_dataplane::config::Address]| {
+            pattern.as_ref().is_none_or(|p| p.matches(name, addrs))
+        };
+        let admin = |a: AdminHealth| match a {
+            AdminHealth::Auto => v1::AdminHealth::Auto,
+            AdminHealth::Healthy => v1::AdminHealth::Healthy,
+            AdminHealth::Sick => v1::AdminHealth::Sick,
+        } as i32;
+        let mut out = Vec::new();
+        if let Some(rt) = &self.live {
+            let snap = rt.snapshot();
+            for (spec, st) in snap.config.backends.iter().zip(&snap.backends) {
+                let addrs: Vec<_> = spec.addresses().cloned().collect();
+                if !keep(&spec.name, &addrs) {
+                    continue;
+                }
+                let window = st.probe_window();
+                out.push(v1::BackendHealth {
+                    name: spec.name.clone(),
+                    address: spec.address.to_string(),
+                    admin_health: admin(spec.admin_health),
+                    probe: match window {
+                        None => "-".into(),
+                        Some(_) if st.probe_healthy() => "healthy".into(),
+                        Some(_) => "sick".into(),
+                    },
+                    window: window.map(|(g, w)| format!("{g}/{w}")).unwrap_or_default(),
+                    healthy: snapshot::backend_healthy(spec, st),
+                    observed: true,
+                });
+            }
+        } else {
+            let v = self.validate(&self.load().await?)?;
+            for spec in &v.config.backends {
+                let addrs: Vec<_> = spec.addresses().cloned().collect();
+                if !keep(&spec.name, &addrs) {
+                    continue;
+                }
+                out.push(v1::BackendHealth {
+                    name: spec.name.clone(),
+                    address: spec.address.to_string(),
+                    admin_health: admin(spec.admin_health),
+                    probe: if spec.probe.is_some() {
+                        "?".into()
+                    } else {
+                        "-".into()
+                    },
+                    window: String::new(),
+                    healthy: !spec.drain && spec.admin_health != AdminHealth::Sick,
+                    observed: false,
+                });
+            }
+        }
+        if out.is_empty()
+            && let Some(p) = &pattern
+            && p.is_exact()
+        {
+            return Err(ApiError::NotFound {
+                kind: "backend",
+                name: req.pattern.clone(),
+            });
+        }
+        Ok(v1::ListHealthResponse { backends: out })
+    }
+
+    async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
+        let (state, undecodable) = self.load_reporting().await?;
+        Ok(state.to_snapshot(&undecodable))
+    }
+
+    async fn list_nodes(&self) -> Result<v1::ListNodesResponse, ApiError> {
+        let listing = self.store.list(&self.layout.dir(Kind::Node)).await?;
+        let mut nodes = Vec::new();
+        for kv in &listing.kvs {
+            use prost::Message;
+            match v1::Node::decode(kv.value.as_slice()) {
+                Ok(n) => nodes.push(n),
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "node record does not decode"),
+            }
+        }
+        if let Some(rt) = &self.live {
+            // `tether up`: the data plane in this process is the one node.
+            nodes.push(crate::node::register::record(
+                &crate::node::Identity {
+                    id: "local".into(),
+                    proxy: String::new(),
+                    admin: String::new(),
+                },
+                rt,
+            ));
+        }
+        let (agree, majority_fingerprint) = crate::nodes::agreement(&nodes);
+        Ok(v1::ListNodesResponse {
+            nodes,
+            agree,
+            majority_fingerprint,
+        })
+    }
+
+    /// The Watch stream from `from`: each store revision's resource changes (revisions that
+    /// changed no resource are not sent); a store error ends it with that status.
+    async fn watch_stream(&self, from: i64) -> Result<WatchStream, Status> {
+        let mut rx = self
+            .store
+            .watch(self.layout.root(), from)
+            .await
+            .map_err(|e| Status::from(ApiError::Store(e)))?;
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let item = batch
+                    .map(|b| api.watch_events(b))
+                    .map_err(|e| Status::from(ApiError::Store(e)));
+                let end = item.is_err();
+                if let Ok(resp) = &item
+                    && resp.events.is_empty()
+                {
+                    continue;
+                }
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(out)))
+    }
+
+    fn watch_events(&self, batch: crate::store::WatchBatch) -> v1::WatchResponse {
+        v1::WatchResponse {
+            revision: batch.revision,
+            events: batch
+                .events
+                .iter()
+                .filter_map(|e| Change::from_event(&self.layout, e))
+                .map(Change::into_watch_event)
+                .collect(),
+        }
+    }
+}
+
+type Resp<T> = Result<Response<T>, Status>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+fn ok<T>(r: Result<T, ApiError>) -> Resp<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+/// The `Tether` service: the per-kind RPCs (create, get, list, update, delete for each
+/// resource kind) from one template, then the rest. Each RPC is one call into [`Api`].
+macro_rules! tether_rpcs {
+    ($(
+        $t:ident, $field:ident, $plural:ident:
+        $create:ident($create_req:ident), $get:ident, $list:ident($list_resp:ident),
+        $update:ident($update_req:ident), $delete:ident;
+    )*) => {
+        #[tonic::async_trait]
+        impl<S: Store> Tether for Api<S> {
+            $(
+                async fn $create(&self, r: Request<v1::$create_req>) -> Resp<v1::$t> {
+                    ok(self.create(r.into_inner().$field).await)
+                }
+                async fn $get(&self, r: Request<v1::GetRequest>) -> Resp<v1::$t> {
+                    ok(self.get(&r.into_inner().name).await)
+                }
+                async fn $list(&self, r: Request<v1::ListRequest>) -> Resp<v1::$list_resp> {
+                    ok(self.list(r.get_ref()).await.map(
+                        |($plural, next_page_token, revision)| v1::$list_resp {
+                            $plural,
+                            next_page_token,
+                            revision,
+                        },
+                    ))
+                }
+                async fn $update(&self, r: Request<v1::$update_req>) -> Resp<v1::$t> {
+                    ok(self.update(r.into_inner().$field).await)
+                }
+                async fn $delete(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
+                    ok(self.delete::<v1::$t>(r.into_inner()).await)
+                }
+            )*
+            async fn apply(&self, r: Request<v1::ApplyRequest>) -> Resp<v1::ApplyResponse> {
+                ok(Api::apply(self, r.into_inner()).await)
+            }
+            async fn set_health(
+                &self,
+                r: Request<v1::SetHealthRequest>,
+            ) -> Resp<v1::SetHealthResponse> {
+                ok(Api::set_health(self, r.into_inner()).await)
+            }
+            async fn list_health(
+                &self,
+                r: Request<v1::ListHealthRequest>,
+            ) -> Resp<v1::ListHealthResponse> {
+                ok(Api::list_health(self, r.into_inner()).await)
+            }
+            async fn explain(&self, r: Request<v1::ExplainRequest>) -> Resp<v1::ExplainResponse> {
+                ok(Api::explain(self, r.into_inner()).await)
+            }
+
+            async fn get_snapshot(
+                &self,
+                _: Request<v1::GetSnapshotRequest>,
+            ) -> Resp<v1::ConfigSnapshot> {
+                ok(self.snapshot().await)
+            }
+            async fn list_nodes(
+                &self,
+                _: Request<v1::ListNodesRequest>,
+            ) -> Resp<v1::ListNodesResponse> {
+                ok(Api::list_nodes(self).await)
+            }
+
+            type WatchStream = WatchStream;
+
+            async fn watch(&self, r: Request<v1::WatchRequest>) -> Resp<WatchStream> {
+                self.watch_stream(r.into_inner().from_revision).await.map(Response::new)
+            }
+        }
+    };
+}
+
+tether_rpcs! {
+    Backend, backend, backends:
+        create_backend(CreateBackendRequest), get_backend, list_backends(ListBackendsResponse),
+        update_backend(UpdateBackendRequest), delete_backend;
+    Probe, probe, probes:
+        create_probe(CreateProbeRequest), get_probe, list_probes(ListProbesResponse),
+        update_probe(UpdateProbeRequest), delete_probe;
+    Director, director, directors:
+        create_director(CreateDirectorRequest), get_director,
+        list_directors(ListDirectorsResponse),
+        update_director(UpdateDirectorRequest), delete_director;
+    Route, route, routes:
+        create_route(CreateRouteRequest), get_route, list_routes(ListRoutesResponse),
+        update_route(UpdateRouteRequest), delete_route;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,444 @@
+//! The write engine: every API write — one resource or an Apply of many — loads the
+//! configuration at revision R, changes a copy, validates the whole result, and writes the
+//! difference in one transaction guarded by the serial key (commits only if nothing changed
+//! since R; retried when another writer won). A difference too large for one transaction is
+//! split into parts in [`State::diff_ops`] order, each referentially complete.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tether_dataplane::config::Config;
+use tether_dataplane::director::Directors;
+use tether_proto::v1::{self, Action};
+
+use super::Api;
+use super::explain::keys_moved;
+use crate::convert::{self, Converted, Failure};
+use crate::error::ApiError;
+use crate::pattern::Pattern;
+use crate::state::{Resource, State};
+use crate::store::{Store, TxnOutcome};
+
+/// Writes retried when another writer committed first.
+const WRITE_ATTEMPTS: usize = 8;
+
+/// What a write did.
+#[derive(Debug)]
+struct Written<T> {
+    value: T,
+    revision: i64,
+    old: State,
+    /// The written configuration as validated, with its directors.
+    built: Built,
+}
+
+/// A validated configuration whose directors are shared with the next validation's `prev`.
+#[derive(Debug)]
+pub(super) struct Built {
+    pub(super) config: Config,
+    pub(super) directors: Arc<Directors>,
+}
+
+impl<S: Store> Api<S> {
+    /// Loads, changes with `change(old, new)`, validates and commits (unless `dry_run`).
+    ///
+    /// The difference is written in one transaction guarded by the serial key. When it is
+    /// larger than the store allows in one transaction (etcd: 128 operations, 1.5 MiB), it is
+    /// split into parts in [`State::diff_ops`] order, each referentially complete and each
+    /// guarded by the serial key as the previous part left it; if another writer intervenes
+    /// between parts, the write starts over from a fresh load (Apply is idempotent).
+    async fn write<T>(
+        &self,
+        dry_run: bool,
+        change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
+    ) -> Result<Written<T>, ApiError> {
+        'attempt: for _ in 0..WRITE_ATTEMPTS {
+            let old = self.load().await?;
+            let mut new = old.clone();
+            new.labels.clear();
+            let value = change(&old, &mut new)?;
+            let built = self.remember(self.validate_write(&old, &new)?);
+            let ops = old.diff_ops(&new, &self.layout);
+            let mut revision = old.revision;
+            if ops.is_empty() || dry_run {
+                return Ok(Written {
+                    value,
+                    revision,
+                    old,
+                    built,
+                });
+            }
+            let serial = self.layout.serial();
+            let mut serial_revision = old.serial_revision;
+            let parts = split(
+                ops,
+                self.store.max_txn_ops().saturating_sub(1).max(1),
+                self.store.max_txn_bytes().saturating_sub(serial.len() + 64),
+            );
+            for (i, ops) in parts.into_iter().enumerate() {
+                let witness = write_id();
+                let mut ops = ops;
+                ops.push(crate::store::Op::Put(serial.clone(), witness.clone()));
+                let txn = crate::store::Txn {
+                    compares: vec![crate::store::Compare::ModRevision(
+                        serial.clone(),
+                        serial_revision,
+                    )],
+                    ops,
+                    witness: Some((serial.clone(), witness)),
+                };
+                match self.store.txn(txn).await? {
+                    TxnOutcome::Committed { revision: r } => {
+                        serial_revision = r;
+                        revision = r;
+                    }
+                    TxnOutcome::Failed { .. } => {
+                        if i > 0 {
+                            tracing::warn!(
+                                parts_written = i,
+                                "another write intervened between parts of a split write; starting over"
+                            );
+                        }
+                        continue 'attempt;
+                    }
+                }
+            }
+            return Ok(Written {
+                value,
+                revision,
+                old,
+                built,
+            });
+        }
+        Err(ApiError::Contended)
+    }
+
+    /// Validates a whole configuration, reusing the last build's rings. Stored objects that
+    /// do not validate (labelled `kind/name`: written by something else) are left out with a
+    /// warning, as the data planes leave them out; an error in what the caller sent is the
+    /// caller's.
+    pub(super) fn validate(&self, state: &State) -> Result<convert::Validated, ApiError> {
+        self.validate_leaving_out(state, &|label: &str| label.contains('/'))
+    }
+
+    pub(super) fn validate_leaving_out(
+        &self,
+        state: &State,
+        may_leave_out: &dyn Fn(&str) -> bool,
+    ) -> Result<convert::Validated, ApiError> {
+        let prev = self
+            .last_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // No `Converted` here: a request's messages carry the revision they expect, which
+        // does not identify their contents.
+        let (v, left_out) = convert::validate_leaving_out(
+            &state.resources(),
+            prev.as_deref(),
+            &mut Converted::default(),
+            may_leave_out,
+        )?;
+        for e in left_out {
+            tracing::warn!(error = %e, "stored object is invalid; left out of validation");
+        }
+        Ok(v)
+    }
+
+    /// Validates the configuration a write produces. Stored objects that were already invalid
+    /// before the write are left out (and stay as they are); anything the write itself breaks
+    /// — a field it sent, a reference it removed — is refused.
+    pub(super) fn validate_write(
+        &self,
+        old: &State,
+        new: &State,
+    ) -> Result<convert::Validated, ApiError> {
+        match self.validate_leaving_out(new, &|_: &str| false) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let before = convert::validate_leaving_out(
+                    &old.resources(),
+                    None,
+                    &mut Converted::default(),
+                    |l| l.contains('/'),
+                );
+                let broken: HashSet<String> = match before {
+                    Ok((_, left_out)) => left_out.iter().map(|f| f.object().to_owned()).collect(),
+                    Err(_) => HashSet::new(),
+                };
+                if broken.is_empty() {
+                    return Err(e);
+                }
+                self.validate_leaving_out(new, &|l: &str| broken.contains(l))
+            }
+        }
+    }
+
+    /// Remembers a validated configuration's directors for the next validation.
+    pub(super) fn remember(&self, v: convert::Validated) -> Built {
+        let directors = Arc::new(v.directors);
+        *self
+            .last_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&directors));
+        Built {
+            config: v.config,
+            directors,
+        }
+    }
+
+    pub(super) async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
+        let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
+        self.write(false, |old, new| {
+            if R::map(old).contains_key(r.name()) {
+                return Err(ApiError::AlreadyExists {
+                    kind: R::FIELD,
+                    name: r.name().to_owned(),
+                });
+            }
+            let mut r = r.clone();
+            r.set_revision(0);
+            r.prepare(None);
+            new.insert(r, R::FIELD.to_owned());
+            Ok(())
+        })
+        .await?;
+        self.read_back(&name).await
+    }
+
+    pub(super) async fn update<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
+        let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
+        self.write(false, |old, new| {
+            let stored = R::map(old)
+                .get(r.name())
+                .ok_or_else(|| ApiError::NotFound {
+                    kind: R::FIELD,
+                    name: r.name().to_owned(),
+                })?;
+            check_revision::<R>(stored, r.revision())?;
+            let mut r = r.clone();
+            r.set_revision(stored.revision());
+            r.prepare(Some(stored));
+            new.insert(r, R::FIELD.to_owned());
+            Ok(())
+        })
+        .await?;
+        self.read_back(&name).await
+    }
+
+    pub(super) async fn delete<R: Resource>(&self, req: v1::DeleteRequest) -> Result<(), ApiError> {
+        let subject = format!("{}/{}", R::KIND, req.name);
+        let result = self
+            .write(false, |old, new| {
+                let stored = R::map(old)
+                    .get(&req.name)
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: R::FIELD,
+                        name: req.name.clone(),
+                    })?;
+                check_revision::<R>(stored, req.revision)?;
+                R::map_mut(new).remove(&req.name);
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(ApiError::Field(f)) if f.failure == Failure::Precondition => {
+                Err(ApiError::Referenced {
+                    subject,
+                    by: f.field,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn apply(&self, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, ApiError> {
+        let w = self
+            .write(req.dry_run, |old, new| {
+                if req.expected_revision != 0 && req.expected_revision != old.revision {
+                    return Err(ApiError::Stale {
+                        subject: "store".into(),
+                        expected: req.expected_revision,
+                        actual: old.revision,
+                    });
+                }
+                let mut changes = Vec::new();
+                stage(old, new, &req.backends, "backends", req.prune, &mut changes)?;
+                stage(old, new, &req.probes, "probes", req.prune, &mut changes)?;
+                stage(
+                    old,
+                    new,
+                    &req.directors,
+                    "directors",
+                    req.prune,
+                    &mut changes,
+                )?;
+                stage(old, new, &req.routes, "routes", req.prune, &mut changes)?;
+                Ok(changes)
+            })
+            .await?;
+        // The stored configuration as the write path sees it (invalid stored objects left out).
+        let keys_moved = match self.validate(&w.old) {
+            Ok(before) => keys_moved(&before.config, &before.directors, &w.built),
+            Err(_) => Vec::new(),
+        };
+        Ok(v1::ApplyResponse {
+            revision: w.revision,
+            changes: w.value,
+            keys_moved,
+            dry_run: req.dry_run,
+        })
+    }
+
+    pub(super) async fn set_health(
+        &self,
+        req: v1::SetHealthRequest,
+    ) -> Result<v1::SetHealthResponse, ApiError> {
+        let pattern = Pattern::parse(&req.pattern).map_err(|e| ApiError::Pattern(e.to_string()))?;
+        let state = v1::AdminHealth::try_from(req.state).map_err(|_| {
+            ApiError::Field(convert::FieldError::invalid(
+                "state",
+                format!("unknown value {}", req.state),
+            ))
+        })?;
+        let w = self
+            .write(false, |old, new| {
+                let mut names = Vec::new();
+                for (name, b) in &old.backends {
+                    // A stored backend that does not validate is not matched (nor changed).
+                    let Ok(spec) = convert::backend(b, &format!("backends/{name}")) else {
+                        continue;
+                    };
+                    let addrs: Vec<_> = spec.addresses().cloned().collect();
+                    if pattern.matches(name, &addrs) {
+                        let mut b = b.clone();
+                        b.admin_health = state as i32;
+                        new.insert(b, format!("backends/{name}"));
+                        names.push(name.clone());
+                    }
+                }
+                if names.is_empty() {
+                    return Err(ApiError::Pattern(format!(
+                        "pattern {:?} matches no backend",
+                        req.pattern
+                    )));
+                }
+                Ok(names)
+            })
+            .await?;
+        Ok(v1::SetHealthResponse {
+            revision: w.revision,
+            backends: w.value,
+        })
+    }
+}
+
+/// The serial key's value for one write: 16 random bytes, unique to the write (so that an
+/// unknown outcome can be resolved by reading it back), then the commit time in Unix
+/// nanoseconds (so that data planes can measure commit-to-apply delay; see
+/// `node::source`).
+fn write_id() -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut id = Vec::with_capacity(24);
+    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+    id.extend_from_slice(&now.to_le_bytes());
+    id
+}
+
+/// Splits ops into parts of at most `max_ops` operations and about `max_bytes` bytes of keys
+/// and values, keeping their order.
+fn split(
+    ops: Vec<crate::store::Op>,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Vec<Vec<crate::store::Op>> {
+    let size = |op: &crate::store::Op| match op {
+        crate::store::Op::Put(k, v) => k.len() + v.len() + 16,
+        crate::store::Op::Delete(k) => k.len() + 16,
+    };
+    let mut parts: Vec<Vec<crate::store::Op>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for op in ops {
+        let n = size(&op);
+        let full = parts
+            .last()
+            .is_some_and(|p| !p.is_empty() && (p.len() >= max_ops || bytes + n > max_bytes));
+        if full {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(p) = parts.last_mut() {
+            p.push(op);
+        }
+    }
+    parts
+}
+
+fn check_revision<R: Resource>(stored: &R, expected: i64) -> Result<(), ApiError> {
+    if expected != 0 && stored.revision() != expected {
+        return Err(ApiError::Stale {
+            subject: format!("{}/{}", R::KIND, stored.name()),
+            expected,
+            actual: stored.revision(),
+        });
+    }
+    Ok(())
+}
+
+/// Stages one kind of an Apply: each given resource is created, updated or unchanged; with
+/// `prune`, stored ones not given are deleted.
+fn stage<R: Resource>(
+    old: &State,
+    new: &mut State,
+    given: &[R],
+    plural: &str,
+    prune: bool,
+    changes: &mut Vec<v1::Change>,
+) -> Result<(), ApiError> {
+    let mut seen = HashSet::new();
+    let kind = R::FIELD.to_owned();
+    for (i, r) in given.iter().enumerate() {
+        if !seen.insert(r.name().to_owned()) {
+            return Err(ApiError::Field(convert::FieldError::invalid(
+                format!("{plural}[{i}].name"),
+                format!("{} {:?} is given twice", R::FIELD, r.name()),
+            )));
+        }
+        let stored = R::map(old).get(r.name());
+        if let Some(s) = stored {
+            check_revision::<R>(s, r.revision())?;
+        }
+        let mut r = r.clone();
+        r.set_revision(stored.map_or(0, Resource::revision));
+        r.prepare(stored);
+        let action = match stored {
+            None => Action::Create,
+            Some(_) if old.differs(&r) => Action::Update,
+            Some(_) => Action::Unchanged,
+        };
+        changes.push(v1::Change {
+            kind: kind.clone(),
+            name: r.name().to_owned(),
+            action: action as i32,
+        });
+        new.insert(r, format!("{plural}[{i}]"));
+    }
+    if prune {
+        for name in R::map(old).keys().filter(|n| !seen.contains(*n)) {
+            R::map_mut(new).remove(name);
+            changes.push(v1::Change {
+                kind: kind.clone(),
+                name: name.clone(),
+                action: Action::Delete as i32,
+            });
+        }
+    }
+    Ok(())
+}

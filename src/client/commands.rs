@@ -1,0 +1,361 @@
+//! The commands that are not per resource kind: `tether health`, `apply`, `watch`, online
+//! `explain` and `nodes`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use tether_proto::v1;
+
+use super::conn::{CallError, Conn, call, connect};
+use super::input::{InputError, apply_request, read};
+use super::output::{Output, action_name, admin_name, print_table};
+use crate::explain;
+
+/// `tether health …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum HealthCmd {
+    /// Set the admin health of every backend matching a pattern.
+    Set {
+        /// `b1`, `b1()`, `b1(127.0.0.1)`, `b1(:8080)`, `web-*` …
+        pattern: String,
+        /// The admin state.
+        #[arg(value_enum)]
+        state: HealthState,
+    },
+    /// Backends with their admin state, probe and effective health.
+    List {
+        /// Only backends matching this pattern.
+        pattern: Option<String>,
+    },
+}
+
+/// Admin health.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum HealthState {
+    /// Forced sick.
+    Sick,
+    /// Forced healthy.
+    Healthy,
+    /// The probe decides.
+    Auto,
+}
+
+/// `tether apply`.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct ApplyArgs {
+    /// The declarative YAML file (`-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    /// Report what would change, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete stored resources that the file does not list.
+    #[arg(long)]
+    prune: bool,
+}
+
+/// `tether watch`.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct WatchArgs {
+    /// First revision to show (default: changes from now on).
+    #[arg(long, default_value_t = 0)]
+    from: i64,
+}
+
+/// Runs a health command.
+pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
+    let mut c = connect(conn).await?;
+    match cmd {
+        HealthCmd::Set { pattern, state } => {
+            let state = match state {
+                HealthState::Sick => v1::AdminHealth::Sick,
+                HealthState::Healthy => v1::AdminHealth::Healthy,
+                HealthState::Auto => v1::AdminHealth::Auto,
+            };
+            let r = call(
+                c.set_health(v1::SetHealthRequest {
+                    pattern,
+                    state: state as i32,
+                })
+                .await,
+            )?;
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"revision": r.revision, "backends": r.backends})
+                ),
+                Output::Table => println!(
+                    "set {} backend(s) at revision {}: {}",
+                    r.backends.len(),
+                    r.revision,
+                    r.backends.join(", ")
+                ),
+            }
+        }
+        HealthCmd::List { pattern } => {
+            let r = call(
+                c.list_health(v1::ListHealthRequest {
+                    pattern: pattern.unwrap_or_default(),
+                })
+                .await,
+            )?;
+            if conn.output == Output::Json {
+                let v: Vec<_> = r
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "name": b.name, "address": b.address,
+                            "admin": admin_name(b.admin_health), "probe": b.probe,
+                            "window": b.window, "healthy": b.healthy, "observed": b.observed,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+                return Ok(());
+            }
+            let rows: Vec<_> = r
+                .backends
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.name.clone(),
+                        b.address.clone(),
+                        admin_name(b.admin_health).into(),
+                        format!(
+                            "{}{}",
+                            b.probe,
+                            if b.window.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" {}", b.window)
+                            }
+                        ),
+                        if b.healthy {
+                            "healthy".into()
+                        } else {
+                            "sick".into()
+                        },
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ADDRESS", "ADMIN", "PROBE", "HEALTH"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `tether apply`.
+pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
+    let text = read(&args.file)?;
+    let mut req = apply_request(&text, &args.file.display().to_string())?;
+    req.dry_run = args.dry_run;
+    req.prune = args.prune;
+    let mut c = connect(conn).await?;
+    let r = call(c.apply(req).await)?;
+    if conn.output == Output::Json {
+        let changes: Vec<_> = r
+            .changes
+            .iter()
+            .map(|ch| serde_json::json!({"kind": ch.kind, "name": ch.name, "action": action_name(ch.action)}))
+            .collect();
+        let moved: Vec<_> = r
+            .keys_moved
+            .iter()
+            .map(|m| serde_json::json!({"director": m.director, "share": m.share, "sampled_keys": m.sampled_keys}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"revision": r.revision, "dry_run": r.dry_run, "changes": changes, "keys_moved": moved})
+        );
+        return Ok(());
+    }
+    let rows: Vec<_> = r
+        .changes
+        .iter()
+        .map(|ch| {
+            vec![
+                action_name(ch.action).to_owned(),
+                ch.kind.clone(),
+                ch.name.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["ACTION", "KIND", "NAME"], &rows);
+    for m in &r.keys_moved {
+        println!(
+            "director {}: {:.1}% of keys move to another backend ({} keys sampled)",
+            m.director,
+            m.share * 100.0,
+            m.sampled_keys
+        );
+    }
+    if r.dry_run {
+        println!(
+            "dry run: nothing written (store at revision {})",
+            r.revision
+        );
+    } else {
+        println!("applied at revision {}", r.revision);
+    }
+    Ok(())
+}
+
+/// Runs `tether watch` until interrupted.
+pub(crate) async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
+    let mut c = connect(conn).await?;
+    let mut stream = call(
+        c.watch(v1::WatchRequest {
+            from_revision: args.from,
+        })
+        .await,
+    )?;
+    while let Some(msg) = stream.message().await.map_err(CallError)? {
+        for e in &msg.events {
+            match conn.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)})
+                ),
+                Output::Table => println!(
+                    "{}\t{}\t{}\t{}",
+                    msg.revision,
+                    action_name(e.action),
+                    e.kind,
+                    e.name
+                ),
+            }
+        }
+    }
+    bail!("the watch stream ended")
+}
+
+/// Runs `tether explain` against the running system.
+pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result<()> {
+    let keys = explain::read_keys(args)?;
+    let target = match (&args.route, &args.director) {
+        (Some(r), _) => v1::explain_request::Target::Route(r.clone()),
+        (None, Some(d)) => v1::explain_request::Target::Director(d.clone()),
+        (None, None) => {
+            return Err(InputError("give --route NAME or --director NAME".into()).into());
+        }
+    };
+    let mut c = connect(conn).await?;
+    let mut json = Vec::new();
+    for key in keys {
+        let r = call(
+            c.explain(v1::ExplainRequest {
+                target: Some(target.clone()),
+                key: key.clone(),
+                alternates: u32::try_from(args.alternates + 1).unwrap_or(u32::MAX),
+            })
+            .await,
+        )?;
+        let alts: Vec<&String> = r
+            .alternates
+            .iter()
+            .filter(|a| **a != r.backend)
+            .take(args.alternates)
+            .collect();
+        match (conn.output, args.format) {
+            (Output::Json, _) => json.push(serde_json::json!({
+                "key": key, "director": r.director, "backend": r.backend,
+                "alternates": r.alternates, "revision": r.revision,
+            })),
+            (_, explain::Format::Csv) => println!("{},{}", explain::csv_field(&key), r.backend),
+            (_, explain::Format::Text) => {
+                let shown = if r.backend.is_empty() {
+                    "(none available)"
+                } else {
+                    &r.backend
+                };
+                let alts = if alts.is_empty() {
+                    "-".to_owned()
+                } else {
+                    alts.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("{key}\t{shown}\talternates: {alts}");
+            }
+        }
+    }
+    if conn.output == Output::Json {
+        println!("{}", serde_json::Value::Array(json));
+    }
+    Ok(())
+}
+
+/// Runs `tether nodes`.
+pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = connect(conn).await?;
+    let r = call(c.list_nodes(v1::ListNodesRequest {}).await)?;
+    if conn.output == Output::Json {
+        let nodes: Vec<_> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "proxy": n.proxy, "admin": n.admin,
+                    "config_revision": n.config_revision, "applied_revision": n.applied_revision,
+                    "fingerprint": n.fingerprint,
+                    "agrees": n.fingerprint == r.majority_fingerprint,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"agree": r.agree, "majority_fingerprint": r.majority_fingerprint, "nodes": nodes})
+        );
+        return Ok(());
+    }
+    let rows: Vec<_> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                if n.proxy.is_empty() {
+                    "-".into()
+                } else {
+                    n.proxy.clone()
+                },
+                n.config_revision.to_string(),
+                n.applied_revision.to_string(),
+                n.fingerprint.clone(),
+                if n.fingerprint == r.majority_fingerprint {
+                    "yes".into()
+                } else {
+                    "DIFFERS".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE",
+            "PROXY",
+            "CONFIG REVISION",
+            "APPLIED",
+            "FINGERPRINT",
+            "AGREES",
+        ],
+        &rows,
+    );
+    if r.nodes.is_empty() {
+        println!("no nodes registered");
+    } else if r.agree {
+        println!("all {} nodes agree", r.nodes.len());
+    } else {
+        let differ: Vec<&str> = r
+            .nodes
+            .iter()
+            .filter(|n| n.fingerprint != r.majority_fingerprint)
+            .map(|n| n.id.as_str())
+            .collect();
+        println!("nodes differ from the majority: {}", differ.join(", "));
+    }
+    Ok(())
+}

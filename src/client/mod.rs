@@ -1,0 +1,18 @@
+//! The client commands over the gRPC API: `tether backend|probe|director|route …`, `tether
+//! health …`, `tether apply`, `tether watch`, online `tether explain` and `tether nodes`.
+//! Tables by default, `-o json` for scripts; errors print the status and the field to fix.
+//!
+//! Modules: [`conn`] (reaching the API, the token, what a failed call prints), [`input`]
+//! (files and standard input), [`output`] (tables, JSON, YAML), [`resources`] (one generic
+//! path for the per-kind commands), [`commands`] (the rest).
+
+mod commands;
+mod conn;
+mod input;
+mod output;
+mod resources;
+
+pub(crate) use commands::{ApplyArgs, HealthCmd, WatchArgs, apply, explain, health, nodes, watch};
+pub(crate) use conn::{CallError, Conn};
+pub(crate) use input::{InputError, apply_request};
+pub(crate) use resources::{ResourceCmd, run as resource};

@@ -1,0 +1,133 @@
+//! Output formatting: tables by default, `-o json` for scripts, YAML for one resource.
+
+use clap::ValueEnum;
+use serde::Serialize;
+use tether_controlplane::state::Resource;
+use tether_proto::v1::{self, Action};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned columns (YAML for `get`).
+    Table,
+    /// JSON.
+    Json,
+}
+
+pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub(super) fn with_revision<T: Serialize>(
+    doc: &T,
+    revision: i64,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(doc)?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("revision".into(), revision.into());
+    }
+    Ok(v)
+}
+
+/// Prints resources as a JSON array of their file-shaped documents, each with its revision.
+pub(super) fn print_json_list<'a, R, D>(items: &'a [R]) -> anyhow::Result<()>
+where
+    R: Resource,
+    D: Serialize + From<&'a R>,
+{
+    let v: Vec<_> = items
+        .iter()
+        .map(|r| with_revision(&D::from(r), r.revision()))
+        .collect::<Result<_, _>>()?;
+    println!("{}", serde_json::Value::Array(v));
+    Ok(())
+}
+
+pub(super) fn print_one<T: Serialize>(
+    doc: &T,
+    revision: i64,
+    output: Output,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", with_revision(doc, revision)?),
+        Output::Table => print!("# revision: {revision}\n{}", serde_yaml::to_string(doc)?),
+    }
+    Ok(())
+}
+
+pub(super) fn admin_name(a: i32) -> &'static str {
+    match v1::AdminHealth::try_from(a) {
+        Ok(v1::AdminHealth::Healthy) => "healthy",
+        Ok(v1::AdminHealth::Sick) => "sick",
+        _ => "auto",
+    }
+}
+
+pub(super) fn key_name(k: Option<&v1::KeySource>) -> String {
+    use v1::key_source::Source;
+    match k.and_then(|k| k.source.as_ref()) {
+        Some(Source::ClientIp(_)) => "client_ip".into(),
+        Some(Source::Header(h)) => format!("header:{h}"),
+        Some(Source::Cookie(c)) => format!("cookie:{c}"),
+        Some(Source::Query(q)) => format!("query:{q}"),
+        Some(Source::Url(_)) => "url".into(),
+        Some(Source::Path(_)) => "path".into(),
+        None => "-".into(),
+    }
+}
+
+pub(super) fn policy_name(d: &v1::Director) -> String {
+    use v1::director::Policy;
+    match &d.policy {
+        Some(Policy::RoundRobin(_)) => "round_robin".into(),
+        Some(Policy::Fallback(f)) if f.sticky => "fallback(sticky)".into(),
+        Some(Policy::Fallback(_)) => "fallback".into(),
+        Some(Policy::Random(_)) => "random".into(),
+        Some(Policy::Hash(_)) => "hash".into(),
+        Some(Policy::Shard(s)) if s.algorithm == v1::ShardAlgorithm::Balanced as i32 => {
+            "shard(balanced)".into()
+        }
+        Some(Policy::Shard(_)) => "shard(varnish)".into(),
+        None => "-".into(),
+    }
+}
+
+pub(super) fn done(out: Output, what: &str, revision: i64) {
+    match out {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ what: true, "revision": revision })
+        ),
+        Output::Table => println!("{what} at revision {revision}"),
+    }
+}
+
+pub(super) fn action_name(a: i32) -> &'static str {
+    match Action::try_from(a) {
+        Ok(Action::Create) => "create",
+        Ok(Action::Update) => "update",
+        Ok(Action::Delete) => "delete",
+        Ok(Action::Unchanged) => "unchanged",
+        _ => "?",
+    }
+}

@@ -1,0 +1,337 @@
+//! `tether backend|probe|director|route list|get|create|update|delete`: one generic path
+//! ([`run`]) for every kind; [`CliResource`] says what differs — the gRPC calls (generated
+//! from one template), the file document and the table columns.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tether_controlplane::declarative::{BackendDoc, DirectorDoc, FileError, ProbeDoc, RouteDoc};
+use tether_controlplane::state::Resource;
+use tether_proto::v1;
+use tonic::Status;
+
+use super::conn::{CallError, Client, Conn, connect};
+use super::input::{InputError, parse_one};
+use super::output::{
+    Output, admin_name, done, key_name, policy_name, print_json_list, print_one, print_table,
+};
+
+/// Operations on one kind of resource.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ResourceCmd {
+    /// List them.
+    List,
+    /// Show one (YAML, the shape `create -f` takes).
+    Get {
+        /// Its name.
+        name: String,
+    },
+    /// Create one from a YAML file (`-` for standard input), or a backend from flags.
+    Create {
+        /// The resource as YAML, as one entry of a declarative file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Backend only: its name (with --address).
+        #[arg(conflicts_with = "file")]
+        name: Option<String>,
+        /// Backend only: host:port.
+        #[arg(long, requires = "name")]
+        address: Option<String>,
+        /// Backend only: probe name.
+        #[arg(long, requires = "name")]
+        probe: Option<String>,
+        /// Backend only: default member weight.
+        #[arg(long, requires = "name")]
+        weight: Option<f64>,
+    },
+    /// Replace one with the YAML of a file (`-` for standard input).
+    Update {
+        /// The resource as YAML.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Fail unless the stored resource is at this revision.
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+    },
+    /// Delete one.
+    Delete {
+        /// Its name.
+        name: String,
+        /// Fail unless the stored resource is at this revision.
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+    },
+}
+
+/// What `create` takes besides `-f FILE` (backends only).
+#[derive(Debug)]
+pub(crate) struct CreateFlags {
+    name: Option<String>,
+    address: Option<String>,
+    probe: Option<String>,
+    weight: Option<f64>,
+}
+
+/// What the CLI does differently per resource kind.
+pub(crate) trait CliResource: Resource {
+    /// The resource as a declarative file writes it.
+    type Doc: Serialize + DeserializeOwned + for<'a> From<&'a Self>;
+    /// Table columns of `list` (the last is the revision).
+    const COLUMNS: &'static [&'static str];
+    /// One `list` row.
+    fn row(&self) -> Vec<String>;
+    /// The resource from its file document.
+    fn from_doc(doc: &Self::Doc) -> Result<Self, FileError>;
+    /// The resource from `create`'s flags, for kinds that take them.
+    fn from_flags(_flags: CreateFlags) -> Result<Self, InputError> {
+        Err(InputError("give -f FILE".into()))
+    }
+    /// The RPCs.
+    async fn create(c: &mut Client, r: Self) -> Result<Self, Status>;
+    /// The RPCs.
+    async fn get(c: &mut Client, name: String) -> Result<Self, Status>;
+    /// The RPCs.
+    async fn list(c: &mut Client) -> Result<Vec<Self>, Status>;
+    /// The RPCs.
+    async fn update(c: &mut Client, r: Self) -> Result<Self, Status>;
+    /// The RPCs.
+    async fn delete(c: &mut Client, name: String, revision: i64) -> Result<(), Status>;
+}
+
+/// The RPCs of a [`CliResource`], from one template.
+macro_rules! rpcs {
+    ($field:ident, $plural:ident, $create:ident($create_req:ident), $get:ident, $list:ident,
+     $update:ident($update_req:ident), $delete:ident) => {
+        async fn create(c: &mut Client, r: Self) -> Result<Self, Status> {
+            let req = v1::$create_req { $field: Some(r) };
+            Ok(c.$create(req).await?.into_inner())
+        }
+        async fn get(c: &mut Client, name: String) -> Result<Self, Status> {
+            Ok(c.$get(v1::GetRequest { name }).await?.into_inner())
+        }
+        async fn list(c: &mut Client) -> Result<Vec<Self>, Status> {
+            Ok(c.$list(v1::ListRequest::default())
+                .await?
+                .into_inner()
+                .$plural)
+        }
+        async fn update(c: &mut Client, r: Self) -> Result<Self, Status> {
+            let req = v1::$update_req { $field: Some(r) };
+            Ok(c.$update(req).await?.into_inner())
+        }
+        async fn delete(c: &mut Client, name: String, revision: i64) -> Result<(), Status> {
+            let req = v1::DeleteRequest { name, revision };
+            Ok(c.$delete(req).await?.into_inner())
+        }
+    };
+}
+
+/// `value`, or `dash` when it is empty.
+fn or(value: &str, dash: &str) -> String {
+    if value.is_empty() {
+        dash.to_owned()
+    } else {
+        value.to_owned()
+    }
+}
+
+impl CliResource for v1::Backend {
+    type Doc = BackendDoc;
+    const COLUMNS: &'static [&'static str] = &[
+        "NAME", "ADDRESS", "WEIGHT", "PROBE", "ADMIN", "DRAIN", "REVISION",
+    ];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.address.clone(),
+            self.weight.unwrap_or(1.0).to_string(),
+            or(&self.probe, "-"),
+            admin_name(self.admin_health).into(),
+            if self.drain { "yes" } else { "no" }.into(),
+            self.revision.to_string(),
+        ]
+    }
+    fn from_doc(doc: &BackendDoc) -> Result<Self, FileError> {
+        doc.to_proto(Self::FIELD)
+    }
+    fn from_flags(f: CreateFlags) -> Result<Self, InputError> {
+        let (Some(name), Some(address)) = (f.name, f.address) else {
+            return Err(InputError(
+                "give -f FILE, or NAME --address HOST:PORT".into(),
+            ));
+        };
+        Ok(v1::Backend {
+            name,
+            address,
+            probe: f.probe.unwrap_or_default(),
+            weight: f.weight,
+            ..Default::default()
+        })
+    }
+    rpcs!(
+        backend,
+        backends,
+        create_backend(CreateBackendRequest),
+        get_backend,
+        list_backends,
+        update_backend(UpdateBackendRequest),
+        delete_backend
+    );
+}
+
+impl CliResource for v1::Probe {
+    type Doc = ProbeDoc;
+    const COLUMNS: &'static [&'static str] = &[
+        "NAME",
+        "REQUEST",
+        "INTERVAL",
+        "WINDOW",
+        "THRESHOLD",
+        "REVISION",
+    ];
+    fn row(&self) -> Vec<String> {
+        let d = ProbeDoc::from(self);
+        vec![
+            self.name.clone(),
+            if self.request.is_empty() {
+                d.url.unwrap_or_else(|| "/".into())
+            } else {
+                "(raw)".into()
+            },
+            d.interval.unwrap_or_else(|| "5s".into()),
+            d.window.map_or("8".into(), |w| w.to_string()),
+            d.threshold.map_or("3".into(), |t| t.to_string()),
+            self.revision.to_string(),
+        ]
+    }
+    fn from_doc(doc: &ProbeDoc) -> Result<Self, FileError> {
+        doc.to_proto(Self::FIELD)
+    }
+    rpcs!(
+        probe,
+        probes,
+        create_probe(CreateProbeRequest),
+        get_probe,
+        list_probes,
+        update_probe(UpdateProbeRequest),
+        delete_probe
+    );
+}
+
+impl CliResource for v1::Director {
+    type Doc = DirectorDoc;
+    const COLUMNS: &'static [&'static str] = &["NAME", "POLICY", "MEMBERS", "REVISION"];
+    fn row(&self) -> Vec<String> {
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| match &m.target {
+                Some(v1::member::Target::Backend(b)) => b.clone(),
+                Some(v1::member::Target::Director(x)) => format!("director:{x}"),
+                None => "?".into(),
+            })
+            .collect();
+        vec![
+            self.name.clone(),
+            policy_name(self),
+            members.join(","),
+            self.revision.to_string(),
+        ]
+    }
+    fn from_doc(doc: &DirectorDoc) -> Result<Self, FileError> {
+        doc.to_proto(Self::FIELD)
+    }
+    rpcs!(
+        director,
+        directors,
+        create_director(CreateDirectorRequest),
+        get_director,
+        list_directors,
+        update_director(UpdateDirectorRequest),
+        delete_director
+    );
+}
+
+impl CliResource for v1::Route {
+    type Doc = RouteDoc;
+    const COLUMNS: &'static [&'static str] =
+        &["NAME", "HOSTS", "PATH", "DIRECTOR", "KEY", "REVISION"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            or(&self.hosts.join(","), "*"),
+            or(&self.path_prefix, "/"),
+            self.director.clone(),
+            key_name(self.key.as_ref()),
+            self.revision.to_string(),
+        ]
+    }
+    fn from_doc(doc: &RouteDoc) -> Result<Self, FileError> {
+        doc.to_proto(Self::FIELD)
+    }
+    rpcs!(
+        route,
+        routes,
+        create_route(CreateRouteRequest),
+        get_route,
+        list_routes,
+        update_route(UpdateRouteRequest),
+        delete_route
+    );
+}
+
+/// Runs a resource command for kind `R`.
+pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow::Result<()> {
+    let mut c = connect(conn).await?;
+    let out = conn.output;
+    match cmd {
+        ResourceCmd::List => {
+            let items = R::list(&mut c).await.map_err(CallError)?;
+            if out == Output::Json {
+                return print_json_list::<R, R::Doc>(&items);
+            }
+            let rows: Vec<_> = items.iter().map(R::row).collect();
+            print_table(R::COLUMNS, &rows);
+        }
+        ResourceCmd::Get { name } => {
+            let r = R::get(&mut c, name).await.map_err(CallError)?;
+            print_one(&R::Doc::from(&r), r.revision(), out)?;
+        }
+        ResourceCmd::Create {
+            file,
+            name,
+            address,
+            probe,
+            weight,
+        } => {
+            let r = match file {
+                Some(f) => R::from_doc(&parse_one::<R::Doc>(&f)?)?,
+                None => R::from_flags(CreateFlags {
+                    name,
+                    address,
+                    probe,
+                    weight,
+                })?,
+            };
+            let r = R::create(&mut c, r).await.map_err(CallError)?;
+            done(out, "created", r.revision());
+        }
+        ResourceCmd::Update { file, revision } => {
+            let mut r = R::from_doc(&parse_one::<R::Doc>(&file)?)?;
+            r.set_revision(revision);
+            let r = R::update(&mut c, r).await.map_err(CallError)?;
+            done(out, "updated", r.revision());
+        }
+        ResourceCmd::Delete { name, revision } => {
+            R::delete(&mut c, name, revision).await.map_err(CallError)?;
+            if out == Output::Json {
+                println!("{}", serde_json::json!({"deleted": true}));
+            } else {
+                println!("deleted");
+            }
+        }
+    }
+    Ok(())
+}

@@ -182,7 +182,7 @@ pub struct BackendRuntime {
     /// First address (probes and connections start here).
     pub address: Address,
     /// Keep-alive connections.
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     /// Counters.
     pub counters: Counters,
     probe: Mutex<ProbeState>,
@@ -197,7 +197,7 @@ impl BackendRuntime {
         BackendRuntime {
             name: spec.name.clone(),
             address: spec.address.clone(),
-            pool: Pool::new(spec.addresses().cloned().collect()),
+            pool: Arc::new(Pool::new(spec.addresses().cloned().collect())),
             counters: Counters::default(),
             probe: Mutex::new(ProbeState {
                 spec: None,

@@ -8,19 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::BackendRef;
-use crate::pool::Conn;
+use crate::pool::Checkout;
 
 /// What the proxy answers with.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
-
-/// What the proxy sends to a backend: the client's body streamed through, or nothing (a
-/// request without a body, which can then be replayed on another backend).
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
 /// Why a backend's body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +37,17 @@ pub struct UpstreamBody {
     timeout: Duration,
     /// Armed the first time the backend makes us wait (most small bodies never do).
     sleep: Option<Pin<Box<Sleep>>>,
-    conn: Option<(BackendRef, Conn)>,
+    conn: Option<Checkout>,
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `conn` returns to `backend`'s pool at the end.
-    pub fn new(inner: Incoming, timeout: Duration, backend: BackendRef, conn: Conn) -> Self {
+    /// Wraps `inner`; `conn` returns to its pool at the end.
+    pub fn new(inner: Incoming, timeout: Duration, conn: Checkout) -> Self {
         let mut body = UpstreamBody {
             inner,
             timeout,
             sleep: None,
-            conn: Some((backend, conn)),
+            conn: Some(conn),
         };
         if body.inner.is_end_stream() {
             // The server may never poll an empty body: give the connection back now.
@@ -62,8 +57,8 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
-        if let Some((b, c)) = self.conn.take() {
-            b.pool.put(c);
+        if let Some(c) = self.conn.take() {
+            c.release();
         }
     }
 }

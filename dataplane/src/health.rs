@@ -1,21 +1,19 @@
 //! Health probes with Varnish semantics (`shared/reference/varnish-directors.md` §3).
 //!
 //! [`Window`] is the pure bit-window (64-bit shift register, `good = popcount(happy & mask)`,
-//! healthy ⇔ good ≥ threshold). [`run`] is the probe loop: one per backend identity, started
-//! when the backend first appears with a probe and ended when the identity leaves the last
-//! snapshot (it holds only a weak reference). It reads its probe settings afresh each round, so
-//! a probe edit applies without restarting the loop or forgetting the window.
+//! healthy ⇔ good ≥ threshold). [`probe_once`] is one attempt. The probe loop that repeats it
+//! lives beside its spawner in [`crate::runtime`]: one per backend identity, started when the
+//! backend first appears with a probe and ended when the identity leaves the last snapshot (it
+//! holds only a weak reference); it reads its probe settings afresh each round, so a probe edit
+//! applies without restarting the loop or forgetting the window. This module knows nothing of
+//! the backend state it feeds.
 //!
 //! A probe: connect, write the request, read until the peer closes, all within `timeout`;
 //! success when the first line parses as `HTTP/<n> <status>` with the expected status.
 
-use std::sync::Weak;
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::backend::BackendRuntime;
 use crate::config::{Address, ProbeRequest, ProbeSpec};
 
 /// The probe's shift register and its verdict.
@@ -155,21 +153,6 @@ pub async fn probe_once(address: &Address, spec: &ProbeSpec, host: &str) -> Resu
     tokio::time::timeout(spec.timeout, attempt)
         .await
         .unwrap_or(Err(ProbeError::Timeout))
-}
-
-/// The probe loop of one backend identity. Ends when the backend is gone from every snapshot,
-/// or when it no longer has a probe (a later snapshot that adds one starts a new loop).
-pub async fn run(backend: Weak<BackendRuntime>) {
-    loop {
-        let Some(b) = backend.upgrade() else { return };
-        let Some((spec, host)) = b.probe_settings() else {
-            return;
-        };
-        let result = probe_once(&b.address, &spec, &host).await;
-        b.record_probe(&spec, result);
-        drop(b);
-        tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Keep-alive HTTP/1.1 connections to one backend identity.
 //!
-//! A connection is checked out for one request and comes back when its response body has been
-//! read to the end ([`crate::body::UpstreamBody`] returns it); one dropped half-way is closed.
+//! A connection is checked out for one request as a [`Checkout`] guard, which gives it back
+//! when the response body has been read to the end ([`Checkout::release`], called by
+//! [`crate::body::UpstreamBody`]); a guard dropped half-way closes it.
 //! Connecting is a separate step from sending, so that a connect failure leaves the request
 //! untouched and the proxy can retry it on the director's next alternate.
 //!
@@ -14,12 +15,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
 use crate::config::{Address, Host};
+
+/// What the proxy sends to a backend: the client's body streamed through, or nothing (a
+/// request without a body, which can then be replayed on another backend).
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
 /// Idle connections kept per backend and proxy thread; more are closed when returned.
 const MAX_IDLE: usize = 256;
@@ -68,6 +75,26 @@ pub struct Pool {
     open: Arc<AtomicUsize>,
 }
 
+/// A checked-out connection. [`Checkout::release`] returns it to its pool (its response was
+/// read to the end); dropping the guard instead closes it.
+#[derive(Debug)]
+pub struct Checkout {
+    pool: Arc<Pool>,
+    conn: Conn,
+}
+
+impl Checkout {
+    /// The connection, to send the request on.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// Gives the connection back to its pool for the next request.
+    pub fn release(self) {
+        self.pool.put(self.conn);
+    }
+}
+
 /// Decrements the open-connection count when a connection task ends.
 struct OpenGuard(Arc<AtomicUsize>);
 
@@ -108,7 +135,7 @@ impl Pool {
     }
 
     /// Returns a connection whose response was read to the end.
-    pub fn put(&self, conn: Conn) {
+    fn put(&self, conn: Conn) {
         if conn.is_closed() {
             return;
         }
@@ -123,15 +150,19 @@ impl Pool {
     /// An idle connection (`true`: reused), or a new one (`false`). `connected` is called once
     /// per new connection, and `failed` once per failed connect attempt.
     pub async fn checkout(
-        &self,
+        self: &Arc<Self>,
         connect_timeout: Duration,
         max_connections: u32,
         connected: impl Fn(),
         failed: impl Fn(),
-    ) -> Result<(Conn, bool), ConnectError> {
+    ) -> Result<(Checkout, bool), ConnectError> {
+        let checkout = |conn| Checkout {
+            pool: Arc::clone(self),
+            conn,
+        };
         while let Some(mut c) = self.pop() {
             if !c.is_closed() && c.ready().await.is_ok() {
-                return Ok((c, true));
+                return Ok((checkout(c), true));
             }
         }
         if max_connections > 0 && self.open() >= max_connections as usize {
@@ -151,7 +182,7 @@ impl Pool {
                         drop(guard);
                     });
                     connected();
-                    return Ok((sender, false));
+                    return Ok((checkout(sender), false));
                 }
                 Ok(Err(e)) => {
                     failed();

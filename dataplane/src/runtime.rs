@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -269,7 +269,7 @@ impl Runtime {
                     Host::Dns(d) => d.clone(),
                 });
             if state.set_probe(probe_of(&probes, spec), host) {
-                tokio::spawn(health::run(Arc::downgrade(&state)));
+                tokio::spawn(probe_loop(Arc::downgrade(&state)));
             }
             kept.insert(spec.name.as_str(), id);
             backends.push(state);
@@ -366,6 +366,21 @@ impl<'a> PrevMatcher<'a> {
             self.next = i + 1;
         }
         found
+    }
+}
+
+/// The probe loop of one backend identity. Ends when the backend is gone from every snapshot,
+/// or when it no longer has a probe (a later snapshot that adds one starts a new loop).
+async fn probe_loop(backend: Weak<BackendRuntime>) {
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        let Some((spec, host)) = b.probe_settings() else {
+            return;
+        };
+        let result = health::probe_once(&b.address, &spec, &host).await;
+        b.record_probe(&spec, result);
+        drop(b);
+        tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;
     }
 }
 

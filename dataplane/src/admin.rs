@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::listener::accept_loop;
 use crate::runtime::Runtime;
 use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
 
@@ -375,32 +376,18 @@ fn metrics(rt: &Runtime) -> String {
 /// Serves the admin endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        // Small responses, polled: without it a response written in two parts waits for a
-        // delayed ACK (40 ms).
-        let _ = stream.set_nodelay(true);
+    accept_loop(listener, "admin", shutdown, move |stream, _| {
         let rt = Arc::clone(&rt);
         let builder = builder.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = service_fn(move |req| {
                 let rt = Arc::clone(&rt);
                 async move { Ok::<_, std::convert::Infallible>(handle(&rt, &req)) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@
 //! - [`runtime`]: the current [`snapshot::Snapshot`] behind an `ArcSwap`, and the registry of
 //!   per-backend runtime state ([`backend`]: connection [`pool`], probe window, counters) kept
 //!   across revisions for unchanged backend identities;
-//! - [`health`]: Varnish probe semantics and the probe loop (one per backend identity);
+//! - [`health`]: Varnish probe semantics — the window, one probe attempt (the probe loop, one
+//!   per backend identity, is spawned and run by [`runtime`]);
 //! - [`route`]: route matching and key extraction;
 //! - [`proxy`]: the HTTP server and forwarding (retries on the director's alternates), with
-//!   [`body`] streaming responses back; [`proxy::respond`] maps errors to HTTP once;
+//!   [`body`] streaming responses back (a [`pool::Checkout`] guard gives the connection back
+//!   at the body's end); [`proxy::respond`] maps errors to HTTP once;
+//! - [`listener`]: the one accept loop of the proxy and admin listeners;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -28,6 +31,7 @@ pub mod config;
 pub mod director;
 pub mod fingerprint;
 pub mod health;
+pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod route;

@@ -24,9 +24,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::backend::BackendRef;
-use crate::body::{ProxyBody, RequestBody, UpstreamBody, text};
+use crate::body::{ProxyBody, UpstreamBody, text};
 use crate::director::SelectError;
-use crate::pool::ConnectError;
+use crate::listener::accept_loop;
+use crate::pool::{ConnectError, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
@@ -286,7 +287,8 @@ async fn forward(
         let Some(b_body) = body.take() else { break };
         let mut req = head.request(b_body);
         set_host(&mut req, spec.host_header.as_deref());
-        let sent = tokio::time::timeout(spec.timeouts.first_byte, conn.try_send_request(req)).await;
+        let sent =
+            tokio::time::timeout(spec.timeouts.first_byte, conn.conn().try_send_request(req)).await;
         match sent {
             Err(_) => {
                 return Err((
@@ -299,12 +301,7 @@ async fn forward(
                 counters.record(status, started.elapsed());
                 let (mut parts, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = UpstreamBody::new(
-                    incoming,
-                    spec.timeouts.between_bytes,
-                    Arc::clone(state),
-                    conn,
-                );
+                let body = UpstreamBody::new(incoming, spec.timeouts.between_bytes, conn);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
             Ok(Err(mut e)) => {
@@ -346,24 +343,10 @@ async fn forward(
 /// Serves the proxy on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, client) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(listener, "proxy", shutdown, move |stream, client| {
         let rt = Arc::clone(&rt);
         let builder = builder.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = service_fn(move |req| {
                 let rt = Arc::clone(&rt);
                 async move { Ok::<_, std::convert::Infallible>(handle(rt, client, req).await) }
@@ -371,8 +354,9 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Futur
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Serves the proxy on `threads` threads, each running its own single-threaded runtime that

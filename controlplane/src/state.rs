@@ -319,10 +319,12 @@ pub struct State {
     pub revision: i64,
     /// `mod_revision` of the serial key (0 when never written).
     pub serial_revision: i64,
-    /// The revision of the last change to a resource: the serial key's, or the newest
-    /// resource's when later, at a listing; a batch's revision when it changed a resource.
-    /// Unlike `revision`, writes to other keys (node records) do not move it, so nodes that
-    /// route alike show the same one.
+    /// The revision of the last change to a resource: at a listing, the serial key's (every
+    /// API write bumps it) or the newest stored object's (decodable or not) when later; then a
+    /// batch's revision when it changed a resource. Unlike `revision`, writes to other keys
+    /// (node records) do not move it, so nodes that route alike show the same one. (A delete
+    /// written behind the API's back, without the serial key, is seen by a watch but not by a
+    /// later listing.)
     pub config_revision: i64,
     /// Backends by name.
     pub backends: BTreeMap<String, v1::Backend>,
@@ -363,14 +365,17 @@ impl State {
         };
         let serial = layout.serial();
         let mut errors = Vec::new();
+        // Objects that do not decode count too: a watch sees their put as a change as well.
+        let mut newest = 0;
         for kv in &listing.kvs {
             if kv.key == serial {
                 state.serial_revision = kv.mod_revision;
             } else if let Some(c) = Change::from_kv(layout, kv) {
+                newest = newest.max(kv.mod_revision);
                 state.apply_change(c, &mut errors);
             }
         }
-        state.config_revision = state.newest_change();
+        state.config_revision = newest.max(state.serial_revision);
         (state, errors)
     }
 
@@ -643,7 +648,10 @@ mod tests {
             (errors[0].kind, errors[0].name.as_str()),
             (Kind::Backend, "b")
         );
-        assert_eq!(direct.config_revision, 3);
+        assert_eq!(
+            direct.config_revision, 4,
+            "the undecodable object counts too"
+        );
 
         // Through the API's snapshot and back: the same state, the same error.
         let (via_snapshot, errors2) = State::from_snapshot(direct.to_snapshot(&errors));

@@ -11,12 +11,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::listener::accept_loop;
+use crate::listener::serve_http;
 use crate::runtime::Runtime;
 use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
 
@@ -375,17 +372,8 @@ fn metrics(rt: &Runtime) -> String {
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    accept_loop(listener, "admin", shutdown, move |stream, _| {
-        let rt = Arc::clone(&rt);
-        let builder = builder.clone();
-        async move {
-            let svc = service_fn(move |req| {
-                let rt = Arc::clone(&rt);
-                async move { Ok::<_, std::convert::Infallible>(handle(&rt, &req)) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        }
+    serve_http(listener, "admin", shutdown, move |req, _| {
+        std::future::ready(handle(&rt, &req))
     })
     .await;
 }

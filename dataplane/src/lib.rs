@@ -19,7 +19,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
-//! Data flow: resources → [`config`] types → [`runtime::Runtime::apply`] (directors, routes and
+//! Data flow: resources → [`config`] types → [`runtime::Runtime::install`] (directors, routes and
 //! backend states built, then one atomic swap) → per request: [`proxy`] loads the snapshot,
 //! [`route`] picks a route and key, the director selects with live health, the [`pool`]
 //! supplies a connection, [`body`] streams the answer.

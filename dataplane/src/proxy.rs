@@ -18,15 +18,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::backend::BackendRef;
 use crate::body::{ProxyBody, UpstreamBody, text};
 use crate::director::SelectError;
-use crate::listener::accept_loop;
+use crate::listener::serve_http;
 use crate::pool::{ConnectError, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
@@ -342,19 +339,8 @@ async fn forward(
 
 /// Serves the proxy on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    accept_loop(listener, "proxy", shutdown, move |stream, client| {
-        let rt = Arc::clone(&rt);
-        let builder = builder.clone();
-        async move {
-            let svc = service_fn(move |req| {
-                let rt = Arc::clone(&rt);
-                async move { Ok::<_, std::convert::Infallible>(handle(rt, client, req).await) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-        }
+    serve_http(listener, "proxy", shutdown, move |req, client| {
+        handle(Arc::clone(&rt), client, req)
     })
     .await;
 }

@@ -1,10 +1,12 @@
 //! The data plane's state: the current [`Snapshot`] behind an `ArcSwap`, and the registry of
 //! backend runtime states by identity.
 //!
-//! [`Runtime::apply`] is called by the one task that follows the store (see
-//! `tether_controlplane::follow`); it builds everything a request needs — directors, routes,
-//! backend states — *before* the swap, reusing the state of every identity that is still
-//! there, so an unchanged backend keeps its connections, probe window and counters.
+//! [`Runtime::install`] is called by the one task that follows the store (the node agent's
+//! follower, `tether_controlplane::node`), with the directors it built while validating;
+//! [`Runtime::apply`] builds them itself. Either builds everything a request needs —
+//! directors, routes, backend states — *before* the swap, reusing the state of every identity
+//! that is still there, so an unchanged backend keeps its connections, probe window and
+//! counters. The probe loop of each identity is started here too (`probe_loop`).
 
 use std::collections::HashMap;
 

@@ -100,10 +100,13 @@ pub(crate) trait CliResource: Resource {
     async fn delete(c: &mut Client, name: String, revision: i64) -> Result<(), Status>;
 }
 
-/// The RPCs of a [`CliResource`], from one template.
+/// The file document and the RPCs of a [`CliResource`], from one template.
 macro_rules! rpcs {
     ($field:ident, $plural:ident, $create:ident($create_req:ident), $get:ident, $list:ident,
      $update:ident($update_req:ident), $delete:ident) => {
+        fn from_doc(doc: &Self::Doc) -> Result<Self, FileError> {
+            doc.to_proto(Self::FIELD)
+        }
         async fn create(c: &mut Client, r: Self) -> Result<Self, Status> {
             let req = v1::$create_req { $field: Some(r) };
             Ok(c.$create(req).await?.into_inner())
@@ -152,9 +155,6 @@ impl CliResource for v1::Backend {
             if self.drain { "yes" } else { "no" }.into(),
             self.revision.to_string(),
         ]
-    }
-    fn from_doc(doc: &BackendDoc) -> Result<Self, FileError> {
-        doc.to_proto(Self::FIELD)
     }
     fn from_flags(f: CreateFlags) -> Result<Self, InputError> {
         let (Some(name), Some(address)) = (f.name, f.address) else {
@@ -206,9 +206,6 @@ impl CliResource for v1::Probe {
             self.revision.to_string(),
         ]
     }
-    fn from_doc(doc: &ProbeDoc) -> Result<Self, FileError> {
-        doc.to_proto(Self::FIELD)
-    }
     rpcs!(
         probe,
         probes,
@@ -240,9 +237,6 @@ impl CliResource for v1::Director {
             self.revision.to_string(),
         ]
     }
-    fn from_doc(doc: &DirectorDoc) -> Result<Self, FileError> {
-        doc.to_proto(Self::FIELD)
-    }
     rpcs!(
         director,
         directors,
@@ -267,9 +261,6 @@ impl CliResource for v1::Route {
             key_name(self.key.as_ref()),
             self.revision.to_string(),
         ]
-    }
-    fn from_doc(doc: &RouteDoc) -> Result<Self, FileError> {
-        doc.to_proto(Self::FIELD)
     }
     rpcs!(
         route,

@@ -4,7 +4,10 @@
 //! failed: a watch that opens and dies at once does not reset the delay, so a flapping store
 //! is retried at the cap, not every first delay.
 
+use std::fmt::Display;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Jittered exponential backoff.
 #[derive(Debug, Clone)]
@@ -41,6 +44,41 @@ impl Backoff {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         d.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+/// Consecutive failures of one task, so that an outage is logged when it starts and when it
+/// ends — not at every retry (twice a second per node while the store is down).
+#[derive(Debug, Default)]
+pub struct Streak {
+    failures: u32,
+    since: Option<Instant>,
+}
+
+impl Streak {
+    /// A failed attempt at `what`: a warning for the first, debug lines after it.
+    pub fn failed(&mut self, what: &str, error: &dyn Display) {
+        if self.failures == 0 {
+            self.since = Some(Instant::now());
+            tracing::warn!(error = %error, "{what} failed; retrying (further failures are logged at debug level)");
+        } else {
+            tracing::debug!(error = %error, attempt = self.failures + 1, "{what} failed again");
+        }
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// A successful attempt at `what`: says so once when it ends a streak of failures.
+    pub fn succeeded(&mut self, what: &str) {
+        if self.failures > 0 {
+            let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            tracing::info!(
+                failed_attempts = self.failures,
+                seconds = secs,
+                "{what} works again"
+            );
+        }
+        self.failures = 0;
+        self.since = None;
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use tether_dataplane::runtime::Runtime;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Streak};
 use super::cache;
 use super::shutdown::Shutdown;
 use super::source::{Batch, Listed, Source, Watch};
@@ -119,6 +119,8 @@ pub struct Follower<S> {
     converted: Converted,
     listed: bool,
     backoff: Backoff,
+    /// Failed attempts to reach the source in a row (logged once per outage).
+    streak: Streak,
 }
 
 impl<S: Source> Follower<S> {
@@ -132,6 +134,7 @@ impl<S: Source> Follower<S> {
             converted: Converted::default(),
             listed: false,
             backoff: backoff(),
+            streak: Streak::default(),
         }
     }
 
@@ -178,9 +181,12 @@ impl<S: Source> Follower<S> {
     async fn step(&mut self, phase: Phase) -> (Phase, Option<Duration>) {
         match phase {
             Phase::Listing => match self.source.list().await {
-                Ok(listed) => (self.listed(listed).await, None),
+                Ok(listed) => {
+                    self.streak.succeeded("listing the store");
+                    (self.listed(listed).await, None)
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "listing the store failed; retrying");
+                    self.streak.failed("listing the store", &e);
                     (Phase::Listing, Some(Duration::ZERO))
                 }
             },
@@ -210,13 +216,16 @@ impl<S: Source> Follower<S> {
 
     async fn watch(&mut self, from: i64) -> (Phase, Option<Duration>) {
         let mut w = match self.source.watch(from + 1).await {
-            Ok(w) => w,
+            Ok(w) => {
+                self.streak.succeeded("watching the store");
+                w
+            }
             Err(StoreError::Compacted { .. }) => {
                 tracing::warn!(revision = from, "history compacted; listing again");
                 return (Phase::Listing, None);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "watch failed; retrying");
+                self.streak.failed("watching the store", &e);
                 return (Phase::Watching { revision: from }, Some(Duration::ZERO));
             }
         };

@@ -56,35 +56,33 @@ pub async fn run<S: Source + Clone>(
 ) {
     let follower = {
         let rt = Arc::clone(&rt);
-        let down = {
-            let rt = Arc::clone(&rt);
-            move || {
-                rt.counters
-                    .follower_restarts
-                    .fetch_add(1, Ordering::Relaxed);
-                rt.clear_ready();
-            }
-        };
-        supervise::supervise("follower", shutdown.clone(), down, move |s| {
+        supervise::supervise("follower", shutdown.clone(), down(&rt, true), move |s| {
             Follower::new(source.clone(), Arc::clone(&rt), opts.clone()).run(s)
         })
     };
     let registration = async {
-        let Some(reg) = registration else {
-            return;
-        };
-        let down = {
-            let rt = Arc::clone(&rt);
-            move || {
-                rt.counters
-                    .registration_restarts
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        supervise::supervise("registration", shutdown.clone(), down, move |s| {
-            register::register(reg.clone(), Arc::clone(&rt), s)
-        })
-        .await;
+        if let Some(reg) = registration {
+            let down = down(&rt, false);
+            supervise::supervise("registration", shutdown.clone(), down, move |s| {
+                register::register(reg.clone(), Arc::clone(&rt), s)
+            })
+            .await;
+        }
     };
     tokio::join!(follower, registration);
+}
+
+/// What happens when a supervised task ends early: it is counted, and — for the follower, whose
+/// absence freezes the configuration — the node stops being ready until it has listed again.
+fn down(rt: &Arc<Runtime>, follower: bool) -> impl Fn() + use<> {
+    let rt = Arc::clone(rt);
+    move || {
+        let c = &rt.counters;
+        if follower {
+            c.follower_restarts.fetch_add(1, Ordering::Relaxed);
+            rt.clear_ready();
+        } else {
+            c.registration_restarts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

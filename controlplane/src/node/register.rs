@@ -12,7 +12,7 @@ use tether_proto::keys::{Kind, Layout};
 use tether_proto::v1;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Streak};
 use super::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::etcd::EtcdStore;
@@ -78,6 +78,7 @@ pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
     let mut renewed = Instant::now();
     let mut backoff = backoff();
     let mut healthy_since: Option<Instant> = None;
+    let mut streak = Streak::default();
     loop {
         let step = async {
             let id = match lease {
@@ -112,11 +113,12 @@ pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
         };
         let delay = match step.await {
             Ok(()) => {
+                streak.succeeded("node registration");
                 healthy_since.get_or_insert_with(Instant::now);
                 CHECK
             }
             Err(e) => {
-                tracing::warn!(error = %e, "node registration failed; retrying");
+                streak.failed("node registration", &e);
                 let worked = healthy_since.take().map_or(Duration::ZERO, |t| t.elapsed());
                 backoff.after_failure(worked)
             }

@@ -2,12 +2,12 @@
 //!
 //! - this module: the [`Api`] handle, the reads (get, list, health, snapshot, nodes, the Watch
 //!   stream's events) and the tonic glue — every RPC a one-line call, the per-kind ones
-//!   generated from one template ([`tether_rpcs!`]);
-//! - [`write`]: the write engine — list the configuration at revision R → change a copy →
+//!   generated from one template (`tether_rpcs!`);
+//! - `write`: the write engine — list the configuration at revision R → change a copy →
 //!   validate the whole result ([`crate::convert::validate`]) → one transaction with the
 //!   difference, guarded by the serial key (split into referentially complete parts when it is
 //!   too large for one); nothing partial is ever stored;
-//! - [`explain`]: Explain (which backend a key goes to) and the keys-moved report of Apply.
+//! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply.
 
 mod explain;
 mod write;

@@ -7,7 +7,7 @@
 //! (a timeout during a leader change leaves the outcome unknown). A watch is opened on the
 //! current endpoint with `hasleader` (so a member cut off from the quorum does not keep a stream
 //! silently open) and progress notifications; when it ends, the caller re-watches from its last
-//! applied revision (see [`crate::follow`]), which lands on a live endpoint.
+//! applied revision (see [`crate::node::follower`]), which lands on a live endpoint.
 //!
 //! Lists are paged (every page read at the first page's revision) and decode limits raised, so
 //! neither a large configuration nor a watch catch-up after an outage exceeds gRPC's 4 MiB

@@ -4,12 +4,15 @@
 //! - a single, monotonically increasing revision, bumped once per committed write;
 //! - atomic multi-key writes guarded by compares ([`Txn`]): all of them apply, or none;
 //! - a watch that resumes from any revision still in history, delivering every change in
-//!   revision order, one [`WatchBatch`] per revision;
+//!   revision order, in [`WatchBatch`]es: one per revision (embedded) or per store response
+//!   (etcd: every event of one watch response, which may span consecutive revisions, under the
+//!   last);
 //! - an explicit [`StoreError::Compacted`] when the asked-for history is gone, so the caller
 //!   re-lists instead of silently missing changes.
 //!
-//! Implementations: [`embedded::EmbeddedStore`] (redb, one file, for `tether up`); etcd comes
-//! with the cluster mode.
+//! Implementations: [`embedded::EmbeddedStore`] (redb, one file, for `tether up`) and
+//! [`etcd::EtcdStore`] (cluster mode). A node reads through the narrower
+//! `crate::node::Source`.
 
 pub mod embedded;
 pub mod etcd;
@@ -100,10 +103,11 @@ impl Event {
     }
 }
 
-/// Every change of one revision under the watched prefix.
+/// Every change of one revision (etcd: of one watch response, possibly several consecutive
+/// revisions) under the watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchBatch {
-    /// The revision.
+    /// The revision (etcd: the last of the response).
     pub revision: i64,
     /// Its events in write order.
     pub events: Vec<Event>,

@@ -370,7 +370,7 @@ impl State {
         for kv in &listing.kvs {
             if kv.key == serial {
                 state.serial_revision = kv.mod_revision;
-            } else if let Some((kind, name)) = layout.parse(&kv.key) {
+            } else if let Some((_, name)) = layout.parse(&kv.key) {
                 // The key string is allocated before the message's own strings, so that the
                 // 10,000 entries a revision walks lie in memory in key order (measured: a
                 // one-backend change at 10,000 is ~9% slower the other way round).

@@ -184,6 +184,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
     };
     tether_dataplane::config::validate_name(&me.id).context("--node-id")?;
     let rt = Runtime::new();
+    let (proxy_edge, admin_edge) = args.listen.edges(&rt)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -217,10 +218,16 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
             ))
         }
     };
-    let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_l,
+        Arc::clone(&rt),
+        admin_edge,
+        stopped(),
+    ));
     let threads = proxy::serve_on_threads(
         proxy_l.into_std()?,
         Arc::clone(&rt),
+        &proxy_edge,
         process::proxy_threads(args.listen.proxy_threads),
         stop_tx.subscribe(),
     )?;

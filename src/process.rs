@@ -1,12 +1,19 @@
 //! What the long-running commands (`up`, `controlplane`, `dataplane`) share: binding listeners
-//! with a clear error, the token policy, the endpoints file, the proxy thread count, and
+//! with a clear error, the proxy and admin listeners' flags (addresses, threads, the client
+//! edge's timeouts and caps), the token policy, the endpoints file, the proxy thread count, and
 //! waiting for Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tether_controlplane::auth::Tokens;
+use tether_controlplane::convert::MAX_DURATION;
+use tether_controlplane::duration;
+use tether_dataplane::edge::{self, Edge, EdgeConfig};
+use tether_dataplane::runtime::Runtime;
 use tokio::net::TcpListener;
 
 /// Where a data plane listens, and with how many proxy threads.
@@ -21,6 +28,88 @@ pub(crate) struct ProxyArgs {
     /// Admin address (/healthz, /readyz, /metrics, /state, /explain).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub(crate) admin: SocketAddr,
+    /// A request head must arrive whole within this, from its first byte (from the accept for a
+    /// connection's first request); else 408 and close. Also on the admin listener.
+    #[arg(long, default_value = "10s", value_parser = edge_duration)]
+    pub(crate) header_timeout: Duration,
+    /// Close a keep-alive connection with no request in progress (HTTP/2: no open stream)
+    /// after this.
+    #[arg(long, default_value = "60s", value_parser = edge_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Disconnect a client that takes no response bytes for this long (its backend connection
+    /// is closed with it).
+    #[arg(long, default_value = "30s", value_parser = edge_duration)]
+    pub(crate) send_timeout: Duration,
+    /// The longest gap between two parts of a request body; then 408 and close.
+    #[arg(long, default_value = "30s", value_parser = edge_duration)]
+    pub(crate) body_timeout: Duration,
+    /// Open client connections at most; more are accepted and closed at once (default: from
+    /// the open-files limit, leaving one descriptor per connection for its backend and 128
+    /// for probes, the store and the admin listener).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: Option<u32>,
+    /// Open connections per client address at most (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_ip: Option<u32>,
+    /// Largest request head, request line and headers, in bytes; larger: 431.
+    #[arg(long, default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub(crate) max_header_bytes: u32,
+    /// Longest request line in bytes; longer: 414.
+    #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(64..=1024 * 1024))]
+    pub(crate) max_uri_bytes: u32,
+}
+
+/// Client connections the admin listener takes at most (it serves operators and scrapers).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// A duration flag of the edge: 1 ms to one day.
+fn edge_duration(s: &str) -> Result<Duration, String> {
+    let d = duration::parse(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) || d > MAX_DURATION {
+        return Err(format!("{s:?}: must be between 1ms and 24h"));
+    }
+    Ok(d)
+}
+
+impl ProxyArgs {
+    /// The proxy's and the admin listener's edges (timeouts and caps), registered with `rt`
+    /// for `/metrics`.
+    pub(crate) fn edges(&self, rt: &Runtime) -> anyhow::Result<(Arc<Edge>, Arc<Edge>)> {
+        if self.max_uri_bytes > self.max_header_bytes {
+            bail!(
+                "--max-uri-bytes ({}) cannot exceed --max-header-bytes ({})",
+                self.max_uri_bytes,
+                self.max_header_bytes
+            );
+        }
+        let max_connections = match self.max_connections {
+            Some(n) => n as usize,
+            None => EdgeConfig::connections_for_descriptors(edge::descriptor_limit()),
+        };
+        let mut cfg = EdgeConfig::with_max_connections(max_connections);
+        cfg.header_timeout = self.header_timeout;
+        cfg.idle_timeout = self.idle_timeout;
+        cfg.send_timeout = self.send_timeout;
+        cfg.body_timeout = self.body_timeout;
+        cfg.max_connections_per_ip = self.max_connections_per_ip.map(|n| n as usize);
+        cfg.max_header_bytes = self.max_header_bytes as usize;
+        cfg.max_uri_bytes = self.max_uri_bytes as usize;
+        let admin = EdgeConfig {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
+            ..cfg
+        };
+        tracing::info!(
+            max_connections,
+            header_timeout = ?cfg.header_timeout,
+            idle_timeout = ?cfg.idle_timeout,
+            "client edge"
+        );
+        let (proxy, admin) = (Edge::new("proxy", cfg), Edge::new("admin", admin));
+        rt.add_listener(Arc::clone(&proxy));
+        rt.add_listener(Arc::clone(&admin));
+        Ok((proxy, admin))
+    }
 }
 
 /// Binds `addr`, naming the flag to change in the error.

@@ -89,6 +89,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
     let rt = Runtime::new();
+    let (proxy_edge, admin_edge) = args.listen.edges(&rt)?;
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
     if let Some(f) = &args.file {
         let text =
@@ -130,10 +131,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let proxy_threads = proxy::serve_on_threads(
         proxy_l.into_std()?,
         Arc::clone(&rt),
+        &proxy_edge,
         process::proxy_threads(args.listen.proxy_threads),
         proxy_stop,
     )?;
-    let admin_task = tokio::spawn(admin::serve(admin_l, Arc::clone(&rt), stopped()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_l,
+        Arc::clone(&rt),
+        admin_edge,
+        stopped(),
+    ));
     let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
     let early = tokio::select! {

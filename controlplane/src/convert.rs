@@ -349,7 +349,11 @@ fn reference(n: &str, field: impl FnOnce() -> String) -> Result<String, FieldErr
     Ok(n.to_owned())
 }
 
-/// A protobuf duration as a std one; absent: `default`.
+/// The longest duration any stored field may hold (timeouts, probe intervals, rampup): one
+/// day. Larger values are refused rather than overflowing an `Instant` later.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A protobuf duration as a std one, at most [`MAX_DURATION`]; absent: `default`.
 fn duration(
     d: Option<&prost_types::Duration>,
     field: impl FnOnce() -> String,
@@ -365,10 +369,18 @@ fn duration(
             ),
         ));
     }
-    Ok(Duration::new(
-        d.seconds.unsigned_abs(),
-        d.nanos.unsigned_abs(),
-    ))
+    let d = Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
+    if d > MAX_DURATION {
+        return Err(FieldError::invalid(
+            field(),
+            format!(
+                "must be at most {} s (one day), got {} s",
+                MAX_DURATION.as_secs(),
+                d.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// A positive timeout; zero or absent: `default`.

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use crate::edge::{Edge, EdgeCounters};
 use crate::listener::serve_http;
 use crate::runtime::Runtime;
 use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
@@ -218,6 +219,7 @@ fn metrics(rt: &Runtime) -> String {
         let _ = writeln!(w, "# TYPE {name} counter");
         let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
     }
+    edge_metrics(w, rt);
     let _ = writeln!(
         w,
         "# HELP tether_task_restarts_total Node agent tasks restarted by their supervisor after ending early."
@@ -370,9 +372,75 @@ fn metrics(rt: &Runtime) -> String {
     out
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
-    serve_http(listener, "admin", shutdown, move |req, _| {
+/// Each listener's open connections and what its edge refused or cut off.
+fn edge_metrics(w: &mut String, rt: &Runtime) {
+    type Get = fn(&EdgeCounters) -> &AtomicU64;
+    /// A counter family: name, help, and its series (label, counter).
+    type Family<'a> = (&'a str, &'a str, &'a [(&'a str, Get)]);
+    let edges = rt.listeners();
+    let _ = writeln!(
+        w,
+        "# HELP tether_client_connections Open client connections, by listener."
+    );
+    let _ = writeln!(w, "# TYPE tether_client_connections gauge");
+    for e in &edges {
+        let _ = writeln!(
+            w,
+            "tether_client_connections{{listener=\"{}\"}} {}",
+            e.name,
+            e.open()
+        );
+    }
+    let families: [Family<'_>; 3] = [
+        (
+            "tether_client_connections_refused_total",
+            "Connections accepted and closed at once at a cap, by listener and cap.",
+            &[
+                ("cap=\"max_connections\"", |c| &c.refused_max_connections),
+                ("cap=\"max_connections_per_ip\"", |c| &c.refused_per_ip),
+            ],
+        ),
+        (
+            "tether_client_timeouts_total",
+            "Client connections cut off by a timeout, by listener and timeout.",
+            &[
+                ("timeout=\"header\"", |c| &c.header_timeouts),
+                ("timeout=\"idle\"", |c| &c.idle_timeouts),
+                ("timeout=\"send\"", |c| &c.send_timeouts),
+                ("timeout=\"body\"", |c| &c.body_timeouts),
+            ],
+        ),
+        (
+            "tether_client_requests_refused_total",
+            "Request heads refused at the edge, by listener and reason (414, 431, 400).",
+            &[
+                ("reason=\"uri_too_long\"", |c| &c.uri_too_long),
+                ("reason=\"head_too_large\"", |c| &c.head_too_large),
+                ("reason=\"ambiguous_framing\"", |c| &c.ambiguous_framing),
+            ],
+        ),
+    ];
+    for (metric, help, series) in families {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} counter");
+        for e in &edges {
+            for (label, get) in series {
+                let v = get(&e.counters).load(Ordering::Relaxed);
+                let _ = writeln!(w, "{metric}{{listener=\"{}\",{label}}} {v}", e.name);
+            }
+        }
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves, under `edge`'s timeouts
+/// and caps.
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    edge: Arc<Edge>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_http(listener, edge, shutdown, move |req, _| {
         std::future::ready(handle(&rt, &req))
     })
     .await;

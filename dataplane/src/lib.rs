@@ -15,7 +15,8 @@
 //! - [`proxy`]: the HTTP server and forwarding (retries on the director's alternates), with
 //!   [`body`] streaming responses back (a [`pool::Checkout`] guard gives the connection back
 //!   at the body's end); [`proxy::respond`] maps errors to HTTP once;
-//! - [`listener`]: the one accept loop of the proxy and admin listeners;
+//! - [`edge`]: what no client may do to a listener — timeouts, connection caps, head limits —
+//!   and [`listener`]: the one accept loop and HTTP server of the proxy and admin listeners;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -29,6 +30,7 @@ pub mod backend;
 pub mod body;
 pub mod config;
 pub mod director;
+pub mod edge;
 pub mod fingerprint;
 pub mod health;
 pub mod listener;

@@ -17,16 +17,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{Address, Host};
+use crate::edge::ClientBody;
 
 /// What the proxy sends to a backend: the client's body streamed through, or nothing (a
 /// request without a body, which can then be replayed on another backend).
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 
 /// Idle connections kept per backend and proxy thread; more are closed when returned.
 const MAX_IDLE: usize = 256;
@@ -165,7 +165,12 @@ impl Pool {
                 return Ok((checkout(c), true));
             }
         }
-        if max_connections > 0 && self.open() >= max_connections as usize {
+        // The slot is reserved before connecting, so concurrent cold requests cannot overshoot
+        // `max_connections`; a failed connect gives it back (the guard's drop).
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = OpenGuard(Arc::clone(&self.open));
+        if max_connections > 0 && before >= max_connections as usize {
+            drop(slot);
             return Err(ConnectError::AtLimit(max_connections));
         }
         let mut last = ConnectError::Timeout(connect_timeout);
@@ -174,12 +179,10 @@ impl Pool {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-                    self.open.fetch_add(1, Ordering::AcqRel);
-                    let guard = OpenGuard(Arc::clone(&self.open));
                     tokio::spawn(async move {
                         // The connection's own errors end it; requests on it see them.
                         let _ = conn.await;
-                        drop(guard);
+                        drop(slot);
                     });
                     connected();
                     return Ok((checkout(sender), false));

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::backend::BackendRef;
 use crate::body::{ProxyBody, UpstreamBody, text};
 use crate::director::SelectError;
+use crate::edge::{ClientBody, ClientBodyError, Edge};
 use crate::listener::serve_http;
 use crate::pool::{ConnectError, RequestBody};
 use crate::route;
@@ -55,6 +56,9 @@ pub enum ProxyError {
     /// The backend sent no response head within `first_byte`.
     #[error("backend {0:?} did not answer within the first_byte timeout")]
     FirstByte(String),
+    /// The client's request body stalled for `body_timeout` while it was being sent.
+    #[error("the request body stalled for {0:?} (body timeout)")]
+    BodyTimeout(std::time::Duration),
     /// The backend failed after the request was sent.
     #[error("backend {backend:?} failed: {source}")]
     Backend {
@@ -75,6 +79,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
             ..
         } => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Key(_) => StatusCode::BAD_REQUEST,
+        ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         ProxyError::FirstByte(_)
         | ProxyError::Connect {
             source: ConnectError::Timeout(_),
@@ -84,6 +89,11 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
     };
     let mut r = Response::new(text(format!("{e}\n")));
     *r.status_mut() = status;
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of that body may still come: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -188,11 +198,12 @@ fn set_host(req: &mut Request<RequestBody>, host_header: Option<&str>) {
 /// Proxies one request.
 pub async fn handle(
     rt: Arc<Runtime>,
+    edge: Arc<Edge>,
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
-    match forward(&rt, &snap, client.ip(), req).await {
+    match forward(&rt, &edge, &snap, client.ip(), req).await {
         Ok(r) => r,
         Err((e, backend)) => {
             let r = respond(&e);
@@ -202,6 +213,9 @@ pub async fn handle(
                 }
                 (ProxyError::NoBackend(_), _) => {
                     rt.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+                }
+                (ProxyError::BodyTimeout(_), _) => {
+                    edge.counters.body_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Some((b, started))) => {
                     b.counters.record(r.status().as_u16(), started.elapsed())
@@ -218,6 +232,7 @@ type Failure = (ProxyError, Option<(BackendRef, Instant)>);
 
 async fn forward(
     rt: &Runtime,
+    edge: &Edge,
     snap: &Snapshot,
     client: IpAddr,
     req: Request<Incoming>,
@@ -235,7 +250,7 @@ async fn forward(
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {
         Either::Right(Empty::new())
     } else {
-        Either::Left(body)
+        Either::Left(ClientBody::new(body, edge.config.body_timeout))
     });
     let mut last: Option<Failure> = None;
     let mut alt = 0;
@@ -302,6 +317,13 @@ async fn forward(
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
             Ok(Err(mut e)) => {
+                // The client stalled its body: its fault, not the backend's; not retried.
+                if ClientBodyError::is_timeout(e.error()) {
+                    return Err((
+                        ProxyError::BodyTimeout(edge.config.body_timeout),
+                        Some((Arc::clone(state), started)),
+                    ));
+                }
                 let failure = |source| {
                     (
                         ProxyError::Backend {
@@ -337,10 +359,16 @@ async fn forward(
     }))
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Future<Output = ()>) {
-    serve_http(listener, "proxy", shutdown, move |req, client| {
-        handle(Arc::clone(&rt), client, req)
+/// Serves the proxy on `listener` until `shutdown` resolves, under `edge`'s timeouts and caps.
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    edge: Arc<Edge>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let e = Arc::clone(&edge);
+    serve_http(listener, edge, shutdown, move |req, client| {
+        handle(Arc::clone(&rt), Arc::clone(&e), client, req)
     })
     .await;
 }
@@ -352,6 +380,7 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, shutdown: impl Futur
 pub fn serve_on_threads(
     listener: std::net::TcpListener,
     rt: Arc<Runtime>,
+    edge: &Arc<Edge>,
     threads: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -360,6 +389,7 @@ pub fn serve_on_threads(
     for i in 0..threads.max(1) {
         let l = listener.try_clone()?;
         let rt = Arc::clone(&rt);
+        let edge = Arc::clone(edge);
         let mut stop = shutdown.clone();
         let local = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -372,7 +402,7 @@ pub fn serve_on_threads(
                     local.block_on(async move {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
-                                serve(l, rt, async move {
+                                serve(l, rt, edge, async move {
                                     let _ = stop.wait_for(|s| *s).await;
                                 })
                                 .await;

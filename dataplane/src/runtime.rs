@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use crate::backend::{BackendRef, BackendRuntime, Histogram, Identity};
 use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
+use crate::edge::Edge;
 use crate::health;
 use crate::snapshot::Snapshot;
 
@@ -62,6 +63,8 @@ pub struct Runtime {
     confirmed: Mutex<Option<Instant>>,
     /// Whether the applied state came from the local cache.
     from_cache: AtomicBool,
+    /// The listeners' edges (connection counts and counters, for `/metrics`).
+    listeners: Mutex<Vec<Arc<Edge>>>,
     /// Where replaced snapshots go to be freed (`None`: freed in place, if the thread could
     /// not be started).
     reclaim: Option<mpsc::Sender<Arc<Snapshot>>>,
@@ -99,6 +102,7 @@ impl Runtime {
             apply_delay: Histogram::default(),
             confirmed: Mutex::new(None),
             from_cache: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
             reclaim,
         })
     }
@@ -125,6 +129,22 @@ impl Runtime {
     /// Marks the runtime ready (after the first full listing is applied).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Adds a listener's edge to what `/metrics` reports.
+    pub fn add_listener(&self, edge: Arc<Edge>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(edge);
+    }
+
+    /// The listeners' edges.
+    pub fn listeners(&self) -> Vec<Arc<Edge>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Marks the runtime not ready (its follower is down; the snapshot still serves).

@@ -22,6 +22,7 @@ use tether_dataplane::config::{
     TargetRef, Timeouts,
 };
 use tether_dataplane::director::Key;
+use tether_dataplane::edge::{Edge, EdgeConfig};
 use tether_dataplane::proxy;
 use tether_dataplane::runtime::Runtime;
 use tokio::net::TcpListener;
@@ -154,7 +155,8 @@ async fn proxy(cfg: Config) -> Proxy {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
-    tokio::spawn(proxy::serve(l, Arc::clone(&rt), async {
+    let edge = Edge::new("proxy", EdgeConfig::with_max_connections(1000));
+    tokio::spawn(proxy::serve(l, Arc::clone(&rt), edge, async {
         let _ = rx.await;
     }));
     Proxy {

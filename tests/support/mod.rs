@@ -47,15 +47,16 @@ impl Backend {
     }
 
     pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        Backend::serving(name, addr, Bytes::from(name.to_owned())).await
+    }
+
+    /// A backend whose every answer is `body`.
+    pub async fn serving(name: &str, addr: SocketAddr, body: Bytes) -> Backend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (acc, t2, body) = (
-            Arc::clone(&accepted),
-            Arc::clone(&tasks),
-            Bytes::from(name.to_owned()),
-        );
+        let (acc, t2) = (Arc::clone(&accepted), Arc::clone(&tasks));
         tasks.lock().unwrap().spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
@@ -64,9 +65,11 @@ impl Backend {
                 acc.fetch_add(1, Ordering::SeqCst);
                 let body = body.clone();
                 t2.lock().unwrap().spawn(async move {
-                    let svc = service_fn(move |_req| {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let b = body.clone();
                         async move {
+                            // The request body is read first, as an upload endpoint would.
+                            let _ = req.into_body().collect().await;
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(b)))
                         }
                     });

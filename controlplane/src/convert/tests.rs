@@ -147,3 +147,31 @@ fn converted_backends_are_reused_by_stored_revision_only() {
     let fourth = run(&[stored("z", 5, 9), stored("c", 6, 10)]);
     assert_eq!(fourth.backends[1].address.to_string(), "127.0.0.1:6");
 }
+
+#[test]
+fn durations_are_bounded_and_the_error_names_the_field() {
+    let mut b = backend("b1", 80);
+    b.timeouts = Some(v1::Timeouts {
+        between_bytes: Some(prost_types::Duration {
+            seconds: 10_000_000_000_000_000,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let e = backend_spec(&b).unwrap_err();
+    assert_eq!(e.field, "backend.timeouts.between_bytes");
+    assert!(e.message.contains("at most 86400 s"), "{}", e.message);
+    // One day is allowed.
+    b.timeouts = Some(v1::Timeouts {
+        between_bytes: Some(prost_types::Duration {
+            seconds: 86_400,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    assert!(backend_spec(&b).is_ok());
+}
+
+fn backend_spec(b: &v1::Backend) -> Result<BackendSpec, FieldError> {
+    super::backend(b, &"backend")
+}

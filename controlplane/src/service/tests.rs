@@ -87,6 +87,23 @@ async fn bad_fields_are_named_and_nothing_is_stored() {
         "backends[1].weight"
     );
     assert_eq!(store.list("/").await.unwrap(), before);
+    // A duration beyond the bound (here the largest a protobuf Duration holds, ~2.9e11 years:
+    // it once made `Instant + timeout` panic on every multi-chunk response).
+    let mut huge = backend("b0", 9000);
+    huge.timeouts = Some(v1::Timeouts {
+        between_bytes: Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let e = Status::from(api.create(Some(huge)).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.get_details_bad_request().unwrap().field_violations[0].field,
+        "backend.timeouts.between_bytes"
+    );
+    assert_eq!(store.list("/").await.unwrap(), before);
     // A reference to a missing backend is a failed precondition.
     let e = Status::from(
         api.apply(apply_req(vec![], vec![shard("d", &["nope"])]))

@@ -1,0 +1,413 @@
+//! The proxy's edge, attacked through the real binary (`tether up` on loopback): idle sockets,
+//! slowloris heads, stalled bodies, clients that stop reading, oversized and ambiguous heads,
+//! connection floods. Each test asserts what the attacker gets and that normal clients are
+//! still served.
+
+#![allow(clippy::unwrap_used)] // test code: a failed setup should panic
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{Backend, Tether, config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Short timeouts, so that the suite runs in seconds.
+const FAST: &[&str] = &[
+    "--header-timeout",
+    "1s",
+    "--idle-timeout",
+    "2s",
+    "--send-timeout",
+    "1s",
+    "--body-timeout",
+    "1s",
+];
+
+fn addr(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the peer closes (or `limit` passes): what arrived, and when it closed.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (got, Some(start.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+async fn up_with(extra: &[&str]) -> (tempfile::TempDir, Tether, Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b1").await;
+    let t = Tether::up(dir.path(), extra).await;
+    let rev = t.apply(&config(&[("b1", b.addr)], false));
+    t.wait_applied(rev).await;
+    (dir, t, b)
+}
+
+/// The value of the `tether_client_*` series whose labels are `labels`.
+fn metric(metrics: &str, labels: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("tether_client") && l.contains(&format!("{{{labels}}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {{{labels}}} in\n{metrics}"))
+}
+
+fn status_of(response: &[u8]) -> String {
+    String::from_utf8_lossy(response)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_and_slowloris_are_closed_within_the_timeout_while_others_are_served() {
+    let (_d, t, _b) = up_with(FAST).await;
+    let proxy = addr(&t.proxy);
+    // Connects and sends nothing.
+    let mut idle = TcpStream::connect(&proxy).await.unwrap();
+    // Half a head, then a header line every 300 ms: never complete.
+    let mut slow = TcpStream::connect(&proxy).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut slow_r, mut slow_w) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        for i in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow_w
+                .write_all(format!("x-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Meanwhile, a normal client is served.
+    assert_eq!(t.request("k1").await, (200, "b1".into()));
+
+    let (got, closed) = until_closed(&mut idle, Duration::from_secs(4)).await;
+    let closed = closed.expect("the idle socket was not closed");
+    assert!(
+        got.is_empty(),
+        "nothing is sent to a client that sent nothing"
+    );
+    assert!(closed <= Duration::from_secs(2), "closed after {closed:?}");
+
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let closed = loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(4), slow_r.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break start.elapsed(),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the slowloris connection was not closed"),
+        }
+    };
+    assert!(
+        status_of(&got).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(closed <= Duration::from_secs(2), "closed after {closed:?}");
+    trickle.abort();
+
+    // A keep-alive connection closes after the idle timeout, not before.
+    let mut ka = TcpStream::connect(&proxy).await.unwrap();
+    ka.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-user: k\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = until_closed(&mut ka, Duration::from_secs(5)).await;
+    assert!(status_of(&got).starts_with("HTTP/1.1 200"), "{got:?}");
+    let closed = closed.expect("the idle keep-alive connection was not closed");
+    assert!(
+        closed >= Duration::from_millis(1900) && closed <= Duration::from_secs(3),
+        "closed after {closed:?} (idle timeout 2 s)"
+    );
+    let metrics = t.admin_get("/metrics").await.1;
+    assert_eq!(metric(&metrics, "listener=\"proxy\",timeout=\"header\""), 2);
+    // The harness's own pooled client connection idles out too.
+    assert!(metric(&metrics, "listener=\"proxy\",timeout=\"idle\"") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_408_and_closed() {
+    let (_d, t, _b) = up_with(FAST).await;
+    let mut s = TcpStream::connect(addr(&t.proxy)).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nx-user: k\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let (got, closed) = until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        status_of(&got).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let closed = closed.expect("not closed");
+    assert!(closed <= Duration::from_secs(3), "closed after {closed:?}");
+    assert_eq!(t.request("k").await.0, 200);
+}
+
+/// Sends `head` on a fresh connection (ignoring a write cut short by the proxy closing) and
+/// returns the answer's status line and whether the connection closed after it.
+async fn answer(proxy: &str, head: Vec<u8>) -> (String, bool) {
+    let s = TcpStream::connect(proxy).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&head).await;
+        w
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    drop(writer.await);
+    (status_of(&got), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_ambiguous_heads_are_refused_with_the_right_status() {
+    let (_d, t, _b) = up_with(&[]).await;
+    let proxy = addr(&t.proxy);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(300 * 1024)
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(70_000));
+    let cases: [(&str, String, &str); 5] = [
+        ("300 KiB head", big, "431"),
+        ("150 headers", many, "431"),
+        ("70 KB request line", uri, "414"),
+        (
+            "Content-Length with Transfer-Encoding",
+            "POST / HTTP/1.1\r\nHost: x\r\nx-user: k\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400",
+        ),
+        (
+            "two Content-Length",
+            "POST / HTTP/1.1\r\nHost: x\r\nx-user: k\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400",
+        ),
+    ];
+    for (what, head, want) in cases {
+        let (status, closed) = answer(&proxy, head.into_bytes()).await;
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {want}")),
+            "{what}: got {status:?}"
+        );
+        // One answer, then closed: the bytes after the head never become a second request.
+        assert!(closed, "{what}: the connection stayed open");
+    }
+    assert_eq!(t.request("k").await, (200, "b1".into()));
+    let metrics = t.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(&metrics, "listener=\"proxy\",reason=\"head_too_large\""),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "listener=\"proxy\",reason=\"uri_too_long\""),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "listener=\"proxy\",reason=\"ambiguous_framing\""),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_are_cut_off_and_free_their_backend_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB answers: more than loopback socket buffers hold, so a client that does not read
+    // stalls the proxy's writes.
+    let b = Backend::serving(
+        "big",
+        "127.0.0.1:0".parse().unwrap(),
+        Bytes::from(vec![b'x'; 16 << 20]),
+    )
+    .await;
+    let t = Tether::up(dir.path(), FAST).await;
+    let yaml = config(&[("big", b.addr)], false).replace(
+        "    connect_timeout: 500ms\n",
+        "    connect_timeout: 500ms\n    max_connections: 5\n",
+    );
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    let proxy = addr(&t.proxy);
+    // 20 clients ask and never read: 5 hold the backend's connections, the others get 503.
+    let mut readers = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&proxy).await.unwrap();
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nx-user: k{i}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        readers.push(s);
+    }
+    // After the send timeout they are gone, and their backend connections with them.
+    let start = Instant::now();
+    loop {
+        let st = t.state().await;
+        let open = st["backends"][0]["connections_open"].as_u64().unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "backend connections still open: {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A reader that reads gets the whole answer.
+    let (status, body) = t.request("k-normal").await;
+    assert_eq!((status, body.len()), (200, 16 << 20));
+    let metrics = t.admin_get("/metrics").await.1;
+    // Exactly the 5 that held the backend's connections (the others got a 503 at once).
+    assert_eq!(metric(&metrics, "listener=\"proxy\",timeout=\"send\""), 5);
+    drop(readers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_once_and_service_resumes() {
+    let (_d, t, _b) = up_with(&[
+        "--max-connections",
+        "20",
+        "--max-connections-per-ip",
+        "30",
+        "--header-timeout",
+        "30s",
+    ])
+    .await;
+    let proxy = addr(&t.proxy);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(&proxy).await.unwrap());
+    }
+    // Once all 20 are admitted, the 21st is closed at once.
+    let start = Instant::now();
+    loop {
+        let m = t.admin_get("/metrics").await.1;
+        if m.contains("tether_client_connections{listener=\"proxy\"} 20") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut extra = TcpStream::connect(&proxy).await.unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (got, closed) = until_closed(&mut extra, Duration::from_secs(2)).await;
+    assert!(got.is_empty() && closed.is_some(), "over the cap: {got:?}");
+    drop(held);
+    // The held ones are gone: service resumes.
+    let start = Instant::now();
+    loop {
+        let m = t.admin_get("/metrics").await.1;
+        if m.contains("tether_client_connections{listener=\"proxy\"} 0") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.request("k").await, (200, "b1".into()));
+    let m = t.admin_get("/metrics").await.1;
+    assert_eq!(metric(&m, "listener=\"proxy\",cap=\"max_connections\""), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_cap_sheds_one_client_not_the_others() {
+    let (_d, t, _b) = up_with(&["--max-connections-per-ip", "3", "--header-timeout", "30s"]).await;
+    let port = addr(&t.proxy).rsplit(':').next().unwrap().to_owned();
+    // 127.0.0.2 is loopback too: a second client address.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let (got, closed) = until_closed(&mut fourth, Duration::from_secs(2)).await;
+    assert!(
+        got.is_empty() && closed.is_some(),
+        "the 4th from one address is shed"
+    );
+    let mut other = tokio::net::TcpSocket::new_v4().unwrap();
+    other = {
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        other
+    };
+    let mut s = other
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-user: k\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(status_of(&got).starts_with("HTTP/1.1 200"), "{got:?}");
+    let m = t.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(&m, "listener=\"proxy\",cap=\"max_connections_per_ip\""),
+        1
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_is_exact_under_a_burst_of_cold_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b1").await;
+    let t = std::sync::Arc::new(Tether::up(dir.path(), &[]).await);
+    let yaml = config(&[("b1", b.addr)], false).replace(
+        "    connect_timeout: 500ms\n",
+        "    connect_timeout: 500ms\n    max_connections: 10\n",
+    );
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let t = std::sync::Arc::clone(&t);
+        tasks.spawn(async move { t.request(&format!("k{i}")).await.0 });
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(s) = tasks.join_next().await {
+        *statuses.entry(s.unwrap()).or_insert(0) += 1;
+    }
+    assert!(
+        b.accepted() <= 10,
+        "{} connections reached the backend (statuses {statuses:?})",
+        b.accepted()
+    );
+    assert!(
+        statuses.keys().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) >= 10,
+        "{statuses:?}"
+    );
+}

@@ -411,3 +411,166 @@ async fn max_connections_is_exact_under_a_burst_of_cold_requests() {
         "{statuses:?}"
     );
 }
+
+/// A backend that answers with the request head it received.
+async fn echo_backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut text = format!("{} {}\n", req.method(), req.uri());
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from(text)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `head` (with `connection: close`) and returns the whole answer.
+async fn exchange(proxy: &str, head: &str) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (got, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_authority_and_forwarded_headers_are_what_routing_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_backend().await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let rev = t.apply(&config(&[("echo", echo)], false));
+    t.wait_applied(rev).await;
+    let proxy = addr(&t.proxy);
+
+    // Absolute-form: the URI's authority wins over the Host header, and the backend sees it.
+    let r = exchange(
+        &proxy,
+        "GET http://a.example/x?q=1 HTTP/1.1\r\nHost: b.example\r\nx-user: k\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains("\nhost: a.example\n") && !r.contains("b.example\n"),
+        "{r}"
+    );
+    assert!(r.contains("GET /x?q=1\n"), "{r}");
+    assert!(r.contains("\nx-forwarded-host: a.example\n"), "{r}");
+    assert!(r.contains("\nx-forwarded-proto: http\n"), "{r}");
+
+    // Two Host headers: ambiguous, refused.
+    let r = exchange(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nx-user: k\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+
+    // `Connection` cannot take away Host or the header the route keyed on.
+    let r = exchange(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a.example\r\nx-user: k\r\nx-other: 1\r\nconnection: close, host, x-user, x-other\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.contains("\nhost: a.example\n") && r.contains("\nx-user: k\n"),
+        "{r}"
+    );
+    assert!(
+        !r.contains("x-other"),
+        "a header named by Connection is removed: {r}"
+    );
+
+    // Every X-Forwarded-For line, merged in order, then the peer.
+    let r = exchange(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a\r\nx-user: k\r\nx-forwarded-for: 192.0.2.1\r\nx-forwarded-for: 192.0.2.2, 192.0.2.3\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.contains("\nx-forwarded-for: 192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1\n"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_is_impossible_clients_are_shed_and_probes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b1").await;
+    // 1,024 descriptors: the default cap leaves room for backends and probes (448 clients).
+    let t = Tether::up_wrapped(
+        dir.path(),
+        &["prlimit", "--nofile=1024", "--"],
+        &["--header-timeout", "60s", "--idle-timeout", "60s"],
+    )
+    .await;
+    let rev = t.apply(&config(&[("b1", b.addr)], true));
+    t.wait_applied(rev).await;
+    t.wait_health("b1", true).await;
+    let proxy = addr(&t.proxy);
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = TcpStream::connect(&proxy).await {
+            held.push(s);
+        }
+    }
+    // Probes keep running (a probe every 100 ms, 3 of them to turn sick): still healthy.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = t.state().await;
+    assert_eq!(st["backends"][0]["healthy"], true, "{st}");
+    let m = t.admin_get("/metrics").await.1;
+    let open = metric_line(&m, "tether_client_connections{listener=\"proxy\"}");
+    assert!(open <= 448, "{open} open");
+    assert!(
+        metric(&m, "listener=\"proxy\",cap=\"max_connections\"") >= 2000 - 448,
+        "{m}"
+    );
+    // A new client is shed while they are held.
+    let r = exchange(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: x\r\nx-user: k\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.is_empty(), "{r}");
+    // They leave: service resumes.
+    drop(held);
+    let start = Instant::now();
+    loop {
+        let r = exchange(
+            &proxy,
+            "GET / HTTP/1.1\r\nHost: x\r\nx-user: k\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        if r.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "service did not resume: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the line starting with `series`.
+fn metric_line(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}

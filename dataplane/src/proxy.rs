@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::backend::BackendRef;
 use crate::body::{ProxyBody, UpstreamBody, text};
+use crate::config::{KeySpec, RouteSpec};
 use crate::director::SelectError;
 use crate::edge::{ClientBody, ClientBodyError, Edge};
 use crate::listener::serve_http;
@@ -39,6 +40,9 @@ pub enum ProxyError {
     /// No route matches.
     #[error("no route matches this request")]
     NoRoute,
+    /// The request is malformed in a way routing cannot resolve.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// The director has no healthy backend.
     #[error("no healthy backend in director {0:?}")]
     NoBackend(String),
@@ -78,7 +82,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
             source: ConnectError::AtLimit(_),
             ..
         } => StatusCode::SERVICE_UNAVAILABLE,
-        ProxyError::Key(_) => StatusCode::BAD_REQUEST,
+        ProxyError::Key(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         ProxyError::FirstByte(_)
         | ProxyError::Connect {
@@ -114,13 +118,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Removes hop-by-hop headers, and those the `Connection` header names — but never one in
+/// `keep` (Host, and the headers the route matched or keyed on): a client cannot make the
+/// backend see a request other than the one that was routed.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep: &[&str]) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| *n != header::HOST && !keep.contains(&n.as_str()))
         .collect();
     for n in named {
         h.remove(n);
@@ -131,12 +139,54 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
 }
 
+/// The headers a route reads (lower case): its header matches, and its key's header or the
+/// cookie header.
+fn route_headers(route: &RouteSpec) -> Vec<&str> {
+    fn key(k: &KeySpec) -> Option<&str> {
+        match k {
+            KeySpec::Header(h) => Some(h.as_str()),
+            KeySpec::Cookie(_) => Some("cookie"),
+            _ => None,
+        }
+    }
+    route
+        .headers
+        .iter()
+        .map(|m| m.name.as_str())
+        .chain(key(&route.key))
+        .chain(route.fallback_key.as_ref().and_then(key))
+        .collect()
+}
+
+/// Refuses a request whose host is ambiguous: two `Host` headers, or an HTTP/2 `:authority`
+/// that disagrees with its `host` header (RFC 9113 §8.3.1).
+fn check_host(parts: &http::request::Parts) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("two Host headers"));
+    }
+    if parts.version == Version::HTTP_2
+        && let (Some(a), Some(h)) = (parts.uri.authority(), first)
+        && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadRequest(
+            "the :authority and the host header disagree",
+        ));
+    }
+    Ok(())
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The request head sent upstream.
 #[derive(Debug, Clone)]
@@ -147,24 +197,33 @@ struct Head {
 }
 
 impl Head {
-    fn from_client(parts: http::request::Parts, client: IpAddr) -> Head {
+    fn from_client(parts: http::request::Parts, client: IpAddr, route: &RouteSpec) -> Head {
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        // HTTP/2 carries the host in the authority; HTTP/1.1 backends need a Host header.
-        if !headers.contains_key(header::HOST)
-            && let Some(a) = parts.uri.authority()
+        strip_hop_by_hop(&mut headers, &route_headers(route));
+        // The authority of an absolute-form URI (RFC 9112 §3.2.2) or of HTTP/2 wins: it is
+        // what routing read, so it is what the backend sees.
+        if let Some(a) = parts.uri.authority()
             && let Ok(v) = HeaderValue::from_str(a.as_str())
         {
             headers.insert(header::HOST, v);
         }
-        let xff = HeaderName::from_static("x-forwarded-for");
+        // Every X-Forwarded-For line, merged in order, then this client.
+        let mut xff: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         let ip = client.to_string();
-        let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(xff, v);
+        xff.push(&ip);
+        let merged = xff.join(", ");
+        let forwarded_host = headers.get(header::HOST).cloned();
+        if let Ok(v) = HeaderValue::from_str(&merged) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        // Plain HTTP: the only listener so far.
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(h) = forwarded_host {
+            headers.insert(X_FORWARDED_HOST, h);
         }
         let uri = parts
             .uri
@@ -238,13 +297,15 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let (parts, body) = req.into_parts();
+    check_host(&parts).map_err(|e| (e, None))?;
     let host = route::request_host(&parts);
     let (ri, d) = snap
         .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
-    let key = route::key(&snap.config.routes[ri], &parts, client);
+    let route = &snap.config.routes[ri];
+    let key = route::key(route, &parts, client);
     let key = key.key();
-    let head = Head::from_client(parts, client);
+    let head = Head::from_client(parts, client, route);
     // A request without a body can be replayed; one with a body is streamed, never buffered.
     let replayable = idempotent(&head.method) && body.is_end_stream();
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {
@@ -312,7 +373,8 @@ async fn forward(
                 let status = resp.status().as_u16();
                 counters.record(status, started.elapsed());
                 let (mut parts, incoming) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                // A response's Connection header may name any of its headers.
+                strip_hop_by_hop(&mut parts.headers, &[]);
                 let body = UpstreamBody::new(incoming, spec.timeouts.between_bytes, conn);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
@@ -414,4 +476,27 @@ pub fn serve_on_threads(
         );
     }
     Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, uri: &str, hosts: &[&str]) -> http::request::Parts {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn an_ambiguous_host_is_refused() {
+        assert!(check_host(&parts(Version::HTTP_11, "/", &["a"])).is_ok());
+        assert!(check_host(&parts(Version::HTTP_11, "/", &["a", "b"])).is_err());
+        assert!(check_host(&parts(Version::HTTP_2, "http://a.example/", &["a.example"])).is_ok());
+        assert!(check_host(&parts(Version::HTTP_2, "http://a.example/", &["A.EXAMPLE"])).is_ok());
+        assert!(check_host(&parts(Version::HTTP_2, "http://a.example/", &["b.example"])).is_err());
+        assert!(check_host(&parts(Version::HTTP_2, "http://a.example/", &[])).is_ok());
+    }
 }

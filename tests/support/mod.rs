@@ -115,10 +115,28 @@ pub async fn spawn_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Child, serde_json::Value) {
+    spawn_wrapped(dir, &[], args, env).await
+}
+
+/// [`spawn_env`] run through `wrap` (as `prlimit --nofile=1024 --`), when not empty.
+pub async fn spawn_wrapped(
+    dir: &Path,
+    wrap: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, serde_json::Value) {
     std::fs::create_dir_all(dir).unwrap();
     let endpoints = dir.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
-    let child = Command::new(BIN)
+    let mut cmd = match wrap.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let child = cmd
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
@@ -146,6 +164,11 @@ pub struct Tether {
 impl Tether {
     /// Starts `tether up` on ephemeral ports with its store in `dir`, and waits until ready.
     pub async fn up(dir: &Path, extra: &[&str]) -> Tether {
+        Tether::up_wrapped(dir, &[], extra).await
+    }
+
+    /// [`Tether::up`] run through `wrap` (as `prlimit --nofile=1024 --`).
+    pub async fn up_wrapped(dir: &Path, wrap: &[&str], extra: &[&str]) -> Tether {
         let d = dir.to_str().unwrap();
         let mut args = vec![
             "up",
@@ -159,7 +182,7 @@ impl Tether {
             d,
         ];
         args.extend_from_slice(extra);
-        let (child, v) = spawn_with_endpoints(dir, &args).await;
+        let (child, v) = spawn_wrapped(dir, wrap, &args, &[]).await;
         Tether::ready(child, dir, &v).await
     }
 

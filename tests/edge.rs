@@ -574,3 +574,109 @@ fn metric_line(metrics: &str, series: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_routes_limit_is_413_declared_or_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start("b1").await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let yaml = config(&[("b1", b.addr)], false).replace(
+        "key: { header: x-user }\n",
+        "key: { header: x-user }\n    max_body_bytes: 1000\n",
+    );
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    let proxy = addr(&t.proxy);
+    let post = |len: &str, body: &str| {
+        format!("POST / HTTP/1.1\r\nHost: x\r\nx-user: k\r\n{len}\r\n\r\n{body}")
+    };
+    // Within the limit.
+    let r = exchange(
+        &proxy,
+        &post(
+            "content-length: 1000\r\nconnection: close",
+            &"a".repeat(1000),
+        ),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Declared over the limit: refused before anything reaches the backend.
+    let before = b.accepted();
+    let r = exchange(&proxy, &post("content-length: 1001", &"a".repeat(1001))).await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert_eq!(
+        b.accepted(),
+        before,
+        "no backend connection for a refused body"
+    );
+    // Chunked, no length: counted as it flows.
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "a".repeat(600));
+    let r = exchange(
+        &proxy,
+        &post(
+            "transfer-encoding: chunked",
+            &format!("{chunk}{chunk}0\r\n\r\n"),
+        ),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_closes_the_connection_and_costs_little() {
+    let (_d, t, b) = up_with(&[]).await;
+    let cpu_before = cpu_seconds(t.child.id());
+    let tcp = TcpStream::connect(addr(&t.proxy)).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let start = Instant::now();
+    let mut streams = 0u32;
+    // Open a stream and reset it at once, as fast as the connection lets us (CVE-2023-44487).
+    while streams < 100_000 && start.elapsed() < Duration::from_secs(10) {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let req = hyper::Request::builder()
+            .uri("http://x/")
+            .header("x-user", "k")
+            .body(())
+            .unwrap();
+        match client.send_request(req, false) {
+            Ok((_resp, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        streams += 1;
+    }
+    // The proxy ends the connection (GOAWAY) long before the attacker is done.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection stayed open after {streams} resets"
+    );
+    assert!(streams < 100_000, "{streams} streams were opened and reset");
+    // Bounded cost: little CPU, and at most a stream cap's worth of backend connections for
+    // the streams accepted before their reset; normal clients are served.
+    let cpu = cpu_seconds(t.child.id()) - cpu_before;
+    assert!(cpu < 1.0, "the attack cost the proxy {cpu:.2} s of CPU");
+    assert!(
+        b.accepted() <= 100,
+        "{} backend connections for reset streams",
+        b.accepted()
+    );
+    assert_eq!(t.request("k").await, (200, "b1".into()));
+    eprintln!(
+        "rapid reset: connection closed after {streams} streams in {:?}",
+        start.elapsed()
+    );
+}
+
+/// User + system CPU seconds used so far by process `pid` (`/proc/PID/stat`, at 100 ticks/s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}

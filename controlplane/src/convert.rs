@@ -750,6 +750,7 @@ pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldErr
         director,
         key,
         fallback_key,
+        max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
     })
 }
 

@@ -185,6 +185,9 @@ pub struct RouteDoc {
     /// Key source when `key` is absent from a request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_key: Option<KeyDoc>,
+    /// Largest request body in bytes (413 beyond it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Admin health as written.
@@ -637,6 +640,7 @@ impl RouteDoc {
                 .as_ref()
                 .map(|k| one(k, "fallback_key"))
                 .transpose()?,
+            max_body_bytes: self.max_body_bytes.unwrap_or(0),
         })
     }
 }
@@ -790,6 +794,7 @@ impl From<&v1::Route> for RouteDoc {
             director: r.director.clone(),
             key: r.key.as_ref().map(KeyDoc::from).unwrap_or_default(),
             fallback_key: r.fallback_key.as_ref().map(KeyDoc::from),
+            max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
         }
     }
 }

@@ -320,6 +320,8 @@ pub struct RouteSpec {
     pub key: KeySpec,
     /// Used when `key` is absent from the request; with none, the URL.
     pub fallback_key: Option<KeySpec>,
+    /// Largest request body, in bytes (413 beyond it); `None`: no limit.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A director's load-balancing policy.

@@ -709,41 +709,52 @@ pub enum ClientBodyError {
     /// Nothing arrived for `body_timeout`.
     #[error("the client sent nothing of its request body for {0:?} (body timeout)")]
     Timeout(Duration),
+    /// More than the route's `max_body_bytes` arrived.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
     /// The client connection failed.
     #[error("client body: {0}")]
     Client(#[from] hyper::Error),
 }
 
 impl ClientBodyError {
-    /// Whether `e` (an error of the backend request this body was sent with) was a body
-    /// timeout.
-    pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    /// The client-body error behind `e` (an error of the backend request this body was sent
+    /// with), when it is the client's fault: a stalled or oversized body.
+    pub fn of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
         let mut cur = Some(e);
         while let Some(err) = cur {
-            if let Some(ClientBodyError::Timeout(_)) = err.downcast_ref::<ClientBodyError>() {
-                return true;
+            if let Some(c) = err.downcast_ref::<ClientBodyError>()
+                && !matches!(c, ClientBodyError::Client(_))
+            {
+                return Some(c);
             }
             cur = err.source();
         }
-        false
+        None
     }
 }
 
-/// A client's request body, streamed through, with `body_timeout` between its parts.
+/// A client's request body, streamed through, with `body_timeout` between its parts and the
+/// route's `max_body_bytes` counted as it flows.
 #[derive(Debug)]
 pub struct ClientBody {
     inner: Incoming,
     gap: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes still allowed (`None`: no limit).
+    left: Option<u64>,
+    limit: u64,
 }
 
 impl ClientBody {
-    /// `inner`, cut when nothing arrives for `gap`.
-    pub fn new(inner: Incoming, gap: Duration) -> ClientBody {
+    /// `inner`, cut when nothing arrives for `gap` or when more than `limit` bytes do.
+    pub fn new(inner: Incoming, gap: Duration, limit: Option<u64>) -> ClientBody {
         ClientBody {
             inner,
             gap,
             sleep: None,
+            left: limit,
+            limit: limit.unwrap_or(u64::MAX),
         }
     }
 }
@@ -761,6 +772,15 @@ impl Body for ClientBody {
             Poll::Ready(r) => {
                 if let Some(s) = &mut this.sleep {
                     s.as_mut().reset(Instant::now() + this.gap);
+                }
+                if let (Some(left), Some(Ok(frame))) = (&mut this.left, &r)
+                    && let Some(data) = frame.data_ref()
+                {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge(this.limit))));
+                    }
+                    *left -= n;
                 }
                 Poll::Ready(r.map(|f| f.map_err(ClientBodyError::from)))
             }

@@ -224,6 +224,7 @@ mod tests {
                 director: "sh".into(),
                 key: KeySpec::Cookie("sid".into()),
                 fallback_key: Some(KeySpec::ClientIp),
+                max_body_bytes: None,
             }],
         }
     }

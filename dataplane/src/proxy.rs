@@ -63,6 +63,9 @@ pub enum ProxyError {
     /// The client's request body stalled for `body_timeout` while it was being sent.
     #[error("the request body stalled for {0:?} (body timeout)")]
     BodyTimeout(std::time::Duration),
+    /// The request body is larger than the route's `max_body_bytes`.
+    #[error("the request body is larger than this route's limit of {0} bytes")]
+    BodyTooLarge(u64),
     /// The backend failed after the request was sent.
     #[error("backend {backend:?} failed: {source}")]
     Backend {
@@ -84,6 +87,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
         } => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Key(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::FirstByte(_)
         | ProxyError::Connect {
             source: ConnectError::Timeout(_),
@@ -93,7 +97,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
     };
     let mut r = Response::new(text(format!("{e}\n")));
     *r.status_mut() = status;
-    if status == StatusCode::REQUEST_TIMEOUT {
+    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
         // The rest of that body may still come: the connection cannot carry another request.
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -303,6 +307,13 @@ async fn forward(
         .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
     let route = &snap.config.routes[ri];
+    // A declared length over the limit is refused before anything reaches a backend.
+    if let Some(max) = route.max_body_bytes
+        && let Some(n) = body.size_hint().exact()
+        && n > max
+    {
+        return Err((ProxyError::BodyTooLarge(max), None));
+    }
     let key = route::key(route, &parts, client);
     let key = key.key();
     let head = Head::from_client(parts, client, route);
@@ -311,7 +322,11 @@ async fn forward(
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {
         Either::Right(Empty::new())
     } else {
-        Either::Left(ClientBody::new(body, edge.config.body_timeout))
+        Either::Left(ClientBody::new(
+            body,
+            edge.config.body_timeout,
+            route.max_body_bytes,
+        ))
     });
     let mut last: Option<Failure> = None;
     let mut alt = 0;
@@ -379,12 +394,19 @@ async fn forward(
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
             Ok(Err(mut e)) => {
-                // The client stalled its body: its fault, not the backend's; not retried.
-                if ClientBodyError::is_timeout(e.error()) {
-                    return Err((
-                        ProxyError::BodyTimeout(edge.config.body_timeout),
-                        Some((Arc::clone(state), started)),
-                    ));
+                // The client stalled its body, or sent too much: its fault, not the
+                // backend's; not retried.
+                match ClientBodyError::of(e.error()) {
+                    Some(ClientBodyError::TooLarge(n)) => {
+                        return Err((ProxyError::BodyTooLarge(*n), None));
+                    }
+                    Some(_) => {
+                        return Err((
+                            ProxyError::BodyTimeout(edge.config.body_timeout),
+                            Some((Arc::clone(state), started)),
+                        ));
+                    }
+                    None => {}
                 }
                 let failure = |source| {
                     (

@@ -159,6 +159,7 @@ mod tests {
             director: "d".into(),
             key: KeySpec::Header("x-user".into()),
             fallback_key: Some(KeySpec::Cookie("sid".into())),
+            max_body_bytes: None,
         }
     }
 

@@ -137,6 +137,7 @@ fn config(backends: Vec<BackendSpec>) -> Config {
             director: "d".into(),
             key: KeySpec::Header("x-user".into()),
             fallback_key: None,
+            max_body_bytes: None,
         }],
         ..Config::default()
     }

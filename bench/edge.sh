@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The edge under attack, for docs/benchmarks.md: `tether up` (release, one proxy thread, default
+# edge settings) in front of one NGINX upstream; wrk (one thread, 32 connections, 10 s) measures
+# req/s on the unloaded node, then again while bench/hold.py holds 2,000 slowloris sockets
+# (re-opened as the edge closes them) and 5,000 idle keep-alive connections; prints both, the
+# ratio (target ≥ 90%), and the node's resident memory before and while holding them.
+# Usage: bench/edge.sh [SECONDS]      Needs: wrk, nginx, python3. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+for tool in wrk nginx python3; do
+  command -v "$tool" >/dev/null || { echo "bench/edge.sh: $tool is missing" >&2; exit 2; }
+done
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --locked -q --bin tether
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
+trap cleanup EXIT
+cat >"$work/upstream.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:19111; location / { return 200 "b1\n"; } }
+}
+CONF
+nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+cat >"$work/tether.yaml" <<CONF
+backends:
+  - { name: b1, address: 127.0.0.1:19111 }
+directors:
+  - name: users
+    shard: { algorithm: varnish }
+    members: [{ backend: b1 }]
+routes:
+  - { name: app, director: users, key: { header: x-user } }
+CONF
+RUST_LOG=error target/release/tether up --proxy-threads 1 --api 127.0.0.1:17170 \
+  --proxy 127.0.0.1:18180 --admin 127.0.0.1:17171 --data-dir "$work/tether" \
+  -f "$work/tether.yaml" & pids+=($!)
+tether_pid=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:17171/readyz >/dev/null && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$tether_pid/status"; }
+rps() { wrk -t1 -c32 -d"${secs}s" -H 'x-user: u1' http://127.0.0.1:18180/ | awk '/Requests\/sec/ {print $2}'; }
+rss_idle=$(rss)
+base=$(rps)
+python3 bench/hold.py 127.0.0.1:18180 2000 5000 $((secs + 15)) > "$work/hold.out" & hold=$!; pids+=($hold)
+sleep 10   # the holder opens its connections
+rss_held=$(rss)
+open=$(curl -s http://127.0.0.1:17171/metrics | awk '/^tether_client_connections\{listener="proxy"\}/ {print $2}')
+loaded=$(rps)
+wait "$hold" || true
+echo "unloaded: $base req/s; while holding (${open} client connections open): $loaded req/s; ratio $(awk -v a="$base" -v b="$loaded" 'BEGIN { printf "%.1f%%", 100 * b / a }')"
+echo "resident memory: $rss_idle unloaded, $rss_held while holding them"
+cat "$work/hold.out"

@@ -125,17 +125,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and those the `Connection` header names — but never one in
 /// `keep` (Host, and the headers the route matched or keyed on): a client cannot make the
 /// backend see a request other than the one that was routed.
-fn strip_hop_by_hop(h: &mut HeaderMap, keep: &[&str]) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| *n != header::HOST && !keep.contains(&n.as_str()))
-        .collect();
-    for n in named {
-        h.remove(n);
+fn strip_hop_by_hop<'a>(h: &mut HeaderMap, keep: impl FnOnce() -> Vec<&'a str>) {
+    if h.contains_key(header::CONNECTION) {
+        let keep = keep();
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| *n != header::HOST && !keep.contains(&n.as_str()))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
     for n in &HOP_BY_HOP {
         h.remove(n);
@@ -203,7 +206,7 @@ struct Head {
 impl Head {
     fn from_client(parts: http::request::Parts, client: IpAddr, route: &RouteSpec) -> Head {
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers, &route_headers(route));
+        strip_hop_by_hop(&mut headers, || route_headers(route));
         // The authority of an absolute-form URI (RFC 9112 §3.2.2) or of HTTP/2 wins: it is
         // what routing read, so it is what the backend sees.
         if let Some(a) = parts.uri.authority()
@@ -211,17 +214,29 @@ impl Head {
         {
             headers.insert(header::HOST, v);
         }
+        // Room for the forwarded headers at once, rather than growing the map twice.
+        headers.reserve(3);
         // Every X-Forwarded-For line, merged in order, then this client.
-        let mut xff: Vec<&str> = headers
+        let ip = client.to_string();
+        let mut lines = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = client.to_string();
-        xff.push(&ip);
-        let merged = xff.join(", ");
+            .filter_map(|v| v.to_str().ok());
+        let merged = match lines.next() {
+            None => ip,
+            Some(first) => {
+                let mut m = first.to_owned();
+                for l in lines {
+                    m.push_str(", ");
+                    m.push_str(l);
+                }
+                m.push_str(", ");
+                m.push_str(&ip);
+                m
+            }
+        };
         let forwarded_host = headers.get(header::HOST).cloned();
-        if let Ok(v) = HeaderValue::from_str(&merged) {
+        if let Ok(v) = HeaderValue::try_from(merged) {
             headers.insert(X_FORWARDED_FOR, v);
         }
         // Plain HTTP: the only listener so far.
@@ -389,7 +404,7 @@ async fn forward(
                 counters.record(status, started.elapsed());
                 let (mut parts, incoming) = resp.into_parts();
                 // A response's Connection header may name any of its headers.
-                strip_hop_by_hop(&mut parts.headers, &[]);
+                strip_hop_by_hop(&mut parts.headers, Vec::new);
                 let body = UpstreamBody::new(incoming, spec.timeouts.between_bytes, conn);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }

@@ -46,15 +46,23 @@ RUST_LOG=error target/release/tether up --proxy-threads 1 --api 127.0.0.1:17170 
 tether_pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:17171/readyz >/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$tether_pid/status"; }
-rps() { wrk -t1 -c32 -d"${secs}s" -H 'x-user: u1' http://127.0.0.1:18180/ | awk '/Requests\/sec/ {print $2}'; }
+ticks() { awk '{print $14 + $15}' "/proc/$tether_pid/stat"; }
+# wrk's req/s, and the proxy's CPU time per request over that run ("RPS CPU_US").
+rps() {
+  local t0 t1 out
+  t0=$(ticks)
+  out=$(wrk -t1 -c32 -d"${secs}s" -H 'x-user: u1' http://127.0.0.1:18180/)
+  t1=$(ticks)
+  echo "$out" | awk -v t0="$t0" -v t1="$t1" -v s="$secs" '/Requests\/sec/ { printf "%s %.2f", $2, (t1 - t0) * 10000 / ($2 * s) }'
+}
 rss_idle=$(rss)
-base=$(rps)
+read -r base base_cpu <<<"$(rps)"
 python3 bench/hold.py 127.0.0.1:18180 2000 5000 $((secs + 15)) > "$work/hold.out" & hold=$!; pids+=($hold)
 sleep 10   # the holder opens its connections
 rss_held=$(rss)
 open=$(curl -s http://127.0.0.1:17171/metrics | awk '/^tether_client_connections\{listener="proxy"\}/ {print $2}')
-loaded=$(rps)
+read -r loaded loaded_cpu <<<"$(rps)"
 wait "$hold" || true
-echo "unloaded: $base req/s; while holding (${open} client connections open): $loaded req/s; ratio $(awk -v a="$base" -v b="$loaded" 'BEGIN { printf "%.1f%%", 100 * b / a }')"
+echo "unloaded: $base req/s ($base_cpu µs proxy CPU/request); while holding (${open} client connections open): $loaded req/s ($loaded_cpu µs/request, including the attack's own reads); ratio $(awk -v a="$base" -v b="$loaded" 'BEGIN { printf "%.1f%%", 100 * b / a }')"
 echo "resident memory: $rss_idle unloaded, $rss_held while holding them"
 cat "$work/hold.out"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Holds hostile connections against one address for bench/edge.sh: SLOW slowloris sockets (half
-a request head, one more header line every second; re-opened whenever the proxy closes one,
+a request head, one more header line every 3 s; re-opened whenever the proxy closes one,
 as an attacker would) and IDLE keep-alive connections (one request each, then silence). Runs
 for SECONDS, then prints what it held and how many slowloris sockets the proxy closed.
 Loopback only; bounded by SECONDS.
@@ -19,7 +19,7 @@ async def slowloris(host, port, stop, closed):
             await w.drain()
             i = 0
             while not stop.is_set():
-                await asyncio.sleep(1)
+                await asyncio.sleep(3)
                 w.write(b"x-%d: y\r\n" % i)
                 await w.drain()
                 i += 1

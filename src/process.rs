@@ -54,6 +54,11 @@ pub(crate) struct ProxyArgs {
     /// Largest request head, request line and headers, in bytes; larger: 431.
     #[arg(long, default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub(crate) max_header_bytes: u32,
+    /// Every connection to the proxy starts with a PROXY protocol header (v1 or v2, as an L4
+    /// load balancer sends): its source address is the client (for client_ip keys and
+    /// X-Forwarded-For). Connections without one are closed.
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
     /// Longest request line in bytes; longer: 414.
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(64..=1024 * 1024))]
     pub(crate) max_uri_bytes: u32,
@@ -94,9 +99,11 @@ impl ProxyArgs {
         cfg.max_connections_per_ip = self.max_connections_per_ip.map(|n| n as usize);
         cfg.max_header_bytes = self.max_header_bytes as usize;
         cfg.max_uri_bytes = self.max_uri_bytes as usize;
+        cfg.proxy_protocol = self.proxy_protocol;
         let admin = EdgeConfig {
             max_connections: ADMIN_MAX_CONNECTIONS,
             max_connections_per_ip: None,
+            proxy_protocol: false,
             ..cfg
         };
         tracing::info!(

@@ -680,3 +680,66 @@ fn cpu_seconds(pid: u32) -> f64 {
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_gives_client_ip_keys_the_announced_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = [
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    ];
+    let t = Tether::up(dir.path(), &["--proxy-protocol"]).await;
+    let yaml = config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        false,
+    )
+    .replace("key: { header: x-user }", "key: { client_ip: true }");
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    let proxy = addr(&t.proxy);
+    let request = "GET / HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n";
+    // Ten announced clients, over v1 and v2: each reaches the backend explain names for it.
+    for i in 1..=10u8 {
+        let ip = format!("198.51.100.{i}");
+        let want = t.ok(&["explain", "--route", "app", "--format", "csv", &ip]);
+        let want = want
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let v1 = format!("PROXY TCP4 {ip} 203.0.113.1 4{i:04} 80\r\n{request}");
+        let r = exchange(&proxy, &v1).await;
+        assert!(
+            r.ends_with(&format!("\r\n\r\n{want}")),
+            "v1 {ip}: want {want}: {r}"
+        );
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        v2.extend_from_slice(&[198, 51, 100, i, 203, 0, 113, 1, 0x9c, 0x40, 0, 80]);
+        v2.extend_from_slice(request.as_bytes());
+        let mut s = TcpStream::connect(&proxy).await.unwrap();
+        s.write_all(&v2).await.unwrap();
+        let (got, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+        let r = String::from_utf8_lossy(&got);
+        assert!(
+            r.ends_with(&format!("\r\n\r\n{want}")),
+            "v2 {ip}: want {want}: {r}"
+        );
+    }
+    // Without a header, or with a malformed one: closed, no answer.
+    for bad in [
+        request.to_owned(),
+        format!("PROXY TCP4 1.2.3.4\r\n{request}"),
+    ] {
+        let r = exchange(&proxy, &bad).await;
+        assert!(r.is_empty(), "{bad:?} got {r}");
+    }
+    let m = t.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(&m, "listener=\"proxy\",reason=\"bad_proxy_header\""),
+        2
+    );
+}

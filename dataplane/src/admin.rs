@@ -417,6 +417,7 @@ fn edge_metrics(w: &mut String, rt: &Runtime) {
                 ("reason=\"uri_too_long\"", |c| &c.uri_too_long),
                 ("reason=\"head_too_large\"", |c| &c.head_too_large),
                 ("reason=\"ambiguous_framing\"", |c| &c.ambiguous_framing),
+                ("reason=\"bad_proxy_header\"", |c| &c.bad_proxy_header),
             ],
         ),
     ];

@@ -61,6 +61,9 @@ pub struct EdgeConfig {
     pub max_uri_bytes: usize,
     /// HTTP/2: most concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose source address is
+    /// the client ([`crate::proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 /// Descriptors kept for everything but client connections: backend connections get one per
@@ -82,6 +85,7 @@ impl EdgeConfig {
             max_header_bytes: 32 * 1024,
             max_uri_bytes: 8 * 1024,
             max_concurrent_streams: 100,
+            proxy_protocol: false,
         }
     }
 
@@ -136,6 +140,8 @@ pub struct EdgeCounters {
     /// Request heads with ambiguous framing: Content-Length with Transfer-Encoding, or
     /// Content-Length twice (400; the request-smuggling shapes).
     pub ambiguous_framing: AtomicU64,
+    /// Connections closed because their PROXY protocol header was missing, malformed or late.
+    pub bad_proxy_header: AtomicU64,
 }
 
 /// One listener's edge: its configuration, its open connections and its counters.

@@ -17,6 +17,7 @@
 //!   at the body's end); [`proxy::respond`] maps errors to HTTP once;
 //! - [`edge`]: what no client may do to a listener — timeouts, connection caps, head limits —
 //!   and [`listener`]: the one accept loop and HTTP server of the proxy and admin listeners;
+//!   [`proxy_protocol`]: the client address an L4 balancer announces (v1, v2);
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -36,6 +37,7 @@ pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;

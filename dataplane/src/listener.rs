@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -25,6 +26,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::edge::{ConnState, Edge, Guarded, InFlight, Permit, Tracked};
+use crate::proxy_protocol;
 
 /// How long to wait after a failed accept.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
@@ -107,12 +109,26 @@ pub async fn serve_http<H, Fut, B>(
 {
     let builder = builder(&edge);
     let name = edge.name;
-    accept_loop(listener, &Arc::clone(&edge), shutdown, move |stream, peer, permit| {
+    accept_loop(listener, &Arc::clone(&edge), shutdown, move |mut stream, peer, permit| {
         let handler = handler.clone();
         let builder = builder.clone();
         let conn = Arc::new(ConnState::default());
-        let io = Guarded::new(stream, Arc::clone(&edge), Arc::clone(&conn), permit);
+        let edge = Arc::clone(&edge);
         async move {
+            let mut peer = peer;
+            if edge.config.proxy_protocol {
+                match proxy_protocol::read(&mut stream, peer, edge.config.header_timeout).await {
+                    Ok(client) => peer = client,
+                    Err(e) => {
+                        edge.counters
+                            .bad_proxy_header
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = name, %peer, error = %e, "connection closed");
+                        return;
+                    }
+                }
+            }
+            let io = Guarded::new(stream, edge, Arc::clone(&conn), permit);
             let svc = service_fn(move |req| {
                 let request = InFlight::start(&conn);
                 let answer = handler(req, peer);

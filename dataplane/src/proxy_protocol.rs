@@ -251,7 +251,7 @@ mod tests {
             Some("[2001::7]:80".parse().unwrap())
         );
         assert!(parse(&v2(1, 0x11, &addr4[..6])).is_err(), "short addresses");
-        let mut wrong_version = h.clone();
+        let mut wrong_version = h;
         wrong_version[12] = 0x11;
         assert!(parse(&wrong_version).is_err());
         let mut huge = V2_SIGNATURE.to_vec();

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use tether_controlplane::auth::Tokens;
 use tether_controlplane::convert::MAX_DURATION;
 use tether_controlplane::duration;
+use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::runtime::Runtime;
 use tokio::net::TcpListener;
@@ -59,6 +60,10 @@ pub(crate) struct ProxyArgs {
     /// X-Forwarded-For). Connections without one are closed.
     #[arg(long)]
     pub(crate) proxy_protocol: bool,
+    /// Address blocks of proxies whose X-Forwarded-For is believed for client_ip keys
+    /// (comma-separated, as 10.0.0.0/8,2001:db8::/32): the client is the rightmost untrusted hop.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) trusted_proxies: Vec<Cidr>,
     /// Longest request line in bytes; longer: 414.
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(64..=1024 * 1024))]
     pub(crate) max_uri_bytes: u32,
@@ -100,10 +105,12 @@ impl ProxyArgs {
         cfg.max_header_bytes = self.max_header_bytes as usize;
         cfg.max_uri_bytes = self.max_uri_bytes as usize;
         cfg.proxy_protocol = self.proxy_protocol;
+        cfg.trusted_proxies = TrustedProxies::new(self.trusted_proxies.clone());
         let admin = EdgeConfig {
             max_connections: ADMIN_MAX_CONNECTIONS,
             max_connections_per_ip: None,
             proxy_protocol: false,
+            trusted_proxies: TrustedProxies::default(),
             ..cfg
         };
         tracing::info!(

@@ -743,3 +743,45 @@ async fn the_proxy_protocol_gives_client_ip_keys_the_announced_address() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_trusted_proxies_client_ip_keys_use_the_rightmost_untrusted_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = [
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    ];
+    // The test connects from 127.0.0.1: a trusted proxy, as is 10.0.0.0/8.
+    let t = Tether::up(dir.path(), &["--trusted-proxies", "127.0.0.1,10.0.0.0/8"]).await;
+    let yaml = config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        false,
+    )
+    .replace("key: { header: x-user }", "key: { client_ip: true }");
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    let proxy = addr(&t.proxy);
+    for i in 1..=10u8 {
+        let ip = format!("203.0.113.{i}");
+        let want = t.ok(&["explain", "--route", "app", "--format", "csv", &ip]);
+        let want = want
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        // A spoofed hop on the left, the real client, then one of our own proxies.
+        let r = exchange(
+            &proxy,
+            &format!("GET / HTTP/1.1\r\nHost: x\r\nx-forwarded-for: 192.0.2.66, {ip}\r\nx-forwarded-for: 10.1.1.1\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            r.ends_with(&format!("\r\n\r\n{want}")),
+            "{ip}: want {want}: {r}"
+        );
+    }
+}

@@ -34,6 +34,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::client_ip::TrustedProxies;
 use tokio::time::{Instant, Sleep};
 
 /// Timeouts and limits of one listener.
@@ -64,6 +66,8 @@ pub struct EdgeConfig {
     /// Every connection starts with a PROXY protocol header (v1 or v2) whose source address is
     /// the client ([`crate::proxy_protocol`]).
     pub proxy_protocol: bool,
+    /// Peers whose `X-Forwarded-For` is believed for `client_ip` keys ([`crate::client_ip`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Descriptors kept for everything but client connections: backend connections get one per
@@ -86,6 +90,7 @@ impl EdgeConfig {
             max_uri_bytes: 8 * 1024,
             max_concurrent_streams: 100,
             proxy_protocol: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`edge`]: what no client may do to a listener — timeouts, connection caps, head limits —
 //!   and [`listener`]: the one accept loop and HTTP server of the proxy and admin listeners;
 //!   [`proxy_protocol`]: the client address an L4 balancer announces (v1, v2);
+//!   [`client_ip`]: the client behind trusted proxies (`X-Forwarded-For`);
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod backend;
 pub mod body;
+pub mod client_ip;
 pub mod config;
 pub mod director;
 pub mod edge;

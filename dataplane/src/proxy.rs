@@ -322,6 +322,8 @@ async fn forward(
         .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
     let route = &snap.config.routes[ri];
+    let peer = client;
+    let client = edge.config.trusted_proxies.client(peer, &parts.headers);
     // A declared length over the limit is refused before anything reaches a backend.
     if let Some(max) = route.max_body_bytes
         && let Some(n) = body.size_hint().exact()
@@ -331,7 +333,8 @@ async fn forward(
     }
     let key = route::key(route, &parts, client);
     let key = key.key();
-    let head = Head::from_client(parts, client, route);
+    // The chain sent on appends the hop that connected to us.
+    let head = Head::from_client(parts, peer, route);
     // A request without a body can be replayed; one with a body is streamed, never buffered.
     let replayable = idempotent(&head.method) && body.is_end_stream();
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {

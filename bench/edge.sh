@@ -13,23 +13,8 @@ for tool in wrk nginx python3; do
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked -q --bin tether
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
-trap cleanup EXIT
-cat >"$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19111; location / { return 200 "b1\n"; } }
-}
-CONF
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+. bench/upstream-env.sh
+start_upstream 19111
 cat >"$work/tether.yaml" <<CONF
 backends:
   - { name: b1, address: 127.0.0.1:19111 }

@@ -17,27 +17,8 @@ for tool in wrk haproxy nginx; do
   command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool is missing (apt-get install wrk haproxy nginx-light)" >&2; exit 2; }
 done
 cargo build --release --locked -q --bin tether
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
-trap cleanup EXIT
-
-# Upstreams: 127.0.0.1:19101-19103.
-cat >"$work/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19101; location / { return 200 "b1\n"; } }
-  server { listen 127.0.0.1:19102; location / { return 200 "b2\n"; } }
-  server { listen 127.0.0.1:19103; location / { return 200 "b3\n"; } }
-}
-EOF
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+. bench/upstream-env.sh
+start_upstream 19101 19102 19103
 
 # Tether.
 cat >"$work/tether.yaml" <<EOF

@@ -683,34 +683,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_protocol_gives_client_ip_keys_the_announced_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = [
-        Backend::start("b1").await,
-        Backend::start("b2").await,
-        Backend::start("b3").await,
-    ];
-    let t = Tether::up(dir.path(), &["--proxy-protocol"]).await;
-    let yaml = config(
-        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
-        false,
-    )
-    .replace("key: { header: x-user }", "key: { client_ip: true }");
-    let rev = t.apply(&yaml);
-    t.wait_applied(rev).await;
+    let (_d, t, _b) = keyed_on_client_ip(&["--proxy-protocol"]).await;
     let proxy = addr(&t.proxy);
     let request = "GET / HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n";
     // Ten announced clients, over v1 and v2: each reaches the backend explain names for it.
     for i in 1..=10u8 {
         let ip = format!("198.51.100.{i}");
-        let want = t.ok(&["explain", "--route", "app", "--format", "csv", &ip]);
-        let want = want
-            .lines()
-            .next()
-            .unwrap()
-            .split(',')
-            .nth(1)
-            .unwrap()
-            .to_owned();
+        let want = explained(&t, &ip);
         let v1 = format!("PROXY TCP4 {ip} 203.0.113.1 4{i:04} 80\r\n{request}");
         let r = exchange(&proxy, &v1).await;
         assert!(
@@ -746,33 +725,12 @@ async fn the_proxy_protocol_gives_client_ip_keys_the_announced_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_trusted_proxies_client_ip_keys_use_the_rightmost_untrusted_hop() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = [
-        Backend::start("b1").await,
-        Backend::start("b2").await,
-        Backend::start("b3").await,
-    ];
     // The test connects from 127.0.0.1: a trusted proxy, as is 10.0.0.0/8.
-    let t = Tether::up(dir.path(), &["--trusted-proxies", "127.0.0.1,10.0.0.0/8"]).await;
-    let yaml = config(
-        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
-        false,
-    )
-    .replace("key: { header: x-user }", "key: { client_ip: true }");
-    let rev = t.apply(&yaml);
-    t.wait_applied(rev).await;
+    let (_d, t, _b) = keyed_on_client_ip(&["--trusted-proxies", "127.0.0.1,10.0.0.0/8"]).await;
     let proxy = addr(&t.proxy);
     for i in 1..=10u8 {
         let ip = format!("203.0.113.{i}");
-        let want = t.ok(&["explain", "--route", "app", "--format", "csv", &ip]);
-        let want = want
-            .lines()
-            .next()
-            .unwrap()
-            .split(',')
-            .nth(1)
-            .unwrap()
-            .to_owned();
+        let want = explained(&t, &ip);
         // A spoofed hop on the left, the real client, then one of our own proxies.
         let r = exchange(
             &proxy,
@@ -784,4 +742,35 @@ async fn behind_trusted_proxies_client_ip_keys_use_the_rightmost_untrusted_hop()
             "{ip}: want {want}: {r}"
         );
     }
+}
+
+/// `tether up` with `extra` flags, three backends, and the route keyed on the client address.
+async fn keyed_on_client_ip(extra: &[&str]) -> (tempfile::TempDir, Tether, [Backend; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = [
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    ];
+    let t = Tether::up(dir.path(), extra).await;
+    let yaml = config(
+        &[("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)],
+        false,
+    )
+    .replace("key: { header: x-user }", "key: { client_ip: true }");
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    (dir, t, b)
+}
+
+/// The backend `tether explain` names for client address `ip`.
+fn explained(t: &Tether, ip: &str) -> String {
+    let out = t.ok(&["explain", "--route", "app", "--format", "csv", ip]);
+    out.lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }

@@ -1,18 +1,16 @@
 //! Response bodies the proxy sends: a backend's body streamed through ([`UpstreamBody`]) or
 //! the proxy's own short text ([`ProxyBody`]'s right side).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::edge::Gap;
+use crate::pool::Checkout;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
-
-use crate::pool::Checkout;
 
 /// What the proxy answers with.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -34,9 +32,8 @@ pub enum BodyError {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    timeout: Duration,
-    /// Armed the first time the backend makes us wait (most small bodies never do).
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// The between-bytes timeout.
+    gap: Gap,
     conn: Option<Checkout>,
 }
 
@@ -45,8 +42,7 @@ impl UpstreamBody {
     pub fn new(inner: Incoming, timeout: Duration, conn: Checkout) -> Self {
         let mut body = UpstreamBody {
             inner,
-            timeout,
-            sleep: None,
+            gap: Gap::new(timeout),
             conn: Some(conn),
         };
         if body.inner.is_end_stream() {
@@ -78,8 +74,8 @@ impl Body for UpstreamBody {
                     // A server stops polling once a body reports its end (a known length was
                     // read): give the connection back now, not at a `None` that never comes.
                     this.release();
-                } else if let Some(sleep) = &mut this.sleep {
-                    sleep.as_mut().reset(Instant::now() + this.timeout);
+                } else {
+                    this.gap.progress();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -91,15 +87,10 @@ impl Body for UpstreamBody {
                 this.release();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.timeout)))
-                .as_mut()
-                .poll(cx)
-            {
+            Poll::Pending => match this.gap.poll_expired(cx) {
                 Poll::Ready(()) => {
                     this.conn = None;
-                    Poll::Ready(Some(Err(BodyError::Timeout(this.timeout))))
+                    Poll::Ready(Some(Err(BodyError::Timeout(this.gap.limit()))))
                 }
                 Poll::Pending => Poll::Pending,
             },

@@ -745,6 +745,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+/// The longest pause allowed between two parts of a body (a client's request body, a
+/// backend's response body). Its timer is armed the first time the body makes us wait — most
+/// small bodies never do — and pushed back by every part that arrives.
+#[derive(Debug)]
+pub struct Gap {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Gap {
+    /// A gap of at most `limit`.
+    pub fn new(limit: Duration) -> Gap {
+        Gap { limit, sleep: None }
+    }
+
+    /// The gap allowed.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// A part arrived: the next may take `limit` from now.
+    pub fn progress(&mut self) {
+        if let Some(s) = &mut self.sleep {
+            s.as_mut().reset(Instant::now() + self.limit);
+        }
+    }
+
+    /// The body is waiting: `Ready` when the gap is over.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let limit = self.limit;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// Why a client's request body stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
@@ -781,8 +818,7 @@ impl ClientBodyError {
 #[derive(Debug)]
 pub struct ClientBody {
     inner: Incoming,
-    gap: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    gap: Gap,
     /// Bytes still allowed (`None`: no limit).
     left: Option<u64>,
     limit: u64,
@@ -793,8 +829,7 @@ impl ClientBody {
     pub fn new(inner: Incoming, gap: Duration, limit: Option<u64>) -> ClientBody {
         ClientBody {
             inner,
-            gap,
-            sleep: None,
+            gap: Gap::new(gap),
             left: limit,
             limit: limit.unwrap_or(u64::MAX),
         }
@@ -812,9 +847,7 @@ impl Body for ClientBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                if let Some(s) = &mut this.sleep {
-                    s.as_mut().reset(Instant::now() + this.gap);
-                }
+                this.gap.progress();
                 if let (Some(left), Some(Ok(frame))) = (&mut this.left, &r)
                     && let Some(data) = frame.data_ref()
                 {
@@ -826,16 +859,12 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(r.map(|f| f.map_err(ClientBodyError::from)))
             }
-            Poll::Pending => {
-                let gap = this.gap;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout(gap)))),
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.gap.poll_expired(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(ClientBodyError::Timeout(this.gap.limit()))))
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

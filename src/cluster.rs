@@ -146,6 +146,9 @@ pub(crate) struct DataPlaneArgs {
     /// This node's id in `tether nodes` (default: host name and proxy port).
     #[arg(long)]
     node_id: Option<String>,
+    /// Serve the admin listener on a non-loopback address without a token.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn host_name() -> String {
@@ -161,6 +164,7 @@ fn host_name() -> String {
 pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let admin_access = args.listen.admin_access(None, args.insecure)?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
     process::write_endpoints(&args.data_dir, &[("proxy", &proxy_l), ("admin", &admin_l)])?;
@@ -221,6 +225,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
     let admin_task = tokio::spawn(admin::serve(
         admin_l,
         Arc::clone(&rt),
+        admin_access,
         admin_edge,
         stopped(),
     ));

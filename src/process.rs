@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use tether_controlplane::auth::Tokens;
 use tether_controlplane::convert::MAX_DURATION;
 use tether_controlplane::duration;
+use tether_dataplane::admin;
 use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::runtime::Runtime;
@@ -64,6 +65,14 @@ pub(crate) struct ProxyArgs {
     /// (comma-separated, as 10.0.0.0/8,2001:db8::/32): the client is the rightmost untrusted hop.
     #[arg(long, value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<Cidr>,
+    /// Tokens for the admin listener (the API's token-file format; any role reads). Needed
+    /// when --admin is not a loopback address, unless --insecure. /healthz and /readyz stay
+    /// open (orchestrator probes). `tether up` falls back to its --token-file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) admin_token_file: Option<std::path::PathBuf>,
+    /// Serve /metrics on the admin listener without a token (scrapers), the rest still with one.
+    #[arg(long)]
+    pub(crate) admin_metrics_public: bool,
     /// Longest request line in bytes; longer: 414.
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(64..=1024 * 1024))]
     pub(crate) max_uri_bytes: u32,
@@ -82,6 +91,32 @@ fn edge_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl ProxyArgs {
+    /// Who may read the admin listener: the holders of `--admin-token-file`'s tokens (else of
+    /// `fallback`, the API's token file). Refuses a non-loopback admin listener without tokens
+    /// unless `insecure`, as the API's rule does.
+    pub(crate) fn admin_access(
+        &self,
+        fallback: Option<&Path>,
+        insecure: bool,
+    ) -> anyhow::Result<admin::Access> {
+        let file = self.admin_token_file.as_deref().or(fallback);
+        let tokens = match file {
+            Some(p) => Tokens::load(p).context("--admin-token-file")?,
+            None => Tokens::none(),
+        };
+        if tokens.is_empty() && !self.admin.ip().is_loopback() && !insecure {
+            bail!(
+                "refusing to serve the admin listener on {} without a token: give --admin-token-file FILE, or --insecure to let anyone who can reach it read /state and /explain",
+                self.admin
+            );
+        }
+        Ok(if tokens.is_empty() {
+            admin::Access::open()
+        } else {
+            admin::Access::tokens(tokens.tokens(), self.admin_metrics_public)
+        })
+    }
+
     /// The proxy's and the admin listener's edges (timeouts and caps), registered with `rt`
     /// for `/metrics`.
     pub(crate) fn edges(&self, rt: &Runtime) -> anyhow::Result<(Arc<Edge>, Arc<Edge>)> {

@@ -85,6 +85,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             db.display()
         )
     })?;
+    let admin_access = args
+        .listen
+        .admin_access(args.token_file.as_deref(), args.insecure)?;
     let api_l = process::bind(args.api, "api").await?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
@@ -138,6 +141,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin::serve(
         admin_l,
         Arc::clone(&rt),
+        admin_access,
         admin_edge,
         stopped(),
     ));

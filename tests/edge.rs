@@ -774,3 +774,66 @@ fn explained(t: &Tether, ip: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_admin_listener_needs_a_token_and_tokens_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused before anything is bound: no token, not loopback, no --insecure.
+    let out = std::process::Command::new(support::BIN)
+        .args([
+            "up",
+            "--api",
+            "127.0.0.1:0",
+            "--proxy",
+            "127.0.0.1:0",
+            "--admin",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the admin listener"),
+        "{err}"
+    );
+
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, "read-only:s3cret-admin-token-0123\n").unwrap();
+    for public_metrics in [false, true] {
+        let mut extra = vec!["--admin-token-file", tokens.to_str().unwrap()];
+        if public_metrics {
+            extra.push("--admin-metrics-public");
+        }
+        let t = Tether::up(&dir.path().join(format!("t{public_metrics}")), &extra).await;
+        let admin = addr(&t.admin);
+        let get = |path: &str, token: Option<&str>| {
+            let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\n{auth}connection: close\r\n\r\n")
+        };
+        let status = |r: String| r.lines().next().unwrap_or("").to_owned();
+        // Probes stay open.
+        for p in ["/healthz", "/readyz"] {
+            assert!(
+                status(exchange(&admin, &get(p, None)).await).contains(" 200 "),
+                "{p}"
+            );
+        }
+        let r = exchange(&admin, &get("/state", None)).await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(
+            r.to_ascii_lowercase().contains("www-authenticate: bearer"),
+            "{r}"
+        );
+        assert!(status(exchange(&admin, &get("/state", Some("wrong"))).await).contains(" 401 "));
+        assert!(
+            status(exchange(&admin, &get("/state", Some("s3cret-admin-token-0123"))).await)
+                .contains(" 200 ")
+        );
+        let metrics = status(exchange(&admin, &get("/metrics", None)).await);
+        let want = if public_metrics { " 200 " } else { " 401 " };
+        assert!(metrics.contains(want), "public {public_metrics}: {metrics}");
+    }
+}

@@ -61,6 +61,11 @@ impl Tokens {
         self.by_token.is_empty()
     }
 
+    /// Every configured token, whatever its role.
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        self.by_token.keys().map(String::as_str)
+    }
+
     /// Parses a token file's text.
     pub fn parse(path: &str, text: &str) -> Result<Tokens, TokensError> {
         let mut by_token = HashMap::new();

@@ -32,9 +32,80 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", format!("{v}\n"))
 }
 
+/// Who may read the admin listener: with tokens, every path but `/healthz` and `/readyz` (the
+/// orchestrator's probes) — and `/metrics` when it is public — needs `Authorization: Bearer T`
+/// with a configured token. Tokens are kept as SHA-256 digests.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    digests: Vec<[u8; 32]>,
+    metrics_public: bool,
+}
+
+impl Access {
+    /// Open to anyone who can reach it.
+    pub fn open() -> Access {
+        Access::default()
+    }
+
+    /// Only for holders of one of `tokens`, but `/healthz`, `/readyz` and — when
+    /// `metrics_public` — `/metrics`.
+    pub fn tokens<'a>(tokens: impl IntoIterator<Item = &'a str>, metrics_public: bool) -> Access {
+        use sha2::Digest;
+        Access {
+            digests: tokens
+                .into_iter()
+                .map(|t| sha2::Sha256::digest(t.as_bytes()).into())
+                .collect(),
+            metrics_public,
+        }
+    }
+
+    /// Whether any token is required.
+    pub fn is_open(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    fn allows(&self, req: &Request<Incoming>) -> bool {
+        use sha2::Digest;
+        let path = req.uri().path();
+        if self.is_open()
+            || path == "/healthz"
+            || path == "/readyz"
+            || (self.metrics_public && path == "/metrics")
+        {
+            return true;
+        }
+        let Some(token) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        // Digests of equal length compared whole: no early exit on the first differing byte
+        // of the secret itself.
+        let d: [u8; 32] = sha2::Sha256::digest(token.trim().as_bytes()).into();
+        self.digests.contains(&d)
+    }
+}
+
 /// Answers one admin request.
-pub fn handle(rt: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn handle(rt: &Runtime, access: &Access, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    if !access.allows(req) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            TEXT,
+            "unauthorized: send Authorization: Bearer TOKEN (a token of --admin-token-file)\n"
+                .into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" if rt.is_ready() => reply(StatusCode::OK, TEXT, "ready\n".into()),
@@ -438,11 +509,12 @@ fn edge_metrics(w: &mut String, rt: &Runtime) {
 pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
+    access: Access,
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
     serve_http(listener, edge, shutdown, move |req, _| {
-        std::future::ready(handle(&rt, &req))
+        std::future::ready(handle(&rt, &access, &req))
     })
     .await;
 }

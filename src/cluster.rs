@@ -12,7 +12,6 @@ use tether_controlplane::service::Api;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
 use tether_controlplane::{node, server};
 use tether_dataplane::runtime::Runtime;
-use tether_dataplane::{admin, proxy};
 use tether_proto::keys::Layout;
 use tokio::sync::watch;
 
@@ -188,14 +187,8 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
     };
     tether_dataplane::config::validate_name(&me.id).context("--node-id")?;
     let rt = Runtime::new();
-    let (proxy_edge, admin_edge) = args.listen.edges(&rt)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let edges = args.listen.edges(&rt)?;
+    let stop_tx = watch::Sender::new(false);
     let opts = node::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
     };
@@ -222,19 +215,14 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
             ))
         }
     };
-    let admin_task = tokio::spawn(admin::serve(
+    let (admin_task, threads) = process::serve_listeners(
+        proxy_l,
         admin_l,
-        Arc::clone(&rt),
+        &rt,
+        &args.listen,
+        edges,
         admin_access,
-        admin_edge,
-        stopped(),
-    ));
-    let threads = proxy::serve_on_threads(
-        proxy_l.into_std()?,
-        Arc::clone(&rt),
-        &proxy_edge,
-        process::proxy_threads(args.listen.proxy_threads),
-        stop_tx.subscribe(),
+        &stop_tx,
     )?;
     process::signal().await;
     let _ = stop_tx.send(true);

@@ -12,11 +12,13 @@ use anyhow::{Context, bail};
 use tether_controlplane::auth::Tokens;
 use tether_controlplane::convert::MAX_DURATION;
 use tether_controlplane::duration;
-use tether_dataplane::admin;
 use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::runtime::Runtime;
+use tether_dataplane::{admin, proxy};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Where a data plane listens, and with how many proxy threads.
 #[derive(Debug, Clone, clap::Args)]
@@ -159,6 +161,37 @@ impl ProxyArgs {
         rt.add_listener(Arc::clone(&admin));
         Ok((proxy, admin))
     }
+}
+
+/// Starts a data plane's listeners — the admin listener as a task, the proxy on its threads
+/// (`--proxy-threads`) — each under its edge, until `stop` turns true.
+pub(crate) fn serve_listeners(
+    proxy_l: TcpListener,
+    admin_l: TcpListener,
+    rt: &Arc<Runtime>,
+    listen: &ProxyArgs,
+    (proxy_edge, admin_edge): (Arc<Edge>, Arc<Edge>),
+    access: admin::Access,
+    stop: &watch::Sender<bool>,
+) -> anyhow::Result<(JoinHandle<()>, Vec<std::thread::JoinHandle<()>>)> {
+    let mut admin_stop = stop.subscribe();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_l,
+        Arc::clone(rt),
+        access,
+        admin_edge,
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let threads = proxy::serve_on_threads(
+        proxy_l.into_std()?,
+        Arc::clone(rt),
+        &proxy_edge,
+        proxy_threads(listen.proxy_threads),
+        stop.subscribe(),
+    )?;
+    Ok((admin_task, threads))
 }
 
 /// Binds `addr`, naming the flag to change in the error.

@@ -15,7 +15,6 @@ use tether_controlplane::service::Api;
 use tether_controlplane::store::embedded::EmbeddedStore;
 use tether_controlplane::{node, server};
 use tether_dataplane::runtime::Runtime;
-use tether_dataplane::{admin, proxy};
 use tether_proto::keys::Layout;
 use tether_proto::v1::tether_server::Tether;
 use tokio::sync::watch;
@@ -92,7 +91,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
     let rt = Runtime::new();
-    let (proxy_edge, admin_edge) = args.listen.edges(&rt)?;
+    let edges = args.listen.edges(&rt)?;
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
     if let Some(f) = &args.file {
         let text =
@@ -106,7 +105,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(file = %f.display(), revision = r.revision, "applied");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let proxy_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -131,20 +129,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         None,
         node::Shutdown::new(stop_tx.subscribe()),
     ));
-    let proxy_threads = proxy::serve_on_threads(
-        proxy_l.into_std()?,
-        Arc::clone(&rt),
-        &proxy_edge,
-        process::proxy_threads(args.listen.proxy_threads),
-        proxy_stop,
-    )?;
-    let admin_task = tokio::spawn(admin::serve(
+    let (admin_task, proxy_threads) = process::serve_listeners(
+        proxy_l,
         admin_l,
-        Arc::clone(&rt),
+        &rt,
+        &args.listen,
+        edges,
         admin_access,
-        admin_edge,
-        stopped(),
-    ));
+        &stop_tx,
+    )?;
     let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
     let early = tokio::select! {

@@ -577,16 +577,7 @@ impl<S> Guarded<S> {
                     self.read_deadline = None;
                     return None;
                 }
-                Err(why) => {
-                    let c = &self.edge.counters;
-                    match why {
-                        Broken::UriTooLong => &c.uri_too_long,
-                        Broken::TooLarge => &c.head_too_large,
-                        Broken::Framing | Broken::Timeout => &c.ambiguous_framing,
-                    }
-                    .fetch_add(1, Ordering::Relaxed);
-                    return Some(why);
-                }
+                Err(why) => return Some(why),
             }
         }
         self.phase = Phase::Head(head);
@@ -596,6 +587,21 @@ impl<S> Guarded<S> {
 
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("client {what} timeout"))
+}
+
+impl<S> Guarded<S> {
+    /// Counts a head broken as `why` and queues the edge's answer to it.
+    fn refuse(&mut self, why: Broken) {
+        let c = &self.edge.counters;
+        match why {
+            Broken::Framing => &c.ambiguous_framing,
+            Broken::Timeout => &c.header_timeouts,
+            Broken::UriTooLong => &c.uri_too_long,
+            Broken::TooLarge => &c.head_too_large,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.refusal = Some((refusal(why), 0));
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
@@ -638,7 +644,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 {
                     // Nothing of this head reaches hyper: the edge answers and closes.
                     buf.set_filled(before);
-                    this.refusal = Some((refusal(why), 0));
+                    this.refuse(why);
                     return this.poll_refuse(cx);
                 }
                 Poll::Ready(Ok(()))
@@ -651,9 +657,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 let c = &this.edge.counters;
                 match (why, this.phase) {
                     (ReadTimer::Head, Phase::Head(h)) if h.seen > 0 => {
-                        c.header_timeouts.fetch_add(1, Ordering::Relaxed);
                         this.read_deadline = None;
-                        this.refusal = Some((refusal(Broken::Timeout), 0));
+                        this.refuse(Broken::Timeout);
                         this.poll_refuse(cx)
                     }
                     (ReadTimer::Head, _) => {

@@ -1,53 +1,52 @@
 #!/usr/bin/env bash
-# The edge under attack, for docs/benchmarks.md: `tether up` (release, one proxy thread, default
-# edge settings) in front of one NGINX upstream; wrk (one thread, 32 connections, 10 s) measures
-# req/s on the unloaded node, then again while bench/hold.py holds 2,000 slowloris sockets
-# (re-opened as the edge closes them) and 5,000 idle keep-alive connections; prints both, the
-# ratio (target ≥ 90%), and the node's resident memory before and while holding them.
-# Usage: bench/edge.sh [SECONDS]      Needs: wrk, nginx, python3. Loopback only.
+# The edge under attack, for docs/benchmarks.md: `tether up`, HAProxy and NGINX (one proxy
+# thread each, the same client timeouts: head 10 s, keep-alive 60 s; bench/upstream-env.sh) in
+# front of one NGINX upstream. For each proxy in turn, wrk (one thread, 32 connections,
+# SECONDS) measures req/s on the unloaded proxy, then again while bench/hold.py holds 2,000
+# slowloris sockets (re-opened as the proxy closes them) and 5,000 idle keep-alive connections
+# against it; prints both, the ratio (Tether's target ≥ 90%), the proxy's CPU per request and
+# its resident memory before and while holding them.
+# Usage: bench/edge.sh [SECONDS]      Needs: wrk, haproxy, nginx, python3. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-for tool in wrk nginx python3; do
+for tool in wrk haproxy nginx python3; do
   command -v "$tool" >/dev/null || { echo "bench/edge.sh: $tool is missing" >&2; exit 2; }
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
 start_upstream 19111
-cat >"$work/tether.yaml" <<CONF
-backends:
-  - { name: b1, address: 127.0.0.1:19111 }
-directors:
-  - name: users
-    shard: { algorithm: varnish }
-    members: [{ backend: b1 }]
-routes:
-  - { name: app, director: users, key: { header: x-user } }
-CONF
-RUST_LOG=error target/release/tether up --proxy-threads 1 --api 127.0.0.1:17170 \
-  --proxy 127.0.0.1:18180 --admin 127.0.0.1:17171 --data-dir "$work/tether" \
-  -f "$work/tether.yaml" & pids+=($!)
-tether_pid=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:17171/readyz >/dev/null && break; sleep 0.1; done
-rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$tether_pid/status"; }
-ticks() { awk '{print $14 + $15}' "/proc/$tether_pid/stat"; }
-# wrk's req/s, and the proxy's CPU time per request over that run ("RPS CPU_US").
+start_tether 18180 17170 17171 19111
+start_haproxy 18181 19111
+start_nginx 18182 19111
+for port in 18180 18181 18182; do
+  for _ in $(seq 100); do curl -sf -H 'x-user: warm' "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+done
+hz=$(getconf CLK_TCK)
+# wrk's req/s against PORT, and proxy NAME's CPU time per request over that run ("RPS CPU_US").
 rps() {
   local t0 t1 out
-  t0=$(ticks)
-  out=$(wrk -t1 -c32 -d"${secs}s" -H 'x-user: u1' http://127.0.0.1:18180/)
-  t1=$(ticks)
-  echo "$out" | awk -v t0="$t0" -v t1="$t1" -v s="$secs" '/Requests\/sec/ { printf "%s %.2f", $2, (t1 - t0) * 10000 / ($2 * s) }'
+  t0=$(ticks "$1")
+  out=$(wrk -t1 -c32 -d"${secs}s" -H 'x-user: u1' "http://127.0.0.1:$2/")
+  t1=$(ticks "$1")
+  echo "$out" | awk -v t0="$t0" -v t1="$t1" -v s="$secs" -v hz="$hz" \
+    '/Requests\/sec/ { printf "%s %.2f", $2, (t1 - t0) * 1e6 / hz / ($2 * s) }'
 }
-rss_idle=$(rss)
-read -r base base_cpu <<<"$(rps)"
-python3 bench/hold.py 127.0.0.1:18180 2000 5000 $((secs + 15)) > "$work/hold.out" & hold=$!; pids+=($hold)
-sleep 10   # the holder opens its connections
-rss_held=$(rss)
-open=$(curl -s http://127.0.0.1:17171/metrics | awk '/^tether_client_connections\{listener="proxy"\}/ {print $2}')
-read -r loaded loaded_cpu <<<"$(rps)"
-wait "$hold" || true
-echo "unloaded: $base req/s ($base_cpu µs proxy CPU/request); while holding (${open} client connections open): $loaded req/s ($loaded_cpu µs/request, including the attack's own reads); ratio $(awk -v a="$base" -v b="$loaded" 'BEGIN { printf "%.1f%%", 100 * b / a }')"
-echo "resident memory: $rss_idle unloaded, $rss_held while holding them"
-cat "$work/hold.out"
+printf '%-8s %10s %10s %7s %11s %11s %10s %10s\n' proxy "req/s" "attacked" ratio "µs/req" "attacked" "RSS MiB" "attacked"
+for proxy in tether haproxy nginx; do
+  case $proxy in tether) port=18180 ;; haproxy) port=18181 ;; nginx) port=18182 ;; esac
+  wrk -t1 -c32 -d2s -H 'x-user: u1' "http://127.0.0.1:$port/" >/dev/null  # warm-up
+  rss_idle=$(rss_kib $proxy)
+  read -r base base_cpu <<<"$(rps $proxy $port)"
+  python3 bench/hold.py "127.0.0.1:$port" 2000 5000 $((secs + 15)) > "$work/hold-$proxy.out" & hold=$!
+  sleep 10   # the holder opens its connections
+  rss_held=$(rss_kib $proxy)
+  read -r loaded loaded_cpu <<<"$(rps $proxy $port)"
+  wait "$hold" || true
+  printf '%-8s %10s %10s %7s %11s %11s %10s %10s\n' "$proxy" "$base" "$loaded" \
+    "$(awk -v a="$base" -v b="$loaded" 'BEGIN { printf "%.1f%%", 100 * b / a }')" \
+    "$base_cpu" "$loaded_cpu" "$((rss_idle / 1024))" "$((rss_held / 1024))"
+  echo "  $proxy: $(cat "$work/hold-$proxy.out")"
+  sleep 2   # the held connections close
+done

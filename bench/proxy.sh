@@ -20,79 +20,9 @@ cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
 start_upstream 19101 19102 19103
 
-# Tether.
-cat >"$work/tether.yaml" <<EOF
-backends:
-  - { name: b1, address: 127.0.0.1:19101 }
-  - { name: b2, address: 127.0.0.1:19102 }
-  - { name: b3, address: 127.0.0.1:19103 }
-directors:
-  - name: users
-    shard: { algorithm: varnish }
-    members: [{ backend: b1 }, { backend: b2 }, { backend: b3 }]
-routes:
-  - { name: app, director: users, key: { header: x-user } }
-EOF
-RUST_LOG=warn target/release/tether up --proxy-threads 1 --api 127.0.0.1:17070 \
-  --proxy 127.0.0.1:18080 --admin 127.0.0.1:17071 --data-dir "$work/tether" \
-  -f "$work/tether.yaml" & pids+=($!)
-tether_pid=$!
-
-# HAProxy.
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  option forwardfor
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend f
-  bind 127.0.0.1:18081
-  default_backend b
-backend b
-  balance hdr(x-user)
-  hash-type consistent
-  server b1 127.0.0.1:19101
-  server b2 127.0.0.1:19102
-  server b3 127.0.0.1:19103
-EOF
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-haproxy_pid=$!
-
-# NGINX.
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream u {
-    hash \$http_x_user consistent;
-    server 127.0.0.1:19101;
-    server 127.0.0.1:19102;
-    server 127.0.0.1:19103;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:18082;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://u;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+start_tether 18080 17070 17071 19101 19102 19103
+start_haproxy 18081 19101 19102 19103
+start_nginx 18082 19101 19102 19103
 
 cat >"$work/keys.lua" <<'EOF'
 local i = 0
@@ -101,17 +31,6 @@ request = function()
   return wrk.format("GET", "/", { ["x-user"] = "user-" .. (i % 10000) })
 end
 EOF
-
-# Every process of a proxy (NGINX: master and worker), for CPU accounting.
-procs() {
-  case $1 in
-    tether) echo "$tether_pid" ;;
-    haproxy) echo "$haproxy_pid" ;;
-    nginx) pgrep -f "nginx.*$work/nginx.conf" ; pgrep -P "$(cat "$work/nginx.pid")" ;;
-  esac
-}
-ticks() { local t=0; for p in $(procs "$1" | sort -u); do
-  read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
 
 for port in 18080 18081 18082; do
   for _ in $(seq 100); do curl -sf -H 'x-user: warm' "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done

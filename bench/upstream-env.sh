@@ -1,6 +1,15 @@
 # Sourced by bench/proxy.sh and bench/edge.sh: a temporary work directory, every process
-# started (`pids`) stopped on exit, and `start_upstream PORT...`: one NGINX worker answering
-# `200 bN` from memory on each port (N counting from 1), with keep-alive.
+# started (`pids`) stopped on exit, and the processes those benchmarks compare:
+#   start_upstream PORT...        one NGINX worker answering `200 bN` from memory on each port
+#                                 (N counting from 1), with keep-alive;
+#   start_tether PORT API ADMIN UPSTREAM_PORT...
+#   start_haproxy PORT UPSTREAM_PORT...
+#   start_nginx PORT UPSTREAM_PORT...
+#                                 one proxy thread/worker each, consistent hashing keyed on the
+#                                 x-user header over the upstreams, upstream keep-alive,
+#                                 X-Forwarded-For added, and the same client timeouts (head
+#                                 10 s, keep-alive idle 60 s, as Tether's defaults);
+#   procs NAME, ticks NAME        a proxy's processes, and their CPU time in clock ticks.
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
@@ -25,3 +34,109 @@ $servers}
 CONF
   nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 }
+
+start_tether() {
+  local port=$1 api=$2 admin=$3 i=0 backends="" members=""
+  shift 3
+  for up in "$@"; do
+    i=$((i + 1))
+    backends+="  - { name: b$i, address: 127.0.0.1:$up }"$'\n'
+    members+="{ backend: b$i }, "
+  done
+  cat >"$work/tether.yaml" <<CONF
+backends:
+$backends
+directors:
+  - name: users
+    shard: { algorithm: varnish }
+    members: [${members%, }]
+routes:
+  - { name: app, director: users, key: { header: x-user } }
+CONF
+  RUST_LOG=error target/release/tether up --proxy-threads 1 --api "127.0.0.1:$api" \
+    --proxy "127.0.0.1:$port" --admin "127.0.0.1:$admin" --data-dir "$work/tether" \
+    -f "$work/tether.yaml" & pids+=($!)
+  tether_pid=$!
+}
+
+start_haproxy() {
+  local port=$1 i=0 servers=""
+  shift
+  for up in "$@"; do
+    i=$((i + 1))
+    servers+="  server b$i 127.0.0.1:$up"$'\n'
+  done
+  cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+  timeout client 60s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:$port
+  default_backend b
+backend b
+  balance hdr(x-user)
+  hash-type consistent
+$servers
+CONF
+  haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+  haproxy_pid=$!
+}
+
+start_nginx() {
+  local port=$1 servers=""
+  shift
+  for up in "$@"; do servers+="    server 127.0.0.1:$up;"$'\n'; done
+  cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 19000;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 9000; }
+http {
+  access_log off;
+  client_header_timeout 10s;
+  keepalive_timeout 60s;
+  upstream u {
+    hash \$http_x_user consistent;
+$servers
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://u;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+}
+
+# Every process of a proxy (NGINX: master and worker), for CPU and memory accounting.
+procs() {
+  case $1 in
+    tether) echo "$tether_pid" ;;
+    haproxy) echo "$haproxy_pid" ;;
+    nginx) pgrep -f "nginx.*$work/nginx.conf" ; pgrep -P "$(cat "$work/nginx.pid")" ;;
+  esac
+}
+ticks() { local t=0; for p in $(procs "$1" | sort -u); do
+  read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+# Resident memory of a proxy's processes, in KiB.
+rss_kib() { local t=0; for p in $(procs "$1" | sort -u); do
+  t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }

@@ -11,7 +11,6 @@ use tether_controlplane::node::remote::RemoteSource;
 use tether_controlplane::service::Api;
 use tether_controlplane::store::etcd::{EtcdOptions, EtcdStore};
 use tether_controlplane::{node, server};
-use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
 use tokio::sync::watch;
 
@@ -186,7 +185,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
         admin: format!("http://{}", admin_l.local_addr()?),
     };
     tether_dataplane::config::validate_name(&me.id).context("--node-id")?;
-    let rt = Runtime::new();
+    let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let stop_tx = watch::Sender::new(false);
     let opts = node::Options {

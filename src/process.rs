@@ -14,6 +14,7 @@ use tether_controlplane::convert::MAX_DURATION;
 use tether_controlplane::duration;
 use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
+use tether_dataplane::resolve::DnsConfig;
 use tether_dataplane::runtime::Runtime;
 use tether_dataplane::{admin, proxy};
 use tokio::net::TcpListener;
@@ -55,7 +56,8 @@ pub(crate) struct ProxyArgs {
     /// Open connections per client address at most (default: no limit).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections_per_ip: Option<u32>,
-    /// Largest request head, request line and headers, in bytes; larger: 431.
+    /// Largest request head, request line and headers, in bytes; larger: 431. Also the largest
+    /// response head taken from a backend; larger: 502.
     #[arg(long, default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub(crate) max_header_bytes: u32,
     /// Every connection to the proxy starts with a PROXY protocol header (v1 or v2, as an L4
@@ -78,6 +80,26 @@ pub(crate) struct ProxyArgs {
     /// Longest request line in bytes; longer: 414.
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(64..=1024 * 1024))]
     pub(crate) max_uri_bytes: u32,
+    /// Name servers for backends with DNS names, as IP or IP:PORT (comma-separated; default:
+    /// those of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',', value_parser = name_server)]
+    pub(crate) dns_server: Vec<SocketAddr>,
+    /// A backend name's answer is kept at least this long, whatever its TTL.
+    #[arg(long, default_value = "1s", value_parser = edge_duration)]
+    pub(crate) dns_min_ttl: Duration,
+    /// And at most this long: a backend name is asked again within this.
+    #[arg(long, default_value = "60s", value_parser = edge_duration)]
+    pub(crate) dns_max_ttl: Duration,
+}
+
+/// A name server: `IP` (port 53) or `IP:PORT`.
+fn name_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?}: expected an IP address or IP:PORT"))
 }
 
 /// Client connections the admin listener takes at most (it serves operators and scrapers).
@@ -117,6 +139,22 @@ impl ProxyArgs {
         } else {
             admin::Access::tokens(tokens.tokens(), self.admin_metrics_public)
         })
+    }
+
+    /// The data plane's runtime, resolving backend names as the `--dns-*` flags say.
+    pub(crate) fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+        if self.dns_min_ttl > self.dns_max_ttl {
+            bail!(
+                "--dns-min-ttl ({:?}) cannot exceed --dns-max-ttl ({:?})",
+                self.dns_min_ttl,
+                self.dns_max_ttl
+            );
+        }
+        Ok(Runtime::with_dns(DnsConfig {
+            servers: self.dns_server.clone(),
+            min_ttl: self.dns_min_ttl,
+            max_ttl: self.dns_max_ttl,
+        }))
     }
 
     /// The proxy's and the admin listener's edges (timeouts and caps), registered with `rt`

@@ -14,7 +14,6 @@ use anyhow::{Context, bail};
 use tether_controlplane::service::Api;
 use tether_controlplane::store::embedded::EmbeddedStore;
 use tether_controlplane::{node, server};
-use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
 use tether_proto::v1::tether_server::Tether;
 use tokio::sync::watch;
@@ -90,7 +89,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let api_l = process::bind(args.api, "api").await?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
-    let rt = Runtime::new();
+    let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
     if let Some(f) = &args.file {

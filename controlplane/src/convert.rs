@@ -454,6 +454,17 @@ pub fn backend(b: &v1::Backend, at: &dyn fmt::Display) -> Result<BackendSpec, Fi
         )?,
     };
     spec.max_connections = b.max_connections;
+    spec.queue_timeout = duration(
+        b.queue_timeout.as_ref(),
+        || format!("{at}.queue_timeout"),
+        Duration::ZERO,
+    )?;
+    spec.max_connection_lifetime = Some(duration(
+        b.max_connection_lifetime.as_ref(),
+        || format!("{at}.max_connection_lifetime"),
+        Duration::ZERO,
+    )?)
+    .filter(|d| !d.is_zero());
     spec.admin_health = match v1::AdminHealth::try_from(b.admin_health) {
         Ok(v1::AdminHealth::Auto) => AdminHealth::Auto,
         Ok(v1::AdminHealth::Healthy) => AdminHealth::Healthy,

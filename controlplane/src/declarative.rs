@@ -85,6 +85,12 @@ pub struct BackendDoc {
     /// Connection limit (0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_connections: u32,
+    /// How long a request waits for a connection at `max_connections` (absent: not at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    /// Connections older than this are not reused (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_lifetime: Option<String>,
     /// `auto` (default), `healthy` or `sick`.
     #[serde(default)]
     pub admin_health: AdminHealthDoc,
@@ -442,6 +448,12 @@ impl BackendDoc {
             host_header: self.host_header.clone().unwrap_or_default(),
             timeouts: Some(timeouts),
             max_connections: self.max_connections,
+            queue_timeout: dur(self.queue_timeout.as_deref(), || {
+                format!("{at}.queue_timeout")
+            })?,
+            max_connection_lifetime: dur(self.max_connection_lifetime.as_deref(), || {
+                format!("{at}.max_connection_lifetime")
+            })?,
             admin_health: match self.admin_health {
                 AdminHealthDoc::Auto => v1::AdminHealth::Auto,
                 AdminHealthDoc::Healthy => v1::AdminHealth::Healthy,
@@ -675,6 +687,8 @@ impl From<&v1::Backend> for BackendDoc {
             first_byte_timeout: dur_text(t.first_byte.as_ref()),
             between_bytes_timeout: dur_text(t.between_bytes.as_ref()),
             max_connections: b.max_connections,
+            queue_timeout: dur_text(b.queue_timeout.as_ref()),
+            max_connection_lifetime: dur_text(b.max_connection_lifetime.as_ref()),
             admin_health: match v1::AdminHealth::try_from(b.admin_health) {
                 Ok(v1::AdminHealth::Healthy) => AdminHealthDoc::Healthy,
                 Ok(v1::AdminHealth::Sick) => AdminHealthDoc::Sick,

@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use crate::backend::BackendRuntime;
 use crate::edge::{Edge, EdgeCounters};
 use crate::listener::serve_http;
 use crate::runtime::Runtime;
@@ -368,76 +369,85 @@ fn metrics(rt: &Runtime) -> String {
     );
     let _ = writeln!(w, "# TYPE tether_config_from_cache gauge");
     let _ = writeln!(w, "tether_config_from_cache {}", u8::from(rt.from_cache()));
-    for (metric, help, kind) in [
-        (
-            "tether_probe_results_total",
-            "Probe results by backend.",
-            "counter",
-        ),
+    let _ = writeln!(
+        w,
+        "# HELP tether_probe_results_total Probe results by backend."
+    );
+    let _ = writeln!(w, "# TYPE tether_probe_results_total counter");
+    for st in &snap.backends {
+        let name = label(&st.name);
+        for (result, n) in [
+            ("good", &st.counters.probes_good),
+            ("bad", &st.counters.probes_bad),
+        ] {
+            let _ = writeln!(
+                w,
+                "tether_probe_results_total{{backend=\"{name}\",result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    /// A per-backend series: name, help, type, and its value for one backend.
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&BackendRuntime) -> u64,
+    );
+    let series: [Series; 7] = [
         (
             "tether_health_transitions_total",
             "Health changes (probe, admin, drain).",
             "counter",
+            |b| b.counters.transitions.load(Ordering::Relaxed),
         ),
         (
             "tether_backend_connects_total",
             "Connections opened to a backend.",
             "counter",
+            |b| b.pool.counters.connects.load(Ordering::Relaxed),
         ),
         (
             "tether_backend_connect_failures_total",
             "Failed connect attempts.",
             "counter",
+            |b| b.pool.counters.connect_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "tether_backend_queued_total",
+            "Requests that found the backend at max_connections and waited (queue_timeout).",
+            "counter",
+            |b| b.pool.counters.queued.load(Ordering::Relaxed),
+        ),
+        (
+            "tether_backend_queue_timeouts_total",
+            "Queued requests no connection came free for within queue_timeout (503).",
+            "counter",
+            |b| b.pool.counters.queue_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "tether_backend_resolve_failures_total",
+            "Failed DNS lookups of a backend's names (the previous answer is kept).",
+            "counter",
+            |b| b.pool.counters.resolve_failures.load(Ordering::Relaxed),
         ),
         (
             "tether_backend_connections",
             "Open connections to a backend.",
             "gauge",
+            |b| b.pool.open() as u64,
         ),
-    ] {
+    ];
+    for (metric, help, kind, value) in series {
         let _ = writeln!(w, "# HELP {metric} {help}");
         let _ = writeln!(w, "# TYPE {metric} {kind}");
         for st in &snap.backends {
-            let name = label(&st.name);
-            let c = &st.counters;
-            match metric {
-                "tether_probe_results_total" => {
-                    let _ = writeln!(
-                        w,
-                        "{metric}{{backend=\"{name}\",result=\"good\"}} {}",
-                        c.probes_good.load(Ordering::Relaxed)
-                    );
-                    let _ = writeln!(
-                        w,
-                        "{metric}{{backend=\"{name}\",result=\"bad\"}} {}",
-                        c.probes_bad.load(Ordering::Relaxed)
-                    );
-                }
-                "tether_health_transitions_total" => {
-                    let _ = writeln!(
-                        w,
-                        "{metric}{{backend=\"{name}\"}} {}",
-                        c.transitions.load(Ordering::Relaxed)
-                    );
-                }
-                "tether_backend_connects_total" => {
-                    let _ = writeln!(
-                        w,
-                        "{metric}{{backend=\"{name}\"}} {}",
-                        c.connects.load(Ordering::Relaxed)
-                    );
-                }
-                "tether_backend_connect_failures_total" => {
-                    let _ = writeln!(
-                        w,
-                        "{metric}{{backend=\"{name}\"}} {}",
-                        c.connect_failures.load(Ordering::Relaxed)
-                    );
-                }
-                _ => {
-                    let _ = writeln!(w, "{metric}{{backend=\"{name}\"}} {}", st.pool.open());
-                }
-            }
+            let _ = writeln!(
+                w,
+                "{metric}{{backend=\"{}\"}} {}",
+                label(&st.name),
+                value(st)
+            );
         }
     }
     out

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Address, BackendSpec, ProbeSpec};
 use crate::health::{ProbeError, Window};
 use crate::pool::Pool;
+use crate::resolve::Dns;
 
 /// The identity of a backend's runtime state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -151,10 +152,6 @@ pub struct Counters {
     pub probes_bad: AtomicU64,
     /// Health transitions (probe or admin).
     pub transitions: AtomicU64,
-    /// Connections opened.
-    pub connects: AtomicU64,
-    /// Connect attempts that failed.
-    pub connect_failures: AtomicU64,
 }
 
 impl Counters {
@@ -193,11 +190,14 @@ pub struct BackendRuntime {
 
 impl BackendRuntime {
     /// Fresh state for a new identity.
-    pub fn new(spec: &BackendSpec) -> BackendRuntime {
+    pub fn new(spec: &BackendSpec, dns: &Arc<Dns>) -> BackendRuntime {
         BackendRuntime {
             name: spec.name.clone(),
             address: spec.address.clone(),
-            pool: Arc::new(Pool::new(spec.addresses().cloned().collect())),
+            pool: Arc::new(Pool::new(
+                spec.addresses().cloned().collect(),
+                Arc::clone(dns),
+            )),
             counters: Counters::default(),
             probe: Mutex::new(ProbeState {
                 spec: None,

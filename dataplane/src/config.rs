@@ -198,6 +198,11 @@ pub struct BackendSpec {
     pub timeouts: Timeouts,
     /// Open connections at most (0: unlimited).
     pub max_connections: u32,
+    /// How long a request that finds `max_connections` open waits for one (zero: not at all,
+    /// `503`).
+    pub queue_timeout: Duration,
+    /// Connections older than this are closed rather than reused (`None`: no limit).
+    pub max_connection_lifetime: Option<Duration>,
     /// Admin override.
     pub admin_health: AdminHealth,
     /// No new requests; in-flight ones finish.
@@ -216,6 +221,8 @@ impl BackendSpec {
             host_header: None,
             timeouts: Timeouts::default(),
             max_connections: 0,
+            queue_timeout: Duration::ZERO,
+            max_connection_lifetime: None,
             admin_health: AdminHealth::Auto,
             drain: false,
         }

@@ -11,10 +11,12 @@
 //! A probe: connect, write the request, read until the peer closes, all within `timeout`;
 //! success when the first line parses as `HTTP/<n> <status>` with the expected status.
 
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Address, ProbeRequest, ProbeSpec};
+use crate::config::{ProbeRequest, ProbeSpec};
 
 /// The probe's shift register and its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +109,10 @@ pub fn parse_status(response: &[u8]) -> Option<u16> {
 /// Why a probe failed (logged on transitions, counted by result).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// Connect failed.
+    /// The backend's name could not be resolved.
+    #[error("resolve: {0}")]
+    Resolve(String),
+    /// Connecting failed.
     #[error("connect: {0}")]
     Connect(std::io::Error),
     /// Writing the request or reading the response failed.
@@ -125,10 +130,10 @@ pub enum ProbeError {
 }
 
 /// One probe against `address`.
-pub async fn probe_once(address: &Address, spec: &ProbeSpec, host: &str) -> Result<(), ProbeError> {
+pub async fn probe_once(peer: SocketAddr, spec: &ProbeSpec, host: &str) -> Result<(), ProbeError> {
     let req = request_bytes(spec, host);
     let attempt = async {
-        let mut s = TcpStream::connect(address.to_string())
+        let mut s = TcpStream::connect(peer)
             .await
             .map_err(ProbeError::Connect)?;
         s.write_all(&req).await.map_err(ProbeError::Io)?;

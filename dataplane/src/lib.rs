@@ -8,7 +8,8 @@
 //!   [`director::Directors`] set;
 //! - [`runtime`]: the current [`snapshot::Snapshot`] behind an `ArcSwap`, and the registry of
 //!   per-backend runtime state ([`backend`]: connection [`pool`], probe window, counters) kept
-//!   across revisions for unchanged backend identities;
+//!   across revisions for unchanged backend identities; [`resolve`]: DNS names of backends
+//!   (hickory, TTLs clamped), which the pool resolves and re-resolves;
 //! - [`health`]: Varnish probe semantics — the window, one probe attempt (the probe loop, one
 //!   per backend identity, is spawned and run by [`runtime`]);
 //! - [`route`]: route matching and key extraction;
@@ -40,6 +41,7 @@ pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod resolve;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;

@@ -7,22 +7,34 @@
 //! untouched and the proxy can retry it on the director's next alternate.
 //!
 //! Idle connections are kept per proxy thread (as NGINX keeps them per worker): a backend
-//! connection's task runs on the thread that opened it, so handing it to another thread would
-//! add a cross-thread wake-up to every request.
+//! connection's task runs on the thread that opened it, so handing it to another thread adds
+//! a cross-thread wake-up to every request on it. A thread with no idle connection of its own
+//! opens one — unless that would pass `max_connections`: it then takes one idle on another
+//! thread, and failing that waits up to the backend's `queue_timeout` for one to be given
+//! back or closed (HAProxy's `timeout queue`), so the limit is per node and exact: a slot is
+//! reserved before connecting, so concurrent cold requests cannot overshoot it.
+//!
+//! Addresses with a DNS name are resolved through [`crate::resolve::Dns`]; the pool keeps
+//! each name's last answer, refreshes it in the background when it expires (requests on
+//! idle connections never wait for DNS), keeps using it when the name servers fail, and
+//! closes idle connections to addresses that left the answer. Connections older than the
+//! backend's `max_connection_lifetime` are closed instead of reused.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-use crate::config::{Address, Host};
+use crate::config::{Address, BackendSpec, Host};
 use crate::edge::ClientBody;
+use crate::resolve::{Answer, Dns, ResolveError};
 
 /// What the proxy sends to a backend: the client's body streamed through, or nothing (a
 /// request without a body, which can then be replayed on another backend).
@@ -62,17 +74,89 @@ pub enum ConnectError {
     /// The HTTP/1.1 handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
-    /// `max_connections` are open.
+    /// `max_connections` are open (and none came free within `queue_timeout`).
     #[error("backend at max_connections ({0})")]
     AtLimit(u32),
+    /// A DNS name could not be resolved, and there is no earlier answer to fall back on.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
+/// How a checkout may get its connection: the backend's settings in the current revision, and
+/// the largest response head accepted (a larger one fails the request: `502`).
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    /// Resolving and connecting, per attempt.
+    pub connect_timeout: Duration,
+    /// Open connections at most (0: unlimited).
+    pub max_connections: u32,
+    /// How long to wait for a connection at the limit.
+    pub queue_timeout: Duration,
+    /// Connections older than this are not reused.
+    pub max_lifetime: Option<Duration>,
+    /// Largest response head (status line and headers), bytes.
+    pub max_head_bytes: usize,
+}
+
+impl Dial {
+    /// The settings of `spec`, with this response-head limit.
+    pub fn of(spec: &BackendSpec, max_head_bytes: usize) -> Dial {
+        Dial {
+            connect_timeout: spec.timeouts.connect,
+            max_connections: spec.max_connections,
+            queue_timeout: spec.queue_timeout,
+            max_lifetime: spec.max_connection_lifetime,
+            max_head_bytes,
+        }
+    }
+}
+
+/// A pool's counters, exported by `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Connections opened.
+    pub connects: AtomicU64,
+    /// Connect attempts that failed.
+    pub connect_failures: AtomicU64,
+    /// Requests that found the backend at `max_connections` and waited (`queue_timeout`).
+    pub queued: AtomicU64,
+    /// Of those, the ones no connection came free for in time (`503`).
+    pub queue_timeouts: AtomicU64,
+    /// Lookups of the backend's names that failed (an earlier answer was used if there was one).
+    pub resolve_failures: AtomicU64,
+}
+
+/// An idle connection, with what decides whether it may still be used.
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    born: Instant,
+    peer: SocketAddr,
+}
+
+/// The open count, shared with the connection tasks (a task's end frees its slot), and the
+/// signal queued requests wait on: a connection came free (given back, or closed).
+#[derive(Debug, Default)]
+struct Slots {
+    open: AtomicUsize,
+    freed: Notify,
 }
 
 /// One backend's connections.
 #[derive(Debug)]
 pub struct Pool {
     addresses: Vec<Address>,
-    idle: Box<[Mutex<Vec<Conn>>]>,
-    open: Arc<AtomicUsize>,
+    dns: Arc<Dns>,
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    slots: Arc<Slots>,
+    /// The last answer for each address with a DNS name (`None`: not resolved yet, or an IP).
+    answers: Mutex<Vec<Option<Answer>>>,
+    /// Whether any address has a DNS name (IP-only pools skip every DNS check).
+    named: bool,
+    /// A background refresh of expired answers is running.
+    refreshing: AtomicBool,
+    /// Counters.
+    pub counters: PoolCounters,
 }
 
 /// A checked-out connection. [`Checkout::release`] returns it to its pool (its response was
@@ -80,130 +164,313 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Checkout {
     pool: Arc<Pool>,
-    conn: Conn,
+    idle: Idle,
+    /// When it stops being reused (`max_connection_lifetime` from its checkout).
+    retire_at: Option<Instant>,
 }
 
 impl Checkout {
     /// The connection, to send the request on.
     pub fn conn(&mut self) -> &mut Conn {
-        &mut self.conn
+        &mut self.idle.conn
     }
 
-    /// Gives the connection back to its pool for the next request.
+    /// Gives the connection back to its pool for the next request, unless it is too old or
+    /// its address left the DNS answer.
     pub fn release(self) {
-        self.pool.put(self.conn);
+        if self.retire_at.is_some_and(|t| Instant::now() >= t) || !self.pool.current(self.idle.peer)
+        {
+            return;
+        }
+        self.pool.put(self.idle);
     }
 }
 
-/// Decrements the open-connection count when a connection task ends.
-struct OpenGuard(Arc<AtomicUsize>);
+/// Frees a connection's slot when its task ends, and tells a queued request.
+struct SlotGuard(Arc<Slots>);
 
-impl Drop for OpenGuard {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Pool {
-    /// An empty pool for these addresses (tried in order).
-    pub fn new(addresses: Vec<Address>) -> Pool {
+    /// An empty pool for these addresses (tried in order), resolving names with `dns`.
+    pub fn new(addresses: Vec<Address>, dns: Arc<Dns>) -> Pool {
+        let named = addresses.iter().any(|a| matches!(a.host, Host::Dns(_)));
         Pool {
+            answers: Mutex::new(vec![None; addresses.len()]),
             addresses,
+            dns,
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-            open: Arc::new(AtomicUsize::new(0)),
+            slots: Arc::new(Slots::default()),
+            named,
+            refreshing: AtomicBool::new(false),
+            counters: PoolCounters::default(),
         }
     }
 
     /// Open connections (idle and busy).
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.slots.open.load(Ordering::Acquire)
     }
 
     /// Idle connections.
     pub fn idle(&self) -> usize {
-        self.idle
-            .iter()
-            .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
-    }
-
-    fn pop(&self) -> Option<Conn> {
-        self.idle[shard()]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+        self.idle.iter().map(|l| lock(l).len()).sum()
     }
 
     /// Returns a connection whose response was read to the end.
-    fn put(&self, conn: Conn) {
-        if conn.is_closed() {
+    fn put(&self, idle: Idle) {
+        if idle.conn.is_closed() {
             return;
         }
-        let mut idle = self.idle[shard()]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
+        let mut list = lock(&self.idle[shard()]);
+        if list.len() < MAX_IDLE {
+            list.push(idle);
+            drop(list);
+            self.slots.freed.notify_one();
         }
     }
 
-    /// An idle connection (`true`: reused), or a new one (`false`). `connected` is called once
-    /// per new connection, and `failed` once per failed connect attempt.
-    pub async fn checkout(
-        self: &Arc<Self>,
-        connect_timeout: Duration,
-        max_connections: u32,
-        connected: impl Fn(),
-        failed: impl Fn(),
-    ) -> Result<(Checkout, bool), ConnectError> {
-        let checkout = |conn| Checkout {
-            pool: Arc::clone(self),
-            conn,
-        };
-        while let Some(mut c) = self.pop() {
-            if !c.is_closed() && c.ready().await.is_ok() {
-                return Ok((checkout(c), true));
+    /// Whether `peer` is still in its name's answer (always, for IP addresses).
+    fn current(&self, peer: SocketAddr) -> bool {
+        if !self.named {
+            return true;
+        }
+        let answers = lock(&self.answers);
+        self.addresses
+            .iter()
+            .zip(answers.iter())
+            .any(|(a, answer)| match (&a.host, answer) {
+                (Host::Ip(ip), _) => SocketAddr::new(*ip, a.port) == peer,
+                (Host::Dns(_), Some(ans)) => {
+                    a.port == peer.port() && ans.addresses.contains(&peer.ip())
+                }
+                (Host::Dns(_), None) => false,
+            })
+    }
+
+    /// An idle connection from list `i` that may still be used; unusable ones are closed.
+    async fn take(self: &Arc<Self>, i: usize, dial: &Dial) -> Option<Checkout> {
+        loop {
+            let mut idle = lock(&self.idle[i]).pop()?;
+            let retire_at = dial.max_lifetime.map(|l| idle.born + l);
+            if idle.conn.is_closed()
+                || retire_at.is_some_and(|t| Instant::now() >= t)
+                || !self.current(idle.peer)
+            {
+                continue;
+            }
+            if idle.conn.ready().await.is_ok() {
+                return Some(Checkout {
+                    pool: Arc::clone(self),
+                    idle,
+                    retire_at,
+                });
             }
         }
-        // The slot is reserved before connecting, so concurrent cold requests cannot overshoot
-        // `max_connections`; a failed connect gives it back (the guard's drop).
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        let slot = OpenGuard(Arc::clone(&self.open));
-        if max_connections > 0 && before >= max_connections as usize {
-            drop(slot);
-            return Err(ConnectError::AtLimit(max_connections));
+    }
+
+    /// An idle connection from any thread's list, this thread's first.
+    async fn take_any(self: &Arc<Self>, dial: &Dial) -> Option<Checkout> {
+        let own = shard();
+        for k in 0..SHARDS {
+            if let Some(c) = self.take((own + k) % SHARDS, dial).await {
+                return Some(c);
+            }
         }
-        let mut last = ConnectError::Timeout(connect_timeout);
-        for a in &self.addresses {
-            match tokio::time::timeout(connect_timeout, connect(a)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-                    tokio::spawn(async move {
-                        // The connection's own errors end it; requests on it see them.
-                        let _ = conn.await;
-                        drop(slot);
-                    });
-                    connected();
-                    return Ok((checkout(sender), false));
-                }
+        None
+    }
+
+    /// A slot for one more connection, unless `max` are open (0: no limit).
+    fn reserve(&self, max: u32) -> Option<SlotGuard> {
+        let before = self.slots.open.fetch_add(1, Ordering::AcqRel);
+        if max > 0 && before >= max as usize {
+            // Given back without waking anyone: nothing came free.
+            self.slots.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SlotGuard(Arc::clone(&self.slots)))
+    }
+
+    /// An idle connection (`true`: reused), or a new one (`false`).
+    pub async fn checkout(self: &Arc<Self>, dial: Dial) -> Result<(Checkout, bool), ConnectError> {
+        if self.named {
+            self.refresh_if_due();
+        }
+        if let Some(c) = self.take(shard(), &dial).await {
+            return Ok((c, true));
+        }
+        let deadline = tokio::time::Instant::now() + dial.queue_timeout;
+        let mut queued = false;
+        loop {
+            // Registered before looking, so a connection freed in between is not missed.
+            let freed = self.slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.reserve(dial.max_connections) {
+                return self.connect(slot, &dial).await.map(|c| (c, false));
+            }
+            if let Some(c) = self.take_any(&dial).await {
+                return Ok((c, true));
+            }
+            if dial.queue_timeout.is_zero() {
+                return Err(ConnectError::AtLimit(dial.max_connections));
+            }
+            if !queued {
+                queued = true;
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(ConnectError::AtLimit(dial.max_connections));
+            }
+        }
+    }
+
+    /// Opens a connection in `slot`: the addresses in order (a name's answer in its sorted
+    /// order), each within the connect timeout.
+    async fn connect(
+        self: &Arc<Self>,
+        slot: SlotGuard,
+        dial: &Dial,
+    ) -> Result<Checkout, ConnectError> {
+        let timeout = dial.connect_timeout;
+        let targets = tokio::time::timeout(timeout, self.targets())
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        let mut last = ConnectError::Timeout(timeout);
+        for peer in targets {
+            let stream = match tokio::time::timeout(timeout, TcpStream::connect(peer)).await {
+                Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    failed();
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     last = ConnectError::Io(e);
+                    continue;
                 }
                 Err(_) => {
-                    failed();
-                    last = ConnectError::Timeout(connect_timeout);
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    last = ConnectError::Timeout(timeout);
+                    continue;
                 }
-            }
+            };
+            let _ = stream.set_nodelay(true);
+            let (conn, task) = http1::Builder::new()
+                // A larger response head is an error, answered 502.
+                .max_header_size(dial.max_head_bytes)
+                .handshake(TokioIo::new(stream))
+                .await?;
+            tokio::spawn(async move {
+                // The connection's own errors end it; requests on it see them.
+                let _ = task.await;
+                drop(slot);
+            });
+            self.counters.connects.fetch_add(1, Ordering::Relaxed);
+            let born = Instant::now();
+            return Ok(Checkout {
+                pool: Arc::clone(self),
+                idle: Idle { conn, born, peer },
+                retire_at: dial.max_lifetime.map(|l| born + l),
+            });
         }
         Err(last)
     }
-}
 
-async fn connect(a: &Address) -> std::io::Result<TcpStream> {
-    match &a.host {
-        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, a.port)).await,
-        Host::Dns(name) => TcpStream::connect((name.as_str(), a.port)).await,
+    /// Where to connect, in order: every address, a DNS name by its current answer.
+    pub async fn targets(&self) -> Result<Vec<SocketAddr>, ConnectError> {
+        let mut out = Vec::with_capacity(self.addresses.len());
+        let mut last_error = None;
+        for (i, a) in self.addresses.iter().enumerate() {
+            match &a.host {
+                Host::Ip(ip) => out.push(SocketAddr::new(*ip, a.port)),
+                Host::Dns(name) => match self.answer(i, name).await {
+                    Ok(ips) => out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, a.port))),
+                    Err(e) => last_error = Some(e),
+                },
+            }
+        }
+        match last_error {
+            Some(e) if out.is_empty() => Err(e.into()),
+            _ => Ok(out),
+        }
+    }
+
+    /// The addresses of name `i`: the kept answer while it holds, else a fresh one (kept, and
+    /// idle connections to addresses that left it closed), else the expired one.
+    async fn answer(&self, i: usize, name: &str) -> Result<Vec<std::net::IpAddr>, ResolveError> {
+        let kept = lock(&self.answers)[i].clone();
+        if let Some(a) = &kept
+            && Instant::now() < a.valid_until
+        {
+            return Ok(a.addresses.clone());
+        }
+        match self.dns.lookup(name).await {
+            Ok(fresh) => {
+                let ips = fresh.addresses.clone();
+                let changed = kept.is_none_or(|k| k.addresses != fresh.addresses);
+                lock(&self.answers)[i] = Some(fresh);
+                if changed {
+                    tracing::info!(name, addresses = ?ips, "backend name resolved");
+                    self.close_departed();
+                }
+                Ok(ips)
+            }
+            Err(e) => {
+                self.counters
+                    .resolve_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                match kept {
+                    Some(k) => {
+                        tracing::warn!(error = %e, "DNS lookup failed; using the previous answer");
+                        Ok(k.addresses)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Closes idle connections whose address is no longer in its name's answer.
+    fn close_departed(&self) {
+        for list in self.idle.iter() {
+            let mut gone = Vec::new();
+            {
+                let mut l = lock(list);
+                let (keep, drop_): (Vec<Idle>, Vec<Idle>) =
+                    l.drain(..).partition(|c| self.current(c.peer));
+                *l = keep;
+                gone.extend(drop_);
+            }
+            // Dropped outside the lock: closing runs the connections' tasks' wake-ups.
+            drop(gone);
+        }
+    }
+
+    /// Starts a background refresh if an answer has expired and none is running, so that
+    /// requests on kept connections never wait for DNS.
+    fn refresh_if_due(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due = lock(&self.answers)
+            .iter()
+            .any(|a| a.as_ref().is_some_and(|a| now >= a.valid_until));
+        if !due || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = pool.targets().await;
+            pool.refreshing.store(false, Ordering::Release);
+        });
     }
 }

@@ -26,7 +26,7 @@ use crate::config::{KeySpec, RouteSpec};
 use crate::director::SelectError;
 use crate::edge::{ClientBody, ClientBodyError, Edge};
 use crate::listener::serve_http;
-use crate::pool::{ConnectError, RequestBody};
+use crate::pool::{ConnectError, Dial, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
@@ -66,6 +66,15 @@ pub enum ProxyError {
     /// The request body is larger than the route's `max_body_bytes`.
     #[error("the request body is larger than this route's limit of {0} bytes")]
     BodyTooLarge(u64),
+    /// The backend's response head (status line and headers) is over the limit, or has more
+    /// than 100 headers.
+    #[error("backend {backend:?} sent a response head over {limit} bytes or 100 headers")]
+    ResponseHeadTooLarge {
+        /// The backend.
+        backend: String,
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// The backend failed after the request was sent.
     #[error("backend {backend:?} failed: {source}")]
     Backend {
@@ -93,7 +102,9 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
             source: ConnectError::Timeout(_),
             ..
         } => StatusCode::GATEWAY_TIMEOUT,
-        ProxyError::Connect { .. } | ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
+        ProxyError::Connect { .. }
+        | ProxyError::Backend { .. }
+        | ProxyError::ResponseHeadTooLarge { .. } => StatusCode::BAD_GATEWAY,
     };
     let mut r = Response::new(text(format!("{e}\n")));
     *r.status_mut() = status;
@@ -348,6 +359,9 @@ async fn forward(
     });
     let mut last: Option<Failure> = None;
     let mut alt = 0;
+    let arrived = Instant::now();
+    // A backend's response head gets the limit a client's request head gets.
+    let head_limit = edge.config.max_header_bytes;
     // A failure on a reused keep-alive connection (the backend closed it meanwhile) is retried
     // once on another connection to the same backend before moving on: stickiness first.
     let mut fresh_retry_used = false;
@@ -361,19 +375,11 @@ async fn forward(
         let state = &snap.backends[b];
         let started = Instant::now();
         let counters = &state.counters;
-        let conn = state
-            .pool
-            .checkout(
-                spec.timeouts.connect,
-                spec.max_connections,
-                || {
-                    counters.connects.fetch_add(1, Ordering::Relaxed);
-                },
-                || {
-                    counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                },
-            )
-            .await;
+        let mut dial = Dial::of(spec, head_limit);
+        // The queue timeout counts from the request's arrival, across the alternates tried:
+        // a request waits that long in all, not that long per backend.
+        dial.queue_timeout = dial.queue_timeout.saturating_sub(arrived.elapsed());
+        let conn = state.pool.checkout(dial).await;
         let (mut conn, reused) = match conn {
             Ok(c) => c,
             Err(source) => {
@@ -425,6 +431,16 @@ async fn forward(
                         ));
                     }
                     None => {}
+                }
+                if e.error().is_parse_too_large() {
+                    // The backend's answer, not a broken connection: not retried elsewhere.
+                    return Err((
+                        ProxyError::ResponseHeadTooLarge {
+                            backend: spec.name.clone(),
+                            limit: dial.max_head_bytes,
+                        },
+                        Some((Arc::clone(state), started)),
+                    ));
                 }
                 let failure = |source| {
                     (

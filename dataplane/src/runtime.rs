@@ -22,6 +22,7 @@ use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
 use crate::edge::Edge;
 use crate::health;
+use crate::resolve::{Dns, DnsConfig};
 use crate::snapshot::Snapshot;
 
 /// Proxy-wide counters (per-backend ones live in [`crate::backend::Counters`]).
@@ -68,11 +69,19 @@ pub struct Runtime {
     /// Where replaced snapshots go to be freed (`None`: freed in place, if the thread could
     /// not be started).
     reclaim: Option<mpsc::Sender<Arc<Snapshot>>>,
+    /// Resolves backends' DNS names (shared by their pools).
+    dns: Arc<Dns>,
 }
 
 impl Runtime {
-    /// An empty runtime (no routes: every request is a 404) that is not ready yet.
+    /// An empty runtime (no routes: every request is a 404) that is not ready yet, resolving
+    /// backend names with the system's resolver configuration.
     pub fn new() -> Arc<Runtime> {
+        Runtime::with_dns(DnsConfig::default())
+    }
+
+    /// An empty runtime, resolving backend names as `dns` says.
+    pub fn with_dns(dns: DnsConfig) -> Arc<Runtime> {
         let empty = Snapshot {
             revision: 0,
             config: Config::default(),
@@ -104,6 +113,7 @@ impl Runtime {
             from_cache: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             reclaim,
+            dns: Arc::new(Dns::new(dns)),
         })
     }
 
@@ -278,7 +288,7 @@ impl Runtime {
                     Arc::clone(s)
                 }
                 None => {
-                    let s = Arc::new(BackendRuntime::new(spec));
+                    let s = Arc::new(BackendRuntime::new(spec, &self.dns));
                     registry.insert(id.clone(), Arc::clone(&s));
                     s
                 }
@@ -399,7 +409,17 @@ async fn probe_loop(backend: Weak<BackendRuntime>) {
         let Some((spec, host)) = b.probe_settings() else {
             return;
         };
-        let result = health::probe_once(&b.address, &spec, &host).await;
+        // The probe goes where the proxy connects: the first address (a name: its answer's
+        // first address).
+        let target = tokio::time::timeout(spec.timeout, b.pool.targets()).await;
+        let result = match target {
+            Ok(Ok(t)) => match t.first() {
+                Some(peer) => health::probe_once(*peer, &spec, &host).await,
+                None => Err(health::ProbeError::Timeout),
+            },
+            Ok(Err(e)) => Err(health::ProbeError::Resolve(e.to_string())),
+            Err(_) => Err(health::ProbeError::Timeout),
+        };
         b.record_probe(&spec, result);
         drop(b);
         tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;

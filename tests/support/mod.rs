@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // test support: a failed setup should panic
 
+pub mod dns;
 pub mod etcd;
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
     tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
 }
 
@@ -55,15 +58,18 @@ impl Backend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let tasks = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (acc, t2) = (Arc::clone(&accepted), Arc::clone(&tasks));
+        let (acc, t2, o2) = (Arc::clone(&accepted), Arc::clone(&tasks), Arc::clone(&open));
         tasks.lock().unwrap().spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 acc.fetch_add(1, Ordering::SeqCst);
+                o2.fetch_add(1, Ordering::SeqCst);
                 let body = body.clone();
+                let o3 = Arc::clone(&o2);
                 t2.lock().unwrap().spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let b = body.clone();
@@ -76,6 +82,7 @@ impl Backend {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
                         .await;
+                    o3.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -83,6 +90,7 @@ impl Backend {
             name: name.to_owned(),
             addr,
             accepted,
+            open,
             tasks,
         }
     }
@@ -94,6 +102,11 @@ impl Backend {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (an aborted connection task is not counted down).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 

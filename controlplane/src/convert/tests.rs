@@ -172,6 +172,38 @@ fn durations_are_bounded_and_the_error_names_the_field() {
     assert!(backend_spec(&b).is_ok());
 }
 
+#[test]
+fn queue_timeout_and_connection_lifetime_are_bounded_and_zero_means_none() {
+    let over = Some(prost_types::Duration {
+        seconds: 86_401,
+        nanos: 0,
+    });
+    let mut b = backend("b1", 80);
+    b.queue_timeout = over;
+    assert_eq!(backend_spec(&b).unwrap_err().field, "backend.queue_timeout");
+    b.queue_timeout = None;
+    b.max_connection_lifetime = over;
+    assert_eq!(
+        backend_spec(&b).unwrap_err().field,
+        "backend.max_connection_lifetime"
+    );
+    b.max_connection_lifetime = Some(prost_types::Duration::default());
+    let spec = backend_spec(&b).unwrap();
+    assert_eq!(spec.max_connection_lifetime, None);
+    assert_eq!(spec.queue_timeout, Duration::ZERO);
+    b.queue_timeout = Some(prost_types::Duration {
+        seconds: 2,
+        nanos: 0,
+    });
+    b.max_connection_lifetime = Some(prost_types::Duration {
+        seconds: 600,
+        nanos: 0,
+    });
+    let spec = backend_spec(&b).unwrap();
+    assert_eq!(spec.queue_timeout, Duration::from_secs(2));
+    assert_eq!(spec.max_connection_lifetime, Some(Duration::from_secs(600)));
+}
+
 fn backend_spec(b: &v1::Backend) -> Result<BackendSpec, FieldError> {
     super::backend(b, &"backend")
 }

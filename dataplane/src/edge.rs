@@ -429,10 +429,11 @@ pub struct Guarded<S> {
     h2: Option<bool>,
     /// What the read side waits for, and until when.
     read_deadline: Option<(ReadTimer, Instant)>,
-    /// One timer for the connection's life. Deadlines move lazily: the timer is reset only
-    /// when a deadline comes earlier than the one it is set to, and re-checked when it fires,
-    /// so steady keep-alive traffic touches the timer wheel about once per header timeout
-    /// rather than twice per request.
+    /// One timer for the connection's life, reset to each new read deadline (never dropped
+    /// and re-created: that allocated twice per request). Moving it earlier (a request head
+    /// starts) re-files it in tokio's wheel; moving it later (the connection goes idle) is a
+    /// compare-and-swap. A deadline that ended without firing (a head that completed) leaves
+    /// it where it is; when it fires it is re-checked against the current deadline.
     read_sleep: Pin<Box<Sleep>>,
     /// The instant `read_sleep` is set to; `None` once it fired.
     sleep_at: Option<Instant>,
@@ -498,10 +499,11 @@ impl<S> Guarded<S> {
     fn arm_read(&mut self, why: ReadTimer, after: Duration) {
         let deadline = Instant::now() + after;
         self.read_deadline = Some((why, deadline));
-        if self.sleep_at.is_none_or(|at| deadline < at) {
-            self.read_sleep.as_mut().reset(deadline);
-            self.sleep_at = Some(deadline);
-        }
+        // Always to the exact deadline: moving a registered timer later is a compare-and-swap
+        // in tokio (the wheel re-files it when the old instant comes, without waking this
+        // task), so an idle connection is not woken at its accept's header deadline.
+        self.read_sleep.as_mut().reset(deadline);
+        self.sleep_at = Some(deadline);
     }
 
     /// The read-side deadline that has passed, if any. Registers this task with the timer

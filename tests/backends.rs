@@ -272,3 +272,40 @@ async fn an_idle_connection_opened_by_one_proxy_thread_serves_the_others_at_the_
     }
     assert_eq!(b.accepted(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_name_server_dies_the_last_answer_is_kept() {
+    let name = "kept.tether.test";
+    let b = Backend::start("b1").await;
+    let dns = DnsServer::start(name, &[Ipv4Addr::LOCALHOST], 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = dns.addr.to_string();
+    let t = Tether::up(dir.path(), &["--dns-server", &server]).await;
+    // Connections retired every 100 ms: each request needs a new one, so the name's answer
+    // is needed again and again after the server is gone.
+    let yaml = config(&[("b1", "127.0.0.1:1".parse().unwrap())], false)
+        .replace(
+            "address: 127.0.0.1:1",
+            &format!("address: {name}:{}", b.addr.port()),
+        )
+        .replace(
+            "    connect_timeout: 500ms\n",
+            "    connect_timeout: 500ms\n    max_connection_lifetime: 100ms\n",
+        );
+    let rev = t.apply(&yaml);
+    t.wait_applied(rev).await;
+    assert_eq!(t.request("k").await, (200, "b1".to_owned()));
+    dns.stop();
+    // Well past the 1 s TTL: every request still served, from the kept answer.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(t.request("k").await, (200, "b1".to_owned()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(b.accepted() >= 10, "{} connections", b.accepted());
+    let metrics = t.admin_get("/metrics").await.1;
+    assert!(
+        series(&metrics, "tether_backend_resolve_failures_total") >= 1,
+        "{metrics}"
+    );
+}

@@ -15,9 +15,12 @@
 //! reserved before connecting, so concurrent cold requests cannot overshoot it.
 //!
 //! Addresses with a DNS name are resolved through [`crate::resolve::Dns`]; the pool keeps
-//! each name's last answer, refreshes it in the background when it expires (requests on
-//! idle connections never wait for DNS), keeps using it when the name servers fail, and
-//! closes idle connections to addresses that left the answer. Connections older than the
+//! each name's last answer and refreshes it in the background after four fifths of its TTL
+//! (requests on idle connections never wait for DNS, and a pool in use has the next answer
+//! before the current one expires). A new connection waits for a lookup only when the name
+//! has no answer yet or its answer expired, and then at most its connect timeout; when the
+//! name servers fail or are slow, the kept answer is used and asked for again after
+//! `--dns-min-ttl`. Idle connections to addresses that left the answer are closed. Connections older than the
 //! backend's `max_connection_lifetime` are closed instead of reused.
 
 use std::net::SocketAddr;
@@ -343,9 +346,7 @@ impl Pool {
         dial: &Dial,
     ) -> Result<Checkout, ConnectError> {
         let timeout = dial.connect_timeout;
-        let targets = tokio::time::timeout(timeout, self.targets())
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
+        let targets = self.targets(timeout).await?;
         let mut last = ConnectError::Timeout(timeout);
         for peer in targets {
             let stream = match tokio::time::timeout(timeout, TcpStream::connect(peer)).await {
@@ -387,40 +388,74 @@ impl Pool {
         Err(last)
     }
 
-    /// Where to connect, in order: every address, a DNS name by its current answer.
-    pub async fn targets(&self) -> Result<Vec<SocketAddr>, ConnectError> {
+    /// Where to connect, in order: every address, a DNS name by its answer. A name is looked
+    /// up (waiting at most `wait`) when it has no answer or its answer expired; a kept answer
+    /// is used when that lookup fails or takes longer.
+    pub async fn targets(
+        self: &Arc<Self>,
+        wait: Duration,
+    ) -> Result<Vec<SocketAddr>, ConnectError> {
+        if self.named {
+            self.refresh_if_due();
+        }
         let mut out = Vec::with_capacity(self.addresses.len());
         let mut last_error = None;
         for (i, a) in self.addresses.iter().enumerate() {
             match &a.host {
                 Host::Ip(ip) => out.push(SocketAddr::new(*ip, a.port)),
-                Host::Dns(name) => match self.answer(i, name).await {
+                Host::Dns(name) => match self.answer(i, name, wait).await {
                     Ok(ips) => out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, a.port))),
                     Err(e) => last_error = Some(e),
                 },
             }
         }
         match last_error {
-            Some(e) if out.is_empty() => Err(e.into()),
+            Some(e) if out.is_empty() => Err(e),
             _ => Ok(out),
         }
     }
 
-    /// The addresses of name `i`: the kept answer while it holds, else a fresh one (kept, and
-    /// idle connections to addresses that left it closed), else the expired one.
-    async fn answer(&self, i: usize, name: &str) -> Result<Vec<std::net::IpAddr>, ResolveError> {
+    /// The addresses of name `i`: the kept answer while it holds, else a fresh one (looked up
+    /// within `wait`), else the expired one.
+    async fn answer(
+        &self,
+        i: usize,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Vec<std::net::IpAddr>, ConnectError> {
         let kept = lock(&self.answers)[i].clone();
         if let Some(a) = &kept
             && Instant::now() < a.valid_until
         {
             return Ok(a.addresses.clone());
         }
+        match tokio::time::timeout(wait, self.resolve(i, name)).await {
+            Ok(Ok(ips)) => Ok(ips),
+            Ok(Err(e)) => Err(e.into()),
+            // Slow name servers: the kept answer, not asked again for a while.
+            Err(_) => match &mut lock(&self.answers)[i] {
+                Some(k) => {
+                    self.counters
+                        .resolve_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    k.fetched_at = now;
+                    k.valid_until = now + self.dns.retry_after();
+                    Ok(k.addresses.clone())
+                }
+                None => Err(ConnectError::Timeout(wait)),
+            },
+        }
+    }
+
+    /// Looks name `i` up and keeps the answer (closing idle connections to addresses that left
+    /// it). On failure a kept answer is used for another [`Dns::retry_after`].
+    async fn resolve(&self, i: usize, name: &str) -> Result<Vec<std::net::IpAddr>, ResolveError> {
         match self.dns.lookup(name).await {
             Ok(fresh) => {
                 let ips = fresh.addresses.clone();
-                let changed = kept.is_none_or(|k| k.addresses != fresh.addresses);
-                lock(&self.answers)[i] = Some(fresh);
-                if changed {
+                let old = lock(&self.answers)[i].replace(fresh);
+                if old.is_none_or(|k| k.addresses != ips) {
                     tracing::info!(name, addresses = ?ips, "backend name resolved");
                     self.close_departed();
                 }
@@ -430,10 +465,14 @@ impl Pool {
                 self.counters
                     .resolve_failures
                     .fetch_add(1, Ordering::Relaxed);
-                match kept {
+                let mut answers = lock(&self.answers);
+                match &mut answers[i] {
                     Some(k) => {
                         tracing::warn!(error = %e, "DNS lookup failed; using the previous answer");
-                        Ok(k.addresses)
+                        let now = Instant::now();
+                        k.fetched_at = now;
+                        k.valid_until = now + self.dns.retry_after();
+                        Ok(k.addresses.clone())
                     }
                     None => Err(e),
                 }
@@ -457,19 +496,28 @@ impl Pool {
         }
     }
 
-    /// Starts a background refresh if an answer has expired and none is running, so that
-    /// requests on kept connections never wait for DNS.
+    /// Starts a background refresh when an answer nears its expiry (and none is running), so
+    /// that a pool in use has the next answer before new connections need it and requests on
+    /// kept connections never wait for DNS.
     fn refresh_if_due(self: &Arc<Self>) {
         let now = Instant::now();
         let due = lock(&self.answers)
             .iter()
-            .any(|a| a.as_ref().is_some_and(|a| now >= a.valid_until));
+            .any(|a| a.as_ref().is_some_and(|a| now >= a.refresh_at()));
         if !due || self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            let _ = pool.targets().await;
+            let now = Instant::now();
+            for (i, a) in pool.addresses.iter().enumerate() {
+                let due = lock(&pool.answers)[i]
+                    .as_ref()
+                    .is_some_and(|k| now >= k.refresh_at());
+                if let (Host::Dns(name), true) = (&a.host, due) {
+                    let _ = pool.resolve(i, name).await;
+                }
+            }
             pool.refreshing.store(false, Ordering::Release);
         });
     }

@@ -63,8 +63,18 @@ pub enum ResolveError {
 pub struct Answer {
     /// The addresses.
     pub addresses: Vec<IpAddr>,
-    /// When to ask again.
+    /// When it was looked up.
+    pub fetched_at: Instant,
+    /// When it expires.
     pub valid_until: Instant,
+}
+
+impl Answer {
+    /// When to refresh it ahead of its expiry: after four fifths of its lifetime, so a pool
+    /// in use has the next answer before this one runs out.
+    pub fn refresh_at(&self) -> Instant {
+        self.fetched_at + (self.valid_until - self.fetched_at) * 4 / 5
+    }
 }
 
 /// The process's resolver.
@@ -119,6 +129,11 @@ impl Dns {
         builder.build().map_err(|e| setup(&e))
     }
 
+    /// How long a kept answer is used again after a failed lookup before the next attempt.
+    pub fn retry_after(&self) -> Duration {
+        self.config.min_ttl
+    }
+
     /// Resolves `name` (from the cache while its answer holds).
     pub async fn lookup(&self, name: &str) -> Result<Answer, ResolveError> {
         let resolver = self
@@ -149,6 +164,7 @@ impl Dns {
             .clamp(now + self.config.min_ttl, now + self.config.max_ttl);
         Ok(Answer {
             addresses,
+            fetched_at: now,
             valid_until,
         })
     }

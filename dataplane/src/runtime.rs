@@ -411,14 +411,12 @@ async fn probe_loop(backend: Weak<BackendRuntime>) {
         };
         // The probe goes where the proxy connects: the first address (a name: its answer's
         // first address).
-        let target = tokio::time::timeout(spec.timeout, b.pool.targets()).await;
-        let result = match target {
-            Ok(Ok(t)) => match t.first() {
+        let result = match b.pool.targets(spec.timeout).await {
+            Ok(t) => match t.first() {
                 Some(peer) => health::probe_once(*peer, &spec, &host).await,
                 None => Err(health::ProbeError::Timeout),
             },
-            Ok(Err(e)) => Err(health::ProbeError::Resolve(e.to_string())),
-            Err(_) => Err(health::ProbeError::Timeout),
+            Err(e) => Err(health::ProbeError::Resolve(e.to_string())),
         };
         b.record_probe(&spec, result);
         drop(b);

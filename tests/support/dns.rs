@@ -59,6 +59,11 @@ impl DnsServer {
         *self.answer.lock().unwrap() = addresses.to_vec();
     }
 
+    /// Stops answering (queries then time out, as with a dead name server).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// `A` queries answered so far.
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)

@@ -432,19 +432,8 @@ impl Pool {
         match tokio::time::timeout(wait, self.resolve(i, name)).await {
             Ok(Ok(ips)) => Ok(ips),
             Ok(Err(e)) => Err(e.into()),
-            // Slow name servers: the kept answer, not asked again for a while.
-            Err(_) => match &mut lock(&self.answers)[i] {
-                Some(k) => {
-                    self.counters
-                        .resolve_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    k.fetched_at = now;
-                    k.valid_until = now + self.dns.retry_after();
-                    Ok(k.addresses.clone())
-                }
-                None => Err(ConnectError::Timeout(wait)),
-            },
+            // Slow name servers: the kept answer, if there is one.
+            Err(_) => self.keep_answer(i).ok_or(ConnectError::Timeout(wait)),
         }
     }
 
@@ -462,22 +451,24 @@ impl Pool {
                 Ok(ips)
             }
             Err(e) => {
-                self.counters
-                    .resolve_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                let mut answers = lock(&self.answers);
-                match &mut answers[i] {
-                    Some(k) => {
-                        tracing::warn!(error = %e, "DNS lookup failed; using the previous answer");
-                        let now = Instant::now();
-                        k.fetched_at = now;
-                        k.valid_until = now + self.dns.retry_after();
-                        Ok(k.addresses.clone())
-                    }
-                    None => Err(e),
-                }
+                tracing::warn!(error = %e, "DNS lookup failed; using the previous answer if any");
+                self.keep_answer(i).ok_or(e)
             }
         }
+    }
+
+    /// After a failed or slow lookup of name `i`: counts it, and keeps its previous answer (if
+    /// any) for another [`Dns::retry_after`], so new connections do not each wait for DNS.
+    fn keep_answer(&self, i: usize) -> Option<Vec<std::net::IpAddr>> {
+        self.counters
+            .resolve_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let mut answers = lock(&self.answers);
+        let k = answers[i].as_mut()?;
+        let now = Instant::now();
+        k.fetched_at = now;
+        k.valid_until = now + self.dns.retry_after();
+        Some(k.addresses.clone())
     }
 
     /// Closes idle connections whose address is no longer in its name's answer.

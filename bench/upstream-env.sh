@@ -15,24 +15,31 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
 trap cleanup EXIT
 
+# One NGINX worker from $work/NAME.conf: CONNS connections, MAIN (extra main-context lines,
+# possibly empty) and HTTP (the http block's contents after `access_log off;`).
+run_nginx() {
+  local name=$1 conns=$2 main=$3 http=$4
+  cat >"$work/$name.conf" <<CONF
+worker_processes 1;
+${main}daemon off;
+pid $work/$name.pid;
+error_log $work/$name.err;
+events { worker_connections $conns; }
+http {
+  access_log off;
+$http}
+CONF
+  nginx -c "$work/$name.conf" -p "$work" & pids+=($!)
+}
+
 start_upstream() {
   local i=0 servers=""
   for port in "$@"; do
     i=$((i + 1))
     servers+="  server { listen 127.0.0.1:$port; location / { return 200 \"b$i\\n\"; } }"$'\n'
   done
-  cat >"$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-$servers}
-CONF
-  nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+  run_nginx upstream 4096 "" "  keepalive_requests 1000000;
+$servers"
 }
 
 start_tether() {
@@ -95,16 +102,7 @@ start_nginx() {
   local port=$1 servers=""
   shift
   for up in "$@"; do servers+="    server 127.0.0.1:$up;"$'\n'; done
-  cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 19000;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err;
-events { worker_connections 9000; }
-http {
-  access_log off;
-  client_header_timeout 10s;
+  run_nginx nginx 9000 "worker_rlimit_nofile 19000;"$'\n' "  client_header_timeout 10s;
   keepalive_timeout 60s;
   upstream u {
     hash \$http_x_user consistent;
@@ -118,13 +116,11 @@ $servers
     location / {
       proxy_pass http://u;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
-}
-CONF
-  nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+"
 }
 
 # Every process of a proxy (NGINX: master and worker), for CPU and memory accounting.

@@ -391,13 +391,8 @@ impl Pool {
     /// Where to connect, in order: every address, a DNS name by its answer. A name is looked
     /// up (waiting at most `wait`) when it has no answer or its answer expired; a kept answer
     /// is used when that lookup fails or takes longer.
-    pub async fn targets(
-        self: &Arc<Self>,
-        wait: Duration,
-    ) -> Result<Vec<SocketAddr>, ConnectError> {
-        if self.named {
-            self.refresh_if_due();
-        }
+    /// (The background refresh is started by [`Pool::checkout`], once per checkout.)
+    pub async fn targets(&self, wait: Duration) -> Result<Vec<SocketAddr>, ConnectError> {
         let mut out = Vec::with_capacity(self.addresses.len());
         let mut last_error = None;
         for (i, a) in self.addresses.iter().enumerate() {

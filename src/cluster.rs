@@ -2,7 +2,6 @@
 //! replicas) and `tether dataplane` (a proxy node following etcd — registered under a lease —
 //! or a control plane's Watch stream, with a local snapshot cache).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use tether_controlplane::{node, server};
 use tether_proto::keys::Layout;
 use tokio::sync::watch;
 
-use crate::process;
+use crate::{client, process};
 
 /// How to reach etcd.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,35 +82,34 @@ impl EtcdArgs {
 pub(crate) struct ControlPlaneArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// gRPC API address.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    api: SocketAddr,
-    /// Bearer tokens, one `admin:TOKEN` or `read-only:TOKEN` per line.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// Serve the API on a non-loopback address without tokens.
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    api: process::ApiArgs,
     /// Write `endpoints.json` (the bound address) into this directory.
     #[arg(long, value_name = "DIR")]
     endpoints_dir: Option<PathBuf>,
 }
 
 /// Runs `tether controlplane` until a signal.
-pub(crate) async fn controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let tokens = process::tokens(args.token_file.as_deref(), args.api, args.insecure)?;
+pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyhow::Result<()> {
+    let (tokens, tls) = args.api.security(insecure)?;
     let (store, layout) = args.etcd.connect()?;
-    let api_l = process::bind(args.api, "api").await?;
+    let api_l = process::bind(args.api.api, "api").await?;
+    let url = args.api.url(&api_l)?;
     if let Some(d) = &args.endpoints_dir {
         std::fs::create_dir_all(d)?;
-        process::write_endpoints(d, &[("api", &api_l)])?;
+        process::write_endpoints(d, &[("api", url.clone())])?;
     }
-    tracing::info!(api = %format!("http://{}", api_l.local_addr()?), etcd = ?args.etcd.etcd, "tether controlplane");
+    tracing::info!(api = %url, etcd = ?args.etcd.etcd, "tether controlplane");
     let api = Api::new(store, layout, None);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let mut server = tokio::spawn(server::serve(api_l, api, tokens, async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(Arc::clone(&tokens).follow(stopped()));
+    let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));
     tokio::select! {
         () = process::signal() => {
             let _ = stop_tx.send(true);
@@ -133,7 +131,8 @@ pub(crate) struct DataPlaneArgs {
     etcd: EtcdArgs,
     /// Follow a control plane's Watch stream instead of etcd (no etcd credentials needed;
     /// the node is then not registered for `tether nodes`). Sends `--token`/`TETHER_TOKEN`
-    /// (read-only is enough).
+    /// (a dataplane token is enough); an https:// URL is checked with `--ca` (and `--cert`/
+    /// `--key` for mTLS).
     #[arg(long, value_name = "URL", conflicts_with = "etcd")]
     controlplane: Option<String>,
     #[command(flatten)]
@@ -144,9 +143,6 @@ pub(crate) struct DataPlaneArgs {
     /// This node's id in `tether nodes` (default: host name and proxy port).
     #[arg(long)]
     node_id: Option<String>,
-    /// Serve the admin listener on a non-loopback address without a token.
-    #[arg(long)]
-    insecure: bool,
 }
 
 fn host_name() -> String {
@@ -159,16 +155,20 @@ fn host_name() -> String {
 }
 
 /// Runs `tether dataplane` until a signal.
-pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> anyhow::Result<()> {
+pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let admin_access = args.listen.admin_access(None, args.insecure)?;
+    let admin_access = args.listen.admin_access(None, conn.insecure)?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
-    process::write_endpoints(&args.data_dir, &[("proxy", &proxy_l), ("admin", &admin_l)])?;
+    let urls = [
+        ("proxy", process::http_url(&proxy_l)?),
+        ("admin", process::http_url(&admin_l)?),
+    ];
+    process::write_endpoints(&args.data_dir, &urls)?;
     tracing::info!(
-        proxy = %format!("http://{}", proxy_l.local_addr()?),
-        admin = %format!("http://{}", admin_l.local_addr()?),
+        proxy = %urls[0].1,
+        admin = %urls[1].1,
         etcd = ?args.etcd.etcd,
         controlplane = ?args.controlplane,
         "tether dataplane"
@@ -194,7 +194,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, token: Option<String>) -> any
     let shutdown = node::Shutdown::new(stop_tx.subscribe());
     let agent = match &args.controlplane {
         Some(url) => {
-            let source = RemoteSource::connect(url, token.as_deref()).context("--controlplane")?;
+            let source = RemoteSource::connect(&conn.options(url)).context("--controlplane")?;
             tokio::spawn(node::run(source, Arc::clone(&rt), opts, None, shutdown))
         }
         None => {

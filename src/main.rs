@@ -136,11 +136,12 @@ fn main() -> ExitCode {
         }
     };
     let conn = cli.conn;
+    let server = conn.server().to_owned();
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Controlplane(args) => cluster::controlplane(args).await,
-            Command::Dataplane(args) => cluster::dataplane(args, conn.token.clone()).await,
+            Command::Up(args) => up::run(args, conn.insecure).await,
+            Command::Controlplane(args) => cluster::controlplane(args, conn.insecure).await,
+            Command::Dataplane(args) => cluster::dataplane(args, &conn).await,
             Command::Explain(args) => client::explain(&conn, &args).await,
             Command::Backend { op } => client::resource::<v1::Backend>(&conn, op).await,
             Command::Probe { op } => client::resource::<v1::Probe>(&conn, op).await,
@@ -157,6 +158,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether: {e:#}");
+            if let Some(h) = client::hint(&e, &server) {
+                eprintln!("  ({h})");
+            }
             ExitCode::from(exit_code(&e))
         }
     }

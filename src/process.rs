@@ -4,14 +4,15 @@
 //! waiting for Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tether_controlplane::auth::Tokens;
+use tether_controlplane::auth::{TokenFile, Tokens};
 use tether_controlplane::convert::MAX_DURATION;
 use tether_controlplane::duration;
+use tether_controlplane::tls::{ServerTls, TlsFiles};
 use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::resolve::DnsConfig;
@@ -137,7 +138,7 @@ impl ProxyArgs {
         Ok(if tokens.is_empty() {
             admin::Access::open()
         } else {
-            admin::Access::tokens(tokens.tokens(), self.admin_metrics_public)
+            admin::Access::digests(tokens.digests(), self.admin_metrics_public)
         })
     }
 
@@ -239,36 +240,90 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
     })
 }
 
-/// The API's tokens; refuses a non-loopback API without tokens unless `insecure`.
-pub(crate) fn tokens(
-    file: Option<&Path>,
-    api: SocketAddr,
-    insecure: bool,
-) -> anyhow::Result<Tokens> {
-    let tokens = match file {
-        Some(p) => Tokens::load(p)?,
-        None => Tokens::none(),
-    };
-    if tokens.is_empty() && !api.ip().is_loopback() && !insecure {
-        bail!(
-            "refusing to serve the API on {api} without tokens: give --token-file FILE, or --insecure to accept anyone who can reach it"
-        );
-    }
-    Ok(tokens)
+/// Where the API listens, who may call it and how it is encrypted: the flags `tether up` and
+/// `tether controlplane` share.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ApiArgs {
+    /// gRPC API address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub(crate) api: SocketAddr,
+    /// Bearer tokens, one `ROLE:TOKEN` or `ROLE:sha256:HEX` per line, ROLE one of admin,
+    /// read-only, dataplane. Re-read when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) of the API; re-read when it changes.
+    #[arg(long, value_name = "FILE", requires = "api_key")]
+    pub(crate) api_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "api_cert")]
+    pub(crate) api_key: Option<PathBuf>,
+    /// CA certificates (PEM): clients must present a certificate one of them signed (mTLS;
+    /// tokens still decide the role).
+    #[arg(long, value_name = "FILE", requires = "api_cert")]
+    pub(crate) api_client_ca: Option<PathBuf>,
 }
 
-/// Writes `<dir>/endpoints.json` with where each listener is bound (ports may have been 0):
-/// for scripts and tests.
-pub(crate) fn write_endpoints(
-    dir: &Path,
-    listeners: &[(&str, &TcpListener)],
-) -> anyhow::Result<()> {
+impl ApiArgs {
+    /// The API's tokens and TLS. Off loopback both are required unless `insecure`: without
+    /// TLS, tokens and every configuration cross the network in clear; without tokens, anyone
+    /// who can reach the port rewrites the routing.
+    pub(crate) fn security(
+        &self,
+        insecure: bool,
+    ) -> anyhow::Result<(Arc<TokenFile>, Option<Arc<ServerTls>>)> {
+        let tokens = match &self.token_file {
+            Some(p) => TokenFile::load(p).context("--token-file")?,
+            None => TokenFile::none(),
+        };
+        let tls = match (&self.api_cert, &self.api_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ServerTls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.api_client_ca.clone(),
+                })
+                .context("--api-cert/--api-key")?,
+            )),
+            _ => None,
+        };
+        let api = self.api;
+        if !api.ip().is_loopback() && !insecure {
+            if tls.is_none() {
+                bail!(
+                    "refusing to serve the API on {api} without TLS: tokens and configuration would cross the network in clear. Give --api-cert FILE --api-key FILE, or --insecure"
+                );
+            }
+            if self.token_file.is_none() {
+                bail!(
+                    "refusing to serve the API on {api} without tokens: give --token-file FILE, or --insecure to accept anyone who can reach it"
+                );
+            }
+        }
+        Ok((tokens, tls))
+    }
+
+    /// The API's URL once bound.
+    pub(crate) fn url(&self, l: &TcpListener) -> std::io::Result<String> {
+        let scheme = if self.api_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{}", l.local_addr()?))
+    }
+}
+
+/// The `http://` URL of a bound listener.
+pub(crate) fn http_url(l: &TcpListener) -> std::io::Result<String> {
+    Ok(format!("http://{}", l.local_addr()?))
+}
+
+/// Writes `<dir>/endpoints.json` with each listener's URL (ports may have been 0): for
+/// scripts and tests.
+pub(crate) fn write_endpoints(dir: &Path, urls: &[(&str, String)]) -> anyhow::Result<()> {
     let mut map = serde_json::Map::new();
-    for (name, l) in listeners {
-        map.insert(
-            (*name).to_owned(),
-            format!("http://{}", l.local_addr()?).into(),
-        );
+    for (name, url) in urls {
+        map.insert((*name).to_owned(), url.clone().into());
     }
     let file = dir.join("endpoints.json");
     let tmp = dir.join("endpoints.json.tmp");

@@ -6,7 +6,6 @@
 //! store's history to the last 10,000 revisions once a minute): the gRPC server, the follower that turns each store revision into a snapshot, the
 //! proxy and the admin listener.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,9 +22,8 @@ use crate::{client, process};
 /// Arguments of `tether up`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// gRPC API address.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    api: SocketAddr,
+    #[command(flatten)]
+    api: process::ApiArgs,
     #[command(flatten)]
     listen: process::ProxyArgs,
     /// Where the embedded store keeps its file.
@@ -34,12 +32,6 @@ pub(crate) struct Args {
     /// Apply this declarative file at start (created or updated; nothing is pruned).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Bearer tokens, one `admin:TOKEN` or `read-only:TOKEN` per line.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// Serve the API on a non-loopback address without tokens.
-    #[arg(long)]
-    insecure: bool,
     /// Key prefix in the store.
     #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
     prefix: String,
@@ -71,8 +63,8 @@ async fn compact_history(store: EmbeddedStore, shutdown: impl std::future::Futur
 }
 
 /// Runs `tether up` until a signal.
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let tokens = process::tokens(args.token_file.as_deref(), args.api, args.insecure)?;
+pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
+    let (tokens, tls) = args.api.security(insecure)?;
     let layout = Layout::new(&args.prefix)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -85,8 +77,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let admin_access = args
         .listen
-        .admin_access(args.token_file.as_deref(), args.insecure)?;
-    let api_l = process::bind(args.api, "api").await?;
+        .admin_access(args.api.token_file.as_deref(), insecure)?;
+    let api_l = process::bind(args.api.api, "api").await?;
     let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
     let admin_l = process::bind(args.listen.admin, "admin").await?;
     let rt = args.listen.runtime()?;
@@ -110,14 +102,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    process::write_endpoints(
-        &args.data_dir,
-        &[("api", &api_l), ("proxy", &proxy_l), ("admin", &admin_l)],
-    )?;
+    let urls = [
+        ("api", args.api.url(&api_l)?),
+        ("proxy", process::http_url(&proxy_l)?),
+        ("admin", process::http_url(&admin_l)?),
+    ];
+    process::write_endpoints(&args.data_dir, &urls)?;
     tracing::info!(
-        api = %format!("http://{}", api_l.local_addr()?),
-        proxy = %format!("http://{}", proxy_l.local_addr()?),
-        admin = %format!("http://{}", admin_l.local_addr()?),
+        api = %urls[0].1,
+        proxy = %urls[1].1,
+        admin = %urls[2].1,
         store = %db.display(),
         "tether up"
     );
@@ -138,14 +132,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         &stop_tx,
     )?;
     let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
-    let mut server = tokio::spawn(server::serve(api_l, api, tokens, stopped()));
+    let token_follower = tokio::spawn(Arc::clone(&tokens).follow(stopped()));
+    let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));
     let early = tokio::select! {
         () = process::signal() => None,
         r = &mut server => Some(r),
     };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task, compactor);
+    let _ = tokio::join!(follower, admin_task, compactor, token_follower);
     for t in proxy_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

@@ -1,5 +1,5 @@
 //! The API surface of `tether up` through the real binary: bearer tokens and roles, the
-//! refusal of a non-loopback API without tokens, the standard gRPC health service and server
+//! refusal of a non-loopback API without TLS or tokens, the standard gRPC health service and server
 //! reflection, and CLI exit codes.
 
 mod support;
@@ -89,17 +89,47 @@ async fn tokens_roles_health_and_reflection() {
 }
 
 #[test]
-fn a_non_loopback_api_without_tokens_is_refused() {
+fn a_non_loopback_api_without_tls_or_tokens_is_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let up = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["up", "--api", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = up(&[]);
+    assert!(
+        err.contains("without TLS") && err.contains("--api-cert") && err.contains("--insecure"),
+        "{err}"
+    );
+    let ca = support::certs::Ca::new(dir.path(), "ca");
+    let leaf = ca.leaf(dir.path(), "api");
+    let err = up(&[
+        "--api-cert",
+        leaf.cert.to_str().unwrap(),
+        "--api-key",
+        leaf.key.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("without tokens")
+            && err.contains("--token-file")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+    // The CLI will not send a token in plaintext off loopback either.
     let out = Command::new(BIN)
-        .args(["up", "--api", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
+        .args(["backend", "list", "--server", "http://192.0.2.1:7070"])
+        .env("TETHER_TOKEN", ADMIN)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--token-file") && err.contains("--insecure"),
+        err.contains("plaintext") && err.contains("--insecure"),
         "{err}"
     );
 }

@@ -13,7 +13,9 @@
 //!   one transaction;
 //! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
 //!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens;
-//!   [`server`] serves it all with the health and reflection services;
+//!   [`server`] serves it all with the health and reflection services, over TLS from
+//!   [`tls`] when given certificates;
+//! - [`client`]: how the CLI and a following data plane reach the API (URL, TLS, token);
 //! - [`node`]: the node agent — what a proxy node runs to follow the store: the follower
 //!   state machine over a narrow [`node::Source`] (the embedded store, etcd, or a control
 //!   plane's Watch stream), the snapshot cache, registration under a lease, the supervisor and
@@ -26,10 +28,12 @@
 //! and rings) → `Runtime::install`.
 
 pub mod auth;
+pub mod client;
 pub mod convert;
 pub mod declarative;
 pub mod duration;
 pub mod error;
+mod files;
 pub mod node;
 pub mod nodes;
 pub mod pattern;
@@ -37,3 +41,4 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -1,15 +1,18 @@
 //! The gRPC server: the `Tether` service, the standard health service and server reflection,
-//! all behind the [`crate::auth`] layer, on a listener the caller bound.
+//! all behind the [`crate::auth`] layer, on a listener the caller bound — over TLS
+//! ([`crate::tls`]) when given certificates.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tether_proto::v1::tether_server::TetherServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::auth::{AuthLayer, Tokens};
+use crate::auth::{AuthLayer, TokenFile};
 use crate::service::Api;
 use crate::store::Store;
+use crate::tls::ServerTls;
 
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -25,11 +28,12 @@ pub enum ServeError {
 /// Largest request or response message (an Apply of many resources).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` — with TLS when `tls` is given — until `shutdown` resolves.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     api: Api<S>,
-    tokens: Tokens,
+    tokens: Arc<TokenFile>,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -40,12 +44,22 @@ pub async fn serve<S: Store>(
     let tether = TetherServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(AuthLayer::new(tokens))
         .add_service(health)
         .add_service(reflection)
-        .add_service(tether)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(tether);
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+    }
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tether_controlplane::auth::Tokens;
+use tether_controlplane::auth::TokenFile;
+use tether_controlplane::client::ClientOptions;
 use tether_controlplane::node::remote::RemoteSource;
 use tether_controlplane::node::{self, Shutdown, StoreSource};
 use tether_controlplane::server;
@@ -99,7 +100,8 @@ async fn both_follower_kinds_route_alike_and_leave_out_the_same_objects() {
         tokio::spawn(server::serve(
             listener,
             api.clone(),
-            Tokens::none(),
+            TokenFile::none(),
+            None,
             async move { s.wait().await },
         ))
     };
@@ -128,7 +130,11 @@ async fn both_follower_kinds_route_alike_and_leave_out_the_same_objects() {
             shutdown.clone(),
         )),
         tokio::spawn(node::run(
-            RemoteSource::connect(&url, None).unwrap(),
+            RemoteSource::connect(&ClientOptions {
+                url: url.clone(),
+                ..ClientOptions::default()
+            })
+            .unwrap(),
             Arc::clone(&remote),
             node::Options::default(),
             None,

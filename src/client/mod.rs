@@ -13,6 +13,6 @@ mod output;
 mod resources;
 
 pub(crate) use commands::{ApplyArgs, HealthCmd, WatchArgs, apply, explain, health, nodes, watch};
-pub(crate) use conn::{CallError, Conn};
+pub(crate) use conn::{CallError, Conn, hint};
 pub(crate) use input::{InputError, apply_request};
 pub(crate) use resources::{ResourceCmd, run as resource};

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // test support: a failed setup should panic
 
+pub mod certs;
 pub mod dns;
 pub mod etcd;
 

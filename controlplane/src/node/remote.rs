@@ -2,32 +2,14 @@
 //! [`Source`], for `tether dataplane --controlplane URL`: a node that follows the state without
 //! etcd credentials. Read-only by construction: a source has no write methods.
 
-use tether_proto::v1::tether_client::TetherClient;
 use tether_proto::v1::{self};
 use tonic::codec::Streaming;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::source::{Batch, Listed, Source, Watch};
+use crate::client::{Client, ClientOptions};
 use crate::state::{Change, State};
 use crate::store::StoreError;
-
-/// Adds the bearer token to every call.
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Client = TetherClient<InterceptedService<Channel, Bearer>>;
 
 /// The control plane as a source.
 #[derive(Debug, Clone)]
@@ -53,20 +35,13 @@ fn status_error(what: &str, s: &Status) -> StoreError {
 }
 
 impl RemoteSource {
-    /// A source following the control plane at `url` (lazily connected), sending `token`.
-    pub fn connect(url: &str, token: Option<&str>) -> Result<RemoteSource, StoreError> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| StoreError::Storage(format!("--controlplane {url:?}: {e}")))?
-            .connect_lazy();
-        let token = token
-            .map(|t| format!("Bearer {t}").parse())
-            .transpose()
-            .map_err(|_| {
-                StoreError::Storage("the token holds characters not allowed in a header".into())
-            })?;
+    /// A source following the control plane `opts` names (lazily connected).
+    pub fn connect(opts: &ClientOptions) -> Result<RemoteSource, StoreError> {
+        let (endpoint, bearer) = opts
+            .endpoint()
+            .map_err(|e| StoreError::Storage(format!("--controlplane: {e}")))?;
         Ok(RemoteSource {
-            client: TetherClient::with_interceptor(channel, Bearer(token))
-                .max_decoding_message_size(256 << 20),
+            client: crate::client::client(endpoint.connect_lazy(), bearer, 256 << 20),
         })
     }
 }

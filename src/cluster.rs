@@ -143,6 +143,20 @@ pub(crate) struct DataPlaneArgs {
     /// This node's id in `tether nodes` (default: host name and proxy port).
     #[arg(long)]
     node_id: Option<String>,
+    /// A node serving only its snapshot cache (the store not reached since it started)
+    /// reports not ready on /readyz once the store last confirmed that cache this long ago
+    /// (default: ready however old; it keeps serving either way).
+    #[arg(long, value_parser = cache_age)]
+    cache_max_age: Option<std::time::Duration>,
+}
+
+/// `--cache-max-age`: one second to 30 days.
+fn cache_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = tether_controlplane::duration::parse(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(30 * 86_400) {
+        return Err(format!("{s:?}: must be between 1s and 720h"));
+    }
+    Ok(d)
 }
 
 fn host_name() -> String {
@@ -190,6 +204,7 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
     let stop_tx = watch::Sender::new(false);
     let opts = node::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
+        cache_max_age: args.cache_max_age,
     };
     let shutdown = node::Shutdown::new(stop_tx.subscribe());
     let agent = match &args.controlplane {

@@ -110,6 +110,12 @@ pub fn handle(rt: &Runtime, access: &Access, req: &Request<Incoming>) -> Respons
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" if rt.is_ready() => reply(StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" if rt.cache_is_stale() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not ready: serving the snapshot cache, which the store last confirmed longer ago than --cache-max-age\n"
+                .into(),
+        ),
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -64,6 +64,8 @@ pub struct Runtime {
     confirmed: Mutex<Option<Instant>>,
     /// Whether the applied state came from the local cache.
     from_cache: AtomicBool,
+    /// When a state from the cache stops counting as ready (`--cache-max-age`).
+    cache_stale_at: Mutex<Option<SystemTime>>,
     /// The listeners' edges (connection counts and counters, for `/metrics`).
     listeners: Mutex<Vec<Arc<Edge>>>,
     /// Where replaced snapshots go to be freed (`None`: freed in place, if the thread could
@@ -111,6 +113,7 @@ impl Runtime {
             apply_delay: Histogram::default(),
             confirmed: Mutex::new(None),
             from_cache: AtomicBool::new(false),
+            cache_stale_at: Mutex::new(None),
             listeners: Mutex::new(Vec::new()),
             reclaim,
             dns: Arc::new(Dns::new(dns)),
@@ -131,9 +134,20 @@ impl Runtime {
         self.current.load_full()
     }
 
-    /// Whether the first full snapshot has been applied.
+    /// Whether the first full snapshot has been applied — and, for a state from the cache,
+    /// whether it is younger than the cache's maximum age.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.cache_is_stale()
+    }
+
+    /// Whether the applied state came from the cache and is older than it may be.
+    pub fn cache_is_stale(&self) -> bool {
+        self.from_cache()
+            && self
+                .cache_stale_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|t| SystemTime::now() >= t)
     }
 
     /// Marks the runtime ready (after the first full listing is applied).
@@ -196,8 +210,13 @@ impl Runtime {
             .map(|t| t.elapsed())
     }
 
-    /// Marks the applied state as loaded from the local cache.
-    pub fn set_from_cache(&self) {
+    /// Marks the applied state as loaded from the local cache; it stops counting as ready at
+    /// `stale_at` (never, if `None`) unless the store confirms a state first.
+    pub fn set_from_cache(&self, stale_at: Option<SystemTime>) {
+        *self
+            .cache_stale_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = stale_at;
         self.from_cache.store(true, Ordering::Release);
     }
 

@@ -2,10 +2,18 @@
 //! starts while the store is unreachable serves what it served before.
 //!
 //! Format: the magic `TTHRSNP1`, the SHA-256 of the payload, then the payload — the state as a
-//! `tether.v1.ConfigSnapshot` message ([`State::to_snapshot`]). Written to a temporary file
-//! and renamed, so a crash leaves the old file or the new one.
+//! `tether.v1.ConfigSnapshot` message ([`State::to_snapshot`]). Written to a temporary file,
+//! fsynced, renamed over the old one, and the directory fsynced: a crash or a power cut leaves
+//! the old file or the new one, never a torn or empty one (a rename is only durable once its
+//! directory is synced, and without the file's own fsync first, ext4 and XFS may persist the
+//! rename before the data).
+//!
+//! The file's modification time is when the store last confirmed its contents: it is written
+//! at each applied revision, and [`touch`]ed while the store confirms an unchanged state, so a
+//! node that starts from it knows how old what it serves may be (`--cache-max-age`).
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -50,31 +58,62 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<State, CacheError> {
     Ok(State::from_snapshot(snapshot).0)
 }
 
-/// Writes the state to `path` atomically (temporary file, then rename).
+/// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed, the directory fsynced.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes the state to `path` atomically and durably.
 pub async fn write(path: PathBuf, state: &State) -> Result<(), CacheError> {
     let bytes = encode(state);
     tokio::task::spawn_blocking(move || {
-        let io = |source| CacheError::Io {
+        write_durably(&path, &bytes).map_err(|source| CacheError::Io {
             path: path.display().to_string(),
             source,
-        };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        })
     })
     .await
     .unwrap_or_else(|e| Err(CacheError::Damaged(format!("cache writer failed: {e}"))))
 }
 
-/// Reads the cache file, if there is one.
-pub fn read(path: &Path) -> Result<Option<State>, CacheError> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode(path, &bytes).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CacheError::Io {
+/// Marks the cache as confirmed now (its modification time), without rewriting it.
+pub fn touch(path: &Path) -> Result<(), CacheError> {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(|source| CacheError::Io {
             path: path.display().to_string(),
             source,
-        }),
+        })
+}
+
+/// Reads the cache file, if there is one: its state and when the store last confirmed it.
+pub fn read(path: &Path) -> Result<Option<(State, SystemTime)>, CacheError> {
+    let io = |source| CacheError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let confirmed = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map_err(io)?;
+            decode(path, &bytes).map(|s| Some((s, confirmed)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(io(source)),
     }
 }
 
@@ -107,5 +146,39 @@ mod tests {
         bad[last] ^= 1;
         assert!(matches!(decode(p, &bad), Err(CacheError::Damaged(_))));
         assert!(decode(p, b"nope").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_leaves_the_last_good_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.cache");
+        let state = |revision| State {
+            revision,
+            config_revision: revision,
+            ..State::default()
+        };
+        write(path.clone(), &state(1)).await.unwrap();
+        // Killed while writing the next one: a torn temporary file beside the cache.
+        std::fs::write(path.with_extension("tmp"), &encode(&state(2))[..20]).unwrap();
+        let (s, _) = read(&path).unwrap().unwrap();
+        assert_eq!(s.revision, 1);
+        // Killed right after the rename: the new one, whole.
+        write(path.clone(), &state(2)).await.unwrap();
+        let (s, written) = read(&path).unwrap().unwrap();
+        assert_eq!(s.revision, 2);
+        assert!(!path.with_extension("tmp").exists());
+        // Touched: confirmed later, same contents.
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().1, old);
+        touch(&path).unwrap();
+        let (s, touched) = read(&path).unwrap().unwrap();
+        assert_eq!(s.revision, 2);
+        assert!(touched >= written);
     }
 }

@@ -63,7 +63,14 @@ pub enum Phase {
 pub struct Options {
     /// The snapshot cache file.
     pub cache: Option<PathBuf>,
+    /// A state from the cache stops counting as ready once the store last confirmed it this
+    /// long ago (`None`: it stays ready however old).
+    pub cache_max_age: Option<Duration>,
 }
+
+/// How often the cache file's time is moved forward while the store confirms an unchanged
+/// state (the granularity of `--cache-max-age`).
+const CACHE_TOUCH: Duration = Duration::from_secs(60);
 
 /// Applies a state to the runtime; false when it could not be applied.
 ///
@@ -121,6 +128,8 @@ pub struct Follower<S> {
     backoff: Backoff,
     /// Failed attempts to reach the source in a row (logged once per outage).
     streak: Streak,
+    /// When the cache file was last written or touched.
+    cache_confirmed: Option<Instant>,
 }
 
 impl<S: Source> Follower<S> {
@@ -135,6 +144,7 @@ impl<S: Source> Follower<S> {
             listed: false,
             backoff: backoff(),
             streak: Streak::default(),
+            cache_confirmed: None,
         }
     }
 
@@ -164,11 +174,15 @@ impl<S: Source> Follower<S> {
             return;
         };
         match cache::read(path) {
-            Ok(Some(s)) => {
+            Ok(Some((s, confirmed))) => {
                 if apply(&self.rt, &s, &mut self.converted) {
-                    self.rt.set_from_cache();
+                    self.rt
+                        .set_from_cache(self.opts.cache_max_age.map(|age| confirmed + age));
                     self.rt.set_ready();
-                    tracing::info!(revision = s.revision, cache = %path.display(), "serving the cached snapshot until the store answers");
+                    let age = SystemTime::now()
+                        .duration_since(confirmed)
+                        .unwrap_or_default();
+                    tracing::info!(revision = s.revision, cache = %path.display(), age = ?age, ready = self.rt.is_ready(), "serving the cached snapshot until the store answers");
                 }
             }
             Ok(None) => {}
@@ -233,7 +247,7 @@ impl<S: Source> Follower<S> {
         loop {
             let end = match w.next().await {
                 Some(Ok(b)) if b.progress => {
-                    self.rt.mark_confirmed();
+                    self.confirmed();
                     continue;
                 }
                 Some(Ok(b)) if b.revision <= self.state.revision => {
@@ -269,7 +283,7 @@ impl<S: Source> Follower<S> {
             // Node registrations and the like: nothing to rebuild.
             self.state.revision = b.revision;
             self.rt.saw_revision(b.revision);
-            self.rt.mark_confirmed();
+            self.confirmed();
             return;
         }
         let errors = self.state.apply(b.revision, b.changes);
@@ -295,12 +309,29 @@ impl<S: Source> Follower<S> {
         }
     }
 
-    /// Writes the cache file, if there is one (a failure is logged: serving goes on).
-    async fn save(&self) {
+    /// The store confirmed the applied state without changing it: so does the cache file,
+    /// once a [`CACHE_TOUCH`].
+    fn confirmed(&mut self) {
+        self.rt.mark_confirmed();
         if let Some(p) = &self.opts.cache
-            && let Err(e) = cache::write(p.clone(), &self.state).await
+            && self
+                .cache_confirmed
+                .is_some_and(|t| t.elapsed() >= CACHE_TOUCH)
         {
-            tracing::warn!(error = %e, "snapshot cache not written");
+            self.cache_confirmed = Some(Instant::now());
+            if let Err(e) = cache::touch(p) {
+                tracing::warn!(error = %e, "snapshot cache not touched");
+            }
+        }
+    }
+
+    /// Writes the cache file, if there is one (a failure is logged: serving goes on).
+    async fn save(&mut self) {
+        if let Some(p) = &self.opts.cache {
+            match cache::write(p.clone(), &self.state).await {
+                Ok(()) => self.cache_confirmed = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "snapshot cache not written"),
+            }
         }
     }
 }

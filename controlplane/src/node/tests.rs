@@ -295,13 +295,53 @@ async fn a_node_starts_from_its_cache_while_the_source_is_down_then_catches_up()
         .list(Err(down()))
         .list_state(state(9, &["fresh"]));
     let _w = src.watch();
-    let (rt, _stop) = start(&src, Options { cache: Some(cache) });
+    let (rt, _stop) = start(
+        &src,
+        Options {
+            cache: Some(cache),
+            cache_max_age: Some(Duration::from_secs(3600)),
+        },
+    );
     settle().await;
     assert!(rt.is_ready() && rt.from_cache());
     assert_eq!(applied(&rt), (5, vec!["cached".to_owned()]));
     tokio::time::sleep(RETRY_CAP * 2).await;
     settle().await;
     assert_eq!(applied(&rt), (9, vec!["fresh".to_owned()]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cache_older_than_its_maximum_age_serves_but_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("snapshot.cache");
+    super::cache::write(cache.clone(), &state(5, &["cached"]))
+        .await
+        .unwrap();
+    // Last confirmed by the store two hours ago.
+    std::fs::File::options()
+        .write(true)
+        .open(&cache)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let src = Scripted::default();
+    src.list(Err(down())).list_state(state(9, &["fresh"]));
+    let _w = src.watch();
+    let (rt, _stop) = start(
+        &src,
+        Options {
+            cache: Some(cache),
+            cache_max_age: Some(Duration::from_secs(3600)),
+        },
+    );
+    settle().await;
+    assert_eq!(applied(&rt), (5, vec!["cached".to_owned()]), "still served");
+    assert!(rt.from_cache() && rt.cache_is_stale() && !rt.is_ready());
+    // The store answers: ready, whatever the cache's age.
+    tokio::time::sleep(RETRY_CAP * 2).await;
+    settle().await;
+    assert_eq!(applied(&rt), (9, vec!["fresh".to_owned()]));
+    assert!(rt.is_ready() && !rt.from_cache());
 }
 
 #[tokio::test(start_paused = true)]

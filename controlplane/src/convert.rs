@@ -18,6 +18,7 @@ use tether_dataplane::config::{
     MemberSpec, Policy, ProbeRequest, ProbeSpec, RouteSpec, ShardSpec, TargetRef, Timeouts,
 };
 use tether_dataplane::director::{Algorithm, BuildError, Directors, HealthyMode, balanced};
+use tether_dataplane::limits;
 use tether_proto::keys::Kind;
 use tether_proto::v1;
 
@@ -30,9 +31,9 @@ pub enum Failure {
     Precondition,
 }
 
-/// A refused resource: which field, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
+/// A refused resource: which field, and why — and every further violation the same check
+/// found (`more`), so a caller fixes them all in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// The field path, as `directors[1].members[0].weight`.
     pub field: String,
@@ -40,7 +41,25 @@ pub struct FieldError {
     pub message: String,
     /// Bad value or missing reference.
     pub failure: Failure,
+    /// Further violations (each without its own `more`), bad values first.
+    pub more: Vec<FieldError>,
 }
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)?;
+        match self.more.len() {
+            0 => Ok(()),
+            1 => write!(f, " (and 1 more violation)"),
+            n => write!(f, " (and {n} more violations)"),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// Most violations one error reports (a request with 10,000 bad backends gets the first ones).
+pub const MAX_VIOLATIONS: usize = 100;
 
 impl FieldError {
     /// A bad value.
@@ -49,6 +68,7 @@ impl FieldError {
             field: field.into(),
             message: message.to_string(),
             failure: Failure::Invalid,
+            more: Vec::new(),
         }
     }
 
@@ -63,7 +83,75 @@ impl FieldError {
             field: field.into(),
             message: message.to_string(),
             failure: Failure::Precondition,
+            more: Vec::new(),
         }
+    }
+
+    /// This violation and every further one, each on its own.
+    pub fn violations(&self) -> impl Iterator<Item = &FieldError> {
+        std::iter::once(self).chain(&self.more)
+    }
+
+    /// One error of several: bad values first (a missing reference may only follow from a
+    /// bad value), at most [`MAX_VIOLATIONS`]. `None` when there are none.
+    fn merge(errors: Vec<FieldError>) -> Option<FieldError> {
+        let mut flat: Vec<FieldError> = errors
+            .into_iter()
+            .flat_map(|mut e| {
+                let more = std::mem::take(&mut e.more);
+                std::iter::once(e).chain(more)
+            })
+            .collect();
+        // Stable: within a kind, the order the checks ran in.
+        flat.sort_by_key(|e| e.failure != Failure::Invalid);
+        flat.truncate(MAX_VIOLATIONS);
+        let mut it = flat.into_iter();
+        let mut first = it.next()?;
+        first.more = it.collect();
+        Some(first)
+    }
+}
+
+/// The violations a check found so far: it goes on after the first.
+#[derive(Debug, Default)]
+struct Violations(Vec<FieldError>);
+
+impl Violations {
+    /// The value, or `None` with its error kept.
+    fn check<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, e: FieldError) {
+        self.0.push(e);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Enough found to stop looking (a list of 100,000 bad members).
+    fn full(&self) -> bool {
+        self.0.len() >= MAX_VIOLATIONS
+    }
+
+    /// `ok` if nothing was found, else every violation as one error.
+    fn finish<T>(&mut self, ok: T) -> Result<T, FieldError> {
+        match FieldError::merge(std::mem::take(&mut self.0)) {
+            None => Ok(ok),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The violations found, as one error (at least one must have been).
+    fn error(self) -> FieldError {
+        FieldError::merge(self.0).unwrap_or_else(|| FieldError::invalid("request", "is invalid"))
     }
 }
 
@@ -193,6 +281,7 @@ fn reuse_or_convert<'a, M, S: Clone>(
 ) -> Result<Vec<S>, FieldError> {
     let mut old = std::mem::take(cache).into_iter().peekable();
     let mut next = Vec::with_capacity(set.len());
+    let mut errors = Violations::default();
     for (at, m) in set {
         let (m_name, revision) = stored(m);
         let mut reused = None;
@@ -208,11 +297,20 @@ fn reuse_or_convert<'a, M, S: Clone>(
             }
             old.next();
         }
-        let spec = match reused {
-            Some(spec) => spec,
-            None => convert(m, at)?,
-        };
-        next.push((revision, spec));
+        match reused.map_or_else(|| convert(m, at), Ok) {
+            Ok(spec) => next.push((revision, spec)),
+            Err(e) => {
+                // Every message's violations, not the first message's.
+                errors.push(e);
+                if errors.full() {
+                    break;
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        // The cache would no longer line up with the set: the next call converts anew.
+        return Err(errors.error());
     }
     let specs = next.iter().map(|(_, s)| s.clone()).collect();
     *cache = next;
@@ -233,71 +331,118 @@ pub fn validate_with(
     prev: Option<&Directors>,
     converted: &mut Converted,
 ) -> Result<Validated, FieldError> {
-    let mut config = Config {
-        backends: converted.backends(set)?,
-        ..Config::default()
-    };
+    check_counts(set)?;
+    // Every resource is converted, and every violation found, before the first is reported;
+    // what needs valid resources (references, the directors' graph) comes after.
+    let mut errors = Violations::default();
+    let backends = errors.check(converted.backends(set));
     let mut seen = FxHashSet::default();
     seen.reserve(set.backends.len());
     for (at, b) in &set.backends {
         if !seen.insert(b.name.as_str()) {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.name"),
                 format!("backend {:?} is given twice", b.name),
             ));
         }
     }
     let mut probes = FxHashSet::default();
+    let mut probe_specs = Vec::with_capacity(set.probes.len());
     for (at, p) in &set.probes {
-        let spec = probe(p, at)?;
-        if !probes.insert(p.name.as_str()) {
-            return Err(FieldError::invalid(
-                format!("{at}.name"),
-                format!("probe {:?} is given twice", spec.name),
-            ));
+        if let Some(spec) = errors.check(probe(p, at)) {
+            if !probes.insert(p.name.as_str()) {
+                errors.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    format!("probe {:?} is given twice", spec.name),
+                ));
+            }
+            probe_specs.push(spec);
         }
-        config.probes.push(spec);
     }
+    let directors = errors.check(converted.directors(set));
+    let mut routes = FxHashSet::default();
+    let mut route_specs = Vec::with_capacity(set.routes.len());
+    for (at, r) in &set.routes {
+        if let Some(spec) = errors.check(route(r, at)) {
+            if !routes.insert(r.name.as_str()) {
+                errors.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    format!("route {:?} is given twice", spec.name),
+                ));
+            }
+            route_specs.push(spec);
+        }
+    }
+    let (Some(backends), Some(directors)) = (backends, directors) else {
+        return Err(errors.error());
+    };
+    if !errors.is_empty() {
+        return Err(errors.error());
+    }
+    let mut config = Config {
+        backends,
+        probes: probe_specs,
+        directors,
+        ..Config::default()
+    };
     for ((at, _), b) in set.backends.iter().zip(&config.backends) {
         if let Some(p) = &b.probe
             && !probes.contains(p.as_str())
         {
-            return Err(FieldError::precondition(
+            errors.push(FieldError::precondition(
                 format!("{at}.probe"),
                 format!("no probe named {p:?}"),
             ));
         }
     }
-    config.directors = converted.directors(set)?;
+    errors.finish(())?;
     let directors = Directors::build(&config, prev).map_err(|e| locate(set, e))?;
-    let mut routes = FxHashSet::default();
-    for (at, r) in &set.routes {
-        let spec = route(r, at)?;
-        if !routes.insert(r.name.as_str()) {
-            return Err(FieldError::invalid(
-                format!("{at}.name"),
-                format!("route {:?} is given twice", spec.name),
-            ));
-        }
+    for ((at, _), spec) in set.routes.iter().zip(&route_specs) {
         if directors.id(&spec.director).is_none() {
-            return Err(FieldError::precondition(
+            errors.push(FieldError::precondition(
                 format!("{at}.director"),
                 format!("no director named {:?}", spec.director),
             ));
         }
-        config.routes.push(spec);
     }
+    errors.finish(())?;
+    config.routes = route_specs;
     Ok(Validated { config, directors })
 }
 
-/// Most objects [`validate_leaving_out`] leaves out before it gives up.
-const MAX_LEFT_OUT: usize = 64;
+/// Refuses a set with more resources of a kind than [`limits`] allow, at the first one
+/// beyond the limit (for stored objects: left out, as an invalid object would be).
+fn check_counts(set: &Resources) -> Result<(), FieldError> {
+    fn over<T>(list: &[(Label<'_>, T)], limit: usize, kind: &str) -> Option<FieldError> {
+        list.get(limit).map(|(at, _)| {
+            FieldError::invalid(
+                at.to_string(),
+                format!("more than {limit} {kind} in one configuration"),
+            )
+        })
+    }
+    let errors = [
+        over(&set.backends, limits::MAX_BACKENDS, "backends"),
+        over(&set.probes, limits::MAX_PROBES, "probes"),
+        over(&set.directors, limits::MAX_DIRECTORS, "directors"),
+        over(&set.routes, limits::MAX_ROUTES, "routes"),
+    ];
+    Violations(errors.into_iter().flatten().collect()).finish(())
+}
+
+/// Validations [`validate_leaving_out`] runs before it gives up (each leaves out every object
+/// the previous one found at fault, with their referrers).
+const MAX_LEFT_OUT_ROUNDS: usize = 64;
 
 /// [`validate_with`], leaving out objects that `may_leave_out` allows (by label) when they do
-/// not validate: each error names its object (`backends/b1.address`), that object is removed
-/// and the rest validated again. Returns the left-out objects with their errors. For stored
-/// objects written by something other than a control plane (or an older version): one bad
-/// object must not stop every later change.
+/// not validate: each violation names its object (`backends/b1.address`); those objects, and
+/// every object that refers to one of them (directly or through others: a director whose
+/// member is a left-out backend, a route to that director), are removed and the rest
+/// validated again. Objects beyond a kind's limit ([`limits`]) are left out first, the last
+/// ones in the set's order (name order for a store's state: every node drops the same).
+/// Returns the left-out objects with their errors. For stored objects written by something
+/// other than a control plane (or an older version): one bad object must not stop every later
+/// change.
 pub fn validate_leaving_out(
     set: &Resources,
     prev: Option<&Directors>,
@@ -307,34 +452,197 @@ pub fn validate_leaving_out(
     // A copy of the list of references (not of the resources) to remove from.
     let mut set = set.clone();
     let mut left_out = Vec::new();
-    loop {
+    truncate(
+        &mut set.backends,
+        limits::MAX_BACKENDS,
+        "backends",
+        &may_leave_out,
+        &mut left_out,
+    );
+    truncate(
+        &mut set.probes,
+        limits::MAX_PROBES,
+        "probes",
+        &may_leave_out,
+        &mut left_out,
+    );
+    truncate(
+        &mut set.directors,
+        limits::MAX_DIRECTORS,
+        "directors",
+        &may_leave_out,
+        &mut left_out,
+    );
+    truncate(
+        &mut set.routes,
+        limits::MAX_ROUTES,
+        "routes",
+        &may_leave_out,
+        &mut left_out,
+    );
+    let mut last = None;
+    for _ in 0..MAX_LEFT_OUT_ROUNDS {
         match validate_with(&set, prev, converted) {
             Ok(v) => return Ok((v, left_out)),
             Err(e) => {
-                let label = e.object().to_owned();
-                if left_out.len() >= MAX_LEFT_OUT
-                    || !may_leave_out(&label)
-                    || !remove(&mut set, &label)
-                {
+                let labels: FxHashSet<&str> = e.violations().map(FieldError::object).collect();
+                if !labels.iter().all(|l| may_leave_out(l)) {
                     return Err(e);
                 }
-                left_out.push(e);
+                let Some(referrers) = remove_with_referrers(&mut set, &labels, &may_leave_out)
+                else {
+                    return Err(e);
+                };
+                left_out.extend(e.violations().map(|v| FieldError {
+                    more: Vec::new(),
+                    ..v.clone()
+                }));
+                left_out.extend(referrers);
+                last = Some(e);
             }
         }
     }
+    Err(last.unwrap_or_else(|| FieldError::invalid("configuration", "does not validate")))
 }
 
-/// Removes the resource labelled `label`; false when there is none.
-fn remove(set: &mut Resources, label: &str) -> bool {
-    fn drop_from<T>(v: &mut Vec<(Label<'_>, T)>, label: &str) -> bool {
-        let before = v.len();
-        v.retain(|(l, _)| l.to_string() != label);
-        v.len() != before
+/// Leaves out the entries of `list` beyond `limit`, when allowed.
+fn truncate<T>(
+    list: &mut Vec<(Label<'_>, T)>,
+    limit: usize,
+    kind: &str,
+    may_leave_out: &impl Fn(&str) -> bool,
+    left_out: &mut Vec<FieldError>,
+) {
+    let Some((first, _)) = list.get(limit) else {
+        return;
+    };
+    let first = first.to_string();
+    if !may_leave_out(&first) {
+        return;
     }
-    drop_from(&mut set.backends, label)
-        || drop_from(&mut set.probes, label)
-        || drop_from(&mut set.directors, label)
-        || drop_from(&mut set.routes, label)
+    left_out.push(FieldError::invalid(
+        first,
+        format!(
+            "{} {kind} beyond the limit of {limit} left out, from this one on",
+            list.len() - limit
+        ),
+    ));
+    list.truncate(limit);
+}
+
+/// Removes the objects labelled `labels` and every object that refers to one of them,
+/// directly or through others. The referrers removed, each with why; `None` (and nothing
+/// removed) when none of `labels` is in the set or a referrer may not be left out.
+fn remove_with_referrers(
+    set: &mut Resources,
+    labels: &FxHashSet<&str>,
+    may_leave_out: &impl Fn(&str) -> bool,
+) -> Option<Vec<FieldError>> {
+    fn marked<T>(list: &[(Label<'_>, T)], labels: &FxHashSet<&str>) -> Vec<bool> {
+        list.iter()
+            .map(|(l, _)| labels.contains(l.to_string().as_str()))
+            .collect()
+    }
+    let mut gone_backend = marked(&set.backends, labels);
+    let gone_probe = marked(&set.probes, labels);
+    let mut gone_director = marked(&set.directors, labels);
+    let mut gone_route = marked(&set.routes, labels);
+    let any = |v: &[bool]| v.iter().any(|&g| g);
+    if !(any(&gone_backend) || any(&gone_probe) || any(&gone_director) || any(&gone_route)) {
+        return None;
+    }
+    let mut why: Vec<(String, String)> = Vec::new();
+    // Backends that use a removed probe.
+    let probes: FxHashSet<&str> = set
+        .probes
+        .iter()
+        .zip(&gone_probe)
+        .filter(|(_, g)| **g)
+        .map(|((_, p), _)| p.name.as_str())
+        .collect();
+    for (i, (at, b)) in set.backends.iter().enumerate() {
+        if !gone_backend[i] && !b.probe.is_empty() && probes.contains(b.probe.as_str()) {
+            gone_backend[i] = true;
+            why.push((
+                at.to_string(),
+                format!("uses probe {:?}, left out", b.probe),
+            ));
+        }
+    }
+    // Directors reaching a removed backend or director, to a fixed point over the reverse
+    // index (one pass per object, however deep the nesting).
+    let mut by_backend: FxHashMap<&str, Vec<usize>> = FxHashMap::default();
+    let mut by_director: FxHashMap<&str, Vec<usize>> = FxHashMap::default();
+    for (i, (_, d)) in set.directors.iter().enumerate() {
+        for m in &d.members {
+            match &m.target {
+                Some(v1::member::Target::Backend(b)) => {
+                    by_backend.entry(b.as_str()).or_default().push(i);
+                }
+                Some(v1::member::Target::Director(x)) => {
+                    by_director.entry(x.as_str()).or_default().push(i);
+                }
+                None => {}
+            }
+        }
+    }
+    let mut queue: Vec<usize> = (0..set.directors.len())
+        .filter(|&i| gone_director[i])
+        .collect();
+    let mut reach =
+        |name: &str, what: &str, queue: &mut Vec<usize>, map: &FxHashMap<&str, Vec<usize>>| {
+            for &i in map.get(name).into_iter().flatten() {
+                if !gone_director[i] {
+                    gone_director[i] = true;
+                    why.push((
+                        set.directors[i].0.to_string(),
+                        format!("has member {what} {name:?}, left out"),
+                    ));
+                    queue.push(i);
+                }
+            }
+        };
+    for (i, (_, b)) in set.backends.iter().enumerate() {
+        if gone_backend[i] {
+            reach(&b.name, "backend", &mut queue, &by_backend);
+        }
+    }
+    while let Some(d) = queue.pop() {
+        let name = set.directors[d].1.name.as_str();
+        reach(name, "director", &mut queue, &by_director);
+    }
+    let directors: FxHashSet<&str> = set
+        .directors
+        .iter()
+        .zip(&gone_director)
+        .filter(|(_, g)| **g)
+        .map(|((_, d), _)| d.name.as_str())
+        .collect();
+    for (i, (at, r)) in set.routes.iter().enumerate() {
+        if !gone_route[i] && directors.contains(r.director.as_str()) {
+            gone_route[i] = true;
+            why.push((
+                at.to_string(),
+                format!("routes to director {:?}, left out", r.director),
+            ));
+        }
+    }
+    if !why.iter().all(|(l, _)| may_leave_out(l)) {
+        return None;
+    }
+    fn keep<T>(list: &mut Vec<(Label<'_>, T)>, gone: &[bool]) {
+        let mut it = gone.iter();
+        list.retain(|_| !it.next().copied().unwrap_or(false));
+    }
+    keep(&mut set.backends, &gone_backend);
+    keep(&mut set.probes, &gone_probe);
+    keep(&mut set.directors, &gone_director);
+    keep(&mut set.routes, &gone_route);
+    Some(
+        why.into_iter()
+            .map(|(at, message)| FieldError::precondition(at, message))
+            .collect(),
+    )
 }
 
 fn name(n: &str, at: &dyn fmt::Display) -> Result<String, FieldError> {
@@ -394,98 +702,155 @@ fn timeout(
 }
 
 fn weight(w: f64, field: impl FnOnce() -> String) -> Result<f64, FieldError> {
-    if w.is_finite() && w >= 0.0 {
+    if (0.0..=limits::MAX_WEIGHT).contains(&w) {
         Ok(w)
     } else {
         Err(FieldError::invalid(
             field(),
-            format!("must be a finite number >= 0, got {w}"),
+            format!("must be a number from 0 to {}, got {w}", limits::MAX_WEIGHT),
         ))
     }
 }
 
-/// Converts and checks one backend.
+/// A string field's length, at most `max` bytes.
+fn at_most(s: &str, max: usize, field: impl FnOnce() -> String) -> Result<(), FieldError> {
+    if s.len() > max {
+        return Err(FieldError::invalid(
+            field(),
+            format!("is {} bytes long; at most {max}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A list field's length, at most `max` entries.
+fn at_most_n<T>(v: &[T], max: usize, field: impl FnOnce() -> String) -> Result<(), FieldError> {
+    if v.len() > max {
+        return Err(FieldError::invalid(
+            field(),
+            format!("has {} entries; at most {max}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Converts and checks one backend, reporting every bad field.
 pub fn backend(b: &v1::Backend, at: &dyn fmt::Display) -> Result<BackendSpec, FieldError> {
-    let address = b
-        .address
-        .parse()
-        .map_err(|e| FieldError::invalid(format!("{at}.address"), e))?;
-    let mut spec = BackendSpec::new(name(&b.name, at)?, address);
-    if !b.address2.is_empty() {
-        spec.address2 = Some(
+    let mut errors = Violations::default();
+    let name = errors.check(name(&b.name, at));
+    let address = errors.check(
+        b.address
+            .parse()
+            .map_err(|e| FieldError::invalid(format!("{at}.address"), e)),
+    );
+    let address2 = if b.address2.is_empty() {
+        None
+    } else {
+        errors.check(
             b.address2
                 .parse()
-                .map_err(|e| FieldError::invalid(format!("{at}.address2"), e))?,
-        );
-    }
-    if let Some(w) = b.weight {
-        spec.weight = weight(w, || format!("{at}.weight"))?;
-    }
-    if !b.probe.is_empty() {
-        spec.probe = Some(reference(&b.probe, || format!("{at}.probe"))?);
-    }
-    if !b.host_header.is_empty() {
-        let ok = http_token_ok(&b.host_header);
-        if !ok {
-            return Err(FieldError::invalid(
-                format!("{at}.host_header"),
-                format!("{:?} is not a valid Host header value", b.host_header),
-            ));
-        }
-        spec.host_header = Some(b.host_header.clone());
+                .map_err(|e| FieldError::invalid(format!("{at}.address2"), e)),
+        )
+    };
+    let w = b
+        .weight
+        .and_then(|w| errors.check(weight(w, || format!("{at}.weight"))));
+    let probe = if b.probe.is_empty() {
+        None
+    } else {
+        errors.check(reference(&b.probe, || format!("{at}.probe")))
+    };
+    if !b.host_header.is_empty() && !http_token_ok(&b.host_header) {
+        errors.push(FieldError::invalid(
+            format!("{at}.host_header"),
+            format!("{:?} is not a valid Host header value", b.host_header),
+        ));
     }
     let t = b.timeouts.unwrap_or_default();
     let d = Timeouts::default();
-    spec.timeouts = Timeouts {
-        connect: timeout(
-            t.connect.as_ref(),
-            || format!("{at}.timeouts.connect"),
-            d.connect,
-        )?,
-        first_byte: timeout(
-            t.first_byte.as_ref(),
-            || format!("{at}.timeouts.first_byte"),
-            d.first_byte,
-        )?,
-        between_bytes: timeout(
-            t.between_bytes.as_ref(),
-            || format!("{at}.timeouts.between_bytes"),
-            d.between_bytes,
-        )?,
+    let mut timeout_of = |v: Option<&prost_types::Duration>, what: &str, default| {
+        errors
+            .check(timeout(v, || format!("{at}.timeouts.{what}"), default))
+            .unwrap_or(default)
     };
-    spec.max_connections = b.max_connections;
-    spec.queue_timeout = duration(
+    let timeouts = Timeouts {
+        connect: timeout_of(t.connect.as_ref(), "connect", d.connect),
+        first_byte: timeout_of(t.first_byte.as_ref(), "first_byte", d.first_byte),
+        between_bytes: timeout_of(t.between_bytes.as_ref(), "between_bytes", d.between_bytes),
+    };
+    let queue_timeout = errors.check(duration(
         b.queue_timeout.as_ref(),
         || format!("{at}.queue_timeout"),
         Duration::ZERO,
-    )?;
-    spec.max_connection_lifetime = Some(duration(
+    ));
+    let lifetime = errors.check(duration(
         b.max_connection_lifetime.as_ref(),
         || format!("{at}.max_connection_lifetime"),
         Duration::ZERO,
-    )?)
-    .filter(|d| !d.is_zero());
-    spec.admin_health = match v1::AdminHealth::try_from(b.admin_health) {
+    ));
+    let admin_health = match v1::AdminHealth::try_from(b.admin_health) {
         Ok(v1::AdminHealth::Auto) => AdminHealth::Auto,
         Ok(v1::AdminHealth::Healthy) => AdminHealth::Healthy,
         Ok(v1::AdminHealth::Sick) => AdminHealth::Sick,
         Err(_) => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.admin_health"),
                 format!("unknown value {}", b.admin_health),
             ));
+            AdminHealth::Auto
         }
     };
-    spec.drain = b.drain;
-    for k in b.labels.keys() {
-        if k.is_empty() || k.len() > 63 {
-            return Err(FieldError::invalid(
-                format!("{at}.labels"),
-                format!("label key {k:?} must be 1-63 characters"),
-            ));
+    if b.labels.len() > limits::MAX_LABELS {
+        errors.push(FieldError::invalid(
+            format!("{at}.labels"),
+            format!(
+                "has {} labels; at most {}",
+                b.labels.len(),
+                limits::MAX_LABELS
+            ),
+        ));
+    } else {
+        for (k, v) in &b.labels {
+            if k.is_empty() || k.len() > limits::MAX_LABEL_KEY_BYTES {
+                errors.push(FieldError::invalid(
+                    format!("{at}.labels"),
+                    format!(
+                        "label key {:?} must be 1-{} bytes",
+                        truncated(k),
+                        limits::MAX_LABEL_KEY_BYTES
+                    ),
+                ));
+            }
+            errors.check(at_most(v, limits::MAX_LABEL_VALUE_BYTES, || {
+                format!("{at}.labels[{:?}]", truncated(k))
+            }));
         }
     }
-    Ok(spec)
+    let (Some(name), Some(address)) = (name, address) else {
+        return Err(errors.error());
+    };
+    let mut spec = BackendSpec::new(name, address);
+    spec.address2 = address2;
+    if let Some(w) = w {
+        spec.weight = w;
+    }
+    spec.probe = probe;
+    spec.host_header = (!b.host_header.is_empty()).then(|| b.host_header.clone());
+    spec.timeouts = timeouts;
+    spec.max_connections = b.max_connections;
+    spec.queue_timeout = queue_timeout.unwrap_or_default();
+    spec.max_connection_lifetime = lifetime.filter(|d| !d.is_zero());
+    spec.admin_health = admin_health;
+    spec.drain = b.drain;
+    errors.finish(spec)
+}
+
+/// The start of a long value, for an error message about it.
+fn truncated(s: &str) -> String {
+    match s.char_indices().nth(32) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// Visible ASCII without spaces: what a Host value (and a header value we generate) may be.
@@ -493,139 +858,206 @@ fn http_token_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 255 && s.bytes().all(|c| c.is_ascii_graphic())
 }
 
-/// Converts and checks one probe (Varnish's rules, reference §3.1).
+/// Converts and checks one probe (Varnish's rules, reference §3.1), reporting every bad field.
 pub fn probe(p: &v1::Probe, at: &dyn fmt::Display) -> Result<ProbeSpec, FieldError> {
-    let mut spec = ProbeSpec::new(name(&p.name, at)?);
+    let mut errors = Violations::default();
+    let name = errors.check(name(&p.name, at));
+    let mut request = None;
     match (p.url.is_empty(), p.request.is_empty()) {
         (_, false) if !p.url.is_empty() => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.request"),
                 "give url or request, not both",
             ));
         }
         (_, false) => {
-            for (i, line) in p.request.iter().enumerate() {
-                if line.contains(['\r', '\n']) {
-                    return Err(FieldError::invalid(
-                        format!("{at}.request[{i}]"),
-                        "a request line must not contain CR or LF (they are added)",
-                    ));
+            let total: usize = p.request.iter().map(|l| l.len() + 2).sum();
+            if p.request.len() > limits::MAX_PROBE_REQUEST_LINES
+                || total > limits::MAX_PROBE_REQUEST_BYTES
+            {
+                errors.push(FieldError::invalid(
+                    format!("{at}.request"),
+                    format!(
+                        "is {} lines, {total} bytes; at most {} lines, {} bytes",
+                        p.request.len(),
+                        limits::MAX_PROBE_REQUEST_LINES,
+                        limits::MAX_PROBE_REQUEST_BYTES
+                    ),
+                ));
+            } else {
+                for (i, line) in p.request.iter().enumerate() {
+                    if line.contains(['\r', '\n']) {
+                        errors.push(FieldError::invalid(
+                            format!("{at}.request[{i}]"),
+                            "a request line must not contain CR or LF (they are added)",
+                        ));
+                    }
                 }
+                request = Some(ProbeRequest::Raw(p.request.clone()));
             }
-            spec.request = ProbeRequest::Raw(p.request.clone());
         }
         (false, true) => {
-            if !p.url.starts_with('/') || !p.url.bytes().all(|c| c.is_ascii_graphic()) {
-                return Err(FieldError::invalid(
+            if p.url.len() > limits::MAX_PROBE_URL_BYTES {
+                errors.check(at_most(&p.url, limits::MAX_PROBE_URL_BYTES, || {
+                    format!("{at}.url")
+                }));
+            } else if !p.url.starts_with('/') || !p.url.bytes().all(|c| c.is_ascii_graphic()) {
+                errors.push(FieldError::invalid(
                     format!("{at}.url"),
                     format!(
                         "{:?} must be a path starting with '/' without spaces",
                         p.url
                     ),
                 ));
+            } else {
+                request = Some(ProbeRequest::Url(p.url.clone()));
             }
-            spec.request = ProbeRequest::Url(p.url.clone());
         }
         (true, true) => {}
     }
+    let mut expected_status = None;
     if p.expected_status != 0 {
-        if !(100..=999).contains(&p.expected_status) {
-            return Err(FieldError::invalid(
+        if (100..=999).contains(&p.expected_status) {
+            expected_status = Some(p.expected_status as u16);
+        } else {
+            errors.push(FieldError::invalid(
                 format!("{at}.expected_status"),
                 format!("must be 100-999, got {}", p.expected_status),
             ));
         }
-        spec.expected_status = p.expected_status as u16;
     }
-    spec.timeout = timeout(p.timeout.as_ref(), || format!("{at}.timeout"), spec.timeout)?;
-    spec.interval = timeout(
+    let defaults = ProbeSpec::new(String::new());
+    let probe_timeout = errors.check(timeout(
+        p.timeout.as_ref(),
+        || format!("{at}.timeout"),
+        defaults.timeout,
+    ));
+    let interval = errors.check(timeout(
         p.interval.as_ref(),
         || format!("{at}.interval"),
-        spec.interval,
-    )?;
+        defaults.interval,
+    ));
     // Varnish: threshold without window gives window = threshold + 1; window without
     // threshold is an error; 0 is "the default".
     let threshold = if p.threshold == 0 { 3 } else { p.threshold };
     let window = match (p.window, p.threshold) {
         (0, 0) => 8,
-        (0, t) => t + 1,
+        (0, t) => t.saturating_add(1),
         (w, _) => w,
     };
     if p.window != 0 && p.threshold == 0 {
-        return Err(FieldError::invalid(
+        errors.push(FieldError::invalid(
             format!("{at}.threshold"),
             "must be given when window is (as in Varnish)",
         ));
     }
     if window > MAX_PROBE_WINDOW {
-        return Err(FieldError::invalid(
+        errors.push(FieldError::invalid(
             format!("{at}.window"),
             format!("must be at most {MAX_PROBE_WINDOW}, got {window}"),
         ));
-    }
-    if threshold > window {
-        return Err(FieldError::invalid(
+    } else if threshold > window {
+        errors.push(FieldError::invalid(
             format!("{at}.threshold"),
             format!("must be at most window ({window}), got {threshold}"),
         ));
     }
-    spec.window = window;
-    spec.threshold = threshold;
-    spec.initial = match p.initial {
-        None => threshold - 1,
+    let initial = match p.initial {
+        None => threshold.saturating_sub(1),
         Some(i) if i > threshold => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.initial"),
                 format!("must be at most threshold ({threshold}), got {i}"),
             ));
+            0
         }
         Some(i) => i,
     };
-    Ok(spec)
+    let Some(name) = name else {
+        return Err(errors.error());
+    };
+    let mut spec = ProbeSpec::new(name);
+    if let Some(r) = request {
+        spec.request = r;
+    }
+    if let Some(st) = expected_status {
+        spec.expected_status = st;
+    }
+    spec.timeout = probe_timeout.unwrap_or(spec.timeout);
+    spec.interval = interval.unwrap_or(spec.interval);
+    spec.window = window;
+    spec.threshold = threshold;
+    spec.initial = initial;
+    errors.finish(spec)
 }
 
-/// Converts and checks one director.
+/// Converts and checks one director, reporting every bad field (up to [`MAX_VIOLATIONS`]).
 pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec, FieldError> {
-    let name = name(&d.name, at)?;
+    let mut errors = Violations::default();
+    let name = errors.check(name(&d.name, at));
     let policy = match &d.policy {
         None => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.policy"),
                 "needs one policy: round_robin, fallback, random, hash or shard",
             ));
+            None
         }
-        Some(v1::director::Policy::RoundRobin(_)) => Policy::RoundRobin,
-        Some(v1::director::Policy::Fallback(f)) => Policy::Fallback { sticky: f.sticky },
-        Some(v1::director::Policy::Random(_)) => Policy::Random,
-        Some(v1::director::Policy::Hash(_)) => Policy::Hash,
-        Some(v1::director::Policy::Shard(s)) => Policy::Shard(shard(s, &format!("{at}.shard"))?),
+        Some(v1::director::Policy::RoundRobin(_)) => Some(Policy::RoundRobin),
+        Some(v1::director::Policy::Fallback(f)) => Some(Policy::Fallback { sticky: f.sticky }),
+        Some(v1::director::Policy::Random(_)) => Some(Policy::Random),
+        Some(v1::director::Policy::Hash(_)) => Some(Policy::Hash),
+        Some(v1::director::Policy::Shard(s)) => errors
+            .check(shard(s, &format!("{at}.shard")))
+            .map(Policy::Shard),
     };
+    if d.members.len() > limits::MAX_MEMBERS {
+        // Not one of them is looked at: the count alone is the error.
+        errors.push(FieldError::invalid(
+            format!("{at}.members"),
+            format!(
+                "has {} members; at most {}",
+                d.members.len(),
+                limits::MAX_MEMBERS
+            ),
+        ));
+        return Err(errors.error());
+    }
     let mut members = Vec::with_capacity(d.members.len());
     for (j, m) in d.members.iter().enumerate() {
+        if errors.full() {
+            break;
+        }
         let mat = || format!("{at}.members[{j}]");
         let target = match &m.target {
-            Some(v1::member::Target::Backend(b)) => {
-                TargetRef::Backend(reference(b, || format!("{}.backend", mat()))?)
-            }
-            Some(v1::member::Target::Director(d)) => {
-                TargetRef::Director(reference(d, || format!("{}.director", mat()))?)
-            }
+            Some(v1::member::Target::Backend(b)) => errors
+                .check(reference(b, || format!("{}.backend", mat())))
+                .map(TargetRef::Backend),
+            Some(v1::member::Target::Director(d)) => errors
+                .check(reference(d, || format!("{}.director", mat())))
+                .map(TargetRef::Director),
             None => {
-                return Err(FieldError::invalid(
+                errors.push(FieldError::invalid(
                     mat(),
                     "a member needs exactly one of backend, director",
                 ));
+                None
             }
         };
         let w = m
             .weight
-            .map(|w| weight(w, || format!("{}.weight", mat())))
-            .transpose()?;
-        let rampup = m
-            .rampup
-            .as_ref()
-            .map(|r| duration(Some(r), || format!("{}.rampup", mat()), Duration::ZERO))
-            .transpose()?;
+            .and_then(|w| errors.check(weight(w, || format!("{}.weight", mat()))));
+        let rampup = m.rampup.as_ref().and_then(|r| {
+            errors.check(duration(
+                Some(r),
+                || format!("{}.rampup", mat()),
+                Duration::ZERO,
+            ))
+        });
+        errors.check(at_most(&m.ident, limits::MAX_IDENT_BYTES, || {
+            format!("{}.ident", mat())
+        }));
+        let Some(target) = target else { continue };
         let mut spec = MemberSpec::new(target);
         spec.weight = w;
         spec.ident = (!m.ident.is_empty()).then(|| m.ident.clone());
@@ -633,7 +1065,10 @@ pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec,
         spec.rampup = rampup;
         members.push(spec);
     }
-    Ok(DirectorSpec {
+    let (Some(name), Some(policy)) = (name, policy) else {
+        return Err(errors.error());
+    };
+    errors.finish(DirectorSpec {
         name,
         policy,
         members,
@@ -641,14 +1076,16 @@ pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec,
 }
 
 fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
+    let mut errors = Violations::default();
     let algorithm = match v1::ShardAlgorithm::try_from(s.algorithm) {
         Ok(v1::ShardAlgorithm::Varnish) => Algorithm::Varnish,
         Ok(v1::ShardAlgorithm::Balanced) => Algorithm::Balanced,
         Err(_) => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.algorithm"),
                 format!("unknown value {}", s.algorithm),
             ));
+            Algorithm::Varnish
         }
     };
     let healthy = match v1::ShardHealthy::try_from(s.healthy) {
@@ -656,14 +1093,32 @@ fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
         Ok(v1::ShardHealthy::Ignore) => HealthyMode::Ignore,
         Ok(v1::ShardHealthy::All) => HealthyMode::All,
         Err(_) => {
-            return Err(FieldError::invalid(
+            errors.push(FieldError::invalid(
                 format!("{at}.healthy"),
                 format!("unknown value {}", s.healthy),
             ));
+            HealthyMode::Chosen
         }
     };
-    // Ranges (replicas, warmup, base_slots) are checked once, by `Directors::build`.
-    Ok(ShardSpec {
+    if s.replicas > limits::MAX_REPLICAS {
+        errors.push(FieldError::invalid(
+            format!("{at}.replicas"),
+            format!(
+                "must be from 1 to {}, got {}",
+                limits::MAX_REPLICAS,
+                s.replicas
+            ),
+        ));
+    }
+    let rampup = errors
+        .check(duration(
+            s.rampup.as_ref(),
+            || format!("{at}.rampup"),
+            Duration::ZERO,
+        ))
+        .unwrap_or_default();
+    // Ranges of warmup and base_slots, and the ring's size, are checked by `Directors::build`.
+    errors.finish(ShardSpec {
         algorithm,
         replicas: if s.replicas == 0 {
             config::DEFAULT_REPLICAS
@@ -671,7 +1126,7 @@ fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
             s.replicas
         },
         healthy,
-        rampup: duration(s.rampup.as_ref(), || format!("{at}.rampup"), Duration::ZERO)?,
+        rampup,
         warmup: s.warmup,
         base_slots: s.base_slots.max(1),
     })
@@ -680,10 +1135,17 @@ fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
 fn key_source(k: Option<&v1::KeySource>, field: String) -> Result<Option<KeySpec>, FieldError> {
     use v1::key_source::Source;
     let header_name = |h: &str, what: &str| -> Result<String, FieldError> {
-        if h.is_empty() || !h.bytes().all(|c| c.is_ascii_graphic() && c != b':') {
+        if h.is_empty()
+            || h.len() > limits::MAX_HEADER_NAME_BYTES
+            || !h.bytes().all(|c| c.is_ascii_graphic() && c != b':')
+        {
             return Err(FieldError::invalid(
                 format!("{field}.{what}"),
-                format!("{h:?} is not a valid name"),
+                format!(
+                    "{:?} is not a valid name (1-{} visible characters, no ':')",
+                    truncated(h),
+                    limits::MAX_HEADER_NAME_BYTES
+                ),
             ));
         }
         Ok(h.to_owned())
@@ -707,53 +1169,102 @@ fn key_source(k: Option<&v1::KeySource>, field: String) -> Result<Option<KeySpec
     })
 }
 
-/// Converts and checks one route.
+/// Converts and checks one route, reporting every bad field.
 pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldError> {
-    let name = name(&r.name, at)?;
-    let mut hosts = Vec::with_capacity(r.hosts.len());
-    for (i, h) in r.hosts.iter().enumerate() {
-        let bare = h.strip_prefix("*.").unwrap_or(h);
-        let ok = !bare.is_empty()
-            && bare.len() <= 253
-            && bare
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c));
-        if !ok {
-            return Err(FieldError::invalid(
-                format!("{at}.hosts[{i}]"),
-                format!("{h:?} is not a host name (optionally starting with \"*.\")"),
-            ));
+    let mut errors = Violations::default();
+    let name = errors.check(name(&r.name, at));
+    let mut hosts = Vec::with_capacity(r.hosts.len().min(limits::MAX_ROUTE_HOSTS));
+    if errors
+        .check(at_most_n(&r.hosts, limits::MAX_ROUTE_HOSTS, || {
+            format!("{at}.hosts")
+        }))
+        .is_some()
+    {
+        for (i, h) in r.hosts.iter().enumerate() {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c));
+            if ok {
+                hosts.push(h.to_ascii_lowercase());
+            } else {
+                errors.push(FieldError::invalid(
+                    format!("{at}.hosts[{i}]"),
+                    format!(
+                        "{:?} is not a host name (optionally starting with \"*.\")",
+                        truncated(h)
+                    ),
+                ));
+            }
         }
-        hosts.push(h.to_ascii_lowercase());
     }
-    if !r.path_prefix.is_empty() && !r.path_prefix.starts_with('/') {
-        return Err(FieldError::invalid(
+    if errors
+        .check(at_most(&r.path_prefix, limits::MAX_MATCH_BYTES, || {
+            format!("{at}.path_prefix")
+        }))
+        .is_some()
+        && !r.path_prefix.is_empty()
+        && !r.path_prefix.starts_with('/')
+    {
+        errors.push(FieldError::invalid(
             format!("{at}.path_prefix"),
             format!("{:?} must start with '/'", r.path_prefix),
         ));
     }
-    let mut headers = Vec::with_capacity(r.headers.len());
-    for (i, h) in r.headers.iter().enumerate() {
-        if h.name.is_empty() || !h.name.bytes().all(|c| c.is_ascii_graphic() && c != b':') {
-            return Err(FieldError::invalid(
-                format!("{at}.headers[{i}].name"),
-                format!("{:?} is not a header name", h.name),
-            ));
+    let mut headers = Vec::with_capacity(r.headers.len().min(limits::MAX_ROUTE_HEADERS));
+    if errors
+        .check(at_most_n(&r.headers, limits::MAX_ROUTE_HEADERS, || {
+            format!("{at}.headers")
+        }))
+        .is_some()
+    {
+        for (i, h) in r.headers.iter().enumerate() {
+            if h.name.is_empty()
+                || h.name.len() > limits::MAX_HEADER_NAME_BYTES
+                || !h.name.bytes().all(|c| c.is_ascii_graphic() && c != b':')
+            {
+                errors.push(FieldError::invalid(
+                    format!("{at}.headers[{i}].name"),
+                    format!(
+                        "{:?} is not a header name (1-{} visible characters, no ':')",
+                        truncated(&h.name),
+                        limits::MAX_HEADER_NAME_BYTES
+                    ),
+                ));
+            }
+            errors.check(at_most(&h.value, limits::MAX_MATCH_BYTES, || {
+                format!("{at}.headers[{i}].value")
+            }));
+            headers.push(HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: (!h.value.is_empty()).then(|| h.value.clone()),
+            });
         }
-        headers.push(HeaderMatch {
-            name: h.name.to_ascii_lowercase(),
-            value: (!h.value.is_empty()).then(|| h.value.clone()),
-        });
     }
-    let director = reference(&r.director, || format!("{at}.director"))?;
-    let key = key_source(r.key.as_ref(), format!("{at}.key"))?.ok_or_else(|| {
-        FieldError::invalid(
-            format!("{at}.key"),
-            "needs a key source: client_ip, header, cookie, query, url or path",
-        )
-    })?;
-    let fallback_key = key_source(r.fallback_key.as_ref(), format!("{at}.fallback_key"))?;
-    Ok(RouteSpec {
+    let director = errors.check(reference(&r.director, || format!("{at}.director")));
+    let key = match errors.check(key_source(r.key.as_ref(), format!("{at}.key"))) {
+        Some(Some(k)) => Some(k),
+        Some(None) => {
+            errors.push(FieldError::invalid(
+                format!("{at}.key"),
+                "needs a key source: client_ip, header, cookie, query, url or path",
+            ));
+            None
+        }
+        None => None,
+    };
+    let fallback_key = errors
+        .check(key_source(
+            r.fallback_key.as_ref(),
+            format!("{at}.fallback_key"),
+        ))
+        .flatten();
+    let (Some(name), Some(director), Some(key)) = (name, director, key) else {
+        return Err(errors.error());
+    };
+    errors.finish(RouteSpec {
         name,
         hosts,
         path_prefix: r.path_prefix.clone(),

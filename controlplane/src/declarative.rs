@@ -891,7 +891,7 @@ directors:
 
         let e = err(&GOOD.replace("weight: 2", "weight: -2"));
         assert_eq!(e.path, "directors[0].members[1].weight");
-        assert_eq!(e.message, "must be a finite number >= 0, got -2");
+        assert_eq!(e.message, "must be a number from 0 to 1000000, got -2");
 
         let e = err(&GOOD.replace("replicas: 67", "replicas: 67, base_slots: 12"));
         assert_eq!(e.path, "directors[0].shard.base_slots");

@@ -1,7 +1,7 @@
 //! Control-plane errors, and the one place where they become gRPC statuses ([`to_status`]).
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt};
 
 use crate::convert::{Failure, FieldError};
 use crate::store::StoreError;
@@ -65,24 +65,33 @@ pub enum ApiError {
 pub fn to_status(e: &ApiError) -> Status {
     let msg = e.to_string();
     match e {
-        ApiError::Field(FieldError {
-            field,
-            message,
-            failure: Failure::Invalid,
-        }) => Status::with_error_details(
-            Code::InvalidArgument,
-            msg,
-            ErrorDetails::with_bad_request_violation(field, message),
-        ),
-        ApiError::Field(FieldError {
-            field,
-            message,
-            failure: Failure::Precondition,
-        }) => Status::with_error_details(
-            Code::FailedPrecondition,
-            msg,
-            ErrorDetails::with_precondition_failure_violation("REFERENCE", field, message),
-        ),
+        ApiError::Field(f) => {
+            // Every violation: bad values as BadRequest, missing references as
+            // PreconditionFailure; the code is the first one's (bad values come first).
+            let mut details = ErrorDetails::new();
+            let (mut bad, mut missing) = (Vec::new(), Vec::new());
+            for v in f.violations() {
+                match v.failure {
+                    Failure::Invalid => bad.push(FieldViolation::new(&v.field, &v.message)),
+                    Failure::Precondition => missing.push(PreconditionViolation::new(
+                        "REFERENCE",
+                        &v.field,
+                        &v.message,
+                    )),
+                }
+            }
+            if !bad.is_empty() {
+                details.set_bad_request(bad);
+            }
+            if !missing.is_empty() {
+                details.set_precondition_failure(missing);
+            }
+            let code = match f.failure {
+                Failure::Invalid => Code::InvalidArgument,
+                Failure::Precondition => Code::FailedPrecondition,
+            };
+            Status::with_error_details(code, msg, details)
+        }
         ApiError::Required(field) => Status::with_error_details(
             Code::InvalidArgument,
             msg,
@@ -93,8 +102,16 @@ pub fn to_status(e: &ApiError) -> Status {
             msg.clone(),
             ErrorDetails::with_bad_request_violation("pattern", msg),
         ),
-        ApiError::NotFound { .. } => Status::not_found(msg),
-        ApiError::AlreadyExists { .. } => Status::already_exists(msg),
+        ApiError::NotFound { kind, name } => Status::with_error_details(
+            Code::NotFound,
+            msg.clone(),
+            ErrorDetails::with_resource_info(*kind, name, "", msg),
+        ),
+        ApiError::AlreadyExists { kind, name } => Status::with_error_details(
+            Code::AlreadyExists,
+            msg.clone(),
+            ErrorDetails::with_resource_info(*kind, name, "", msg),
+        ),
         ApiError::Stale { subject, .. } => Status::with_error_details(
             Code::FailedPrecondition,
             msg.clone(),

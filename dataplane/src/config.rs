@@ -20,9 +20,9 @@ pub enum NameError {
     /// Empty name.
     #[error("must not be empty")]
     Empty,
-    /// Longer than [`MAX_NAME_LEN`].
-    #[error("{0:?} is longer than {MAX_NAME_LEN} characters")]
-    TooLong(String),
+    /// Longer than [`MAX_NAME_LEN`]: its first characters, and its length.
+    #[error("\"{0}…\" is {1} bytes long; at most {MAX_NAME_LEN}")]
+    TooLong(String, usize),
     /// A character outside `[a-z0-9._-]`, or a first character outside `[a-z0-9]`.
     #[error("{0:?} must match [a-z0-9][a-z0-9._-]* (lower-case letters, digits, '.', '_', '-')")]
     Invalid(String),
@@ -35,7 +35,9 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     };
     if bytes.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong(name.to_owned()));
+        // Not the whole name: it may be megabytes, and it goes into error messages.
+        let head: String = name.chars().take(MAX_NAME_LEN).collect();
+        return Err(NameError::TooLong(head, bytes.len()));
     }
     let tail_ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c);
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) || !bytes.iter().all(tail_ok) {
@@ -490,7 +492,7 @@ mod tests {
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert!(matches!(
             validate_name(&"x".repeat(64)),
-            Err(NameError::TooLong(_))
+            Err(NameError::TooLong(..))
         ));
         for bad in ["-a", ".a", "A", "a b", "a/b", "é"] {
             assert!(

@@ -2,7 +2,7 @@
 //!
 //! Modules:
 //! - [`config`]: validated domain types (backends, probes, directors, routes) and the name and
-//!   address rules every entry point shares;
+//!   address rules every entry point shares; [`limits`]: the bounds on a configuration;
 //! - [`director`]: the directors as pure code — shard (`varnish` and `balanced` algorithms),
 //!   round_robin, fallback, random, hash — built from a [`config::Config`] into an immutable
 //!   [`director::Directors`] set;
@@ -37,6 +37,7 @@ pub mod director;
 pub mod edge;
 pub mod fingerprint;
 pub mod health;
+pub mod limits;
 pub mod listener;
 pub mod pool;
 pub mod proxy;

@@ -207,3 +207,209 @@ fn queue_timeout_and_connection_lifetime_are_bounded_and_zero_means_none() {
 fn backend_spec(b: &v1::Backend) -> Result<BackendSpec, FieldError> {
     super::backend(b, &"backend")
 }
+
+fn nested(name: &str, inner: &str) -> v1::Director {
+    v1::Director {
+        name: name.into(),
+        policy: Some(v1::director::Policy::RoundRobin(v1::RoundRobin {})),
+        members: vec![v1::Member {
+            target: Some(v1::member::Target::Director(inner.into())),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn shard_of(members: Vec<v1::Member>, replicas: u32) -> v1::Director {
+    v1::Director {
+        name: "sh".into(),
+        policy: Some(v1::director::Policy::Shard(v1::Shard {
+            replicas,
+            ..Default::default()
+        })),
+        members,
+        ..Default::default()
+    }
+}
+
+fn fields(e: &FieldError) -> Vec<&str> {
+    e.violations().map(|v| v.field.as_str()).collect()
+}
+
+#[test]
+fn every_violation_of_a_resource_is_reported_not_the_first() {
+    let b = v1::Backend {
+        name: "Bad Name".into(),
+        address: "nowhere".into(),
+        weight: Some(-1.0),
+        ..Default::default()
+    };
+    let e = super::backend(&b, &"backend").unwrap_err();
+    assert_eq!(
+        fields(&e),
+        ["backend.name", "backend.address", "backend.weight"]
+    );
+    // And across a whole set: every bad resource, bad values before missing references.
+    let req = v1::ApplyRequest {
+        backends: vec![b, backend("ok", 1), backend("Also Bad", 2)],
+        directors: vec![shard_of(vec![member("ok")], 4_000_000_000)],
+        ..Default::default()
+    };
+    let e = validate(&Resources::of_request(&req)).unwrap_err();
+    assert_eq!(
+        fields(&e),
+        [
+            "backends[0].name",
+            "backends[0].address",
+            "backends[0].weight",
+            "backends[2].name",
+            "directors[0].shard.replicas",
+        ]
+    );
+    assert!(e.to_string().ends_with("(and 4 more violations)"), "{e}");
+}
+
+#[test]
+fn configurations_are_bounded() {
+    let one = |d: v1::Director, backends: Vec<v1::Backend>| {
+        let req = v1::ApplyRequest {
+            backends,
+            directors: vec![d],
+            ..Default::default()
+        };
+        validate(&Resources::of_request(&req))
+    };
+    // A weight that would put 10^16 points on the ring.
+    let mut m = member("b");
+    m.weight = Some(1e12);
+    let e = one(shard_of(vec![m], 67), vec![backend("b", 1)]).unwrap_err();
+    assert_eq!(e.field, "directors[0].members[0].weight");
+    // Within the weight limit, but too many points for one member, then for the ring.
+    let mut m = member("b");
+    m.weight = Some(1000.0);
+    let e = one(shard_of(vec![m], 10_000), vec![backend("b", 1)]).unwrap_err();
+    assert_eq!(e.field, "directors[0].members[0].weight");
+    assert!(e.message.contains("ring points"), "{e}");
+    let backends: Vec<_> = (0..500).map(|i| backend(&format!("b{i}"), 1)).collect();
+    let members = (0..500).map(|i| member(&format!("b{i}"))).collect();
+    let e = one(shard_of(members, 10_000), backends).unwrap_err();
+    assert_eq!(e.field, "directors[0].shard.replicas");
+    assert!(e.message.contains("per director"), "{e}");
+    // A 10 MiB ident, named by its size only.
+    let mut m = member("b");
+    m.ident = "x".repeat(10 << 20);
+    let e = one(shard_of(vec![m], 67), vec![backend("b", 1)]).unwrap_err();
+    assert_eq!(e.field, "directors[0].members[0].ident");
+    assert!(e.to_string().len() < 200, "{e}");
+    // A name as long, the same.
+    let e = super::backend(&backend(&"b".repeat(10 << 20), 1), &"backend").unwrap_err();
+    assert_eq!(e.field, "backend.name");
+    assert!(e.to_string().len() < 200);
+}
+
+#[test]
+fn nesting_is_bounded_without_recursion() {
+    // A chain of nested directors deeper than the limit (and one far deeper than any stack
+    // would survive, were the check recursive): refused by field, not by a crash.
+    for depth in [limits::MAX_NESTING as usize + 1, limits::MAX_DIRECTORS] {
+        let mut directors: Vec<_> = (0..depth - 1)
+            .map(|i| nested(&format!("d{i:05}"), &format!("d{:05}", i + 1)))
+            .collect();
+        directors.push(v1::Director {
+            name: format!("d{:05}", depth - 1),
+            policy: Some(v1::director::Policy::RoundRobin(v1::RoundRobin {})),
+            members: vec![member("b")],
+            ..Default::default()
+        });
+        let req = v1::ApplyRequest {
+            backends: vec![backend("b", 1)],
+            directors,
+            ..Default::default()
+        };
+        let e = validate(&Resources::of_request(&req)).unwrap_err();
+        assert!(e.field.ends_with(".members"), "{e}");
+        assert!(e.message.contains("nest"), "{e}");
+    }
+    // The limit itself is fine.
+    let depth = limits::MAX_NESTING as usize;
+    let mut directors: Vec<_> = (0..depth - 1)
+        .map(|i| nested(&format!("d{i:05}"), &format!("d{:05}", i + 1)))
+        .collect();
+    directors.push(nested(&format!("d{:05}", depth - 1), "leaf"));
+    directors.push(v1::Director {
+        name: "leaf".into(),
+        policy: Some(v1::director::Policy::RoundRobin(v1::RoundRobin {})),
+        members: vec![member("b")],
+        ..Default::default()
+    });
+    let req = v1::ApplyRequest {
+        backends: vec![backend("b", 1)],
+        directors,
+        ..Default::default()
+    };
+    assert!(validate(&Resources::of_request(&req)).is_err());
+    let req = v1::ApplyRequest {
+        directors: req.directors[1..].to_vec(),
+        ..req
+    };
+    validate(&Resources::of_request(&req)).unwrap();
+}
+
+#[test]
+fn stored_objects_past_the_limits_are_left_out_with_their_referrers() {
+    // As a node reads them: labelled by kind and name.
+    let mut directors: Vec<_> = (0..100_000)
+        .map(|i| nested(&format!("d{i:06}"), &format!("d{:06}", i + 1)))
+        .collect();
+    directors.push(v1::Director {
+        name: "d100000".into(),
+        policy: Some(v1::director::Policy::RoundRobin(v1::RoundRobin {})),
+        members: vec![member("b")],
+        ..Default::default()
+    });
+    let mut big = shard_of(vec![member("b")], 4_000_000_000);
+    big.name = "a-huge".into();
+    let backends = [backend("b", 1)];
+    let routes = [v1::Route {
+        name: "r".into(),
+        director: "d000000".into(),
+        key: Some(v1::KeySource {
+            source: Some(v1::key_source::Source::Path(true)),
+        }),
+        ..Default::default()
+    }];
+    let set = Resources {
+        backends: backends
+            .iter()
+            .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
+            .collect(),
+        // In name order, as a store's state is.
+        directors: [&big]
+            .into_iter()
+            .chain(&directors)
+            .map(|d| (Label::Stored(Kind::Director, &d.name), d))
+            .collect(),
+        routes: routes
+            .iter()
+            .map(|r| (Label::Stored(Kind::Route, &r.name), r))
+            .collect(),
+        ..Resources::default()
+    };
+    let (v, left_out) =
+        validate_leaving_out(&set, None, &mut Converted::default(), |_| true).unwrap();
+    // What remains: the backend. The chain went over the director count, the cut left its top
+    // referring to a missing director, and its referrers (the whole chain, the route) with it.
+    assert_eq!(v.config.backends.len(), 1);
+    assert!(v.config.routes.is_empty());
+    assert!(
+        v.config.directors.is_empty(),
+        "{:?}",
+        v.config.directors.len()
+    );
+    assert!(
+        left_out
+            .iter()
+            .any(|e| e.field == "directors/a-huge.shard.replicas")
+    );
+    assert!(left_out.iter().any(|e| e.field == "routes/r"));
+}

@@ -29,6 +29,7 @@ pub use key::{Key, KeySource};
 pub use crate::config::{Algorithm, HealthyMode};
 
 use crate::config::{BackendSpec, Config, Policy, TargetRef};
+use crate::limits;
 use balanced::SlotTable;
 use fallback::Fallback;
 use round_robin::RoundRobin;
@@ -193,12 +194,24 @@ impl Directors {
             }
         }
         let mut list = Vec::with_capacity(config.directors.len());
+        // Ring points of the varnish-shard directors so far (bounded in total).
+        let mut ring_points = 0u64;
         for d in &config.directors {
             let invalid = |field: String, reason: String| BuildError::Invalid {
                 director: d.name.clone(),
                 field,
                 reason,
             };
+            if d.members.len() > limits::MAX_MEMBERS {
+                return Err(invalid(
+                    "members".into(),
+                    format!(
+                        "{} members; at most {}",
+                        d.members.len(),
+                        limits::MAX_MEMBERS
+                    ),
+                ));
+            }
             let mut members = Vec::with_capacity(d.members.len());
             for (j, m) in d.members.iter().enumerate() {
                 let target = match &m.target {
@@ -224,10 +237,13 @@ impl Directors {
                     (None, Target::Backend(b)) => config.backends[b as usize].weight,
                     (None, Target::Director(_)) => 1.0,
                 };
-                if !weight.is_finite() || weight < 0.0 {
+                if !(0.0..=limits::MAX_WEIGHT).contains(&weight) {
                     return Err(invalid(
                         format!("members[{j}].weight"),
-                        format!("must be a finite number >= 0, got {weight}"),
+                        format!(
+                            "must be a number from 0 to {}, got {weight}",
+                            limits::MAX_WEIGHT
+                        ),
                     ));
                 }
                 members.push(Member { target, weight });
@@ -237,7 +253,13 @@ impl Directors {
                 Policy::Fallback { sticky } => Kind::Fallback(Fallback::new(*sticky)),
                 Policy::Random => Kind::Random,
                 Policy::Hash => Kind::Hash,
-                Policy::Shard(spec) => Kind::Shard(Box::new(build_shard(d, spec, &members, prev)?)),
+                Policy::Shard(spec) => Kind::Shard(Box::new(build_shard(
+                    d,
+                    spec,
+                    &members,
+                    prev,
+                    &mut ring_points,
+                )?)),
             };
             let backend_of = members
                 .iter()
@@ -257,51 +279,92 @@ impl Directors {
             by_name,
             backends: config.backends.clone(),
         };
-        set.check_cycles()?;
+        set.check_graph()?;
         Ok(set)
     }
 
-    /// Rejects director graphs with a cycle, naming it.
-    fn check_cycles(&self) -> Result<(), BuildError> {
+    /// Rejects director graphs with a cycle (naming it), nested deeper than
+    /// [`limits::MAX_NESTING`] or expanding to more than [`limits::MAX_EXPANDED_MEMBERS`]
+    /// members. Iterative — an explicit stack, not recursion — so a 100,000-deep chain written
+    /// straight into the store is refused rather than overflowing the thread's stack.
+    fn check_graph(&self) -> Result<(), BuildError> {
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
             New,
             Open,
             Done,
         }
-        fn visit(
-            set: &Directors,
-            d: usize,
-            marks: &mut [Mark],
-            path: &mut Vec<usize>,
-        ) -> Result<(), BuildError> {
-            match marks[d] {
-                Mark::Done => return Ok(()),
-                Mark::Open => {
-                    let start = path.iter().position(|&p| p == d).unwrap_or(0);
-                    let mut names: Vec<String> = path[start..]
-                        .iter()
-                        .map(|&p| set.list[p].name.clone())
-                        .collect();
-                    names.push(set.list[d].name.clone());
-                    return Err(BuildError::Cycle(names));
-                }
-                Mark::New => {}
+        let n = self.list.len();
+        let mut marks = vec![Mark::New; n];
+        // Longest chain from each director (itself counted), and its members with repetition.
+        let mut depth = vec![0u32; n];
+        let mut expanded = vec![0u64; n];
+        // (director, index of its next member to look at): the path from the root.
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for root in 0..n {
+            if marks[root] != Mark::New {
+                continue;
             }
-            marks[d] = Mark::Open;
-            path.push(d);
-            for m in &set.list[d].members {
-                if let Target::Director(inner) = m.target {
-                    visit(set, inner as usize, marks, path)?;
+            marks[root] = Mark::Open;
+            stack.push((root, 0));
+            while let Some(top) = stack.last_mut() {
+                let (d, next) = *top;
+                let members = &self.list[d].members;
+                if let Some(m) = members.get(next) {
+                    top.1 += 1;
+                    let Target::Director(inner) = m.target else {
+                        continue;
+                    };
+                    let inner = inner as usize;
+                    match marks[inner] {
+                        Mark::Done => {}
+                        Mark::New => {
+                            marks[inner] = Mark::Open;
+                            stack.push((inner, 0));
+                        }
+                        Mark::Open => {
+                            let start = stack.iter().position(|&(p, _)| p == inner).unwrap_or(0);
+                            let mut names: Vec<String> = stack[start..]
+                                .iter()
+                                .map(|&(p, _)| self.list[p].name.clone())
+                                .collect();
+                            names.push(self.list[inner].name.clone());
+                            return Err(BuildError::Cycle(names));
+                        }
+                    }
+                    continue;
                 }
+                // Every member looked at: the nested ones are done.
+                let mut dep = 1u32;
+                let mut size = members.len() as u64;
+                for m in members {
+                    if let Target::Director(inner) = m.target {
+                        dep = dep.max(depth[inner as usize].saturating_add(1));
+                        size = size.saturating_add(expanded[inner as usize]);
+                    }
+                }
+                let invalid = |reason: String| BuildError::Invalid {
+                    director: self.list[d].name.clone(),
+                    field: "members".into(),
+                    reason,
+                };
+                if dep > limits::MAX_NESTING {
+                    return Err(invalid(format!(
+                        "directors nest {dep} deep from here; at most {} may",
+                        limits::MAX_NESTING
+                    )));
+                }
+                if size > limits::MAX_EXPANDED_MEMBERS {
+                    return Err(invalid(format!(
+                        "reaches {size} members through its nested directors; at most {}",
+                        limits::MAX_EXPANDED_MEMBERS
+                    )));
+                }
+                depth[d] = dep;
+                expanded[d] = size;
+                marks[d] = Mark::Done;
+                stack.pop();
             }
-            path.pop();
-            marks[d] = Mark::Done;
-            Ok(())
-        }
-        let mut marks = vec![Mark::New; self.list.len()];
-        for d in 0..self.list.len() {
-            visit(self, d, &mut marks, &mut Vec::new())?;
         }
         Ok(())
     }
@@ -446,16 +509,21 @@ fn build_shard(
     spec: &crate::config::ShardSpec,
     members: &[Member],
     prev: Option<&Directors>,
+    ring_points: &mut u64,
 ) -> Result<Shard, BuildError> {
     let invalid = |field: String, reason: String| BuildError::Invalid {
         director: d.name.clone(),
         field,
         reason,
     };
-    if spec.replicas == 0 {
+    if spec.replicas == 0 || spec.replicas > limits::MAX_REPLICAS {
         return Err(invalid(
             "shard.replicas".into(),
-            "must be at least 1".into(),
+            format!(
+                "must be from 1 to {}, got {}",
+                limits::MAX_REPLICAS,
+                spec.replicas
+            ),
         ));
     }
     if !spec.base_slots.is_power_of_two() || spec.base_slots > balanced::MAX_SLOT + 1 {
@@ -486,6 +554,41 @@ fn build_shard(
     let (table, host_member) = match spec.algorithm {
         Algorithm::Varnish => {
             let (hosts, host_member) = ring_hosts(d, members, spec.replicas);
+            // Counted before a point is hashed: the ring is 8 bytes a point.
+            let mut points = 0u64;
+            for (h, &j) in hosts.iter().zip(&host_member) {
+                let p = u64::from(h.replicas);
+                if p > limits::MAX_MEMBER_POINTS {
+                    return Err(invalid(
+                        format!("members[{j}].weight"),
+                        format!(
+                            "replicas × weight is {p} ring points; at most {} per member",
+                            limits::MAX_MEMBER_POINTS
+                        ),
+                    ));
+                }
+                points += p;
+            }
+            if points > limits::MAX_RING_POINTS {
+                return Err(invalid(
+                    "shard.replicas".into(),
+                    format!(
+                        "the ring would hold {points} points; at most {} per director",
+                        limits::MAX_RING_POINTS
+                    ),
+                ));
+            }
+            *ring_points += points;
+            if *ring_points > limits::MAX_TOTAL_RING_POINTS {
+                return Err(invalid(
+                    "shard.replicas".into(),
+                    format!(
+                        "the shard directors' rings would hold {} points together; at most {}",
+                        *ring_points,
+                        limits::MAX_TOTAL_RING_POINTS
+                    ),
+                ));
+            }
             (Table::Varnish(Ring::build(hosts, prev_ring)), host_member)
         }
         Algorithm::Balanced => {

@@ -321,6 +321,11 @@ impl TokenFile {
     }
 }
 
+/// Who made a call: the SHA-256 of its bearer token, if it sent one. Put into each
+/// admitted request's extensions, for per-token limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<[u8; 32]>);
+
 /// The layer.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -366,13 +371,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let auth = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        let caller = Caller(
+            auth.and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| digest(t.trim())),
+        );
         match self.tokens.tokens().check(req.uri().path(), auth) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(()) => {
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
     }

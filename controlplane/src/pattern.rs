@@ -30,6 +30,9 @@ pub struct PatternError {
     pub reason: String,
 }
 
+/// Longest pattern, in bytes (a name is at most 63; the rest is for a list of addresses).
+pub const MAX_PATTERN_BYTES: usize = 1024;
+
 fn host_string(h: &Host) -> String {
     match h {
         Host::Ip(ip) => ip.to_string(),
@@ -40,6 +43,13 @@ fn host_string(h: &Host) -> String {
 impl Pattern {
     /// Parses a pattern.
     pub fn parse(p: &str) -> Result<Pattern, PatternError> {
+        if p.len() > MAX_PATTERN_BYTES {
+            // Not echoed: it may be megabytes.
+            return Err(PatternError {
+                pattern: p.chars().take(32).collect::<String>() + "…",
+                reason: format!("is {} bytes long; at most {MAX_PATTERN_BYTES}", p.len()),
+            });
+        }
         let err = |reason: &str| PatternError {
             pattern: p.to_owned(),
             reason: reason.to_owned(),
@@ -142,6 +152,9 @@ fn parse_addr(item: &str) -> Option<AddrFilter> {
 }
 
 /// Shell glob with `*` and `?`.
+/// `*` and `?` globbing with one backtrack point (the last `*`): O(|p| × |s|) at worst, never
+/// exponential, whatever the pattern — and both are bounded (a pattern by
+/// [`MAX_PATTERN_BYTES`], a name by 63 bytes).
 fn glob(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);

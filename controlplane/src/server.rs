@@ -25,6 +25,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// HTTP/2 streams one client connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Largest request or response message (an Apply of many resources).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -45,6 +48,13 @@ pub async fn serve<S: Store>(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let router = tonic::transport::Server::builder()
+        // Streams per connection (above the Watch cap per connection, so that cap answers
+        // RESOURCE_EXHAUSTED rather than leaving calls queued), and keep-alive pings so a
+        // client that vanished frees its Watch streams.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .layer(AuthLayer::new(tokens))
         .add_service(health)
         .add_service(reflection)

@@ -115,10 +115,22 @@ macro_rules! rpcs {
             Ok(c.$get(v1::GetRequest { name }).await?.into_inner())
         }
         async fn list(c: &mut Client) -> Result<Vec<Self>, Status> {
-            Ok(c.$list(v1::ListRequest::default())
-                .await?
-                .into_inner()
-                .$plural)
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c
+                    .$list(v1::ListRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(page.$plural);
+                if page.next_page_token.is_empty() {
+                    return Ok(all);
+                }
+                page_token = page.next_page_token;
+            }
         }
         async fn update(c: &mut Client, r: Self) -> Result<Self, Status> {
             let req = v1::$update_req { $field: Some(r) };

@@ -72,6 +72,9 @@ pub struct Options {
 /// state (the granularity of `--cache-max-age`).
 const CACHE_TOUCH: Duration = Duration::from_secs(60);
 
+/// Left-out objects logged per revision (all are counted).
+const LOGGED_LEFT_OUT: usize = 8;
+
 /// Applies a state to the runtime; false when it could not be applied.
 ///
 /// A stored object that does not validate (written to the store by something other than a
@@ -98,9 +101,20 @@ pub fn apply(rt: &Runtime, state: &State, converted: &mut Converted) -> bool {
     };
     match validated {
         Ok((v, left_out)) => {
-            for e in left_out {
-                rt.counters.invalid_objects.fetch_add(1, Ordering::Relaxed);
+            rt.counters
+                .invalid_objects
+                .fetch_add(left_out.len() as u64, Ordering::Relaxed);
+            // A few lines per revision, not one per object: a chain of 10,000 directors left
+            // out must not flood the log at each revision.
+            for e in left_out.iter().take(LOGGED_LEFT_OUT) {
                 tracing::warn!(revision = state.revision, error = %e, "stored object is invalid; left out");
+            }
+            if left_out.len() > LOGGED_LEFT_OUT {
+                tracing::warn!(
+                    revision = state.revision,
+                    more = left_out.len() - LOGGED_LEFT_OUT,
+                    "more stored objects are invalid and left out"
+                );
             }
             match rt.install(state.revision, v.config, v.directors) {
                 Ok(()) => {

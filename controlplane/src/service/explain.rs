@@ -12,6 +12,13 @@ use crate::convert;
 use crate::error::ApiError;
 use crate::store::Store;
 
+/// Most alternates Explain lists (ordering them costs up to alternates × members on
+/// random and hash directors).
+pub const MAX_ALTERNATES: u32 = 100;
+
+/// Longest Explain key, in bytes (a request line is at most 8 KiB by default).
+pub const MAX_KEY_BYTES: usize = 8192;
+
 /// Keys sampled per shard director to report the share a change moves.
 const MOVED_SAMPLE: u32 = 10_000;
 
@@ -20,6 +27,21 @@ impl<S: Store> Api<S> {
         &self,
         req: v1::ExplainRequest,
     ) -> Result<v1::ExplainResponse, ApiError> {
+        if req.alternates > MAX_ALTERNATES {
+            return Err(ApiError::Field(convert::FieldError::invalid(
+                "alternates",
+                format!(
+                    "at most {MAX_ALTERNATES} alternates, got {}",
+                    req.alternates
+                ),
+            )));
+        }
+        if req.key.len() > MAX_KEY_BYTES {
+            return Err(ApiError::Field(convert::FieldError::invalid(
+                "key",
+                format!("is {} bytes long; at most {MAX_KEY_BYTES}", req.key.len()),
+            )));
+        }
         let n = if req.alternates == 0 {
             3
         } else {
@@ -50,13 +72,13 @@ impl<S: Store> Api<S> {
                 )
             }
             None => {
-                let state = self.load().await?;
-                let v = self.validate(&state)?;
+                let current = self.current().await?;
+                let v = &current.validated;
                 let health = AdminOnly(&v.config);
                 (
                     snapshot::explain(&v.config, &v.directors, &health, target, &req.key, n)
                         .map_err(not_found)?,
-                    state.revision,
+                    current.revision,
                 )
             }
         };

@@ -10,7 +10,11 @@
 //! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply.
 
 mod explain;
+mod watches;
 mod write;
+
+pub use explain::{MAX_ALTERNATES, MAX_KEY_BYTES};
+pub use watches::{MAX_WATCHES_PER_CONNECTION, MAX_WATCHES_PER_TOKEN};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +35,11 @@ use crate::pattern::Pattern;
 use crate::state::{self, Change, DecodeError, Resource, State};
 use crate::store::Store;
 
+/// List page size when the request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+/// Largest list page a request may ask for.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct Api<S> {
@@ -40,6 +49,18 @@ pub struct Api<S> {
     /// Directors of the last configuration this replica validated: handed to the next
     /// validation so unchanged shard rings are reused rather than rebuilt.
     last_built: Arc<std::sync::Mutex<Option<Arc<Directors>>>>,
+    /// Open Watch streams, per token and per connection.
+    watches: Arc<watches::Watches>,
+    /// The stored configuration as last validated for Explain and ListHealth, with its store
+    /// revision: rebuilt only when the store moved (one rebuild at a time).
+    current: Arc<tokio::sync::Mutex<Option<Arc<Current>>>>,
+}
+
+/// The stored configuration validated at one store revision.
+#[derive(Debug)]
+struct Current {
+    revision: i64,
+    validated: crate::convert::Validated,
 }
 
 impl<S: Store> Api<S> {
@@ -51,7 +72,47 @@ impl<S: Store> Api<S> {
             layout,
             live,
             last_built: Arc::default(),
+            watches: Arc::default(),
+            current: Arc::default(),
         }
+    }
+
+    /// The stored configuration as validated at the store's current revision, from the
+    /// last call's build when the store has not moved since. Validation (seconds at 100,000
+    /// backends) runs on the blocking pool, off the async workers that serve other calls.
+    async fn current(&self) -> Result<Arc<Current>, ApiError> {
+        let mut cached = self.current.lock().await;
+        let revision = self.store.revision().await?;
+        if let Some(c) = cached.as_ref()
+            && c.revision == revision
+        {
+            return Ok(Arc::clone(c));
+        }
+        let state = self.load().await?;
+        let api = self.clone();
+        let c = Arc::new(
+            self.off_workers(move || {
+                api.validate(&state).map(|validated| Current {
+                    revision: state.revision,
+                    validated,
+                })
+            })
+            .await?,
+        );
+        *cached = Some(Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// Runs synchronous work that grows with the configuration on the blocking pool.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(ApiError::Store(crate::store::StoreError::Storage(format!(
+                "validation task failed: {e}"
+            ))))
+        })
     }
 
     async fn load(&self) -> Result<State, ApiError> {
@@ -90,6 +151,16 @@ impl<S: Store> Api<S> {
         &self,
         req: &v1::ListRequest,
     ) -> Result<(Vec<R>, String, i64), ApiError> {
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(ApiError::Field(crate::convert::FieldError::invalid(
+                    "page_size",
+                    format!("at most {MAX_PAGE_SIZE}, got {n}"),
+                )));
+            }
+            n => n,
+        } as usize;
         let listing = self.store.list(&self.layout.dir(R::KIND)).await?;
         let mut out = Vec::new();
         let mut next = String::new();
@@ -100,7 +171,7 @@ impl<S: Store> Api<S> {
             if !req.page_token.is_empty() && name <= req.page_token.as_str() {
                 continue;
             }
-            if req.page_size != 0 && out.len() == req.page_size as usize {
+            if out.len() == page_size {
                 next = out
                     .last()
                     .map(|r: &R| r.name().to_owned())
@@ -156,8 +227,8 @@ impl<S: Store> Api<S> {
                 });
             }
         } else {
-            let v = self.validate(&self.load().await?)?;
-            for spec in &v.config.backends {
+            let current = self.current().await?;
+            for spec in &current.validated.config.backends {
                 let addrs: Vec<_> = spec.addresses().cloned().collect();
                 if !keep(&spec.name, &addrs) {
                     continue;
@@ -225,7 +296,11 @@ impl<S: Store> Api<S> {
 
     /// The Watch stream from `from`: each store revision's resource changes (revisions that
     /// changed no resource are not sent); a store error ends it with that status.
-    async fn watch_stream(&self, from: i64) -> Result<WatchStream, Status> {
+    async fn watch_stream(
+        &self,
+        from: i64,
+        guard: watches::WatchGuard,
+    ) -> Result<WatchStream, Status> {
         let mut rx = self
             .store
             .watch(self.layout.root(), from)
@@ -234,7 +309,15 @@ impl<S: Store> Api<S> {
         let (tx, out) = tokio::sync::mpsc::channel(16);
         let api = self.clone();
         tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
+            // Counted until this task ends.
+            let _guard = guard;
+            loop {
+                // A client that went away ends the stream now, not at the next change.
+                let batch = tokio::select! {
+                    b = rx.recv() => b,
+                    () = tx.closed() => return,
+                };
+                let Some(batch) = batch else { return };
                 let item = batch
                     .map(|b| api.watch_events(b))
                     .map_err(|e| Status::from(ApiError::Store(e)));
@@ -340,7 +423,14 @@ macro_rules! tether_rpcs {
             type WatchStream = WatchStream;
 
             async fn watch(&self, r: Request<v1::WatchRequest>) -> Resp<WatchStream> {
-                self.watch_stream(r.into_inner().from_revision).await.map(Response::new)
+                let token = r
+                    .extensions()
+                    .get::<crate::auth::Caller>()
+                    .and_then(|c| c.0);
+                let guard = self.watches.open(token, r.remote_addr())?;
+                self.watch_stream(r.into_inner().from_revision, guard)
+                    .await
+                    .map(Response::new)
             }
         }
     };

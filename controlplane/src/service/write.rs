@@ -57,7 +57,15 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
-            let built = self.remember(self.validate_write(&old, &new)?);
+            // Validation grows with the configuration: off the async workers.
+            let api = self.clone();
+            let (old, new, validated) = self
+                .off_workers(move || {
+                    let v = api.validate_write(&old, &new)?;
+                    Ok((old, new, v))
+                })
+                .await?;
+            let built = self.remember(validated);
             let ops = old.diff_ops(&new, &self.layout);
             let mut revision = old.revision;
             if ops.is_empty() || dry_run {

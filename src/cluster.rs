@@ -101,6 +101,10 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyh
     }
     tracing::info!(api = %url, etcd = ?args.etcd.etcd, "tether controlplane");
     let api = Api::new(store, layout, None);
+    // A split write a crash interrupted is completed now (and before every write).
+    if let Err(e) = api.recover().await {
+        tracing::warn!(error = %e, "could not look for interrupted split writes; the next write will");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

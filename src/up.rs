@@ -84,6 +84,9 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
     let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
+    api.recover()
+        .await
+        .context("completing an interrupted split write")?;
     if let Some(f) = &args.file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;

@@ -49,6 +49,9 @@ pub enum ApiError {
         /// The referring field, as `directors/sh.members[0].backend`.
         by: String,
     },
+    /// The store is between two parts of a split write.
+    #[error("a write split over several transactions is in progress; retry")]
+    WriteInProgress,
     /// Concurrent writers kept winning; nothing was written.
     #[error("the configuration kept changing during the write; nothing was written, retry")]
     Contended,
@@ -127,6 +130,7 @@ pub fn to_status(e: &ApiError) -> Status {
             ),
         ),
         ApiError::Contended => Status::aborted(msg),
+        ApiError::WriteInProgress => Status::unavailable(msg),
         ApiError::Store(StoreError::Compacted { .. }) => Status::out_of_range(msg),
         ApiError::Store(StoreError::FutureRevision { .. }) => Status::out_of_range(msg),
         ApiError::Store(StoreError::Closed | StoreError::Unavailable(_)) => {

@@ -16,6 +16,8 @@
 //!   [`server`] serves it all with the health and reflection services, over TLS from
 //!   [`tls`] when given certificates;
 //! - [`client`]: how the CLI and a following data plane reach the API (URL, TLS, token);
+//! - [`serial`]: the serial key's value — the last write's id, time and part (a split write
+//!   in progress is invisible to data planes);
 //! - [`node`]: the node agent — what a proxy node runs to follow the store: the follower
 //!   state machine over a narrow [`node::Source`] (the embedded store, etcd, or a control
 //!   plane's Watch stream), the snapshot cache, registration under a lease, the supervisor and
@@ -37,6 +39,7 @@ mod files;
 pub mod node;
 pub mod nodes;
 pub mod pattern;
+pub mod serial;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -307,6 +307,72 @@ impl Change {
     }
 }
 
+/// Reorders the contiguous run of director ops that `select` picks so that each director
+/// comes after the directors it nests (before them when `referrers_first`), by the members in
+/// `directors`. Iterative (an explicit stack): stored nesting may be deep.
+fn reorder(
+    ops: &mut [Op],
+    dir: &str,
+    select: impl Fn(&Op) -> bool,
+    directors: &BTreeMap<String, v1::Director>,
+    referrers_first: bool,
+) {
+    let Some(start) = ops.iter().position(&select) else {
+        return;
+    };
+    let len = ops[start..].iter().take_while(|o| select(o)).count();
+    let run = &mut ops[start..start + len];
+    let name_of = |o: &Op| match o {
+        Op::Put(k, _) | Op::Delete(k) => k.strip_prefix(dir).unwrap_or_default().to_owned(),
+    };
+    let index: HashMap<String, usize> = run
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (name_of(o), i))
+        .collect();
+    // Post-order over the nesting among the run's directors: nested first.
+    let mut order = Vec::with_capacity(run.len());
+    let mut state = vec![0u8; run.len()]; // 0 new, 1 open, 2 done
+    for root in 0..run.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        let mut stack = vec![(root, 0usize)];
+        state[root] = 1;
+        while let Some((d, next)) = stack.last().copied() {
+            let members = directors
+                .get(&name_of(&run[d]))
+                .map(|x| x.members.as_slice())
+                .unwrap_or_default();
+            if let Some(m) = members.get(next) {
+                if let Some(top) = stack.last_mut() {
+                    top.1 += 1;
+                }
+                if let Some(v1::member::Target::Director(inner)) = &m.target
+                    && let Some(&j) = index.get(inner)
+                    && state[j] == 0
+                {
+                    state[j] = 1;
+                    stack.push((j, 0));
+                }
+                continue;
+            }
+            state[d] = 2;
+            order.push(d);
+            stack.pop();
+        }
+    }
+    if referrers_first {
+        order.reverse();
+    }
+    let mut taken: Vec<Option<Op>> = run.iter().cloned().map(Some).collect();
+    for (slot, i) in run.iter_mut().zip(order) {
+        if let Some(op) = taken[i].take() {
+            *slot = op;
+        }
+    }
+}
+
 impl PerKind for () {
     type Output = ();
     fn run<R: Resource>(self) {}
@@ -319,6 +385,9 @@ pub struct State {
     pub revision: i64,
     /// `mod_revision` of the serial key (0 when never written).
     pub serial_revision: i64,
+    /// Whether the serial key marks a split write whose last part is still to come: this
+    /// state is then between two that API calls asked for, and is not applied.
+    pub write_open: bool,
     /// The revision of the last change to a resource: at a listing, the serial key's (every
     /// API write bumps it) or the newest stored object's (decodable or not) when later; then a
     /// batch's revision when it changed a resource. Unlike `revision`, writes to other keys
@@ -370,6 +439,7 @@ impl State {
         for kv in &listing.kvs {
             if kv.key == serial {
                 state.serial_revision = kv.mod_revision;
+                state.write_open = crate::serial::marks_open_write(&kv.value);
             } else if let Some((_, name)) = layout.parse(&kv.key) {
                 // The key string is allocated before the message's own strings, so that the
                 // 10,000 entries a revision walks lie in memory in key order (measured: a
@@ -469,6 +539,7 @@ impl State {
                 && kv.key == serial
             {
                 self.serial_revision = kv.mod_revision;
+                self.write_open = crate::serial::marks_open_write(&kv.value);
             }
         }
         let changes = events
@@ -616,7 +687,15 @@ impl State {
         each_kind(&mut d, false);
         d.deletes = true;
         each_kind(&mut d, true);
-        d.ops
+        let mut ops = d.ops;
+        // Directors nesting directors: within their puts, a nested director before the one
+        // naming it; within their deletes, the one naming it first.
+        let dir = layout.dir(Kind::Director);
+        let is_put = |o: &Op| matches!(o, Op::Put(k, _) if k.starts_with(&dir));
+        let is_delete = |o: &Op| matches!(o, Op::Delete(k) if k.starts_with(&dir));
+        reorder(&mut ops, &dir, is_put, &next.directors, false);
+        reorder(&mut ops, &dir, is_delete, &self.directors, true);
+        ops
     }
 
     /// Whether a stored resource differs from `r` (ignoring revisions).

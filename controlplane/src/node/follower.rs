@@ -232,11 +232,22 @@ impl<S: Source> Follower<S> {
         // A new store history may begin here (a restored store): revisions identify contents
         // only within one.
         self.converted = Converted::default();
-        if apply(&self.rt, &self.state, &mut self.converted) {
-            self.save().await;
+        if self.state.write_open {
+            // Listed between two parts of a split write: not a state any call asked for. What
+            // is served stays; the write's last part (or its completion by a control plane)
+            // comes through the watch.
+            tracing::info!(
+                revision = self.state.revision,
+                "listed inside an unfinished split write; applying once it completes"
+            );
+            self.rt.saw_revision(self.state.revision);
+        } else {
+            if apply(&self.rt, &self.state, &mut self.converted) {
+                self.save().await;
+            }
+            self.rt.mark_confirmed();
+            self.rt.set_ready();
         }
-        self.rt.mark_confirmed();
-        self.rt.set_ready();
         Phase::Watching {
             revision: self.state.revision,
         }
@@ -293,6 +304,25 @@ impl<S: Source> Follower<S> {
         if let Some(r) = b.serial_revision {
             self.state.serial_revision = r;
         }
+        let was_open = self.state.write_open;
+        if let Some(open) = b.write_open {
+            self.state.write_open = open;
+        }
+        if self.state.write_open {
+            // Inside a split write: its parts accumulate here, and are applied together with
+            // its last.
+            let errors = self.state.apply(b.revision, b.changes);
+            self.count_undecodable(errors);
+            self.rt.saw_revision(b.revision);
+            return;
+        }
+        if was_open {
+            // The last part: everything the write changed, at once.
+            let errors = self.state.apply(b.revision, b.changes);
+            self.count_undecodable(errors);
+            self.apply_and_save(b.committed).await;
+            return;
+        }
         if b.changes.is_empty() {
             // Node registrations and the like: nothing to rebuild.
             self.state.revision = b.revision;
@@ -302,8 +332,14 @@ impl<S: Source> Follower<S> {
         }
         let errors = self.state.apply(b.revision, b.changes);
         self.count_undecodable(errors);
+        self.apply_and_save(b.committed).await;
+    }
+
+    /// Applies the state as it stands, saves it to the cache, and records the delay from
+    /// `committed` (the write's commit time).
+    async fn apply_and_save(&mut self, committed: Option<SystemTime>) {
         if apply(&self.rt, &self.state, &mut self.converted) {
-            if let Some(t) = b.committed
+            if let Some(t) = committed
                 && let Ok(d) = SystemTime::now().duration_since(t)
             {
                 self.rt.apply_delay.observe(d);
@@ -311,6 +347,8 @@ impl<S: Source> Follower<S> {
             self.save().await;
         }
         self.rt.mark_confirmed();
+        // A node that listed inside a split write becomes ready here.
+        self.rt.set_ready();
     }
 
     fn count_undecodable(&self, errors: Vec<DecodeError>) {

@@ -7,7 +7,7 @@
 //! reported the same way by every source, and the follower treats it the same way.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tether_proto::keys::Layout;
 
@@ -36,6 +36,9 @@ pub struct Batch {
     pub serial_revision: Option<i64>,
     /// The commit time the API write left in the serial key, if any.
     pub committed: Option<SystemTime>,
+    /// When the serial key was written: whether it marks a split write still unfinished
+    /// (this revision and the next are not to be applied until it is).
+    pub write_open: Option<bool>,
 }
 
 /// An open watch: batches in revision order.
@@ -75,13 +78,6 @@ pub struct StoreWatch {
     layout: Layout,
 }
 
-/// The commit time a control-plane write left in the serial key's value (bytes 16..24, Unix
-/// nanoseconds; see `service::write_id`).
-fn commit_time(value: &[u8]) -> Option<SystemTime> {
-    let ns: [u8; 8] = value.get(16..24)?.try_into().ok()?;
-    Some(UNIX_EPOCH + Duration::from_nanos(u64::from_le_bytes(ns)))
-}
-
 /// A store's watch batch as the follower's batch.
 pub fn decode_batch(layout: &Layout, b: &WatchBatch) -> Batch {
     let serial = layout.serial();
@@ -95,7 +91,9 @@ pub fn decode_batch(layout: &Layout, b: &WatchBatch) -> Batch {
             && kv.key == serial
         {
             batch.serial_revision = Some(kv.mod_revision);
-            batch.committed = commit_time(&kv.value);
+            let mark = crate::serial::Serial::decode(&kv.value);
+            batch.committed = mark.map(|m| m.time());
+            batch.write_open = Some(mark.is_some_and(|m| m.is_open()));
         } else if let Some(c) = Change::from_event(layout, e) {
             batch.changes.push(c);
         }

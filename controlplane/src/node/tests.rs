@@ -413,3 +413,65 @@ async fn the_supervisor_restarts_a_dead_follower_and_clears_readiness_meanwhile(
     assert!(rt.is_ready(), "the restarted follower listed and is ready");
     assert_eq!(applied(&rt).0, 6);
 }
+
+fn part(revision: i64, changes: Vec<Change>, open: bool) -> Result<Batch, StoreError> {
+    Ok(Batch {
+        revision,
+        changes,
+        serial_revision: Some(revision),
+        write_open: Some(open),
+        ..Batch::default()
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_split_write_is_applied_at_its_last_part_and_a_listing_inside_one_waits() {
+    let src = Scripted::default();
+    src.list_state(state(5, &["a"]));
+    let w = src.watch();
+    let (rt, _stop) = start(&src, Options::default());
+    settle().await;
+    assert_eq!(applied(&rt), (5, vec!["a".to_owned()]));
+    w.send(part(6, vec![put(backend("b", 6))], true)).unwrap();
+    w.send(part(7, vec![put(backend("c", 7))], true)).unwrap();
+    settle().await;
+    assert_eq!(
+        applied(&rt).0,
+        5,
+        "nothing of the write before its last part"
+    );
+    w.send(part(8, vec![put(backend("d", 8))], false)).unwrap();
+    settle().await;
+    assert_eq!(
+        applied(&rt),
+        (
+            8,
+            vec!["a", "b", "c", "d"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        )
+    );
+
+    // A node that lists inside a split write serves nothing of it, and is not ready, until
+    // the write completes.
+    let src = Scripted::default();
+    let mut inside = state(7, &["a", "b"]);
+    inside.write_open = true;
+    src.list_state(inside);
+    let w = src.watch();
+    let (rt, _stop) = start(&src, Options::default());
+    settle().await;
+    assert!(!rt.is_ready());
+    assert_eq!(applied(&rt).0, 0);
+    w.send(part(8, vec![put(backend("c", 8))], false)).unwrap();
+    settle().await;
+    assert!(rt.is_ready());
+    assert_eq!(
+        applied(&rt),
+        (
+            8,
+            vec!["a", "b", "c"].into_iter().map(String::from).collect()
+        )
+    );
+}

@@ -10,6 +10,7 @@
 //! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply.
 
 mod explain;
+mod intent;
 mod watches;
 mod write;
 
@@ -262,6 +263,10 @@ impl<S: Store> Api<S> {
 
     async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
         let (state, undecodable) = self.load_reporting().await?;
+        if state.write_open {
+            // Not a state any call asked for; the follower asks again.
+            return Err(ApiError::WriteInProgress);
+        }
         Ok(state.to_snapshot(&undecodable))
     }
 
@@ -308,9 +313,14 @@ impl<S: Store> Api<S> {
             .map_err(|e| Status::from(ApiError::Store(e)))?;
         let (tx, out) = tokio::sync::mpsc::channel(16);
         let api = self.clone();
+        let serial = self.layout.serial();
         tokio::spawn(async move {
             // Counted until this task ends.
             let _guard = guard;
+            // The events of a split write still in progress: sent together with its last part,
+            // as data planes following the store apply them.
+            let mut held: Vec<v1::WatchEvent> = Vec::new();
+            let mut open = false;
             loop {
                 // A client that went away ends the stream now, not at the next change.
                 let batch = tokio::select! {
@@ -318,14 +328,30 @@ impl<S: Store> Api<S> {
                     () = tx.closed() => return,
                 };
                 let Some(batch) = batch else { return };
-                let item = batch
+                if let Ok(b) = &batch
+                    && let Some(v) = b.events.iter().rev().find_map(|e| match e {
+                        crate::store::Event::Put(kv) if kv.key == serial => Some(&kv.value),
+                        _ => None,
+                    })
+                {
+                    open = crate::serial::marks_open_write(v);
+                }
+                let mut item = batch
                     .map(|b| api.watch_events(b))
                     .map_err(|e| Status::from(ApiError::Store(e)));
                 let end = item.is_err();
-                if let Ok(resp) = &item
-                    && resp.events.is_empty()
-                {
-                    continue;
+                if let Ok(resp) = &mut item {
+                    if open {
+                        held.append(&mut resp.events);
+                        continue;
+                    }
+                    if !held.is_empty() {
+                        held.append(&mut resp.events);
+                        resp.events = std::mem::take(&mut held);
+                    }
+                    if resp.events.is_empty() {
+                        continue;
+                    }
                 }
                 if tx.send(item).await.is_err() || end {
                     return;

@@ -302,9 +302,20 @@ async fn explain_from_the_store() {
     }
 }
 
-/// The embedded store with etcd-like small transaction limits.
+/// The embedded store with etcd-like small transaction limits; `Small::failing_after(k)`
+/// fails every transaction after its k-th, as a control plane killed there would stop.
 #[derive(Debug, Clone)]
-struct Small(EmbeddedStore);
+struct Small(EmbeddedStore, Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Small {
+    fn new(s: EmbeddedStore) -> Small {
+        Small(s, None)
+    }
+
+    fn failing_after(s: EmbeddedStore, k: usize) -> Small {
+        Small(s, Some(Arc::new(std::sync::atomic::AtomicUsize::new(k))))
+    }
+}
 
 impl Store for Small {
     async fn revision(&self) -> Result<i64, crate::store::StoreError> {
@@ -325,6 +336,15 @@ impl Store for Small {
             "a part exceeds the limit: {}",
             txn.ops.len()
         );
+        if let Some(budget) = &self.1 {
+            use std::sync::atomic::Ordering;
+            if budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(crate::store::StoreError::Unavailable("killed".into()));
+            }
+        }
         self.0.txn(txn).await
     }
     async fn watch(
@@ -345,7 +365,7 @@ impl Store for Small {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_too_large_for_one_transaction_is_split_into_valid_parts() {
     let (_d, _api, store) = api();
-    let api = Api::new(Small(store.clone()), Layout::default(), None);
+    let api = Api::new(Small::new(store.clone()), Layout::default(), None);
     let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let backends: Vec<_> = (0..12)
@@ -376,4 +396,139 @@ async fn a_write_too_large_for_one_transaction_is_split_into_valid_parts() {
     }
     assert_eq!(state.backends.len(), 6);
     assert_eq!(state.directors["d"].members.len(), 6);
+}
+
+fn nested(name: &str, inner: &str) -> v1::Director {
+    v1::Director {
+        name: name.into(),
+        policy: Some(v1::director::Policy::Fallback(v1::Fallback::default())),
+        members: vec![v1::Member {
+            target: Some(v1::member::Target::Director(inner.into())),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_write_killed_after_any_part_is_all_or_nothing_and_never_seen_half_done() {
+    let layout = Layout::default();
+    // 20 backends and directors nesting each other, named so that referrers sort first: 23
+    // resources in parts of 3, so 8 parts, staged in 8 transactions first.
+    let names: Vec<String> = (0..20).map(|i| format!("b{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let write = apply_req(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| backend(n, 9000 + i as u16))
+            .collect(),
+        vec![
+            nested("a-top", "m-mid"),
+            nested("m-mid", "z-leaf"),
+            shard("z-leaf", &refs),
+        ],
+    );
+    for k in [0, 4, 8, 9, 12, 15, 16, 17] {
+        let (_d, _api, store) = api();
+        let base = Api::new(Small::new(store.clone()), layout.clone(), None);
+        base.apply(apply_req(vec![backend("a0", 1)], vec![]))
+            .await
+            .unwrap();
+        let before = store.revision().await.unwrap();
+        let killed = Api::new(Small::failing_after(store.clone(), k), layout.clone(), None);
+        let r = killed.apply(write.clone()).await;
+        // After 16 (staging and parts), only the record's deletion fails: logged, not an error.
+        assert_eq!(r.is_ok(), k >= 16, "k = {k}: {r:?}");
+        // The next start completes the write, or there is nothing to complete.
+        let restarted = Api::new(Small::new(store.clone()), layout.clone(), None);
+        restarted.recover().await.unwrap();
+        let (state, _) = State::from_listing(&layout, &store.list(layout.root()).await.unwrap());
+        assert!(!state.write_open, "k = {k}");
+        let all = state.backends.len() == 21 && state.directors.len() == 3;
+        let none = state.backends.len() == 1 && state.directors.is_empty();
+        assert!(all || none, "k = {k}: {state:?}");
+        // Part 1 committed (k > 8): the whole write is there; and its record is gone.
+        assert_eq!(all, k > 8, "k = {k}");
+        let intents = store.list("/tether/v1/intents/").await.unwrap().kvs;
+        assert!(k <= 8 || intents.is_empty(), "k = {k}: {intents:?}");
+        // What a data plane following the store applies: only revisions outside the write,
+        // each the state before it or the whole of it.
+        let now = store.revision().await.unwrap();
+        let mut rx = store.watch(layout.root(), 1).await.unwrap();
+        let mut seen = State::default();
+        while seen.revision < now {
+            let b = rx.recv().await.unwrap().unwrap();
+            seen.apply_events(&layout, b.revision, &b.events);
+            if seen.revision <= before || seen.write_open {
+                continue;
+            }
+            let n = (seen.backends.len(), seen.directors.len());
+            assert!(
+                n == (1, 0) || n == (21, 3),
+                "k = {k}: revision {} applies {n:?}",
+                b.revision
+            );
+            convert::validate(&seen.resources()).unwrap();
+        }
+        // And the next write goes through.
+        restarted.create(Some(backend("late", 2))).await.unwrap();
+    }
+}
+
+#[test]
+fn nested_directors_are_put_inner_first_and_deleted_referrer_first() {
+    let layout = Layout::default();
+    let mut a = State::default();
+    let mut b = State::default();
+    for d in [
+        nested("a-top", "m-mid"),
+        nested("m-mid", "z-leaf"),
+        shard("z-leaf", &[]),
+    ] {
+        b.directors.insert(d.name.clone(), d);
+    }
+    let names = |ops: &[crate::store::Op]| -> Vec<String> {
+        ops.iter()
+            .map(|o| match o {
+                crate::store::Op::Put(k, _) | crate::store::Op::Delete(k) => {
+                    k.rsplit('/').next().unwrap().to_owned()
+                }
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&a.diff_ops(&b, &layout)),
+        ["z-leaf", "m-mid", "a-top"]
+    );
+    std::mem::swap(&mut a, &mut b);
+    assert_eq!(
+        names(&a.diff_ops(&b, &layout)),
+        ["a-top", "m-mid", "z-leaf"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_stream_sends_a_split_write_as_one_response() {
+    let (_d, _api, store) = api();
+    let api = Api::new(Small::new(store.clone()), Layout::default(), None);
+    let mut stream = Tether::watch(
+        &api,
+        tonic::Request::new(v1::WatchRequest { from_revision: 0 }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let backends = (0..12)
+        .map(|i| backend(&names[i], 9000 + i as u16))
+        .collect();
+    let r = api
+        .apply(apply_req(backends, vec![shard("d", &refs)]))
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.revision, r.revision, "sent at the write's last part");
+    assert_eq!(first.events.len(), 13, "all of it in one response");
 }

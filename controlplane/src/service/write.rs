@@ -11,13 +11,14 @@ use tether_dataplane::config::Config;
 use tether_dataplane::director::Directors;
 use tether_proto::v1::{self, Action};
 
-use super::Api;
 use super::explain::keys_moved;
+use super::{Api, intent};
 use crate::convert::{self, Converted, Failure};
 use crate::error::ApiError;
 use crate::pattern::Pattern;
+use crate::serial::Serial;
 use crate::state::{Resource, State};
-use crate::store::{Store, TxnOutcome};
+use crate::store::Store;
 
 /// Writes retried when another writer committed first.
 const WRITE_ATTEMPTS: usize = 8;
@@ -52,8 +53,15 @@ impl<S: Store> Api<S> {
         dry_run: bool,
         change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
     ) -> Result<Written<T>, ApiError> {
-        'attempt: for _ in 0..WRITE_ATTEMPTS {
+        'attempt: for attempt in 0..WRITE_ATTEMPTS {
+            // A split write a crash interrupted is completed before anything else is written.
+            self.recover().await?;
             let old = self.load().await?;
+            if old.write_open {
+                // Another control plane is between two parts of its write.
+                tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
+                continue 'attempt;
+            }
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
@@ -78,30 +86,42 @@ impl<S: Store> Api<S> {
             }
             let serial = self.layout.serial();
             let mut serial_revision = old.serial_revision;
+            // Room for the serial key's mark and, in the first part, the intent record's.
             let parts = split(
                 ops,
-                self.store.max_txn_ops().saturating_sub(1).max(1),
-                self.store.max_txn_bytes().saturating_sub(serial.len() + 64),
+                self.store.max_txn_ops().saturating_sub(2).max(1),
+                self.store
+                    .max_txn_bytes()
+                    .saturating_sub(serial.len() + 256),
             );
-            for (i, ops) in parts.into_iter().enumerate() {
-                let witness = write_id();
-                let mut ops = ops;
-                ops.push(crate::store::Op::Put(serial.clone(), witness.clone()));
-                let txn = crate::store::Txn {
-                    compares: vec![crate::store::Compare::ModRevision(
-                        serial.clone(),
-                        serial_revision,
-                    )],
-                    ops,
-                    witness: Some((serial.clone(), witness)),
-                };
-                match self.store.txn(txn).await? {
-                    TxnOutcome::Committed { revision: r } => {
+            let n = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+            let mark = Serial::new(n);
+            if n > 1 {
+                self.stage(&mark, &parts).await?;
+            }
+            for (i, mut ops) in parts.into_iter().enumerate() {
+                let part = u32::try_from(i).unwrap_or(u32::MAX).saturating_add(1);
+                if n > 1 && part == 1 {
+                    ops.push(self.intent_live(&mark));
+                }
+                match self
+                    .commit_part(mark.at(part), ops, serial_revision)
+                    .await?
+                {
+                    Some(r) => {
                         serial_revision = r;
                         revision = r;
                     }
-                    TxnOutcome::Failed { .. } => {
-                        if i > 0 {
+                    None => {
+                        if part == 1 && n > 1 {
+                            // Nothing of it was written: its staged parts go.
+                            let id = mark.id_hex();
+                            let keys = (1..=n).map(|k| self.intent_part_key(&id, k)).collect();
+                            self.drop_intent(&id, keys).await;
+                        }
+                        if part > 1 {
+                            // Another control plane's recovery took the write over (it
+                            // completes it from the intent record); start over on its result.
                             tracing::warn!(
                                 parts_written = i,
                                 "another write intervened between parts of a split write; starting over"
@@ -110,6 +130,17 @@ impl<S: Store> Api<S> {
                         continue 'attempt;
                     }
                 }
+                if part < n
+                    && let Some(pause) = intent::pause_between_parts()
+                {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            if n > 1 {
+                let id = mark.id_hex();
+                let mut keys: Vec<String> = (1..=n).map(|k| self.intent_part_key(&id, k)).collect();
+                keys.push(self.intent_key(&id));
+                self.drop_intent(&id, keys).await;
             }
             return Ok(Written {
                 value,
@@ -348,19 +379,6 @@ impl<S: Store> Api<S> {
 /// unknown outcome can be resolved by reading it back), then the commit time in Unix
 /// nanoseconds (so that data planes can measure commit-to-apply delay; see
 /// `node::source`).
-fn write_id() -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let mut id = Vec::with_capacity(24);
-    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
-    id.extend_from_slice(&fastrand::u64(..).to_le_bytes());
-    id.extend_from_slice(&now.to_le_bytes());
-    id
-}
-
-/// Splits ops into parts of at most `max_ops` operations and about `max_bytes` bytes of keys
-/// and values, keeping their order.
 fn split(
     ops: Vec<crate::store::Op>,
     max_ops: usize,

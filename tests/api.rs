@@ -86,6 +86,53 @@ async fn tokens_roles_health_and_reflection() {
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"tether.v1.Tether"), "{names:?}");
+
+    // The token file is re-read when it changes: the new token works, the old one no longer.
+    const NEW: &str = "admin-token-9876543210";
+    std::fs::write(&tokens, format!("admin:{NEW}\nread-only:{READER}\n")).unwrap();
+    let list = ["backend", "list"];
+    wait_for(
+        || run(Some(NEW), &list).status.success(),
+        "the changed token file",
+    )
+    .await;
+    assert!(!run(Some(ADMIN), &list).status.success());
+    // On SIGHUP, even when nothing the poll looks at changed (same size, time and inode).
+    const HUP: &str = "admin-token-hup3210987";
+    let stamp = std::fs::metadata(&tokens).unwrap().modified().unwrap();
+    std::fs::write(&tokens, format!("admin:{HUP}\nread-only:{READER}\n")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tokens)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        !run(Some(HUP), &list).status.success(),
+        "not re-read without a change or SIGHUP"
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &t.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for(|| run(Some(HUP), &list).status.success(), "SIGHUP").await;
+    // A broken file keeps the tokens in force.
+    std::fs::write(&tokens, "admin:short\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(run(Some(HUP), &list).status.success());
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

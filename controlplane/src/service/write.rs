@@ -320,13 +320,22 @@ impl<S: Store> Api<S> {
             })
             .await?;
         // The stored configuration as the write path sees it (invalid stored objects left out).
-        let keys_moved = match self.validate(&w.old) {
-            Ok(before) => keys_moved(&before.config, &before.directors, &w.built),
-            Err(_) => Vec::new(),
-        };
+        // Validating the old state and sampling 10,000 keys per shard director: off the async
+        // workers too.
+        let api = self.clone();
+        let (revision, changes) = (w.revision, w.value);
+        let (old, built) = (w.old, w.built);
+        let keys_moved = self
+            .off_workers(move || {
+                Ok(match api.validate(&old) {
+                    Ok(before) => keys_moved(&before.config, &before.directors, &built),
+                    Err(_) => Vec::new(),
+                })
+            })
+            .await?;
         Ok(v1::ApplyResponse {
-            revision: w.revision,
-            changes: w.value,
+            revision,
+            changes,
             keys_moved,
             dry_run: req.dry_run,
         })

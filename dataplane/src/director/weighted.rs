@@ -36,11 +36,16 @@ pub(crate) fn order(
     limit: usize,
 ) -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
+    // A mask, not a search of `out`: each pick is O(members), so the order is
+    // O(limit × members) rather than O(limit² × members).
+    let mut taken = vec![false; weights.len()];
     while out.len() < limit {
-        let taken = out.clone();
-        let ok = |m: usize| eligible(m) && !taken.contains(&m);
+        let ok = |m: usize| eligible(m) && !taken[m];
         match pick(weights, &ok, r()) {
-            Some(m) => out.push(m),
+            Some(m) => {
+                taken[m] = true;
+                out.push(m);
+            }
             None => break,
         }
     }

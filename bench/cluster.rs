@@ -93,6 +93,29 @@ fn director(n: usize) -> v1::Director {
     }
 }
 
+/// Applies `n` backends in one shard director (pruning the rest): the API call's time, and
+/// the time until every data plane applied it.
+async fn timed_apply(
+    c: &mut TetherClient<tonic::transport::Channel>,
+    http: &Http,
+    admins: &[String],
+    n: usize,
+) -> Result<(Duration, Duration), tonic::Status> {
+    let start = Instant::now();
+    let rev = c
+        .apply(v1::ApplyRequest {
+            backends: (0..n).map(backend).collect(),
+            directors: vec![director(n)],
+            prune: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .revision;
+    let api_done = start.elapsed();
+    Ok((api_done, all_applied(http, admins, rev, start).await))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -137,19 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. A 5,000-resource write, split over many etcd transactions (at most 128 operations
     // each): from the call to every node applied. Three times, alternating with the small set.
     for _ in 0..3 {
-        let start = Instant::now();
-        let rev = c
-            .apply(v1::ApplyRequest {
-                backends: (0..4999).map(backend).collect(),
-                directors: vec![director(4999)],
-                prune: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .revision;
-        let api_done = start.elapsed();
-        let all = all_applied(&http, &admins, rev, start).await;
+        let (api_done, all) = timed_apply(&mut c, &http, &admins, 4999).await?;
         println!(
             "split write of 5,000 resources (4,999 backends + director): API {api_done:.2?}, applied on every node after {all:.2?}"
         );
@@ -164,19 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. 10,000 backends in one shard director.
     let n = 10_000;
-    let start = Instant::now();
-    let rev = c
-        .apply(v1::ApplyRequest {
-            backends: (0..n).map(backend).collect(),
-            directors: vec![director(n)],
-            prune: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .revision;
-    let api_done = start.elapsed();
-    let all = all_applied(&http, &admins, rev, start).await;
+    let (api_done, all) = timed_apply(&mut c, &http, &admins, n).await?;
     println!(
         "apply of {n} backends + director: API {api_done:.2?}, applied on every node after {all:.2?}"
     );

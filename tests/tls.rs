@@ -60,25 +60,28 @@ fn token_file(dir: &Path) -> std::path::PathBuf {
     f
 }
 
+/// `tether up` serving the API over TLS with `leaf`, and the tokens of [`token_file`].
+async fn up_tls(d: &Path, leaf: &support::certs::Leaf, extra: &[&str]) -> Tether {
+    let tokens = token_file(d);
+    let mut args = vec![
+        "--api-cert",
+        leaf.cert.to_str().unwrap(),
+        "--api-key",
+        leaf.key.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Tether::up(d, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_over_tls_with_a_rotated_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ca = Ca::new(d, "ca");
     let leaf = ca.leaf(d, "api");
-    let tokens = token_file(d);
-    let t = Tether::up(
-        d,
-        &[
-            "--api-cert",
-            leaf.cert.to_str().unwrap(),
-            "--api-key",
-            leaf.key.to_str().unwrap(),
-            "--token-file",
-            tokens.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let t = up_tls(d, &leaf, &[]).await;
     assert!(t.api.starts_with("https://127.0.0.1:"), "{}", t.api);
     let with_ca = [("TETHER_CA", ca.pem.as_path())];
     let create = |name: &str, env: &[(&str, &Path)]| {
@@ -209,19 +212,10 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let clients = Ca::new(d, "clients");
     let me = clients.leaf(d, "me");
     let stranger = Ca::new(d, "stranger").leaf(d, "stranger");
-    let tokens = token_file(d);
-    let t = Tether::up(
+    let t = up_tls(
         d,
-        &[
-            "--api-cert",
-            leaf.cert.to_str().unwrap(),
-            "--api-key",
-            leaf.key.to_str().unwrap(),
-            "--api-client-ca",
-            clients.pem.to_str().unwrap(),
-            "--token-file",
-            tokens.to_str().unwrap(),
-        ],
+        &leaf,
+        &["--api-client-ca", clients.pem.to_str().unwrap()],
     )
     .await;
     let list = ["backend", "list"];

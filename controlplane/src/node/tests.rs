@@ -283,13 +283,25 @@ async fn an_undecodable_object_is_left_out_and_later_events_still_flow() {
     assert_eq!(rt.counters.invalid_objects.load(Ordering::Relaxed), 4);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_node_starts_from_its_cache_while_the_source_is_down_then_catches_up() {
+/// A snapshot cache of revision 5 (backend `cached`), last confirmed `age` ago.
+async fn cached(age: Duration) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("snapshot.cache");
     super::cache::write(cache.clone(), &state(5, &["cached"]))
         .await
         .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&cache)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+    (dir, cache)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_starts_from_its_cache_while_the_source_is_down_then_catches_up() {
+    let (_dir, cache) = cached(Duration::ZERO).await;
     let src = Scripted::default();
     src.list(Err(down()))
         .list(Err(down()))
@@ -312,18 +324,8 @@ async fn a_node_starts_from_its_cache_while_the_source_is_down_then_catches_up()
 
 #[tokio::test(start_paused = true)]
 async fn a_cache_older_than_its_maximum_age_serves_but_is_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("snapshot.cache");
-    super::cache::write(cache.clone(), &state(5, &["cached"]))
-        .await
-        .unwrap();
     // Last confirmed by the store two hours ago.
-    std::fs::File::options()
-        .write(true)
-        .open(&cache)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
-        .unwrap();
+    let (_dir, cache) = cached(Duration::from_secs(7200)).await;
     let src = Scripted::default();
     src.list(Err(down())).list_state(state(9, &["fresh"]));
     let _w = src.watch();

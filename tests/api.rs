@@ -223,3 +223,43 @@ async fn cli_errors_name_the_field_and_exit_non_zero() {
     assert_eq!(out.status.code(), Some(2), "stale revision");
     assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
 }
+
+#[test]
+fn a_token_file_others_can_read_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("admin:{ADMIN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--api",
+            "127.0.0.1:0",
+            "--proxy",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--token-file")
+        .arg(&tokens)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let endpoints = dir.path().join("data/endpoints.json");
+    let start = std::time::Instant::now();
+    while !endpoints.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by its group or by everyone"),
+        "{err}"
+    );
+}

@@ -12,7 +12,8 @@
 //! - [`state`]: the stored configuration decoded at one revision, and the diff that becomes
 //!   one transaction;
 //! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
-//!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens;
+//!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens (the token file
+//!   re-read on change, noticed by `files`);
 //!   [`server`] serves it all with the health and reflection services, over TLS from
 //!   [`tls`] when given certificates;
 //! - [`client`]: how the CLI and a following data plane reach the API (URL, TLS, token);

@@ -6,8 +6,12 @@
 //! - `write`: the write engine — list the configuration at revision R → change a copy →
 //!   validate the whole result ([`crate::convert::validate`]) → one transaction with the
 //!   difference, guarded by the serial key (split into referentially complete parts when it is
-//!   too large for one); nothing partial is ever stored;
-//! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply.
+//!   too large for one, invisible to data planes until its last part); nothing partial is ever
+//!   stored;
+//! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply;
+//! - `intent`: split writes all or nothing — the staged intent record, and the recovery that
+//!   completes a split write a crash interrupted;
+//! - `watches`: the caps on open Watch streams per token and per connection.
 
 mod explain;
 mod intent;

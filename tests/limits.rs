@@ -72,7 +72,7 @@ async fn a_read_only_token_cannot_make_a_call_do_unbounded_work() {
     let t = Tether::up(dir.path(), &["--token-file", tokens.to_str().unwrap()]).await;
     let mut admin = connect(&t.api, ADMIN).await;
     let names: Vec<String> = (0..5000).map(|i| format!("b{i:04}")).collect();
-    admin
+    let applied = admin
         .apply(v1::ApplyRequest {
             backends: names.iter().map(|n| backend(n)).collect(),
             directors: vec![director(
@@ -83,8 +83,29 @@ async fn a_read_only_token_cannot_make_a_call_do_unbounded_work() {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .revision;
     let mut reader = connect(&t.api, READER).await;
+    // Explain in `tether up` answers from the running data plane: wait until it applied.
+    let start = Instant::now();
+    loop {
+        let r = reader
+            .explain(v1::ExplainRequest {
+                target: Some(v1::explain_request::Target::Director("h".into())),
+                key: "k".into(),
+                alternates: 1,
+            })
+            .await;
+        match r {
+            Ok(r) if r.get_ref().revision >= applied => break,
+            _ => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never applied: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     let start = Instant::now();
     let e = reader
@@ -354,7 +375,10 @@ async fn oversized_objects_written_into_etcd_are_left_out_and_counted_on_every_n
         }
     }
     for n in &nodes {
-        n.wait_applied(revision).await;
+        // ~100 revisions of up to 12,000 directors each, validated one after the other by a
+        // debug build on a shared machine.
+        n.wait_applied_within(revision, Duration::from_secs(90))
+            .await;
     }
     // Every node left them out, counted them, and routes as before.
     for n in &nodes {

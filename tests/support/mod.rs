@@ -328,6 +328,12 @@ impl Tether {
 
     /// Waits until the proxy applied `revision`.
     pub async fn wait_applied(&self, revision: i64) {
+        self.wait_applied_within(revision, Duration::from_secs(10))
+            .await;
+    }
+
+    /// [`Tether::wait_applied`], for up to `limit`.
+    pub async fn wait_applied_within(&self, revision: i64, limit: Duration) {
         let start = Instant::now();
         loop {
             let s = self.state().await;
@@ -335,7 +341,7 @@ impl Tether {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < limit,
                 "revision {revision} never applied: {s}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -159,7 +159,7 @@ impl<S: Store> Api<S> {
         let dir = self.intents_dir();
         let listing = self.store.list(&dir).await?;
         if listing.kvs.is_empty() {
-            return Ok(());
+            return self.close_orphaned_mark().await;
         }
         // id → (live, staged parts by number, keys)
         let mut records: std::collections::BTreeMap<String, Record> = Default::default();
@@ -182,6 +182,8 @@ impl<S: Store> Api<S> {
         }
         let serial = self.store.get(&self.layout.serial()).await?;
         let mark = serial.as_ref().and_then(|kv| Serial::decode(&kv.value));
+        let orphaned =
+            mark.is_some_and(|m| m.is_open() && !records.get(&m.id_hex()).is_some_and(|r| r.live));
         for (id, r) in records {
             if r.live
                 && let Some(m) = mark
@@ -225,7 +227,39 @@ impl<S: Store> Api<S> {
             }
             self.drop_intent(&id, r.keys).await;
         }
+        if orphaned {
+            self.close_orphaned_mark().await?;
+        }
         Ok(())
+    }
+}
+
+impl<S: Store> Api<S> {
+    /// A serial key marking an unfinished write with no intent record to finish it from (the
+    /// record deleted behind our back): nothing can complete or undo it, and every write would
+    /// wait on it forever. Closing the mark lets the store's state, as the parts written left
+    /// it, be applied — logged as the loss it is.
+    async fn close_orphaned_mark(&self) -> Result<(), ApiError> {
+        let Some(kv) = self.store.get(&self.layout.serial()).await? else {
+            return Ok(());
+        };
+        let Some(m) = Serial::decode(&kv.value).filter(Serial::is_open) else {
+            return Ok(());
+        };
+        // A young mark may be a live writer whose record this listing raced.
+        let age = Duration::from_nanos(Serial::new(1).time_ns.saturating_sub(m.time_ns));
+        if age < STALE_STAGING {
+            return Ok(());
+        }
+        tracing::error!(
+            write = %m.id_hex(),
+            parts_written = m.part,
+            parts = m.parts,
+            "a split write was left unfinished without its intent record; closing it as it stands"
+        );
+        self.commit_part(m.at(m.parts), Vec::new(), kv.mod_revision)
+            .await
+            .map(|_| ())
     }
 }
 

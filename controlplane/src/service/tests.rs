@@ -532,3 +532,28 @@ async fn the_watch_stream_sends_a_split_write_as_one_response() {
     assert_eq!(first.revision, r.revision, "sent at the write's last part");
     assert_eq!(first.events.len(), 13, "all of it in one response");
 }
+
+#[tokio::test]
+async fn an_unfinished_mark_without_its_record_is_closed_not_waited_on_forever() {
+    let (_d, api, store) = api();
+    api.create(Some(backend("a", 1))).await.unwrap();
+    let serial = Layout::default().serial();
+    let kv = store.get(&serial).await.unwrap().unwrap();
+    // Part 2 of 5 of a write whose intent record is gone, an hour old.
+    let mut mark = crate::serial::Serial::new(5).at(2);
+    mark.time_ns -= 3_600_000_000_000;
+    let out = store
+        .txn(crate::store::Txn {
+            compares: vec![],
+            ops: vec![crate::store::Op::Put(serial.clone(), mark.encode())],
+            witness: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(out, TxnOutcome::Committed { .. }));
+    assert_ne!(store.get(&serial).await.unwrap().unwrap().value, kv.value);
+    // The next write closes it and goes through.
+    api.create(Some(backend("b", 2))).await.unwrap();
+    let v = store.get(&serial).await.unwrap().unwrap().value;
+    assert!(!crate::serial::marks_open_write(&v));
+}

@@ -123,23 +123,26 @@ impl ProxyArgs {
         &self,
         fallback: Option<&Path>,
         insecure: bool,
-    ) -> anyhow::Result<admin::Access> {
-        let file = self.admin_token_file.as_deref().or(fallback);
-        let tokens = match file {
-            Some(p) => Tokens::load(p).context("--admin-token-file")?,
-            None => Tokens::none(),
+    ) -> anyhow::Result<AdminAccess> {
+        let file = match self.admin_token_file.as_deref().or(fallback) {
+            Some(p) => Some(TokenFile::load(p).context("--admin-token-file")?),
+            None => None,
         };
+        let tokens = file
+            .as_ref()
+            .map_or_else(|| Arc::new(Tokens::none()), |f| f.tokens());
         if tokens.is_empty() && !self.admin.ip().is_loopback() && !insecure {
             bail!(
                 "refusing to serve the admin listener on {} without a token: give --admin-token-file FILE, or --insecure to let anyone who can reach it read /state and /explain",
                 self.admin
             );
         }
-        Ok(if tokens.is_empty() {
+        let access = if tokens.is_empty() {
             admin::Access::open()
         } else {
             admin::Access::digests(tokens.digests(), self.admin_metrics_public)
-        })
+        };
+        Ok(AdminAccess { access, file })
     }
 
     /// The data plane's runtime, resolving backend names as the `--dns-*` flags say.
@@ -202,6 +205,14 @@ impl ProxyArgs {
     }
 }
 
+/// Who may read the admin listener, and the token file it follows (re-read on change and on
+/// SIGHUP, as the API's).
+#[derive(Debug)]
+pub(crate) struct AdminAccess {
+    access: admin::Access,
+    file: Option<Arc<TokenFile>>,
+}
+
 /// Starts a data plane's listeners — the admin listener as a task, the proxy on its threads
 /// (`--proxy-threads`) — each under its edge, until `stop` turns true.
 pub(crate) fn serve_listeners(
@@ -210,9 +221,18 @@ pub(crate) fn serve_listeners(
     rt: &Arc<Runtime>,
     listen: &ProxyArgs,
     (proxy_edge, admin_edge): (Arc<Edge>, Arc<Edge>),
-    access: admin::Access,
+    AdminAccess { access, file }: AdminAccess,
     stop: &watch::Sender<bool>,
 ) -> anyhow::Result<(JoinHandle<()>, Vec<std::thread::JoinHandle<()>>)> {
+    if let Some(file) = file {
+        let (access, mut stopped) = (access.clone(), stop.subscribe());
+        tokio::spawn(file.follow_with(
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+            move |t| access.replace(t.digests()),
+        ));
+    }
     let mut admin_stop = stop.subscribe();
     let admin_task = tokio::spawn(admin::serve(
         admin_l,

@@ -835,5 +835,23 @@ async fn a_non_loopback_admin_listener_needs_a_token_and_tokens_are_enforced() {
         let metrics = status(exchange(&admin, &get("/metrics", None)).await);
         let want = if public_metrics { " 200 " } else { " 401 " };
         assert!(metrics.contains(want), "public {public_metrics}: {metrics}");
+        if public_metrics {
+            continue;
+        }
+        // A rotated token file: the new token works within the poll, the old one no longer.
+        std::fs::write(&tokens, "read-only:rotated-admin-token-0123\n").unwrap();
+        let start = std::time::Instant::now();
+        while !status(exchange(&admin, &get("/state", Some("rotated-admin-token-0123"))).await)
+            .contains(" 200 ")
+        {
+            assert!(start.elapsed() < Duration::from_secs(10), "never re-read");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            status(exchange(&admin, &get("/state", Some("s3cret-admin-token-0123"))).await)
+                .contains(" 401 ")
+        );
+        // The next round's `tether up` reads it afresh.
+        std::fs::write(&tokens, "read-only:s3cret-admin-token-0123\n").unwrap();
     }
 }

@@ -294,6 +294,15 @@ impl TokenFile {
 
     /// Re-reads the file when it changes (polled each second) or on SIGHUP, until `shutdown`.
     pub async fn follow(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        self.follow_with(shutdown, |_| {}).await;
+    }
+
+    /// [`TokenFile::follow`], calling `reloaded` with the tokens after each reload that took.
+    pub async fn follow_with(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()>,
+        reloaded: impl Fn(&Tokens),
+    ) {
         if self.path.is_none() {
             return;
         }
@@ -312,10 +321,15 @@ impl TokenFile {
             };
             #[cfg(not(unix))]
             let hangup = std::future::pending::<()>();
+            let before = self.tokens();
             tokio::select! {
                 () = tokio::time::sleep(TOKEN_POLL) => self.reload(false),
                 () = hangup => self.reload(true),
                 () = &mut shutdown => return,
+            }
+            let after = self.tokens();
+            if !Arc::ptr_eq(&before, &after) {
+                reloaded(&after);
             }
         }
     }

@@ -36,9 +36,11 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
 /// Who may read the admin listener: with tokens, every path but `/healthz` and `/readyz` (the
 /// orchestrator's probes) — and `/metrics` when it is public — needs `Authorization: Bearer T`
 /// with a configured token. Tokens are kept as SHA-256 digests.
+/// The digests are shared with whoever re-reads the token file ([`Access::replace`]): a
+/// rotated token takes effect on the next request.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
-    digests: Vec<[u8; 32]>,
+    digests: Arc<arc_swap::ArcSwap<Vec<[u8; 32]>>>,
     metrics_public: bool,
 }
 
@@ -52,14 +54,28 @@ impl Access {
     /// `/readyz` and — when `metrics_public` — `/metrics`.
     pub fn digests(digests: impl IntoIterator<Item = [u8; 32]>, metrics_public: bool) -> Access {
         Access {
-            digests: digests.into_iter().collect(),
+            digests: Arc::new(arc_swap::ArcSwap::from_pointee(
+                digests.into_iter().collect(),
+            )),
             metrics_public,
+        }
+    }
+
+    /// Replaces the tokens (their digests) of an access that has some; an open one stays
+    /// open (whether a token is needed is decided at start).
+    pub fn replace(&self, digests: impl IntoIterator<Item = [u8; 32]>) {
+        if self.is_open() {
+            return;
+        }
+        let next: Vec<[u8; 32]> = digests.into_iter().collect();
+        if !next.is_empty() {
+            self.digests.store(Arc::new(next));
         }
     }
 
     /// Whether any token is required.
     pub fn is_open(&self) -> bool {
-        self.digests.is_empty()
+        self.digests.load().is_empty()
     }
 
     fn allows(&self, req: &Request<Incoming>) -> bool {
@@ -85,6 +101,7 @@ impl Access {
         use subtle::ConstantTimeEq;
         let d: [u8; 32] = sha2::Sha256::digest(token.trim().as_bytes()).into();
         self.digests
+            .load()
             .iter()
             .fold(subtle::Choice::from(0), |found, e| found | e.ct_eq(&d))
             .into()

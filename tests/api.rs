@@ -263,3 +263,50 @@ fn a_token_file_others_can_read_gets_a_warning() {
         "{err}"
     );
 }
+
+/// Python's stock reflection client (grpcio-reflection, v1alpha), with no .proto files: lists
+/// the services, calls ListBackends and the health Check from reflected descriptors, and finds
+/// google.rpc.BadRequest to decode error details with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_python_reflection_client_works_unmodified() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    t.ok(&["backend", "create", "b1", "--address", "127.0.0.1:9"]);
+    let script = r#"
+import grpc, sys
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf import message_factory
+ch = grpc.insecure_channel(sys.argv[1])
+db = ProtoReflectionDescriptorDatabase(ch)
+services = set(db.get_services())
+assert {'tether.v1.Tether', 'grpc.health.v1.Health'} <= services, services
+pool = DescriptorPool(db)
+def call(svc, method, **fields):
+    m = pool.FindServiceByName(svc).methods_by_name[method]
+    req = message_factory.GetMessageClass(m.input_type)
+    resp = message_factory.GetMessageClass(m.output_type)
+    f = ch.unary_unary('/%s/%s' % (svc, method), request_serializer=req.SerializeToString, response_deserializer=resp.FromString)
+    return f(req(**fields), timeout=10)
+print([b.name for b in call('tether.v1.Tether', 'ListBackends').backends])
+print(call('grpc.health.v1.Health', 'Check', service='tether.v1.Tether').status)
+print(pool.FindMessageTypeByName('google.rpc.BadRequest').full_name)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(t.api.trim_start_matches("http://"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["['b1']", "1", "google.rpc.BadRequest"],
+        "{stdout}"
+    );
+}

@@ -1,4 +1,5 @@
-//! The gRPC server: the `Tether` service, the standard health service and server reflection,
+//! The gRPC server: the `Tether` service, the standard health service and server reflection
+//! (v1 and v1alpha),
 //! all behind the [`crate::auth`] layer, on a listener the caller bound — over TLS
 //! ([`crate::tls`]) when given certificates.
 
@@ -42,9 +43,17 @@ pub async fn serve<S: Store>(
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<TetherServer<Api<S>>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions (grpcurl speaks v1; Python's grpcio-reflection client and older
+    // tools v1alpha), knowing the health service's and google.rpc's messages too, so stock
+    // clients can call health and decode error details without .proto files.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let tether = TetherServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -58,7 +67,8 @@ pub async fn serve<S: Store>(
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .layer(AuthLayer::new(tokens))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(tether);
     match tls {
         Some(tls) => {

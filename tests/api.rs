@@ -310,3 +310,41 @@ print(pool.FindMessageTypeByName('google.rpc.BadRequest').full_name)
         "{stdout}"
     );
 }
+
+/// `tether watch | head -1`: once the reader is gone, the next event ends the command quietly
+/// with status 0 (no broken-pipe panic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_a_command_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    t.ok(&["backend", "create", "b1", "--address", "127.0.0.1:9"]);
+    let mut child = Command::new(BIN)
+        .args(["watch", "--from", "1", "--server", &t.api])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("b1"), "{first}");
+    // The reader is gone (dropped above); the next event has nowhere to go.
+    t.ok(&["backend", "create", "b2", "--address", "127.0.0.1:9"]);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "watch went on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.is_empty(), "{err}");
+}

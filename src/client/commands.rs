@@ -81,11 +81,11 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                 .await,
             )?;
             match conn.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"revision": r.revision, "backends": r.backends})
                 ),
-                Output::Table => println!(
+                Output::Table => outln!(
                     "set {} backend(s) at revision {}: {}",
                     r.backends.len(),
                     r.revision,
@@ -112,7 +112,7 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
                 return Ok(());
             }
             let rows: Vec<_> = r
@@ -165,7 +165,7 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| serde_json::json!({"director": m.director, "share": m.share, "sampled_keys": m.sampled_keys}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"revision": r.revision, "dry_run": r.dry_run, "changes": changes, "keys_moved": moved})
         );
@@ -184,7 +184,7 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["ACTION", "KIND", "NAME"], &rows);
     for m in &r.keys_moved {
-        println!(
+        outln!(
             "director {}: {:.1}% of keys move to another backend ({} keys sampled)",
             m.director,
             m.share * 100.0,
@@ -192,12 +192,12 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
         );
     }
     if r.dry_run {
-        println!(
+        outln!(
             "dry run: nothing written (store at revision {})",
             r.revision
         );
     } else {
-        println!("applied at revision {}", r.revision);
+        outln!("applied at revision {}", r.revision);
     }
     Ok(())
 }
@@ -214,11 +214,11 @@ pub(crate) async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
     while let Some(msg) = stream.message().await.map_err(CallError)? {
         for e in &msg.events {
             match conn.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)})
                 ),
-                Output::Table => println!(
+                Output::Table => outln!(
                     "{}\t{}\t{}\t{}",
                     msg.revision,
                     action_name(e.action),
@@ -263,7 +263,7 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
                 "key": key, "director": r.director, "backend": r.backend,
                 "alternates": r.alternates, "revision": r.revision,
             })),
-            (_, explain::Format::Csv) => println!("{},{}", explain::csv_field(&key), r.backend),
+            (_, explain::Format::Csv) => outln!("{},{}", explain::csv_field(&key), r.backend),
             (_, explain::Format::Text) => {
                 let shown = if r.backend.is_empty() {
                     "(none available)"
@@ -278,12 +278,12 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                println!("{key}\t{shown}\talternates: {alts}");
+                outln!("{key}\t{shown}\talternates: {alts}");
             }
         }
     }
     if conn.output == Output::Json {
-        println!("{}", serde_json::Value::Array(json));
+        outln!("{}", serde_json::Value::Array(json));
     }
     Ok(())
 }
@@ -305,7 +305,7 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"agree": r.agree, "majority_fingerprint": r.majority_fingerprint, "nodes": nodes})
         );
@@ -345,9 +345,9 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
         &rows,
     );
     if r.nodes.is_empty() {
-        println!("no nodes registered");
+        outln!("no nodes registered");
     } else if r.agree {
-        println!("all {} nodes agree", r.nodes.len());
+        outln!("all {} nodes agree", r.nodes.len());
     } else {
         let differ: Vec<&str> = r
             .nodes
@@ -355,7 +355,7 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
             .filter(|n| n.fingerprint != r.majority_fingerprint)
             .map(|n| n.id.as_str())
             .collect();
-        println!("nodes differ from the majority: {}", differ.join(", "));
+        outln!("nodes differ from the majority: {}", differ.join(", "));
     }
     Ok(())
 }

@@ -6,6 +6,14 @@
 //! (files and standard input), [`output`] (tables, JSON, YAML), [`resources`] (one generic
 //! path for the per-kind commands), [`commands`] (the rest).
 
+/// `println!` that ends the process quietly (status 0) when standard output is a closed pipe
+/// (`tether watch | head -1`), as `cat` and kubectl do, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::client::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod commands;
 mod conn;
 mod input;

@@ -14,6 +14,21 @@ pub(crate) enum Output {
     Json,
 }
 
+/// Writes to standard output; a closed pipe ends the process with status 0, any other write
+/// error with 1 (see `outln!`).
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("tether: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -30,7 +45,7 @@ pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end());
     };
     line(headers.to_vec());
     for r in rows {
@@ -59,7 +74,7 @@ where
         .iter()
         .map(|r| with_revision(&D::from(r), r.revision()))
         .collect::<Result<_, _>>()?;
-    println!("{}", serde_json::Value::Array(v));
+    outln!("{}", serde_json::Value::Array(v));
     Ok(())
 }
 
@@ -69,8 +84,11 @@ pub(super) fn print_one<T: Serialize>(
     output: Output,
 ) -> anyhow::Result<()> {
     match output {
-        Output::Json => println!("{}", with_revision(doc, revision)?),
-        Output::Table => print!("# revision: {revision}\n{}", serde_yaml::to_string(doc)?),
+        Output::Json => outln!("{}", with_revision(doc, revision)?),
+        Output::Table => write_out(format_args!(
+            "# revision: {revision}\n{}",
+            serde_yaml::to_string(doc)?
+        )),
     }
     Ok(())
 }
@@ -114,11 +132,11 @@ pub(super) fn policy_name(d: &v1::Director) -> String {
 
 pub(super) fn done(out: Output, what: &str, revision: i64) {
     match out {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::json!({ what: true, "revision": revision })
         ),
-        Output::Table => println!("{what} at revision {revision}"),
+        Output::Table => outln!("{what} at revision {revision}"),
     }
 }
 

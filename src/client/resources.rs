@@ -330,9 +330,9 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
         ResourceCmd::Delete { name, revision } => {
             R::delete(&mut c, name, revision).await.map_err(CallError)?;
             if out == Output::Json {
-                println!("{}", serde_json::json!({"deleted": true}));
+                outln!("{}", serde_json::json!({"deleted": true}));
             } else {
-                println!("deleted");
+                outln!("deleted");
             }
         }
     }

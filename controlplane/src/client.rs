@@ -83,9 +83,15 @@ impl ClientOptions {
         let url_error = || ClientError::Url {
             url: self.url.clone(),
         };
-        let uri: http::Uri = self.url.parse().map_err(|_| url_error())?;
+        // `host:port` without a scheme: plaintext, as etcdctl and kubectl take it.
+        let url = if self.url.contains("://") {
+            self.url.clone()
+        } else {
+            format!("http://{}", self.url)
+        };
+        let uri: http::Uri = url.parse().map_err(|_| url_error())?;
         let host = uri.host().ok_or_else(url_error)?.to_owned();
-        let mut endpoint = Endpoint::from_shared(self.url.clone()).map_err(|_| url_error())?;
+        let mut endpoint = Endpoint::from_shared(url).map_err(|_| url_error())?;
         match uri.scheme_str() {
             Some("https") => {
                 endpoint = endpoint
@@ -138,6 +144,14 @@ mod tests {
         assert!(opts("http://127.0.0.1:7070", true).endpoint().is_ok());
         assert!(opts("http://[::1]:7070", true).endpoint().is_ok());
         assert!(opts("http://localhost:7070", true).endpoint().is_ok());
+        assert!(
+            opts("127.0.0.1:7070", true).endpoint().is_ok(),
+            "no scheme: http"
+        );
+        assert!(
+            opts("10.0.0.1:7070", true).endpoint().is_err(),
+            "…with its rules"
+        );
         assert!(opts("http://10.0.0.1:7070", false).endpoint().is_ok());
         let e = opts("http://10.0.0.1:7070", true).endpoint().unwrap_err();
         assert!(matches!(e, ClientError::PlaintextToken { .. }), "{e}");

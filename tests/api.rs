@@ -204,6 +204,10 @@ async fn cli_errors_name_the_field_and_exit_non_zero() {
     let out = t.cli(&["director", "create", "-f", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `colour`"));
+    // A missing file is input to fix too.
+    let out = t.cli(&["apply", "-f", "/nonexistent/tether.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/tether.yaml"));
     // Nothing was stored by any of these.
     assert_eq!(t.ok(&["director", "list", "-o", "json"]).trim(), "[]");
     // Round trip: get prints the YAML that update takes.

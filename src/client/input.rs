@@ -13,7 +13,9 @@ pub(super) fn read(path: &Path) -> anyhow::Result<String> {
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
         Ok(s)
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        // A file that is missing or unreadable is input to fix, like a bad one: exit status 2.
+        std::fs::read_to_string(path)
+            .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())).into())
     }
 }
 

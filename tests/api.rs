@@ -228,8 +228,8 @@ async fn cli_errors_name_the_field_and_exit_non_zero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
 }
 
-#[test]
-fn a_token_file_others_can_read_gets_a_warning() {
+#[tokio::test]
+async fn a_token_file_others_can_read_gets_a_warning() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
@@ -255,10 +255,10 @@ fn a_token_file_others_can_read_gets_a_warning() {
         .spawn()
         .unwrap();
     let endpoints = dir.path().join("data/endpoints.json");
-    let start = std::time::Instant::now();
-    while !endpoints.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    support::wait_until("endpoints.json", std::time::Duration::from_secs(20), || {
+        endpoints.exists()
+    })
+    .await;
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -76,6 +76,13 @@ fn digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// The digest of the bearer token in an `authorization` header value, if it holds one.
+fn presented(authorization: Option<&str>) -> Option<[u8; 32]> {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| digest(t.trim()))
+}
+
 fn parse_hex(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
@@ -150,13 +157,13 @@ impl Tokens {
         Ok(tokens)
     }
 
-    /// The role of a presented token. Every digest is compared, in constant time, whatever
-    /// matches: the time taken says nothing of which token (or how much of one) was right.
-    fn role(&self, token: &str) -> Option<Role> {
-        let d = digest(token);
+    /// The role of a presented token's digest. Every digest is compared, in constant time,
+    /// whatever matches: the time taken says nothing of which token (or how much of one) was
+    /// right.
+    fn role(&self, d: &[u8; 32]) -> Option<Role> {
         let mut found = None;
         for (e, role) in &self.entries {
-            if bool::from(e.ct_eq(&d)) {
+            if bool::from(e.ct_eq(d)) {
                 found = Some(*role);
             }
         }
@@ -165,16 +172,19 @@ impl Tokens {
 
     /// Checks a call to gRPC `path` with this `authorization` header value.
     pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Status> {
+        self.check_presented(path, presented(authorization))
+    }
+
+    /// [`Tokens::check`] with the digest of the bearer token presented, if any.
+    fn check_presented(&self, path: &str, presented: Option<[u8; 32]>) -> Result<(), Status> {
         if self.is_empty() {
             return Ok(());
         }
-        let token = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing bearer token (authorization: Bearer TOKEN)")
-            })?;
+        let d = presented.ok_or_else(|| {
+            Status::unauthenticated("missing bearer token (authorization: Bearer TOKEN)")
+        })?;
         let role = self
-            .role(token.trim())
+            .role(&d)
             .ok_or_else(|| Status::unauthenticated("unknown token"))?;
         let allowed = match role {
             Role::Admin => true,
@@ -390,13 +400,15 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let caller = Caller(
-            auth.and_then(|v| v.strip_prefix("Bearer "))
-                .map(|t| digest(t.trim())),
-        );
-        match self.tokens.tokens().check(req.uri().path(), auth) {
+        // Hashed once: checked against the tokens, then kept for per-token limits.
+        let token = presented(auth);
+        match self
+            .tokens
+            .tokens()
+            .check_presented(req.uri().path(), token)
+        {
             Ok(()) => {
-                req.extensions_mut().insert(caller);
+                req.extensions_mut().insert(Caller(token));
                 Box::pin(self.inner.call(req))
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
@@ -458,7 +470,7 @@ mod tests {
         .unwrap();
         let dp = Some("Bearer dddddddddddddddddddd");
         // The same digest under two roles: the last line wins, as for raw tokens.
-        assert_eq!(t.role("dddddddddddddddddddd"), Some(Role::Admin));
+        assert_eq!(t.role(&digest("dddddddddddddddddddd")), Some(Role::Admin));
         let t = Tokens::parse("t", &format!("dataplane:sha256:{hex}\n")).unwrap();
         assert_eq!(code(t.check("/tether.v1.Tether/GetSnapshot", dp)), None);
         assert_eq!(code(t.check("/tether.v1.Tether/Watch", dp)), None);

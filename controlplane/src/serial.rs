@@ -90,7 +90,8 @@ impl Serial {
     }
 }
 
-fn now_ns() -> u64 {
+/// Now, in Unix nanoseconds (the marks' clock).
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

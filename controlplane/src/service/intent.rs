@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::Api;
 use crate::error::ApiError;
-use crate::serial::Serial;
+use crate::serial::{Serial, now_ns};
 use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// Staged parts without a live record are deleted once this old (their writer gave up or
@@ -80,11 +80,11 @@ fn damaged(id: &str) -> ApiError {
 }
 
 impl<S: Store> Api<S> {
-    pub(super) fn intent_key(&self, id: &str) -> String {
+    fn intent_key(&self, id: &str) -> String {
         format!("{}{id}", self.intents_dir())
     }
 
-    pub(super) fn intent_part_key(&self, id: &str, part: u32) -> String {
+    fn intent_part_key(&self, id: &str, part: u32) -> String {
         format!("{}{id}-{part}", self.intents_dir())
     }
 
@@ -137,9 +137,22 @@ impl<S: Store> Api<S> {
         })
     }
 
+    /// Deletes the intent record of the write `mark` belongs to: its staged parts, and the
+    /// live mark when `live` (its first part committed).
+    pub(super) async fn drop_intent_of(&self, mark: &Serial, live: bool) {
+        let id = mark.id_hex();
+        let mut keys: Vec<String> = (1..=mark.parts)
+            .map(|k| self.intent_part_key(&id, k))
+            .collect();
+        if live {
+            keys.push(self.intent_key(&id));
+        }
+        self.drop_intent(&id, keys).await;
+    }
+
     /// Deletes a write's intent record (its staged parts and the live mark), in as many
     /// transactions as it takes. Failures are logged: the next recovery deletes what is left.
-    pub(super) async fn drop_intent(&self, id: &str, keys: Vec<String>) {
+    async fn drop_intent(&self, id: &str, keys: Vec<String>) {
         let per_txn = self.store.max_txn_ops().clamp(1, 1024);
         for chunk in keys.chunks(per_txn) {
             let txn = Txn {
@@ -218,8 +231,7 @@ impl<S: Store> Api<S> {
                     .and_then(|v| decode(v))
                     .map(|(t, _)| t);
                 let young = staged_at.is_some_and(|t| {
-                    let now = Serial::new(1).time_ns;
-                    Duration::from_nanos(now.saturating_sub(t)) < STALE_STAGING
+                    Duration::from_nanos(now_ns().saturating_sub(t)) < STALE_STAGING
                 });
                 if young {
                     continue;
@@ -247,7 +259,7 @@ impl<S: Store> Api<S> {
             return Ok(());
         };
         // A young mark may be a live writer whose record this listing raced.
-        let age = Duration::from_nanos(Serial::new(1).time_ns.saturating_sub(m.time_ns));
+        let age = Duration::from_nanos(now_ns().saturating_sub(m.time_ns));
         if age < STALE_STAGING {
             return Ok(());
         }

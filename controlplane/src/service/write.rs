@@ -115,9 +115,7 @@ impl<S: Store> Api<S> {
                     None => {
                         if part == 1 && n > 1 {
                             // Nothing of it was written: its staged parts go.
-                            let id = mark.id_hex();
-                            let keys = (1..=n).map(|k| self.intent_part_key(&id, k)).collect();
-                            self.drop_intent(&id, keys).await;
+                            self.drop_intent_of(&mark, false).await;
                         }
                         if part > 1 {
                             // Another control plane's recovery took the write over (it
@@ -137,10 +135,7 @@ impl<S: Store> Api<S> {
                 }
             }
             if n > 1 {
-                let id = mark.id_hex();
-                let mut keys: Vec<String> = (1..=n).map(|k| self.intent_part_key(&id, k)).collect();
-                keys.push(self.intent_key(&id));
-                self.drop_intent(&id, keys).await;
+                self.drop_intent_of(&mark, true).await;
             }
             return Ok(Written {
                 value,

@@ -49,6 +49,12 @@ pub(crate) struct ProxyArgs {
     /// The longest gap between two parts of a request body; then 408 and close.
     #[arg(long, default_value = "30s", value_parser = edge_duration)]
     pub(crate) body_timeout: Duration,
+    /// Close a WebSocket (or other Upgrade) tunnel after this long with no bytes either way.
+    #[arg(long, default_value = "1h", value_parser = edge_duration)]
+    pub(crate) tunnel_idle_timeout: Duration,
+    /// Tunnels to a backend that is drained or removed are closed this long after the drain.
+    #[arg(long, default_value = "60s", value_parser = edge_duration)]
+    pub(crate) tunnel_drain_timeout: Duration,
     /// Open client connections at most; more are accepted and closed at once (default: from
     /// the open-files limit, leaving one descriptor per connection for its backend and 128
     /// for probes, the store and the admin listener).
@@ -180,6 +186,8 @@ impl ProxyArgs {
         cfg.idle_timeout = self.idle_timeout;
         cfg.send_timeout = self.send_timeout;
         cfg.body_timeout = self.body_timeout;
+        cfg.tunnel_idle_timeout = self.tunnel_idle_timeout;
+        cfg.tunnel_drain_timeout = self.tunnel_drain_timeout;
         cfg.max_connections_per_ip = self.max_connections_per_ip.map(|n| n as usize);
         cfg.max_header_bytes = self.max_header_bytes as usize;
         cfg.max_uri_bytes = self.max_uri_bytes as usize;

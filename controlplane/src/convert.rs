@@ -1261,7 +1261,9 @@ pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldErr
             format!("{at}.fallback_key"),
         ))
         .flatten();
-    let (Some(name), Some(director), Some(key)) = (name, director, key) else {
+    let upgrades = errors.check(upgrades(&r.upgrades, at));
+    let (Some(name), Some(director), Some(key), Some(upgrades)) = (name, director, key, upgrades)
+    else {
         return Err(errors.error());
     };
     errors.finish(RouteSpec {
@@ -1273,7 +1275,47 @@ pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldErr
         key,
         fallback_key,
         max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
+        upgrades,
     })
+}
+
+/// A route's Upgrade protocols: tokens (RFC 9110 §5.6.2), lower-cased; none given is
+/// `websocket`, `none` alone is no upgrade; `h2c` is refused (it is never tunnelled).
+fn upgrades(list: &[String], at: &dyn fmt::Display) -> Result<Vec<String>, FieldError> {
+    at_most_n(list, limits::MAX_ROUTE_UPGRADES, || {
+        format!("{at}.upgrades")
+    })?;
+    if list.is_empty() {
+        return Ok(tether_dataplane::config::DEFAULT_UPGRADES
+            .map(str::to_owned)
+            .to_vec());
+    }
+    if list.len() == 1 && list[0].eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, u) in list.iter().enumerate() {
+        let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&c);
+        let why = if u.is_empty() || u.len() > limits::MAX_UPGRADE_BYTES || !u.bytes().all(token) {
+            format!(
+                "{:?} is not an Upgrade protocol (a token of 1-{} characters, as websocket)",
+                truncated(u),
+                limits::MAX_UPGRADE_BYTES
+            )
+        } else if u.eq_ignore_ascii_case("h2c") {
+            "h2c is never tunnelled: HTTP/2 reaches backends with the backend's protocol".into()
+        } else if u.eq_ignore_ascii_case("none") {
+            "\"none\" must be the only entry".into()
+        } else {
+            let u = u.to_ascii_lowercase();
+            if !out.contains(&u) {
+                out.push(u);
+            }
+            continue;
+        };
+        return Err(FieldError::invalid(format!("{at}.upgrades[{i}]"), why));
+    }
+    Ok(out)
 }
 
 /// Turns a build error (which names the director) into the director's path.

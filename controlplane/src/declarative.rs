@@ -194,6 +194,9 @@ pub struct RouteDoc {
     /// Largest request body in bytes (413 beyond it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// HTTP/1.1 Upgrade protocols tunnelled (none given: websocket; `[none]`: no upgrade).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<String>,
 }
 
 /// Admin health as written.
@@ -653,6 +656,7 @@ impl RouteDoc {
                 .map(|k| one(k, "fallback_key"))
                 .transpose()?,
             max_body_bytes: self.max_body_bytes.unwrap_or(0),
+            upgrades: self.upgrades.clone(),
         })
     }
 }
@@ -809,6 +813,7 @@ impl From<&v1::Route> for RouteDoc {
             key: r.key.as_ref().map(KeyDoc::from).unwrap_or_default(),
             fallback_key: r.fallback_key.as_ref().map(KeyDoc::from),
             max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
+            upgrades: r.upgrades.clone(),
         }
     }
 }

@@ -495,7 +495,20 @@ fn edge_metrics(w: &mut String, rt: &Runtime) {
             e.open()
         );
     }
-    let families: [Family<'_>; 3] = [
+    let _ = writeln!(
+        w,
+        "# HELP tether_tunnels_open Open WebSocket and other Upgrade tunnels, by listener."
+    );
+    let _ = writeln!(w, "# TYPE tether_tunnels_open gauge");
+    for e in &edges {
+        let c = &e.counters;
+        let open = c
+            .tunnels_opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(c.tunnels_closed.load(Ordering::Relaxed));
+        let _ = writeln!(w, "tether_tunnels_open{{listener=\"{}\"}} {open}", e.name);
+    }
+    let families: [Family<'_>; 5] = [
         (
             "tether_client_connections_refused_total",
             "Connections accepted and closed at once at a cap, by listener and cap.",
@@ -522,6 +535,20 @@ fn edge_metrics(w: &mut String, rt: &Runtime) {
                 ("reason=\"head_too_large\"", |c| &c.head_too_large),
                 ("reason=\"ambiguous_framing\"", |c| &c.ambiguous_framing),
                 ("reason=\"bad_proxy_header\"", |c| &c.bad_proxy_header),
+                ("reason=\"upgrade_not_allowed\"", |c| &c.upgrades_refused),
+            ],
+        ),
+        (
+            "tether_tunnels_total",
+            "WebSocket and other Upgrade tunnels opened (the backend answered 101).",
+            &[("", |c| &c.tunnels_opened)],
+        ),
+        (
+            "tether_tunnels_closed_total",
+            "Tunnels closed, by listener and reason (closed: by either side, or an error).",
+            &[
+                ("reason=\"idle\"", |c| &c.tunnel_idle_timeouts),
+                ("reason=\"drain\"", |c| &c.tunnels_drained),
             ],
         ),
     ];
@@ -531,7 +558,8 @@ fn edge_metrics(w: &mut String, rt: &Runtime) {
         for e in &edges {
             for (label, get) in series {
                 let v = get(&e.counters).load(Ordering::Relaxed);
-                let _ = writeln!(w, "{metric}{{listener=\"{}\",{label}}} {v}", e.name);
+                let sep = if label.is_empty() { "" } else { "," };
+                let _ = writeln!(w, "{metric}{{listener=\"{}\"{sep}{label}}} {v}", e.name);
             }
         }
     }
@@ -546,7 +574,7 @@ pub async fn serve(
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_http(listener, edge, shutdown, move |req, _| {
+    serve_http(listener, edge, shutdown, move |req, _, _| {
         std::future::ready(handle(&rt, &access, &req))
     })
     .await;

@@ -186,6 +186,9 @@ pub struct BackendRuntime {
     /// Probe verdict; true when there is no probe.
     probe_healthy: AtomicBool,
     changed: Mutex<Instant>,
+    /// Drained (`drain: true`) or gone from the configuration: its open tunnels close after
+    /// the drain deadline.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl BackendRuntime {
@@ -208,7 +211,19 @@ impl BackendRuntime {
             }),
             probe_healthy: AtomicBool::new(true),
             changed: Mutex::new(Instant::now()),
+            draining: tokio::sync::watch::Sender::new(spec.drain),
         }
+    }
+
+    /// Marks the backend drained (or gone), or not: open tunnels follow it.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining
+            .send_if_modified(|d| std::mem::replace(d, draining) != draining);
+    }
+
+    /// Follows [`BackendRuntime::set_draining`].
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     fn probe_state(&self) -> std::sync::MutexGuard<'_, ProbeState> {

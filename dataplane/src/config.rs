@@ -331,7 +331,12 @@ pub struct RouteSpec {
     pub fallback_key: Option<KeySpec>,
     /// Largest request body, in bytes (413 beyond it); `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// HTTP/1.1 Upgrade protocols tunnelled (lower case); empty: none.
+    pub upgrades: Vec<String>,
 }
+
+/// The Upgrade protocols a route tunnels when it names none.
+pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
 
 /// A director's load-balancing policy.
 #[derive(Debug, Clone, PartialEq)]

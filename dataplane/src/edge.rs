@@ -68,6 +68,10 @@ pub struct EdgeConfig {
     pub proxy_protocol: bool,
     /// Peers whose `X-Forwarded-For` is believed for `client_ip` keys ([`crate::client_ip`]).
     pub trusted_proxies: TrustedProxies,
+    /// A tunnel with no bytes either way for this long is closed ([`crate::tunnel`]).
+    pub tunnel_idle_timeout: Duration,
+    /// A tunnel to a drained (or removed) backend is closed this long after the drain.
+    pub tunnel_drain_timeout: Duration,
 }
 
 /// Descriptors kept for everything but client connections: backend connections get one per
@@ -76,7 +80,8 @@ pub const RESERVED_DESCRIPTORS: u64 = 128;
 
 impl EdgeConfig {
     /// The defaults (HAProxy/NGINX practice): header 10 s, idle 60 s, send 30 s, body 30 s,
-    /// head 32 KiB, request line 8 KiB, 100 headers, 100 HTTP/2 streams; connections from the
+    /// head 32 KiB, request line 8 KiB, 100 headers, 100 HTTP/2 streams, tunnels idle 1 h
+    /// (HAProxy's usual `timeout tunnel`) and drained within 60 s; connections from the
     /// descriptor limit.
     pub fn with_max_connections(max_connections: usize) -> EdgeConfig {
         EdgeConfig {
@@ -91,6 +96,8 @@ impl EdgeConfig {
             max_concurrent_streams: 100,
             proxy_protocol: false,
             trusted_proxies: TrustedProxies::default(),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            tunnel_drain_timeout: Duration::from_secs(60),
         }
     }
 
@@ -147,6 +154,16 @@ pub struct EdgeCounters {
     pub ambiguous_framing: AtomicU64,
     /// Connections closed because their PROXY protocol header was missing, malformed or late.
     pub bad_proxy_header: AtomicU64,
+    /// Upgrade requests refused because their route does not tunnel that protocol (403).
+    pub upgrades_refused: AtomicU64,
+    /// Tunnels opened (a backend answered an Upgrade with 101).
+    pub tunnels_opened: AtomicU64,
+    /// Tunnels closed, for any reason.
+    pub tunnels_closed: AtomicU64,
+    /// Of those, closed after `tunnel_idle_timeout` without traffic.
+    pub tunnel_idle_timeouts: AtomicU64,
+    /// Of those, closed at the drain deadline of their backend.
+    pub tunnels_drained: AtomicU64,
 }
 
 /// One listener's edge: its configuration, its open connections and its counters.

@@ -225,6 +225,7 @@ mod tests {
                 key: KeySpec::Cookie("sid".into()),
                 fallback_key: Some(KeySpec::ClientIp),
                 max_body_bytes: None,
+                upgrades: Vec::new(),
             }],
         }
     }

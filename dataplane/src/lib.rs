@@ -20,6 +20,7 @@
 //!   and [`listener`]: the one accept loop and HTTP server of the proxy and admin listeners;
 //!   [`proxy_protocol`]: the client address an L4 balancer announces (v1, v2);
 //!   [`client_ip`]: the client behind trusted proxies (`X-Forwarded-For`);
+//! - [`tunnel`]: WebSocket and other HTTP/1.1 Upgrades, spliced after the backend's `101`;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -46,3 +47,4 @@ pub mod resolve;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
+pub mod tunnel;

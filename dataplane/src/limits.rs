@@ -50,6 +50,10 @@ pub const MAX_ROUTE_HOSTS: usize = 64;
 pub const MAX_ROUTE_HEADERS: usize = 32;
 /// A header matcher's value, and a route's path prefix, in bytes.
 pub const MAX_MATCH_BYTES: usize = 1024;
+/// Upgrade protocols of one route.
+pub const MAX_ROUTE_UPGRADES: usize = 16;
+/// One Upgrade protocol token, in bytes.
+pub const MAX_UPGRADE_BYTES: usize = 64;
 /// A header name (header matchers and key sources), in bytes.
 pub const MAX_HEADER_NAME_BYTES: usize = 256;
 

@@ -94,14 +94,15 @@ fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves: every request of a connection from
-/// `peer` is answered by `handler(request, peer)`, under `edge`'s timeouts and limits.
+/// `peer` is answered by `handler(request, peer, connection)`, under `edge`'s timeouts and
+/// limits (`connection`: to keep it busy past the response, as a tunnel does).
 pub async fn serve_http<H, Fut, B>(
     listener: TcpListener,
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr, &Arc<ConnState>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Unpin + Send + 'static,
     B::Data: Send,
@@ -131,10 +132,14 @@ pub async fn serve_http<H, Fut, B>(
             let io = Guarded::new(stream, edge, Arc::clone(&conn), permit);
             let svc = service_fn(move |req| {
                 let request = InFlight::start(&conn);
-                let answer = handler(req, peer);
+                let answer = handler(req, peer, &conn);
                 async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, request))) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+            // With upgrades: a `101` hands the connection to a tunnel ([`crate::tunnel`]).
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .await
+            {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
         }

@@ -170,6 +170,9 @@ pub struct Checkout {
     idle: Idle,
     /// When it stops being reused (`max_connection_lifetime` from its checkout).
     retire_at: Option<Instant>,
+    /// A connection opened for an Upgrade ([`Pool::open_tunnel`]): its slot, shared with its
+    /// task, which ends when the connection becomes a tunnel — the tunnel then holds it.
+    tunnel_slot: Option<Arc<SlotGuard>>,
 }
 
 impl Checkout {
@@ -178,9 +181,18 @@ impl Checkout {
         &mut self.idle.conn
     }
 
+    /// The connection's place under `max_connections`, for a tunnel it became (`None` for a
+    /// pooled connection).
+    pub fn into_tunnel_slot(self) -> Option<TunnelSlot> {
+        self.tunnel_slot.map(|s| TunnelSlot { _slot: s })
+    }
+
     /// Gives the connection back to its pool for the next request, unless it is too old or
-    /// its address left the DNS answer.
+    /// its address left the DNS answer (or it was opened for an Upgrade: never reused).
     pub fn release(self) {
+        if self.tunnel_slot.is_some() {
+            return;
+        }
         if self.retire_at.is_some_and(|t| Instant::now() >= t) || !self.pool.current(self.idle.peer)
         {
             return;
@@ -190,7 +202,14 @@ impl Checkout {
 }
 
 /// Frees a connection's slot when its task ends, and tells a queued request.
+#[derive(Debug)]
 struct SlotGuard(Arc<Slots>);
+
+/// A tunnel's place under its backend's `max_connections`, given back when dropped.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    _slot: Arc<SlotGuard>,
+}
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
@@ -276,6 +295,7 @@ impl Pool {
                     pool: Arc::clone(self),
                     idle,
                     retire_at,
+                    tunnel_slot: None,
                 });
             }
         }
@@ -319,7 +339,7 @@ impl Pool {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = self.reserve(dial.max_connections) {
-                return self.connect(slot, &dial).await.map(|c| (c, false));
+                return self.connect(slot, &dial, false).await.map(|c| (c, false));
             }
             if let Some(c) = self.take_any(&dial).await {
                 return Ok((c, true));
@@ -338,12 +358,45 @@ impl Pool {
         }
     }
 
+    /// A new connection for an HTTP/1.1 Upgrade request, never taken from or given back to
+    /// the idle lists (a tunnel is a connection of its own, as in HAProxy), counted under
+    /// `max_connections` for as long as it or the tunnel it becomes is open. At the limit it
+    /// waits for a slot like any request, up to `queue_timeout`.
+    pub async fn open_tunnel(self: &Arc<Self>, dial: Dial) -> Result<Checkout, ConnectError> {
+        if self.named {
+            self.refresh_if_due();
+        }
+        let deadline = tokio::time::Instant::now() + dial.queue_timeout;
+        let mut queued = false;
+        loop {
+            let freed = self.slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.reserve(dial.max_connections) {
+                return self.connect(slot, &dial, true).await;
+            }
+            if dial.queue_timeout.is_zero() {
+                return Err(ConnectError::AtLimit(dial.max_connections));
+            }
+            if !queued {
+                queued = true;
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(ConnectError::AtLimit(dial.max_connections));
+            }
+        }
+    }
+
     /// Opens a connection in `slot`: the addresses in order (a name's answer in its sorted
-    /// order), each within the connect timeout.
+    /// order), each within the connect timeout. `upgrades`: the connection may become a tunnel
+    /// (its slot is then shared with the [`Checkout`]).
     async fn connect(
         self: &Arc<Self>,
         slot: SlotGuard,
         dial: &Dial,
+        upgrades: bool,
     ) -> Result<Checkout, ConnectError> {
         let timeout = dial.connect_timeout;
         let targets = self.targets(timeout).await?;
@@ -372,17 +425,30 @@ impl Pool {
                 .max_header_size(dial.max_head_bytes)
                 .handshake(TokioIo::new(stream))
                 .await?;
-            tokio::spawn(async move {
-                // The connection's own errors end it; requests on it see them.
-                let _ = task.await;
-                drop(slot);
-            });
+            let tunnel_slot = if upgrades {
+                let slot = Arc::new(slot);
+                let held = Arc::clone(&slot);
+                tokio::spawn(async move {
+                    // Ends when the connection fails, closes, or is handed to a tunnel.
+                    let _ = task.with_upgrades().await;
+                    drop(held);
+                });
+                Some(slot)
+            } else {
+                tokio::spawn(async move {
+                    // The connection's own errors end it; requests on it see them.
+                    let _ = task.await;
+                    drop(slot);
+                });
+                None
+            };
             self.counters.connects.fetch_add(1, Ordering::Relaxed);
             let born = Instant::now();
             return Ok(Checkout {
                 pool: Arc::clone(self),
                 idle: Idle { conn, born, peer },
                 retire_at: dial.max_lifetime.map(|l| born + l),
+                tunnel_slot,
             });
         }
         Err(last)

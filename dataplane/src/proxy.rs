@@ -24,12 +24,14 @@ use crate::backend::BackendRef;
 use crate::body::{ProxyBody, UpstreamBody, text};
 use crate::config::{KeySpec, RouteSpec};
 use crate::director::SelectError;
-use crate::edge::{ClientBody, ClientBodyError, Edge};
+use crate::edge::{ClientBody, ClientBodyError, Edge, InFlight};
 use crate::listener::serve_http;
 use crate::pool::{ConnectError, Dial, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
+use crate::tunnel::Tunnel;
+use hyper::upgrade::OnUpgrade;
 
 /// Alternates tried after the first choice fails to connect.
 const MAX_RETRIES: u32 = 3;
@@ -63,6 +65,9 @@ pub enum ProxyError {
     /// The client's request body stalled for `body_timeout` while it was being sent.
     #[error("the request body stalled for {0:?} (body timeout)")]
     BodyTimeout(std::time::Duration),
+    /// The route does not tunnel this Upgrade protocol.
+    #[error("this route does not allow Upgrade: {0} (a route's `upgrades` lists what it tunnels)")]
+    UpgradeRefused(String),
     /// The request body is larger than the route's `max_body_bytes`.
     #[error("the request body is larger than this route's limit of {0} bytes")]
     BodyTooLarge(u64),
@@ -95,6 +100,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
             ..
         } => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Key(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::UpgradeRefused(_) => StatusCode::FORBIDDEN,
         ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ProxyError::FirstByte(_)
@@ -284,15 +290,42 @@ fn set_host(req: &mut Request<RequestBody>, host_header: Option<&str>) {
     }
 }
 
-/// Proxies one request.
+/// The `Upgrade` header of an HTTP/1.1 request that asks for a tunnel: `Connection: upgrade`
+/// and an `Upgrade` other than `h2c` (which is answered as a plain request: HTTP/2 reaches
+/// backends with the backend's own protocol).
+pub fn upgrade_of(req: &Request<Incoming>) -> Option<&HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let h = req.headers();
+    let up = h.get(header::UPGRADE)?;
+    let asked = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    (asked && upgrade_protocol(up).is_none_or(|p| p != "h2c")).then_some(up)
+}
+
+/// The first protocol an `Upgrade` header names, without its version, lower case.
+fn upgrade_protocol(v: &HeaderValue) -> Option<String> {
+    let first = v.to_str().ok()?.split(',').next()?.trim();
+    let name = first.split('/').next()?.trim();
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+/// Proxies one request. `busy`: the request asks for an Upgrade, and this keeps its client
+/// connection busy for the tunnel it may become.
 pub async fn handle(
     rt: Arc<Runtime>,
     edge: Arc<Edge>,
     client: SocketAddr,
     req: Request<Incoming>,
+    busy: Option<InFlight>,
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
-    match forward(&rt, &edge, &snap, client.ip(), req).await {
+    match forward(&rt, &edge, &snap, client.ip(), req, busy).await {
         Ok(r) => r,
         Err((e, backend)) => {
             let r = respond(&e);
@@ -305,6 +338,11 @@ pub async fn handle(
                 }
                 (ProxyError::BodyTimeout(_), _) => {
                     edge.counters.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                (ProxyError::UpgradeRefused(_), _) => {
+                    edge.counters
+                        .upgrades_refused
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Some((b, started))) => {
                     b.counters.record(r.status().as_u16(), started.elapsed())
@@ -319,20 +357,48 @@ pub async fn handle(
 
 type Failure = (ProxyError, Option<(BackendRef, Instant)>);
 
+/// An Upgrade request on its way: what the backend is asked for, and the client side of the
+/// tunnel.
+struct Upgrade {
+    header: HeaderValue,
+    client: OnUpgrade,
+    busy: InFlight,
+}
+
 async fn forward(
     rt: &Runtime,
-    edge: &Edge,
+    edge: &Arc<Edge>,
     snap: &Snapshot,
     client: IpAddr,
     req: Request<Incoming>,
+    busy: Option<InFlight>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let (parts, body) = req.into_parts();
+    let upgrade_header = busy.as_ref().and_then(|_| upgrade_of(&req).cloned());
+    let (mut parts, body) = req.into_parts();
     check_host(&parts).map_err(|e| (e, None))?;
     let host = route::request_host(&parts);
     let (ri, d) = snap
         .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
     let route = &snap.config.routes[ri];
+    let upgrade = match (upgrade_header, busy) {
+        (Some(header), Some(busy)) => {
+            let protocol = upgrade_protocol(&header).unwrap_or_default();
+            if !route.upgrades.contains(&protocol) {
+                return Err((ProxyError::UpgradeRefused(protocol), None));
+            }
+            let client = parts.extensions.remove::<OnUpgrade>().ok_or((
+                ProxyError::BadRequest("this connection cannot be upgraded"),
+                None,
+            ))?;
+            Some(Upgrade {
+                header,
+                client,
+                busy,
+            })
+        }
+        _ => None,
+    };
     let peer = client;
     let client = edge.config.trusted_proxies.client(peer, &parts.headers);
     // A declared length over the limit is refused before anything reaches a backend.
@@ -345,7 +411,13 @@ async fn forward(
     let key = route::key(route, &parts, client);
     let key = key.key();
     // The chain sent on appends the hop that connected to us.
-    let head = Head::from_client(parts, peer, route);
+    let mut head = Head::from_client(parts, peer, route);
+    if let Some(u) = &upgrade {
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, u.header.clone());
+    }
+    let mut upgrade = upgrade;
     // A request without a body can be replayed; one with a body is streamed, never buffered.
     let replayable = idempotent(&head.method) && body.is_end_stream();
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {
@@ -379,7 +451,11 @@ async fn forward(
         // The queue timeout counts from the request's arrival, across the alternates tried:
         // a request waits that long in all, not that long per backend.
         dial.queue_timeout = dial.queue_timeout.saturating_sub(arrived.elapsed());
-        let conn = state.pool.checkout(dial).await;
+        let conn = if upgrade.is_some() {
+            state.pool.open_tunnel(dial).await.map(|c| (c, false))
+        } else {
+            state.pool.checkout(dial).await
+        };
         let (mut conn, reused) = match conn {
             Ok(c) => c,
             Err(source) => {
@@ -408,12 +484,37 @@ async fn forward(
                     Some((Arc::clone(state), started)),
                 ));
             }
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
                 let status = resp.status().as_u16();
                 counters.record(status, started.elapsed());
+                let tunnel = match upgrade.take() {
+                    Some(u) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp
+                        .extensions_mut()
+                        .remove::<OnUpgrade>()
+                        .map(|backend| (u, backend)),
+                    _ => None,
+                };
                 let (mut parts, incoming) = resp.into_parts();
+                let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
                 // A response's Connection header may name any of its headers.
                 strip_hop_by_hop(&mut parts.headers, Vec::new);
+                if let Some((u, backend)) = tunnel {
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(v) = upgrade_to {
+                        parts.headers.insert(header::UPGRADE, v);
+                    }
+                    let t = Tunnel {
+                        client: u.client,
+                        backend,
+                        state: Arc::clone(state),
+                        busy: u.busy,
+                        slot: conn.into_tunnel_slot(),
+                    };
+                    tokio::spawn(t.run(Arc::clone(edge)));
+                    return Ok(Response::from_parts(parts, text("")));
+                }
                 let body = UpstreamBody::new(incoming, spec.timeouts.between_bytes, conn);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
@@ -485,8 +586,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let e = Arc::clone(&edge);
-    serve_http(listener, edge, shutdown, move |req, client| {
-        handle(Arc::clone(&rt), Arc::clone(&e), client, req)
+    serve_http(listener, edge, shutdown, move |req, client, conn| {
+        let busy = upgrade_of(&req).map(|_| InFlight::start(conn));
+        handle(Arc::clone(&rt), Arc::clone(&e), client, req, busy)
     })
     .await;
 }

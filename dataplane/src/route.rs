@@ -160,6 +160,7 @@ mod tests {
             key: KeySpec::Header("x-user".into()),
             fallback_key: Some(KeySpec::Cookie("sid".into())),
             max_body_bytes: None,
+            upgrades: Vec::new(),
         }
     }
 

@@ -319,6 +319,7 @@ impl Runtime {
                     Host::Ip(ip) => ip.to_string(),
                     Host::Dns(d) => d.clone(),
                 });
+            state.set_draining(spec.drain);
             if state.set_probe(probe_of(&probes, spec), host) {
                 tokio::spawn(probe_loop(Arc::downgrade(&state)));
             }
@@ -332,8 +333,10 @@ impl Runtime {
             if !kept
                 .get(old_spec.name.as_str())
                 .is_some_and(|id| id.is(old_spec))
+                && let Some(gone) = registry.remove(&Identity::of(old_spec))
             {
-                registry.remove(&Identity::of(old_spec));
+                // Its tunnels (which still hold it) drain.
+                gone.set_draining(true);
             }
         }
         drop(registry);

@@ -138,6 +138,7 @@ fn config(backends: Vec<BackendSpec>) -> Config {
             key: KeySpec::Header("x-user".into()),
             fallback_key: None,
             max_body_bytes: None,
+            upgrades: Vec::new(),
         }],
         ..Config::default()
     }

@@ -15,10 +15,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use tether_dataplane::config::{
     self, AdminHealth, BackendSpec, Config, DirectorSpec, HeaderMatch, KeySpec, MAX_PROBE_WINDOW,
-    MemberSpec, Policy, ProbeRequest, ProbeSpec, RouteSpec, ShardSpec, TargetRef, Timeouts,
+    MemberSpec, Policy, ProbeRequest, ProbeSpec, Protocol, RouteSpec, ShardSpec, TargetRef,
+    Timeouts,
 };
 use tether_dataplane::director::{Algorithm, BuildError, Directors, HealthyMode, balanced};
 use tether_dataplane::limits;
+use tether_dataplane::tls::{BackendTls, TlsError};
 use tether_proto::keys::Kind;
 use tether_proto::v1;
 
@@ -826,10 +828,40 @@ pub fn backend(b: &v1::Backend, at: &dyn fmt::Display) -> Result<BackendSpec, Fi
             }));
         }
     }
+    let protocol = match v1::BackendProtocol::try_from(b.protocol) {
+        Ok(v1::BackendProtocol::Http1) => Protocol::Http1,
+        Ok(v1::BackendProtocol::H2c) => Protocol::H2c,
+        Ok(v1::BackendProtocol::H2) => Protocol::H2,
+        Ok(v1::BackendProtocol::Auto) => Protocol::Auto,
+        Err(_) => {
+            errors.push(FieldError::invalid(
+                format!("{at}.protocol"),
+                format!("unknown value {}", b.protocol),
+            ));
+            Protocol::Http1
+        }
+    };
+    let tls = b
+        .tls
+        .as_ref()
+        .and_then(|t| errors.check(backend_tls(t, protocol, at)));
+    match (protocol, &b.tls) {
+        (Protocol::H2 | Protocol::Auto, None) => errors.push(FieldError::invalid(
+            format!("{at}.protocol"),
+            "h2 and auto are negotiated over TLS: set tls (or use h2c for HTTP/2 over plain TCP)",
+        )),
+        (Protocol::H2c, Some(_)) => errors.push(FieldError::invalid(
+            format!("{at}.protocol"),
+            "h2c is HTTP/2 over plain TCP: with tls, use h2 (or auto)",
+        )),
+        _ => {}
+    }
     let (Some(name), Some(address)) = (name, address) else {
         return Err(errors.error());
     };
     let mut spec = BackendSpec::new(name, address);
+    spec.protocol = protocol;
+    spec.tls = tls;
     spec.address2 = address2;
     if let Some(w) = w {
         spec.weight = w;
@@ -843,6 +875,25 @@ pub fn backend(b: &v1::Backend, at: &dyn fmt::Display) -> Result<BackendSpec, Fi
     spec.admin_health = admin_health;
     spec.drain = b.drain;
     errors.finish(spec)
+}
+
+/// A backend's TLS settings, checked and built (the CA parsed) for `protocol`.
+fn backend_tls(
+    t: &v1::BackendTls,
+    protocol: Protocol,
+    at: &dyn fmt::Display,
+) -> Result<BackendTls, FieldError> {
+    at_most(&t.server_name, 253, || format!("{at}.tls.server_name"))?;
+    at_most(&t.ca, limits::MAX_PEM_BYTES, || format!("{at}.tls.ca"))?;
+    let server_name = (!t.server_name.is_empty()).then(|| t.server_name.clone());
+    let ca = (!t.ca.is_empty()).then(|| t.ca.clone());
+    BackendTls::new(server_name, ca, t.verify.unwrap_or(true), protocol).map_err(|e| {
+        let field = match e {
+            TlsError::ServerName(_) => "server_name",
+            TlsError::Pem(_) | TlsError::Rustls(_) => "ca",
+        };
+        FieldError::invalid(format!("{at}.tls.{field}"), e)
+    })
 }
 
 /// The start of a long value, for an error message about it.

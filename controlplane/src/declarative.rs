@@ -100,6 +100,45 @@ pub struct BackendDoc {
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `http1` (default), `h2c`, `h2` or `auto`.
+    #[serde(default, skip_serializing_if = "ProtocolDoc::is_default")]
+    pub protocol: ProtocolDoc,
+    /// TLS to the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsDoc>,
+}
+
+/// A backend's protocol as written.
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ProtocolDoc {
+    #[default]
+    Http1,
+    H2c,
+    H2,
+    Auto,
+}
+
+impl ProtocolDoc {
+    fn is_default(&self) -> bool {
+        *self == ProtocolDoc::Http1
+    }
+}
+
+/// TLS to a backend as written.
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsDoc {
+    /// SNI and the name verified (default: the address's host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM CA certificates (default: the system's roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Verify the backend's certificate (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
 }
 
 /// A probe as written (Varnish defaults when absent).
@@ -464,6 +503,17 @@ impl BackendDoc {
             } as i32,
             drain: self.drain,
             labels: self.labels.clone().into_iter().collect(),
+            protocol: match self.protocol {
+                ProtocolDoc::Http1 => v1::BackendProtocol::Http1,
+                ProtocolDoc::H2c => v1::BackendProtocol::H2c,
+                ProtocolDoc::H2 => v1::BackendProtocol::H2,
+                ProtocolDoc::Auto => v1::BackendProtocol::Auto,
+            } as i32,
+            tls: self.tls.as_ref().map(|t| v1::BackendTls {
+                server_name: t.server_name.clone().unwrap_or_default(),
+                ca: t.ca.clone().unwrap_or_default(),
+                verify: t.verify,
+            }),
             ..Default::default()
         })
     }
@@ -700,6 +750,17 @@ impl From<&v1::Backend> for BackendDoc {
             },
             drain: b.drain,
             labels: b.labels.clone().into_iter().collect(),
+            protocol: match v1::BackendProtocol::try_from(b.protocol) {
+                Ok(v1::BackendProtocol::H2c) => ProtocolDoc::H2c,
+                Ok(v1::BackendProtocol::H2) => ProtocolDoc::H2,
+                Ok(v1::BackendProtocol::Auto) => ProtocolDoc::Auto,
+                _ => ProtocolDoc::Http1,
+            },
+            tls: b.tls.as_ref().map(|t| BackendTlsDoc {
+                server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
+                ca: (!t.ca.is_empty()).then(|| t.ca.clone()),
+                verify: t.verify,
+            }),
         }
     }
 }

@@ -238,6 +238,7 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
                 "drain": spec.drain,
                 "probe": st.probe_window().map(|(g, w)| format!("{g}/{w}")),
                 "probe_healthy": st.probe_healthy(),
+                "probe_error": st.probe_error(),
                 "healthy": backend_healthy(spec, st),
                 "connections_open": st.pool.open(),
                 "connections_idle": st.pool.idle(),

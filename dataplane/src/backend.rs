@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{Address, BackendSpec, ProbeSpec};
-use crate::health::{ProbeError, Window};
+use crate::health::{ProbeError, Transport, Window};
 use crate::pool::Pool;
 use crate::resolve::Dns;
 
@@ -166,6 +166,7 @@ impl Counters {
 struct ProbeState {
     spec: Option<ProbeSpec>,
     host: String,
+    transport: Arc<Transport>,
     window: Option<Window>,
     running: bool,
     last_error: Option<String>,
@@ -205,6 +206,7 @@ impl BackendRuntime {
             probe: Mutex::new(ProbeState {
                 spec: None,
                 host: String::new(),
+                transport: Arc::default(),
                 window: None,
                 running: false,
                 last_error: None,
@@ -233,9 +235,12 @@ impl BackendRuntime {
     /// Sets the probe of this revision. Returns true when a probe loop must be started.
     /// A backend that gains a probe starts with `initial` good probes (sick with the
     /// defaults, until its first good probe); one that keeps its probe keeps its window.
-    pub fn set_probe(&self, spec: Option<&ProbeSpec>, host: String) -> bool {
+    pub fn set_probe(&self, spec: Option<&ProbeSpec>, host: String, transport: Transport) -> bool {
         let mut p = self.probe_state();
         p.host = host;
+        if *p.transport != transport {
+            p.transport = Arc::new(transport);
+        }
         match spec {
             None => {
                 p.spec = None;
@@ -269,10 +274,10 @@ impl BackendRuntime {
     /// The probe and the Host header to send; `None` when the probe was removed, which also
     /// marks the loop as ended (under the same lock, so a probe added meanwhile starts a new
     /// loop rather than finding this one gone).
-    pub fn probe_settings(&self) -> Option<(ProbeSpec, String)> {
+    pub fn probe_settings(&self) -> Option<(ProbeSpec, String, Arc<Transport>)> {
         let mut p = self.probe_state();
         match p.spec.clone() {
-            Some(s) => Some((s, p.host.clone())),
+            Some(s) => Some((s, p.host.clone(), Arc::clone(&p.transport))),
             None => {
                 p.running = false;
                 None
@@ -330,6 +335,11 @@ impl BackendRuntime {
         let p = self.probe_state();
         p.spec.as_ref()?;
         p.window.as_ref().map(|w| (w.good(), w.size()))
+    }
+
+    /// Why the last probe failed (`None` when it succeeded, or there is no probe).
+    pub fn probe_error(&self) -> Option<String> {
+        self.probe_state().last_error.clone()
     }
 
     /// Time since the last health change.

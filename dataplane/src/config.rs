@@ -160,6 +160,27 @@ pub enum AdminHealth {
     Sick,
 }
 
+/// How the proxy speaks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 keep-alive, one request per connection at a time.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP; connections shared by requests.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// Over TLS, what ALPN picks: `h2` or `http/1.1`.
+    Auto,
+}
+
+impl Protocol {
+    /// Whether connections of this protocol are always HTTP/2.
+    pub fn always_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+}
+
 /// Backend timeouts (DESIGN §3); Varnish's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -209,6 +230,10 @@ pub struct BackendSpec {
     pub admin_health: AdminHealth,
     /// No new requests; in-flight ones finish.
     pub drain: bool,
+    /// How requests are sent.
+    pub protocol: Protocol,
+    /// TLS on its connections and probes (`None`: plain TCP).
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 impl BackendSpec {
@@ -227,6 +252,8 @@ impl BackendSpec {
             max_connection_lifetime: None,
             admin_health: AdminHealth::Auto,
             drain: false,
+            protocol: Protocol::Http1,
+            tls: None,
         }
     }
 

@@ -8,15 +8,33 @@
 //! applies without restarting the loop or forgetting the window. This module knows nothing of
 //! the backend state it feeds.
 //!
-//! A probe: connect, write the request, read until the peer closes, all within `timeout`;
-//! success when the first line parses as `HTTP/<n> <status>` with the expected status.
+//! A probe: connect (with the backend's TLS settings, ALPN `http/1.1`), write the request,
+//! read until the peer closes, all within `timeout`; success when the first line parses as
+//! `HTTP/<n> <status>` with the expected status. A backend that speaks only HTTP/2 (`h2c`,
+//! `h2`) is probed with an HTTP/2 `GET` of the probe's `url` (a raw `request` is sent as its
+//! bytes, whatever the protocol).
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{ProbeRequest, ProbeSpec};
+use crate::config::{Host, ProbeRequest, ProbeSpec};
+use crate::tls::{self, BackendTls};
+
+/// How a probe reaches its backend: as the proxy does.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transport {
+    /// TLS settings.
+    pub tls: Option<BackendTls>,
+    /// The backend speaks only HTTP/2.
+    pub h2: bool,
+    /// The host of its address (the TLS name when `tls.server_name` is not set).
+    pub host: Option<Host>,
+}
 
 /// The probe's shift register and its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,15 +145,35 @@ pub enum ProbeError {
     /// The status was not the expected one.
     #[error("status {0}")]
     Status(u16),
+    /// The HTTP/2 exchange failed.
+    #[error("http/2: {0}")]
+    H2(hyper::Error),
 }
 
-/// One probe against `address`.
-pub async fn probe_once(peer: SocketAddr, spec: &ProbeSpec, host: &str) -> Result<(), ProbeError> {
+/// One probe against `address`, sent as `transport` says.
+pub async fn probe_once(
+    peer: SocketAddr,
+    spec: &ProbeSpec,
+    host: &str,
+    transport: &Transport,
+) -> Result<(), ProbeError> {
     let req = request_bytes(spec, host);
     let attempt = async {
-        let mut s = TcpStream::connect(peer)
+        let tcp = TcpStream::connect(peer)
             .await
             .map_err(ProbeError::Connect)?;
+        let name = transport.host.clone().unwrap_or(Host::Ip(peer.ip()));
+        let mut s = tls::wrap(tcp, transport.tls.as_ref(), &name, !transport.h2)
+            .await
+            .map_err(ProbeError::Connect)?;
+        if let (true, ProbeRequest::Url(url)) = (transport.h2, &spec.request) {
+            let scheme = if transport.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            return h2_status(s, &format!("{scheme}://{host}{url}"), spec).await;
+        }
         s.write_all(&req).await.map_err(ProbeError::Io)?;
         let mut buf = Vec::with_capacity(512);
         // Read until EOF, but keep only what the status line needs.
@@ -158,6 +196,25 @@ pub async fn probe_once(peer: SocketAddr, spec: &ProbeSpec, host: &str) -> Resul
     tokio::time::timeout(spec.timeout, attempt)
         .await
         .unwrap_or(Err(ProbeError::Timeout))
+}
+
+/// An HTTP/2 `GET uri` on `io`: the response status against the expected one.
+async fn h2_status(io: tls::BackendIo, uri: &str, spec: &ProbeSpec) -> Result<(), ProbeError> {
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(ProbeError::H2)?;
+    // The connection ends with the probe (this task is dropped at its timeout).
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(uri)
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| ProbeError::BadResponse)?;
+    let r = send.send_request(req).await;
+    conn.abort();
+    match r.map_err(ProbeError::H2)?.status().as_u16() {
+        s if s == spec.expected_status => Ok(()),
+        s => Err(ProbeError::Status(s)),
+    }
 }
 
 #[cfg(test)]

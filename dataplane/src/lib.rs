@@ -9,7 +9,8 @@
 //! - [`runtime`]: the current [`snapshot::Snapshot`] behind an `ArcSwap`, and the registry of
 //!   per-backend runtime state ([`backend`]: connection [`pool`], probe window, counters) kept
 //!   across revisions for unchanged backend identities; [`resolve`]: DNS names of backends
-//!   (hickory, TTLs clamped), which the pool resolves and re-resolves;
+//!   (hickory, TTLs clamped), which the pool resolves and re-resolves; [`tls`]: TLS to backends
+//!   (and the PEM helpers);
 //! - [`health`]: Varnish probe semantics — the window, one probe attempt (the probe loop, one
 //!   per backend identity, is spawned and run by [`runtime`]);
 //! - [`route`]: route matching and key extraction;
@@ -47,4 +48,5 @@ pub mod resolve;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
+pub mod tls;
 pub mod tunnel;

@@ -29,15 +29,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response, Uri, Version, header, uri};
 use http_body_util::{Either, Empty};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::config::{Address, BackendSpec, Host};
+use crate::config::{Address, BackendSpec, Host, Protocol};
 use crate::edge::ClientBody;
 use crate::resolve::{Answer, Dns, ResolveError};
+use crate::tls::{self, BackendTls};
 
 /// What the proxy sends to a backend: the client's body streamed through, or nothing (a
 /// request without a body, which can then be replayed on another backend).
@@ -62,8 +65,49 @@ fn shard() -> usize {
     SHARD.with(std::cell::Cell::get)
 }
 
-/// A connection that can carry one request.
-pub type Conn = SendRequest<RequestBody>;
+/// HTTP/2 to a backend: pings after 20 s without frames, answered within 20 s.
+const H2_PING: Duration = Duration::from_secs(20);
+
+/// An HTTP/2 connection's streams: open now, and the most the backend allows (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, followed as it changes).
+#[derive(Debug)]
+struct Streams {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// A shared HTTP/2 connection.
+#[derive(Debug, Clone)]
+struct Shared {
+    conn: http2::SendRequest<RequestBody>,
+    streams: Arc<Streams>,
+    born: Instant,
+    peer: SocketAddr,
+}
+
+impl Shared {
+    /// A stream on it, if one is free.
+    fn stream(&self) -> Option<StreamGuard> {
+        let s = &self.streams;
+        let max = s.max.load(Ordering::Acquire).max(1);
+        s.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(StreamGuard(Arc::clone(&self.streams)))
+    }
+}
+
+/// One request's stream on a shared connection; frees it when dropped.
+#[derive(Debug)]
+struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +118,15 @@ pub enum ConnectError {
     /// Connecting failed.
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    /// The TLS handshake failed (an unknown CA, a name the certificate does not carry…).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// An Upgrade to a backend that speaks HTTP/2 only.
+    #[error("the backend speaks HTTP/2 (protocol {0:?}); an Upgrade tunnel needs HTTP/1.1")]
+    NoUpgrade(Protocol),
     /// `max_connections` are open (and none came free within `queue_timeout`).
     #[error("backend at max_connections ({0})")]
     AtLimit(u32),
@@ -88,7 +138,11 @@ pub enum ConnectError {
 /// How a checkout may get its connection: the backend's settings in the current revision, and
 /// the largest response head accepted (a larger one fails the request: `502`).
 #[derive(Debug, Clone, Copy)]
-pub struct Dial {
+pub struct Dial<'a> {
+    /// HTTP/1.1, HTTP/2 or either.
+    pub protocol: Protocol,
+    /// TLS settings (`None`: plain TCP).
+    pub tls: Option<&'a BackendTls>,
     /// Resolving and connecting, per attempt.
     pub connect_timeout: Duration,
     /// Open connections at most (0: unlimited).
@@ -101,10 +155,12 @@ pub struct Dial {
     pub max_head_bytes: usize,
 }
 
-impl Dial {
+impl Dial<'_> {
     /// The settings of `spec`, with this response-head limit.
-    pub fn of(spec: &BackendSpec, max_head_bytes: usize) -> Dial {
+    pub fn of(spec: &BackendSpec, max_head_bytes: usize) -> Dial<'_> {
         Dial {
+            protocol: spec.protocol,
+            tls: spec.tls.as_ref(),
             connect_timeout: spec.timeouts.connect,
             max_connections: spec.max_connections,
             queue_timeout: spec.queue_timeout,
@@ -129,12 +185,14 @@ pub struct PoolCounters {
     pub resolve_failures: AtomicU64,
 }
 
-/// An idle connection, with what decides whether it may still be used.
+/// An idle HTTP/1.1 connection, with what decides whether it may still be used.
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: http1::SendRequest<RequestBody>,
     born: Instant,
     peer: SocketAddr,
+    /// The pool's generation when it was opened (see [`Pool::reset`]).
+    generation: u64,
 }
 
 /// The open count, shared with the connection tasks (a task's end frees its slot), and the
@@ -151,6 +209,8 @@ pub struct Pool {
     addresses: Vec<Address>,
     dns: Arc<Dns>,
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// HTTP/2 connections, per proxy thread like the idle lists.
+    shared: Box<[Mutex<Vec<Shared>>]>,
     slots: Arc<Slots>,
     /// The last answer for each address with a DNS name (`None`: not resolved yet, or an IP).
     answers: Mutex<Vec<Option<Answer>>>,
@@ -158,6 +218,8 @@ pub struct Pool {
     named: bool,
     /// A background refresh of expired answers is running.
     refreshing: AtomicBool,
+    /// Bumped by [`Pool::reset`]: connections of an earlier generation are not reused.
+    generation: AtomicU64,
     /// Counters.
     pub counters: PoolCounters,
 }
@@ -167,18 +229,77 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Checkout {
     pool: Arc<Pool>,
-    idle: Idle,
+    held: Held,
     /// When it stops being reused (`max_connection_lifetime` from its checkout).
     retire_at: Option<Instant>,
+    /// Over TLS (the scheme of HTTP/2 requests).
+    tls: bool,
     /// A connection opened for an Upgrade ([`Pool::open_tunnel`]): its slot, shared with its
     /// task, which ends when the connection becomes a tunnel — the tunnel then holds it.
     tunnel_slot: Option<Arc<SlotGuard>>,
 }
 
+/// What a checkout holds.
+#[derive(Debug)]
+enum Held {
+    /// An HTTP/1.1 connection, to itself.
+    H1(Idle),
+    /// A stream on a shared HTTP/2 connection.
+    H2 {
+        conn: http2::SendRequest<RequestBody>,
+        /// Freed when the checkout ends.
+        _stream: StreamGuard,
+    },
+}
+
 impl Checkout {
-    /// The connection, to send the request on.
-    pub fn conn(&mut self) -> &mut Conn {
-        &mut self.idle.conn
+    fn h1(pool: &Arc<Pool>, idle: Idle, retire_at: Option<Instant>, tls: bool) -> Checkout {
+        Checkout {
+            pool: Arc::clone(pool),
+            held: Held::H1(idle),
+            retire_at,
+            tls,
+            tunnel_slot: None,
+        }
+    }
+
+    fn h2(pool: &Arc<Pool>, shared: &Shared, stream: StreamGuard, dial: &Dial<'_>) -> Checkout {
+        Checkout {
+            pool: Arc::clone(pool),
+            held: Held::H2 {
+                conn: shared.conn.clone(),
+                _stream: stream,
+            },
+            retire_at: dial.max_lifetime.map(|l| shared.born + l),
+            tls: dial.tls.is_some(),
+            tunnel_slot: None,
+        }
+    }
+
+    /// Whether this is a stream on an HTTP/2 connection.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.held, Held::H2 { .. })
+    }
+
+    /// Sends `req` (an HTTP/1.1-shaped request with a relative URI and a `Host`); on HTTP/2
+    /// the URI becomes absolute (`:scheme`, `:authority` from the `Host`). A request that was
+    /// not written comes back in the error.
+    pub async fn send(
+        &mut self,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match &mut self.held {
+            Held::H1(idle) => idle.conn.try_send_request(req).await,
+            Held::H2 { conn, .. } => {
+                let scheme = if self.tls {
+                    uri::Scheme::HTTPS
+                } else {
+                    uri::Scheme::HTTP
+                };
+                h2_uri(&mut req, scheme);
+                conn.try_send_request(req).await
+            }
+        }
     }
 
     /// The connection's place under `max_connections`, for a tunnel it became (`None` for a
@@ -190,15 +311,39 @@ impl Checkout {
     /// Gives the connection back to its pool for the next request, unless it is too old or
     /// its address left the DNS answer (or it was opened for an Upgrade: never reused).
     pub fn release(self) {
+        let Held::H1(idle) = self.held else {
+            // A stream: dropping its guard frees it; the connection stays shared.
+            return;
+        };
         if self.tunnel_slot.is_some() {
             return;
         }
-        if self.retire_at.is_some_and(|t| Instant::now() >= t) || !self.pool.current(self.idle.peer)
-        {
+        if self.retire_at.is_some_and(|t| Instant::now() >= t) || !self.pool.current(idle.peer) {
             return;
         }
-        self.pool.put(self.idle);
+        self.pool.put(idle);
     }
+}
+
+/// Makes an HTTP/1.1-shaped request an HTTP/2 one: version 2, and an absolute URI whose
+/// authority is the `Host` header (which HTTP/2 carries as `:authority`).
+fn h2_uri(req: &mut Request<RequestBody>, scheme: uri::Scheme) {
+    *req.version_mut() = Version::HTTP_2;
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| uri::Authority::try_from(h.as_bytes()).ok());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Some(a) = authority {
+        parts.authority = Some(a);
+    }
+    if parts.authority.is_some() {
+        parts.scheme = Some(scheme);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
+        }
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 }
 
 /// Frees a connection's slot when its task ends, and tells a queued request.
@@ -231,9 +376,11 @@ impl Pool {
             addresses,
             dns,
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            shared: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             slots: Arc::new(Slots::default()),
             named,
             refreshing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             counters: PoolCounters::default(),
         }
     }
@@ -250,7 +397,7 @@ impl Pool {
 
     /// Returns a connection whose response was read to the end.
     fn put(&self, idle: Idle) {
-        if idle.conn.is_closed() {
+        if idle.conn.is_closed() || idle.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut list = lock(&self.idle[shard()]);
@@ -258,6 +405,19 @@ impl Pool {
             list.push(idle);
             drop(list);
             self.slots.freed.notify_one();
+        }
+    }
+
+    /// Stops reusing every connection open now (idle ones are closed, busy ones when their
+    /// request ends; HTTP/2 ones take no new streams): the backend's TLS settings or protocol
+    /// changed, and connections must be made anew with the new ones.
+    pub fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for (idle, shared) in self.idle.iter().zip(self.shared.iter()) {
+            let gone = std::mem::take(&mut *lock(idle));
+            let streams = std::mem::take(&mut *lock(shared));
+            // Dropped outside the locks.
+            drop((gone, streams));
         }
     }
 
@@ -280,7 +440,7 @@ impl Pool {
     }
 
     /// An idle connection from list `i` that may still be used; unusable ones are closed.
-    async fn take(self: &Arc<Self>, i: usize, dial: &Dial) -> Option<Checkout> {
+    async fn take(self: &Arc<Self>, i: usize, dial: &Dial<'_>) -> Option<Checkout> {
         loop {
             let mut idle = lock(&self.idle[i]).pop()?;
             let retire_at = dial.max_lifetime.map(|l| idle.born + l);
@@ -291,21 +451,36 @@ impl Pool {
                 continue;
             }
             if idle.conn.ready().await.is_ok() {
-                return Some(Checkout {
-                    pool: Arc::clone(self),
-                    idle,
-                    retire_at,
-                    tunnel_slot: None,
-                });
+                return Some(Checkout::h1(self, idle, retire_at, dial.tls.is_some()));
             }
         }
     }
 
-    /// An idle connection from any thread's list, this thread's first.
-    async fn take_any(self: &Arc<Self>, dial: &Dial) -> Option<Checkout> {
+    /// A free stream on an HTTP/2 connection of list `i`; closed and retired connections
+    /// are dropped from the list.
+    fn take_stream(self: &Arc<Self>, i: usize, dial: &Dial<'_>) -> Option<Checkout> {
+        let mut list = lock(&self.shared[i]);
+        let now = Instant::now();
+        list.retain(|c| {
+            !c.conn.is_closed()
+                && dial.max_lifetime.is_none_or(|l| now < c.born + l)
+                && self.current(c.peer)
+        });
+        list.iter()
+            .find_map(|c| c.stream().map(|g| Checkout::h2(self, c, g, dial)))
+    }
+
+    /// An idle connection (or free HTTP/2 stream) from any thread's list, this thread's first.
+    async fn take_any(self: &Arc<Self>, dial: &Dial<'_>) -> Option<Checkout> {
         let own = shard();
         for k in 0..SHARDS {
-            if let Some(c) = self.take((own + k) % SHARDS, dial).await {
+            let i = (own + k) % SHARDS;
+            if dial.protocol != Protocol::Http1
+                && let Some(c) = self.take_stream(i, dial)
+            {
+                return Some(c);
+            }
+            if let Some(c) = self.take(i, dial).await {
                 return Some(c);
             }
         }
@@ -324,11 +499,21 @@ impl Pool {
     }
 
     /// An idle connection (`true`: reused), or a new one (`false`).
-    pub async fn checkout(self: &Arc<Self>, dial: Dial) -> Result<(Checkout, bool), ConnectError> {
+    pub async fn checkout(
+        self: &Arc<Self>,
+        dial: Dial<'_>,
+    ) -> Result<(Checkout, bool), ConnectError> {
         if self.named {
             self.refresh_if_due();
         }
-        if let Some(c) = self.take(shard(), &dial).await {
+        if dial.protocol != Protocol::Http1
+            && let Some(c) = self.take_stream(shard(), &dial)
+        {
+            return Ok((c, true));
+        }
+        if !dial.protocol.always_h2()
+            && let Some(c) = self.take(shard(), &dial).await
+        {
             return Ok((c, true));
         }
         let deadline = tokio::time::Instant::now() + dial.queue_timeout;
@@ -362,7 +547,10 @@ impl Pool {
     /// the idle lists (a tunnel is a connection of its own, as in HAProxy), counted under
     /// `max_connections` for as long as it or the tunnel it becomes is open. At the limit it
     /// waits for a slot like any request, up to `queue_timeout`.
-    pub async fn open_tunnel(self: &Arc<Self>, dial: Dial) -> Result<Checkout, ConnectError> {
+    pub async fn open_tunnel(self: &Arc<Self>, dial: Dial<'_>) -> Result<Checkout, ConnectError> {
+        if dial.protocol.always_h2() {
+            return Err(ConnectError::NoUpgrade(dial.protocol));
+        }
         if self.named {
             self.refresh_if_due();
         }
@@ -395,7 +583,7 @@ impl Pool {
     async fn connect(
         self: &Arc<Self>,
         slot: SlotGuard,
-        dial: &Dial,
+        dial: &Dial<'_>,
         upgrades: bool,
     ) -> Result<Checkout, ConnectError> {
         let timeout = dial.connect_timeout;
@@ -420,10 +608,46 @@ impl Pool {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let host = self
+                .addresses
+                .iter()
+                .find(|a| a.port == peer.port())
+                .map_or(Host::Ip(peer.ip()), |a| a.host.clone());
+            let wrapped =
+                tokio::time::timeout(timeout, tls::wrap(stream, dial.tls, &host, upgrades));
+            let io = match wrapped.await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    last = ConnectError::Tls(e);
+                    continue;
+                }
+                Err(_) => {
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    last = ConnectError::Timeout(timeout);
+                    continue;
+                }
+            };
+            let h2 = !upgrades
+                && match dial.protocol {
+                    Protocol::H2c | Protocol::H2 => true,
+                    Protocol::Auto => io.alpn_h2(),
+                    Protocol::Http1 => false,
+                };
+            self.counters.connects.fetch_add(1, Ordering::Relaxed);
+            let born = Instant::now();
+            let generation = self.generation.load(Ordering::Acquire);
+            if h2 {
+                return self.handshake_h2(io, slot, dial, peer, born).await;
+            }
             let (conn, task) = http1::Builder::new()
                 // A larger response head is an error, answered 502.
                 .max_header_size(dial.max_head_bytes)
-                .handshake(TokioIo::new(stream))
+                .handshake(TokioIo::new(io))
                 .await?;
             let tunnel_slot = if upgrades {
                 let slot = Arc::new(slot);
@@ -442,16 +666,68 @@ impl Pool {
                 });
                 None
             };
-            self.counters.connects.fetch_add(1, Ordering::Relaxed);
-            let born = Instant::now();
-            return Ok(Checkout {
-                pool: Arc::clone(self),
-                idle: Idle { conn, born, peer },
-                retire_at: dial.max_lifetime.map(|l| born + l),
-                tunnel_slot,
-            });
+            let mut c = Checkout::h1(
+                self,
+                Idle {
+                    conn,
+                    born,
+                    peer,
+                    generation,
+                },
+                dial.max_lifetime.map(|l| born + l),
+                dial.tls.is_some(),
+            );
+            c.tunnel_slot = tunnel_slot;
+            return Ok(c);
         }
         Err(last)
+    }
+
+    /// The HTTP/2 handshake on `io`; the connection is shared from this thread's list, and
+    /// its task follows the backend's stream limit.
+    async fn handshake_h2(
+        self: &Arc<Self>,
+        io: tls::BackendIo,
+        slot: SlotGuard,
+        dial: &Dial<'_>,
+        peer: SocketAddr,
+        born: Instant,
+    ) -> Result<Checkout, ConnectError> {
+        let (conn, mut task) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING)
+            .keep_alive_timeout(H2_PING)
+            .max_header_list_size(u32::try_from(dial.max_head_bytes).unwrap_or(u32::MAX))
+            .handshake(TokioIo::new(io))
+            .await?;
+        let streams = Arc::new(Streams {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(task.current_max_send_streams()),
+        });
+        let limit = Arc::clone(&streams);
+        tokio::spawn(async move {
+            // Runs the connection, publishing the backend's stream limit as its SETTINGS
+            // change it.
+            let _ = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut task).poll(cx);
+                limit
+                    .max
+                    .store(task.current_max_send_streams(), Ordering::Release);
+                r
+            })
+            .await;
+            drop(slot);
+        });
+        let shared = Shared {
+            conn,
+            streams,
+            born,
+            peer,
+        };
+        let stream = shared.stream().ok_or(ConnectError::AtLimit(0))?;
+        let c = Checkout::h2(self, &shared, stream, dial);
+        lock(&self.shared[shard()]).push(shared);
+        Ok(c)
     }
 
     /// Where to connect, in order: every address, a DNS name by its answer. A name is looked

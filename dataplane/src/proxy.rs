@@ -90,6 +90,85 @@ pub enum ProxyError {
     },
 }
 
+/// The gRPC status of the proxy's own error (the codes Envoy and grpc-web use for the HTTP
+/// statuses, with timeouts as DEADLINE_EXCEEDED).
+fn grpc_code(e: &ProxyError) -> u8 {
+    match e {
+        ProxyError::NoRoute => 12,                           // UNIMPLEMENTED
+        ProxyError::Key(_) | ProxyError::BadRequest(_) => 3, // INVALID_ARGUMENT
+        ProxyError::UpgradeRefused(_) => 7,                  // PERMISSION_DENIED
+        ProxyError::BodyTooLarge(_) => 8,                    // RESOURCE_EXHAUSTED
+        ProxyError::BodyTimeout(_)
+        | ProxyError::FirstByte(_)
+        | ProxyError::Connect {
+            source: ConnectError::Timeout(_),
+            ..
+        } => 4, // DEADLINE_EXCEEDED
+        ProxyError::ResponseHeadTooLarge { .. } => 13,       // INTERNAL
+        ProxyError::NoBackend(_) | ProxyError::Connect { .. } | ProxyError::Backend { .. } => 14, // UNAVAILABLE
+    }
+}
+
+/// `grpc-message`: percent-encoded UTF-8 (gRPC over HTTP/2, "Responses").
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.trim_end().bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a request is a gRPC call (its errors are answered as gRPC statuses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's answer for an error to a gRPC client: a trailers-only response, HTTP 200 with
+/// `grpc-status` and `grpc-message` (a gRPC client reads no HTML).
+pub fn respond_grpc(e: &ProxyError) -> Response<ProxyBody> {
+    let mut r = Response::new(text(""));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(grpc_code(e))));
+    if let Ok(v) = HeaderValue::try_from(grpc_message(&e.to_string())) {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    r
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let b = v.as_bytes();
+    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The proxy's answer for an error: the status, and a short body saying why.
 pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
     let status = match e {
@@ -223,7 +302,17 @@ struct Head {
 impl Head {
     fn from_client(parts: http::request::Parts, client: IpAddr, route: &RouteSpec) -> Head {
         let mut headers = parts.headers;
+        // `TE: trailers` is end to end in effect: gRPC needs it to reach the backend.
+        let trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
         strip_hop_by_hop(&mut headers, || route_headers(route));
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         // The authority of an absolute-form URI (RFC 9112 §3.2.2) or of HTTP/2 wins: it is
         // what routing read, so it is what the backend sees.
         if let Some(a) = parts.uri.authority()
@@ -325,10 +414,11 @@ pub async fn handle(
     busy: Option<InFlight>,
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
+    let grpc = is_grpc(req.headers());
     match forward(&rt, &edge, &snap, client.ip(), req, busy).await {
         Ok(r) => r,
         Err((e, backend)) => {
-            let r = respond(&e);
+            let r = if grpc { respond_grpc(&e) } else { respond(&e) };
             match (&e, backend) {
                 (ProxyError::NoRoute, _) => {
                     rt.counters.no_route.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +435,9 @@ pub async fn handle(
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Some((b, started))) => {
-                    b.counters.record(r.status().as_u16(), started.elapsed())
+                    // Counted as the HTTP status it stands for, gRPC or not.
+                    b.counters
+                        .record(respond(&e).status().as_u16(), started.elapsed())
                 }
                 _ => {}
             }
@@ -374,6 +466,8 @@ async fn forward(
     busy: Option<InFlight>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let upgrade_header = busy.as_ref().and_then(|_| upgrade_of(&req).cloned());
+    // A gRPC deadline bounds the wait for the response head too.
+    let deadline = req.headers().get(GRPC_TIMEOUT).and_then(grpc_timeout);
     let (mut parts, body) = req.into_parts();
     check_host(&parts).map_err(|e| (e, None))?;
     let host = route::request_host(&parts);
@@ -475,8 +569,11 @@ async fn forward(
         let Some(b_body) = body.take() else { break };
         let mut req = head.request(b_body);
         set_host(&mut req, spec.host_header.as_deref());
-        let sent =
-            tokio::time::timeout(spec.timeouts.first_byte, conn.conn().try_send_request(req)).await;
+        let first_byte = deadline.map_or(spec.timeouts.first_byte, |d| {
+            d.saturating_sub(arrived.elapsed())
+                .min(spec.timeouts.first_byte)
+        });
+        let sent = tokio::time::timeout(first_byte, conn.send(req)).await;
         match sent {
             Err(_) => {
                 return Err((

@@ -294,6 +294,13 @@ impl Runtime {
             let state = match registry.get(&id) {
                 Some(s) => {
                     if let Some(old) = found.map(|i| &old[i])
+                        && (old.tls != spec.tls || old.protocol != spec.protocol)
+                    {
+                        // Connections made with the old settings are not reused.
+                        s.pool.reset();
+                        tracing::info!(backend = %spec.name, protocol = ?spec.protocol, tls = spec.tls.is_some(), "connection settings changed");
+                    }
+                    if let Some(old) = found.map(|i| &old[i])
                         && (old.admin_health != spec.admin_health || old.drain != spec.drain)
                     {
                         s.mark_changed();
@@ -320,7 +327,12 @@ impl Runtime {
                     Host::Dns(d) => d.clone(),
                 });
             state.set_draining(spec.drain);
-            if state.set_probe(probe_of(&probes, spec), host) {
+            let transport = health::Transport {
+                tls: spec.tls.clone(),
+                h2: spec.protocol.always_h2(),
+                host: Some(spec.address.host.clone()),
+            };
+            if state.set_probe(probe_of(&probes, spec), host, transport) {
                 tokio::spawn(probe_loop(Arc::downgrade(&state)));
             }
             kept.insert(spec.name.as_str(), id);
@@ -428,14 +440,14 @@ impl<'a> PrevMatcher<'a> {
 async fn probe_loop(backend: Weak<BackendRuntime>) {
     loop {
         let Some(b) = backend.upgrade() else { return };
-        let Some((spec, host)) = b.probe_settings() else {
+        let Some((spec, host, transport)) = b.probe_settings() else {
             return;
         };
         // The probe goes where the proxy connects: the first address (a name: its answer's
         // first address).
         let result = match b.pool.targets(spec.timeout).await {
             Ok(t) => match t.first() {
-                Some(peer) => health::probe_once(*peer, &spec, &host).await,
+                Some(peer) => health::probe_once(*peer, &spec, &host, &transport).await,
                 None => Err(health::ProbeError::Timeout),
             },
             Err(e) => Err(health::ProbeError::Resolve(e.to_string())),

@@ -177,16 +177,11 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let admin_access = args.listen.admin_access(None, conn.insecure)?;
-    let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
-    let admin_l = process::bind(args.listen.admin, "admin").await?;
-    let urls = [
-        ("proxy", process::http_url(&proxy_l)?),
-        ("admin", process::http_url(&admin_l)?),
-    ];
+    let listeners = process::Listeners::bind(&args.listen).await?;
+    let urls = listeners.urls()?;
     process::write_endpoints(&args.data_dir, &urls)?;
     tracing::info!(
-        proxy = %urls[0].1,
-        admin = %urls[1].1,
+        listeners = ?urls,
         etcd = ?args.etcd.etcd,
         controlplane = ?args.controlplane,
         "tether dataplane"
@@ -196,11 +191,11 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
             format!(
                 "{}-{}",
                 host_name(),
-                proxy_l.local_addr().map_or(0, |a| a.port())
+                listeners.proxy.local_addr().map_or(0, |a| a.port())
             )
         }),
-        proxy: format!("http://{}", proxy_l.local_addr()?),
-        admin: format!("http://{}", admin_l.local_addr()?),
+        proxy: format!("http://{}", listeners.proxy.local_addr()?),
+        admin: format!("http://{}", listeners.admin.local_addr()?),
     };
     tether_dataplane::config::validate_name(&me.id).context("--node-id")?;
     let rt = args.listen.runtime()?;
@@ -233,15 +228,8 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
             ))
         }
     };
-    let (admin_task, threads) = process::serve_listeners(
-        proxy_l,
-        admin_l,
-        &rt,
-        &args.listen,
-        edges,
-        admin_access,
-        &stop_tx,
-    )?;
+    let (admin_task, threads) =
+        process::serve_listeners(listeners, &rt, &args.listen, edges, admin_access, &stop_tx)?;
     process::signal().await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(agent, admin_task);

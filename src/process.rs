@@ -17,7 +17,7 @@ use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::resolve::DnsConfig;
 use tether_dataplane::runtime::Runtime;
-use tether_dataplane::{admin, proxy};
+use tether_dataplane::{admin, listener, proxy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,6 +28,14 @@ pub(crate) struct ProxyArgs {
     /// HTTP proxy address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) proxy: SocketAddr,
+    /// HTTPS proxy address (TLS 1.2/1.3, SNI, ALPN h2 and http/1.1), serving the Certificate
+    /// resources and the files of --cert-dir.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) https: Option<SocketAddr>,
+    /// Certificates for --https, re-read when the directory changes: NAME.pem files holding a
+    /// chain and its key, or NAME.crt with NAME.key.
+    #[arg(long, value_name = "DIR", requires = "https")]
+    pub(crate) cert_dir: Option<PathBuf>,
     /// Proxy threads, each with its own event loop (default: one per CPU).
     #[arg(long)]
     pub(crate) proxy_threads: Option<usize>,
@@ -224,8 +232,11 @@ pub(crate) struct AdminAccess {
 /// Starts a data plane's listeners — the admin listener as a task, the proxy on its threads
 /// (`--proxy-threads`) — each under its edge, until `stop` turns true.
 pub(crate) fn serve_listeners(
-    proxy_l: TcpListener,
-    admin_l: TcpListener,
+    Listeners {
+        proxy: proxy_l,
+        https: https_l,
+        admin: admin_l,
+    }: Listeners,
     rt: &Arc<Runtime>,
     listen: &ProxyArgs,
     (proxy_edge, admin_edge): (Arc<Edge>, Arc<Edge>),
@@ -251,14 +262,73 @@ pub(crate) fn serve_listeners(
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
+    let mut sockets = vec![proxy::Listener {
+        socket: proxy_l.into_std()?,
+        tls: None,
+    }];
+    if let Some(l) = https_l {
+        if let Some(dir) = &listen.cert_dir {
+            let mut stopped = stop.subscribe();
+            let follow = tether_dataplane::certs::follow_dir(dir.clone(), Arc::clone(&rt.certs));
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = follow => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        }
+        let config = rt.certs.server_config().context("--https")?;
+        sockets.push(proxy::Listener {
+            socket: l.into_std()?,
+            tls: Some(listener::Tls {
+                config,
+                certs: Arc::clone(&rt.certs),
+            }),
+        });
+    }
     let threads = proxy::serve_on_threads(
-        proxy_l.into_std()?,
+        &sockets,
         Arc::clone(rt),
         &proxy_edge,
         proxy_threads(listen.proxy_threads),
         stop.subscribe(),
     )?;
     Ok((admin_task, threads))
+}
+
+/// The bound sockets of a data plane.
+#[derive(Debug)]
+pub(crate) struct Listeners {
+    pub(crate) proxy: TcpListener,
+    pub(crate) https: Option<TcpListener>,
+    pub(crate) admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `--proxy`, `--https` (if given) and `--admin`.
+    pub(crate) async fn bind(args: &ProxyArgs) -> anyhow::Result<Listeners> {
+        let proxy = bind(args.proxy, "proxy").await?;
+        let https = match args.https {
+            Some(a) => Some(bind(a, "https").await?),
+            None => None,
+        };
+        let admin = bind(args.admin, "admin").await?;
+        Ok(Listeners {
+            proxy,
+            https,
+            admin,
+        })
+    }
+
+    /// Their URLs, named for `endpoints.json`.
+    pub(crate) fn urls(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let mut urls = vec![("proxy", http_url(&self.proxy)?)];
+        if let Some(h) = &self.https {
+            urls.push(("https", format!("https://{}", h.local_addr()?)));
+        }
+        urls.push(("admin", http_url(&self.admin)?));
+        Ok(urls)
+    }
 }
 
 /// Binds `addr`, naming the flag to change in the error.

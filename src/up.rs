@@ -79,8 +79,7 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
         .listen
         .admin_access(args.api.token_file.as_deref(), insecure)?;
     let api_l = process::bind(args.api.api, "api").await?;
-    let proxy_l = process::bind(args.listen.proxy, "proxy").await?;
-    let admin_l = process::bind(args.listen.admin, "admin").await?;
+    let listeners = process::Listeners::bind(&args.listen).await?;
     let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let api = Api::new(store.clone(), layout.clone(), Some(Arc::clone(&rt)));
@@ -105,19 +104,10 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let urls = [
-        ("api", args.api.url(&api_l)?),
-        ("proxy", process::http_url(&proxy_l)?),
-        ("admin", process::http_url(&admin_l)?),
-    ];
+    let mut urls = vec![("api", args.api.url(&api_l)?)];
+    urls.extend(listeners.urls()?);
     process::write_endpoints(&args.data_dir, &urls)?;
-    tracing::info!(
-        api = %urls[0].1,
-        proxy = %urls[1].1,
-        admin = %urls[2].1,
-        store = %db.display(),
-        "tether up"
-    );
+    tracing::info!(listeners = ?urls, store = %db.display(), "tether up");
     let follower = tokio::spawn(node::run(
         node::StoreSource::new(store.clone(), layout),
         Arc::clone(&rt),
@@ -125,15 +115,8 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
         None,
         node::Shutdown::new(stop_tx.subscribe()),
     ));
-    let (admin_task, proxy_threads) = process::serve_listeners(
-        proxy_l,
-        admin_l,
-        &rt,
-        &args.listen,
-        edges,
-        admin_access,
-        &stop_tx,
-    )?;
+    let (admin_task, proxy_threads) =
+        process::serve_listeners(listeners, &rt, &args.listen, edges, admin_access, &stop_tx)?;
     let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
     let token_follower = tokio::spawn(Arc::clone(&tokens).follow(stopped()));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));

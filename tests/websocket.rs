@@ -223,10 +223,11 @@ async fn upgrades_a_route_does_not_allow_are_refused_and_h2c_is_not_an_upgrade()
     let dir = tempfile::tempdir().unwrap();
     let plain = head_echo().await;
     let t = Tether::up(dir.path(), &[]).await;
-    // `chat` tunnels WebSocket on /chat; `app` (every other path) tunnels nothing.
+    // `a-chat` tunnels WebSocket on /chat; `app` (every other path, and after it: routes are
+    // tried in name order) tunnels nothing.
     let y = config(&[("b1", plain)], "    upgrades: [none]\n", None).replacen(
         "routes:\n",
-        "routes:\n  - name: chat\n    director: users\n    path_prefix: /chat\n    key: { header: x-user }\n    upgrades: [websocket]\n",
+        "routes:\n  - name: a-chat\n    director: users\n    path_prefix: /chat\n    key: { header: x-user }\n    upgrades: [websocket]\n",
         1,
     );
     t.wait_applied(t.apply(&y)).await;
@@ -239,6 +240,15 @@ async fn upgrades_a_route_does_not_allow_are_refused_and_h2c_is_not_an_upgrade()
     .await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(r.contains("does not allow Upgrade: websocket"), "{r}");
+    // The route that allows it passes the upgrade on (this backend answers it with a 200,
+    // relayed as is).
+    let r = raw(
+        &t.proxy,
+        "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("upgrade: websocket"), "{r}");
     // A protocol the route does not list: 403 too.
     let r = raw(
         &t.proxy,

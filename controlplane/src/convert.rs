@@ -1313,6 +1313,24 @@ pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldErr
         ))
         .flatten();
     let upgrades = errors.check(upgrades(&r.upgrades, at));
+    let https = match v1::RouteScheme::try_from(r.scheme) {
+        Ok(v1::RouteScheme::Any) => None,
+        Ok(v1::RouteScheme::Http) => Some(false),
+        Ok(v1::RouteScheme::Https) => Some(true),
+        Err(_) => {
+            errors.push(FieldError::invalid(
+                format!("{at}.scheme"),
+                format!("unknown value {}", r.scheme),
+            ));
+            None
+        }
+    };
+    if r.https_redirect && https == Some(true) {
+        errors.push(FieldError::invalid(
+            format!("{at}.https_redirect"),
+            "a route for https requests only never sees a plain-HTTP request to redirect",
+        ));
+    }
     let (Some(name), Some(director), Some(key), Some(upgrades)) = (name, director, key, upgrades)
     else {
         return Err(errors.error());
@@ -1327,6 +1345,8 @@ pub fn route(r: &v1::Route, at: &dyn fmt::Display) -> Result<RouteSpec, FieldErr
         fallback_key,
         max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
         upgrades,
+        https,
+        https_redirect: r.https_redirect,
     })
 }
 

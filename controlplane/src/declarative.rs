@@ -236,6 +236,21 @@ pub struct RouteDoc {
     /// HTTP/1.1 Upgrade protocols tunnelled (none given: websocket; `[none]`: no upgrade).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgrades: Vec<String>,
+    /// `http` or `https`: matches that listener's requests only (default: both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<SchemeDoc>,
+    /// Redirect plain-HTTP requests to https:// (308).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub https_redirect: bool,
+}
+
+/// A route's scheme as written.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum SchemeDoc {
+    Http,
+    Https,
 }
 
 /// Admin health as written.
@@ -707,6 +722,12 @@ impl RouteDoc {
                 .transpose()?,
             max_body_bytes: self.max_body_bytes.unwrap_or(0),
             upgrades: self.upgrades.clone(),
+            scheme: match self.scheme {
+                None => v1::RouteScheme::Any,
+                Some(SchemeDoc::Http) => v1::RouteScheme::Http,
+                Some(SchemeDoc::Https) => v1::RouteScheme::Https,
+            } as i32,
+            https_redirect: self.https_redirect,
         })
     }
 }
@@ -875,6 +896,12 @@ impl From<&v1::Route> for RouteDoc {
             fallback_key: r.fallback_key.as_ref().map(KeyDoc::from),
             max_body_bytes: (r.max_body_bytes > 0).then_some(r.max_body_bytes),
             upgrades: r.upgrades.clone(),
+            scheme: match v1::RouteScheme::try_from(r.scheme) {
+                Ok(v1::RouteScheme::Http) => Some(SchemeDoc::Http),
+                Ok(v1::RouteScheme::Https) => Some(SchemeDoc::Https),
+                _ => None,
+            },
+            https_redirect: r.https_redirect,
         }
     }
 }

@@ -316,6 +316,7 @@ fn metrics(rt: &Runtime) -> String {
         let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
     }
     edge_metrics(w, rt);
+    tls_metrics(w, rt);
     let _ = writeln!(
         w,
         "# HELP tether_task_restarts_total Node agent tasks restarted by their supervisor after ending early."
@@ -478,6 +479,54 @@ fn metrics(rt: &Runtime) -> String {
 }
 
 /// Each listener's open connections and what its edge refused or cut off.
+/// The TLS listener's handshakes and failures, and every certificate's time left.
+fn tls_metrics(w: &mut String, rt: &Runtime) {
+    let c = &rt.certs.counters;
+    let _ = writeln!(
+        w,
+        "# HELP tether_tls_handshakes_total TLS handshakes completed on --https."
+    );
+    let _ = writeln!(w, "# TYPE tether_tls_handshakes_total counter");
+    let _ = writeln!(
+        w,
+        "tether_tls_handshakes_total {}",
+        c.handshakes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        w,
+        "# HELP tether_tls_handshake_failures_total TLS handshakes that failed, by reason."
+    );
+    let _ = writeln!(w, "# TYPE tether_tls_handshake_failures_total counter");
+    for (reason, v) in [
+        ("timeout", &c.timeouts),
+        ("no_certificate", &c.no_certificate),
+        ("incompatible", &c.incompatible),
+        ("bad_message", &c.bad_message),
+        ("alert", &c.alerts),
+        ("other", &c.other),
+    ] {
+        let _ = writeln!(
+            w,
+            "tether_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_tls_certificate_expiry_seconds Seconds until a served certificate expires (negative: expired)."
+    );
+    let _ = writeln!(w, "# TYPE tether_tls_certificate_expiry_seconds gauge");
+    for cert in &rt.certs.current().all {
+        let _ = writeln!(
+            w,
+            "tether_tls_certificate_expiry_seconds{{certificate=\"{}\",source=\"{}\"}} {}",
+            label(&cert.name),
+            cert.source.label(),
+            cert.seconds_left()
+        );
+    }
+}
+
 fn edge_metrics(w: &mut String, rt: &Runtime) {
     type Get = fn(&EdgeCounters) -> &AtomicU64;
     /// A counter family: name, help, and its series (label, counter).
@@ -575,7 +624,7 @@ pub async fn serve(
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_http(listener, edge, shutdown, move |req, _, _| {
+    serve_http(listener, edge, None, shutdown, move |req, _, _| {
         std::future::ready(handle(&rt, &access, &req))
     })
     .await;

@@ -360,6 +360,10 @@ pub struct RouteSpec {
     pub max_body_bytes: Option<u64>,
     /// HTTP/1.1 Upgrade protocols tunnelled (lower case); empty: none.
     pub upgrades: Vec<String>,
+    /// `Some(true)`: TLS requests only; `Some(false)`: plain HTTP only; `None`: both.
+    pub https: Option<bool>,
+    /// Plain-HTTP requests are redirected (308) to `https://`.
+    pub https_redirect: bool,
 }
 
 /// The Upgrade protocols a route tunnels when it names none.

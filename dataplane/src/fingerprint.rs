@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! tether-fingerprint 1
-//! route <name> hosts=<n> <host>… path=<str> headers=<n> (<name> <value|->)… director=<name> key=<key> fallback=<key|->
+//! route <name> hosts=<n> <host>… path=<str> headers=<n> (<name> <value|->)… director=<name> key=<key> fallback=<key|->[ scheme=<http|https>]
 //! director <name> <policy>
 //! member <backend|director> <name> weight=<f64|-> ident=<str|-> slot=<u32|-> rampup_ms=<u64|->
 //! backend <name> addresses=<n> <address>… weight=<f64> healthy=<0|1>
@@ -81,6 +81,12 @@ fn route(out: &mut String, r: &RouteSpec) {
         key(&r.key),
         opt(r.fallback_key.as_ref().map(key))
     );
+    // Only on routes restricted to one scheme (which no earlier encoding could meet), so
+    // every other route encodes as before.
+    if let Some(https) = r.https {
+        out.pop();
+        let _ = writeln!(out, " scheme={}", if https { "https" } else { "http" });
+    }
 }
 
 fn policy(p: &Policy) -> String {
@@ -226,6 +232,8 @@ mod tests {
                 fallback_key: Some(KeySpec::ClientIp),
                 max_body_bytes: None,
                 upgrades: Vec::new(),
+                https: None,
+                https_redirect: false,
             }],
         }
     }

@@ -22,6 +22,7 @@
 //!   [`proxy_protocol`]: the client address an L4 balancer announces (v1, v2);
 //!   [`client_ip`]: the client behind trusted proxies (`X-Forwarded-For`);
 //! - [`tunnel`]: WebSocket and other HTTP/1.1 Upgrades, spliced after the backend's `101`;
+//! - [`certs`]: the TLS listener's certificates (resources and `--cert-dir`), picked by SNI;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod backend;
 pub mod body;
+pub mod certs;
 pub mod client_ip;
 pub mod config;
 pub mod director;

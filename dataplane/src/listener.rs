@@ -93,12 +93,25 @@ fn builder(edge: &Edge) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// TLS on a listener: its configuration, and the certificates whose counters its handshakes
+/// feed.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// SNI, ALPN, resumption: [`crate::certs::ServerCerts::server_config`].
+    pub config: Arc<rustls::ServerConfig>,
+    /// Counters.
+    pub certs: Arc<crate::certs::ServerCerts>,
+}
+
 /// Serves HTTP on `listener` until `shutdown` resolves: every request of a connection from
 /// `peer` is answered by `handler(request, peer, connection)`, under `edge`'s timeouts and
-/// limits (`connection`: to keep it busy past the response, as a tunnel does).
+/// limits (`connection`: to keep it busy past the response, as a tunnel does). With `tls`,
+/// each connection's TLS handshake comes first (after a PROXY protocol header), within the
+/// header timeout.
 pub async fn serve_http<H, Fut, B>(
     listener: TcpListener,
     edge: Arc<Edge>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) where
@@ -115,6 +128,7 @@ pub async fn serve_http<H, Fut, B>(
         let builder = builder.clone();
         let conn = Arc::new(ConnState::default());
         let edge = Arc::clone(&edge);
+        let tls = tls.clone();
         async move {
             let mut peer = peer;
             if edge.config.proxy_protocol {
@@ -129,17 +143,47 @@ pub async fn serve_http<H, Fut, B>(
                     }
                 }
             }
-            let io = Guarded::new(stream, edge, Arc::clone(&conn), permit);
-            let svc = service_fn(move |req| {
-                let request = InFlight::start(&conn);
-                let answer = handler(req, peer, &conn);
-                async move { Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, request))) }
-            });
+            let svc = {
+                let conn = Arc::clone(&conn);
+                service_fn(move |req| {
+                    let request = InFlight::start(&conn);
+                    let answer = handler(req, peer, &conn);
+                    async move {
+                        Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, request)))
+                    }
+                })
+            };
             // With upgrades: a `101` hands the connection to a tunnel ([`crate::tunnel`]).
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    let io = Guarded::new(stream, edge, conn, permit);
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .await
+                }
+                Some(tls) => {
+                    let c = &tls.certs.counters;
+                    let shake = tokio_rustls::TlsAcceptor::from(tls.config).accept(stream);
+                    let stream = match tokio::time::timeout(edge.config.header_timeout, shake).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            c.failed(&e);
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            c.timeouts.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                    c.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let io = Guarded::new(stream, edge, conn, permit);
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
         }

@@ -25,7 +25,7 @@ use crate::body::{ProxyBody, UpstreamBody, text};
 use crate::config::{KeySpec, RouteSpec};
 use crate::director::SelectError;
 use crate::edge::{ClientBody, ClientBodyError, Edge, InFlight};
-use crate::listener::serve_http;
+use crate::listener::{Tls, serve_http};
 use crate::pool::{ConnectError, Dial, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
@@ -300,7 +300,12 @@ struct Head {
 }
 
 impl Head {
-    fn from_client(parts: http::request::Parts, client: IpAddr, route: &RouteSpec) -> Head {
+    fn from_client(
+        parts: http::request::Parts,
+        client: IpAddr,
+        route: &RouteSpec,
+        https: bool,
+    ) -> Head {
         let mut headers = parts.headers;
         // `TE: trailers` is end to end in effect: gRPC needs it to reach the backend.
         let trailers = headers.get_all(header::TE).iter().any(|v| {
@@ -345,8 +350,10 @@ impl Head {
         if let Ok(v) = HeaderValue::try_from(merged) {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        // Plain HTTP: the only listener so far.
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
         if let Some(h) = forwarded_host {
             headers.insert(X_FORWARDED_HOST, h);
         }
@@ -404,18 +411,39 @@ fn upgrade_protocol(v: &HeaderValue) -> Option<String> {
     (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
+/// `308 Permanent Redirect` (the method and body kept) to the same URL over `https://`: the
+/// request's host without its port (the TLS port facing clients is 443 behind most balancers),
+/// its path and query.
+fn redirect_to_https(host: Option<&str>, uri: &Uri) -> Response<ProxyBody> {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = host.map(|h| format!("https://{h}{pq}"));
+    let mut r = Response::new(text(""));
+    match location.and_then(|l| HeaderValue::try_from(l).ok()) {
+        Some(l) => {
+            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            r.headers_mut().insert(header::LOCATION, l);
+        }
+        None => {
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            *r.body_mut() = text("no host to redirect to https:// with\n");
+        }
+    }
+    r
+}
+
 /// Proxies one request. `busy`: the request asks for an Upgrade, and this keeps its client
 /// connection busy for the tunnel it may become.
 pub async fn handle(
     rt: Arc<Runtime>,
     edge: Arc<Edge>,
+    https: bool,
     client: SocketAddr,
     req: Request<Incoming>,
     busy: Option<InFlight>,
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
     let grpc = is_grpc(req.headers());
-    match forward(&rt, &edge, &snap, client.ip(), req, busy).await {
+    match forward(&rt, &edge, &snap, https, client.ip(), req, busy).await {
         Ok(r) => r,
         Err((e, backend)) => {
             let r = if grpc { respond_grpc(&e) } else { respond(&e) };
@@ -461,6 +489,7 @@ async fn forward(
     rt: &Runtime,
     edge: &Arc<Edge>,
     snap: &Snapshot,
+    https: bool,
     client: IpAddr,
     req: Request<Incoming>,
     busy: Option<InFlight>,
@@ -472,9 +501,12 @@ async fn forward(
     check_host(&parts).map_err(|e| (e, None))?;
     let host = route::request_host(&parts);
     let (ri, d) = snap
-        .route_for(host.as_deref(), parts.uri.path(), &parts.headers)
+        .route_for(https, host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
     let route = &snap.config.routes[ri];
+    if route.https_redirect && !https {
+        return Ok(redirect_to_https(host.as_deref(), &parts.uri));
+    }
     let upgrade = match (upgrade_header, busy) {
         (Some(header), Some(busy)) => {
             let protocol = upgrade_protocol(&header).unwrap_or_default();
@@ -505,7 +537,7 @@ async fn forward(
     let key = route::key(route, &parts, client);
     let key = key.key();
     // The chain sent on appends the hop that connected to us.
-    let mut head = Head::from_client(parts, peer, route);
+    let mut head = Head::from_client(parts, peer, route, https);
     if let Some(u) = &upgrade {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -675,39 +707,56 @@ async fn forward(
     }))
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves, under `edge`'s timeouts and caps.
+/// Serves the proxy on `listener` until `shutdown` resolves, under `edge`'s timeouts and caps;
+/// with `tls`, as the TLS listener (`https` requests).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Tls>,
     rt: Arc<Runtime>,
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
     let e = Arc::clone(&edge);
-    serve_http(listener, edge, shutdown, move |req, client, conn| {
+    let https = tls.is_some();
+    serve_http(listener, edge, tls, shutdown, move |req, client, conn| {
         let busy = upgrade_of(&req).map(|_| InFlight::start(conn));
-        handle(Arc::clone(&rt), Arc::clone(&e), client, req, busy)
+        handle(Arc::clone(&rt), Arc::clone(&e), https, client, req, busy)
     })
     .await;
 }
 
+/// A listening socket of the proxy, plain or TLS.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: std::net::TcpListener,
+    /// TLS on it (`--https`).
+    pub tls: Option<Tls>,
+}
+
 /// Serves the proxy on `threads` threads, each running its own single-threaded runtime that
-/// accepts from the same listener (as NGINX workers do): no work stealing, and the tasks of a
+/// accepts from every listener (as NGINX workers do): no work stealing, and the tasks of a
 /// request — client connection, backend connection — stay on one thread. Returns when every
 /// thread has started; the threads end when `shutdown` turns true.
 pub fn serve_on_threads(
-    listener: std::net::TcpListener,
+    listeners: &[Listener],
     rt: Arc<Runtime>,
     edge: &Arc<Edge>,
     threads: usize,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    listener.set_nonblocking(true)?;
+    for l in listeners {
+        l.socket.set_nonblocking(true)?;
+    }
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads.max(1) {
-        let l = listener.try_clone()?;
+        let mine = listeners
+            .iter()
+            .map(|l| Ok((l.socket.try_clone()?, l.tls.clone())))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let rt = Arc::clone(&rt);
         let edge = Arc::clone(edge);
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         let local = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -717,15 +766,20 @@ pub fn serve_on_threads(
                 .spawn(move || {
                     crate::pool::set_thread_shard(i);
                     local.block_on(async move {
-                        match TcpListener::from_std(l) {
-                            Ok(l) => {
-                                serve(l, rt, edge, async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                })
-                                .await;
+                        let mut all = tokio::task::JoinSet::new();
+                        for (l, tls) in mine {
+                            let (rt, edge, mut stop) =
+                                (Arc::clone(&rt), Arc::clone(&edge), stop.clone());
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    all.spawn(serve(l, tls, rt, edge, async move {
+                                        let _ = stop.wait_for(|s| *s).await;
+                                    }));
+                                }
+                                Err(e) => tracing::error!(error = %e, "proxy thread cannot listen"),
                             }
-                            Err(e) => tracing::error!(error = %e, "proxy thread cannot listen"),
                         }
+                        while all.join_next().await.is_some() {}
                     });
                 })?,
         );

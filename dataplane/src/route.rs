@@ -43,7 +43,16 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// Whether `route` takes a request with this head.
-pub fn matches(route: &RouteSpec, host: Option<&str>, path: &str, headers: &HeaderMap) -> bool {
+pub fn matches(
+    route: &RouteSpec,
+    https: bool,
+    host: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+) -> bool {
+    if route.https.is_some_and(|h| h != https) {
+        return false;
+    }
     if !route.hosts.is_empty() {
         let Some(host) = host else { return false };
         if !route.hosts.iter().any(|p| host_matches(p, host)) {
@@ -161,6 +170,8 @@ mod tests {
             fallback_key: Some(KeySpec::Cookie("sid".into())),
             max_body_bytes: None,
             upgrades: Vec::new(),
+            https: None,
+            https_redirect: false,
         }
     }
 
@@ -170,17 +181,50 @@ mod tests {
         let p = parts("/api/x", &[("host", "App.Example:8080"), ("x-env", "prod")]);
         let host = request_host(&p);
         assert_eq!(host.as_deref(), Some("app.example"));
-        assert!(matches(&r, host.as_deref(), p.uri.path(), &p.headers));
-        assert!(!matches(&r, Some("other"), "/api", &p.headers));
-        assert!(matches(&r, Some("a.cdn.example"), "/api", &p.headers));
-        assert!(!matches(&r, Some("cdn.example"), "/api", &p.headers));
-        assert!(!matches(&r, host.as_deref(), "/web", &p.headers));
+        assert!(matches(
+            &r,
+            false,
+            host.as_deref(),
+            p.uri.path(),
+            &p.headers
+        ));
+        assert!(!matches(&r, false, Some("other"), "/api", &p.headers));
+        assert!(matches(
+            &r,
+            false,
+            Some("a.cdn.example"),
+            "/api",
+            &p.headers
+        ));
+        assert!(!matches(&r, false, Some("cdn.example"), "/api", &p.headers));
+        assert!(!matches(&r, false, host.as_deref(), "/web", &p.headers));
         let staging = parts("/api", &[("x-env", "staging")]);
-        assert!(!matches(&r, host.as_deref(), "/api", &staging.headers));
+        assert!(!matches(
+            &r,
+            false,
+            host.as_deref(),
+            "/api",
+            &staging.headers
+        ));
         let h2 = parts("https://app.example/api", &[]);
         assert_eq!(request_host(&h2).as_deref(), Some("app.example"));
         let v6 = parts("/", &[("host", "[::1]:80")]);
         assert_eq!(request_host(&v6).as_deref(), Some("[::1]"));
+    }
+
+    #[test]
+    fn a_scheme_restricts_a_route_to_one_listener() {
+        let mut r = route();
+        let p = parts("/api", &[("x-env", "prod")]);
+        let host = Some("app.example");
+        for (https, tls_only, plain_only) in [(false, false, true), (true, true, false)] {
+            r.https = None;
+            assert!(matches(&r, https, host, "/api", &p.headers));
+            r.https = Some(true);
+            assert_eq!(matches(&r, https, host, "/api", &p.headers), tls_only);
+            r.https = Some(false);
+            assert_eq!(matches(&r, https, host, "/api", &p.headers), plain_only);
+        }
     }
 
     #[test]

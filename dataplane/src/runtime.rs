@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::backend::{BackendRef, BackendRuntime, Histogram, Identity};
+use crate::certs::ServerCerts;
 use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
 use crate::edge::Edge;
@@ -73,6 +74,8 @@ pub struct Runtime {
     reclaim: Option<mpsc::Sender<Arc<Snapshot>>>,
     /// Resolves backends' DNS names (shared by their pools).
     dns: Arc<Dns>,
+    /// What the TLS listener serves.
+    pub certs: Arc<ServerCerts>,
 }
 
 impl Runtime {
@@ -117,6 +120,7 @@ impl Runtime {
             listeners: Mutex::new(Vec::new()),
             reclaim,
             dns: Arc::new(Dns::new(dns)),
+            certs: ServerCerts::new(),
         })
     }
 

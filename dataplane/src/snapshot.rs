@@ -91,6 +91,7 @@ impl Snapshot {
     /// The first route that takes a request, and its director.
     pub fn route_for(
         &self,
+        https: bool,
         host: Option<&str>,
         path: &str,
         headers: &http::HeaderMap,
@@ -98,7 +99,7 @@ impl Snapshot {
         self.config
             .routes
             .iter()
-            .position(|r| crate::route::matches(r, host, path, headers))
+            .position(|r| crate::route::matches(r, https, host, path, headers))
             .map(|i| (i, self.route_directors[i]))
     }
 

@@ -139,6 +139,8 @@ fn config(backends: Vec<BackendSpec>) -> Config {
             fallback_key: None,
             max_body_bytes: None,
             upgrades: Vec::new(),
+            https: None,
+            https_redirect: false,
         }],
         ..Config::default()
     }
@@ -158,7 +160,7 @@ async fn proxy(cfg: Config) -> Proxy {
     let addr = l.local_addr().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let edge = Edge::new("proxy", EdgeConfig::with_max_connections(1000));
-    tokio::spawn(proxy::serve(l, Arc::clone(&rt), edge, async {
+    tokio::spawn(proxy::serve(l, None, Arc::clone(&rt), edge, async {
         let _ = rx.await;
     }));
     Proxy {

@@ -36,8 +36,14 @@ impl Ca {
     /// A certificate for 127.0.0.1 and localhost (a server's, or a client's), written to
     /// `<dir>/<name>.crt` and `<dir>/<name>.key` — through a rename, as a rotation would.
     pub fn leaf(&self, dir: &Path, name: &str) -> Leaf {
+        self.leaf_for(dir, name, &["127.0.0.1", "localhost"])
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), written as [`Ca::leaf`] does.
+    pub fn leaf_for(&self, dir: &Path, name: &str, names: &[&str]) -> Leaf {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

@@ -173,6 +173,8 @@ pub struct Tether {
     pub api: String,
     pub proxy: String,
     pub admin: String,
+    /// Every URL of endpoints.json.
+    endpoints: serde_json::Value,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -260,6 +262,7 @@ impl Tether {
             api: s("api"),
             proxy: s("proxy"),
             admin: s("admin"),
+            endpoints: v.clone(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -275,6 +278,14 @@ impl Tether {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         t
+    }
+
+    /// The URL of listener `name` in endpoints.json (`https`…).
+    pub fn endpoint(&self, name: &str) -> String {
+        self.endpoints[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {}", self.endpoints))
+            .to_owned()
     }
 
     /// Runs a CLI command against this instance.

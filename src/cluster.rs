@@ -208,7 +208,11 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
     let shutdown = node::Shutdown::new(stop_tx.subscribe());
     let agent = match &args.controlplane {
         Some(url) => {
-            let source = RemoteSource::connect(&conn.options(url)).context("--controlplane")?;
+            let options = tether_controlplane::client::ClientOptions {
+                node: true,
+                ..conn.options(url)
+            };
+            let source = RemoteSource::connect(&options).context("--controlplane")?;
             tokio::spawn(node::run(source, Arc::clone(&rt), opts, None, shutdown))
         }
         None => {

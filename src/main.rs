@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         op: client::ResourceCmd,
     },
+    /// TLS certificates: list, get, create, update, delete (the key is write-only).
+    Certificate {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
     /// Backend health: set the admin state by pattern, list.
     Health {
         #[command(subcommand)]
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
             Command::Probe { op } => client::resource::<v1::Probe>(&conn, op).await,
             Command::Director { op } => client::resource::<v1::Director>(&conn, op).await,
             Command::Route { op } => client::resource::<v1::Route>(&conn, op).await,
+            Command::Certificate { op } => client::resource::<v1::Certificate>(&conn, op).await,
             Command::Health { op } => client::health(&conn, op).await,
             Command::Apply(args) => client::apply(&conn, args).await,
             Command::Watch(args) => client::watch(&conn, args).await,

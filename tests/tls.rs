@@ -157,6 +157,7 @@ async fn the_api_over_tls_with_a_rotated_certificate() {
             identity: None,
         },
         insecure: false,
+        node: false,
     };
     let (endpoint, bearer) = opts.endpoint().unwrap();
     let mut api = client::client(endpoint.connect().await.unwrap(), bearer, 1 << 20);

@@ -173,12 +173,18 @@ impl Tokens {
     /// Checks a call to gRPC `path` with this `authorization` header value.
     pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Status> {
         self.check_presented(path, presented(authorization))
+            .map(|_| ())
     }
 
-    /// [`Tokens::check`] with the digest of the bearer token presented, if any.
-    fn check_presented(&self, path: &str, presented: Option<[u8; 32]>) -> Result<(), Status> {
+    /// [`Tokens::check`] with the digest of the bearer token presented, if any: the token's
+    /// role (`None` when no tokens are configured).
+    fn check_presented(
+        &self,
+        path: &str,
+        presented: Option<[u8; 32]>,
+    ) -> Result<Option<Role>, Status> {
         if self.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let d = presented.ok_or_else(|| {
             Status::unauthenticated("missing bearer token (authorization: Bearer TOKEN)")
@@ -192,7 +198,7 @@ impl Tokens {
             Role::Dataplane => is_follow(path),
         };
         if allowed {
-            Ok(())
+            Ok(Some(role))
         } else {
             Err(Status::permission_denied(format!(
                 "{path} needs an admin token; this one is {}",
@@ -345,10 +351,16 @@ impl TokenFile {
     }
 }
 
-/// Who made a call: the SHA-256 of its bearer token, if it sent one. Put into each
-/// admitted request's extensions, for per-token limits.
+/// Who made a call: the SHA-256 of its bearer token, if it sent one (for per-token limits),
+/// and whether it is a data-plane node — a `dataplane` token, or, where no tokens are
+/// configured, a call carrying the [`NODE_HEADER`] that `tether dataplane --controlplane`
+/// sends — to which reads return certificates' private keys. Put into each admitted request's
+/// extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Option<[u8; 32]>);
+pub struct Caller(pub Option<[u8; 32]>, pub bool);
+
+/// The header a node sends on its calls (see [`Caller`]).
+pub const NODE_HEADER: &str = "tether-node";
 
 /// The layer.
 #[derive(Debug, Clone)]
@@ -407,8 +419,12 @@ where
             .tokens()
             .check_presented(req.uri().path(), token)
         {
-            Ok(()) => {
-                req.extensions_mut().insert(Caller(token));
+            Ok(role) => {
+                let node = match role {
+                    Some(r) => r == Role::Dataplane,
+                    None => req.headers().contains_key(NODE_HEADER),
+                };
+                req.extensions_mut().insert(Caller(token, node));
                 Box::pin(self.inner.call(req))
             }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),

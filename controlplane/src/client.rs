@@ -51,16 +51,23 @@ pub struct ClientOptions {
     pub tls: ClientTls,
     /// Allow a token over plaintext to a non-loopback host.
     pub insecure: bool,
+    /// The caller is a data-plane node: it says so (`tether-node`), which an API without
+    /// tokens believes (certificates' keys are returned to it; with tokens, the role decides).
+    pub node: bool,
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token (and the node marker) to every call.
 #[derive(Debug, Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>, bool);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if self.1 {
+            req.metadata_mut()
+                .insert(crate::auth::NODE_HEADER, MetadataValue::from_static("1"));
         }
         Ok(req)
     }
@@ -116,7 +123,7 @@ impl ClientOptions {
             .map(|t| format!("Bearer {t}").parse())
             .transpose()
             .map_err(|_| ClientError::Token)?;
-        Ok((endpoint, Bearer(token)))
+        Ok((endpoint, Bearer(token, self.node)))
     }
 }
 

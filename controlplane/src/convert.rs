@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use tether_dataplane::certs::{Certificate, CertificateSpec, Source};
 use tether_dataplane::config::{
     self, AdminHealth, BackendSpec, Config, DirectorSpec, HeaderMatch, KeySpec, MAX_PROBE_WINDOW,
     MemberSpec, Policy, ProbeRequest, ProbeSpec, Protocol, RouteSpec, ShardSpec, TargetRef,
@@ -190,6 +191,8 @@ pub struct Resources<'a> {
     pub directors: Vec<(Label<'a>, &'a v1::Director)>,
     /// Routes.
     pub routes: Vec<(Label<'a>, &'a v1::Route)>,
+    /// Certificates.
+    pub certificates: Vec<(Label<'a>, &'a v1::Certificate)>,
 }
 
 impl<'a> Resources<'a> {
@@ -207,6 +210,7 @@ impl<'a> Resources<'a> {
             probes: tag("probes", &req.probes),
             directors: tag("directors", &req.directors),
             routes: tag("routes", &req.routes),
+            certificates: tag("certificates", &req.certificates),
         }
     }
 }
@@ -375,6 +379,19 @@ pub fn validate_with(
             route_specs.push(spec);
         }
     }
+    let mut names = FxHashSet::default();
+    let mut certificates = Vec::with_capacity(set.certificates.len());
+    for (at, c) in &set.certificates {
+        if let Some(spec) = errors.check(certificate(c, at)) {
+            if !names.insert(c.name.as_str()) {
+                errors.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    format!("certificate {:?} is given twice", spec.loaded.name),
+                ));
+            }
+            certificates.push(spec);
+        }
+    }
     let (Some(backends), Some(directors)) = (backends, directors) else {
         return Err(errors.error());
     };
@@ -385,6 +402,7 @@ pub fn validate_with(
         backends,
         probes: probe_specs,
         directors,
+        certificates,
         ..Config::default()
     };
     for ((at, _), b) in set.backends.iter().zip(&config.backends) {
@@ -428,6 +446,7 @@ fn check_counts(set: &Resources) -> Result<(), FieldError> {
         over(&set.probes, limits::MAX_PROBES, "probes"),
         over(&set.directors, limits::MAX_DIRECTORS, "directors"),
         over(&set.routes, limits::MAX_ROUTES, "routes"),
+        over(&set.certificates, limits::MAX_CERTIFICATES, "certificates"),
     ];
     Violations(errors.into_iter().flatten().collect()).finish(())
 }
@@ -479,6 +498,13 @@ pub fn validate_leaving_out(
         &mut set.routes,
         limits::MAX_ROUTES,
         "routes",
+        &may_leave_out,
+        &mut left_out,
+    );
+    truncate(
+        &mut set.certificates,
+        limits::MAX_CERTIFICATES,
+        "certificates",
         &may_leave_out,
         &mut left_out,
     );
@@ -549,8 +575,15 @@ fn remove_with_referrers(
     let gone_probe = marked(&set.probes, labels);
     let mut gone_director = marked(&set.directors, labels);
     let mut gone_route = marked(&set.routes, labels);
+    // Nothing refers to a certificate.
+    let gone_certificate = marked(&set.certificates, labels);
     let any = |v: &[bool]| v.iter().any(|&g| g);
-    if !(any(&gone_backend) || any(&gone_probe) || any(&gone_director) || any(&gone_route)) {
+    if !(any(&gone_backend)
+        || any(&gone_probe)
+        || any(&gone_director)
+        || any(&gone_route)
+        || any(&gone_certificate))
+    {
         return None;
     }
     let mut why: Vec<(String, String)> = Vec::new();
@@ -640,6 +673,7 @@ fn remove_with_referrers(
     keep(&mut set.probes, &gone_probe);
     keep(&mut set.directors, &gone_director);
     keep(&mut set.routes, &gone_route);
+    keep(&mut set.certificates, &gone_certificate);
     Some(
         why.into_iter()
             .map(|(at, message)| FieldError::precondition(at, message))
@@ -875,6 +909,57 @@ pub fn backend(b: &v1::Backend, at: &dyn fmt::Display) -> Result<BackendSpec, Fi
     spec.admin_health = admin_health;
     spec.drain = b.drain;
     errors.finish(spec)
+}
+
+/// Fills in a certificate's read-only fields (names, expiry, fingerprint) from its chain; a
+/// chain that does not parse leaves them empty (validation says why).
+pub fn describe_certificate(c: &mut v1::Certificate) {
+    match tether_dataplane::certs::summary(c.chain.as_bytes()) {
+        Ok(s) => {
+            c.names = s.names;
+            c.not_after = s.not_after;
+            c.fingerprint = s.fingerprint;
+        }
+        Err(_) => {
+            c.names.clear();
+            c.not_after = 0;
+            c.fingerprint.clear();
+        }
+    }
+}
+
+/// Converts and checks one certificate: its chain and key parse and belong together.
+pub fn certificate(
+    c: &v1::Certificate,
+    at: &dyn fmt::Display,
+) -> Result<CertificateSpec, FieldError> {
+    let name = name(&c.name, at)?;
+    at_most(&c.chain, limits::MAX_PEM_BYTES, || format!("{at}.chain"))?;
+    at_most(&c.private_key, limits::MAX_PEM_BYTES, || {
+        format!("{at}.private_key")
+    })?;
+    if c.chain.is_empty() {
+        return Err(FieldError::invalid(
+            format!("{at}.chain"),
+            "is required (PEM, the leaf first)",
+        ));
+    }
+    if c.private_key.is_empty() {
+        return Err(FieldError::invalid(
+            format!("{at}.private_key"),
+            "is required (PEM; reads never return it, so give it again on every update)",
+        ));
+    }
+    tether_dataplane::certs::summary(c.chain.as_bytes())
+        .map_err(|e| FieldError::invalid(format!("{at}.chain"), e))?;
+    let loaded = Certificate::load(
+        &name,
+        Source::Api,
+        c.chain.as_bytes(),
+        c.private_key.as_bytes(),
+    )
+    .map_err(|e| FieldError::invalid(format!("{at}.private_key"), e))?;
+    Ok(CertificateSpec::new(&c.chain, &c.private_key, loaded))
 }
 
 /// A backend's TLS settings, checked and built (the CA parsed) for `protocol`.

@@ -51,6 +51,61 @@ pub struct Document {
     /// Routes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteDoc>,
+    /// Certificates of the TLS listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateDoc>,
+}
+
+/// A certificate as written: PEM texts inline. What the control plane reads from the chain
+/// (names, expiry, fingerprint) is shown by `get` and ignored on write.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateDoc {
+    /// Name.
+    pub name: String,
+    /// PEM chain, the leaf first.
+    pub chain: String,
+    /// PEM private key (write-only: never shown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_key: String,
+    /// The DNS names served (read-only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// notAfter, seconds since the epoch (read-only).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub not_after: i64,
+    /// SHA-256 of the leaf (read-only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+impl CertificateDoc {
+    /// As a tether.v1 message.
+    pub fn to_proto(&self, _at: &str) -> Result<v1::Certificate, FileError> {
+        Ok(v1::Certificate {
+            name: self.name.clone(),
+            chain: self.chain.clone(),
+            private_key: self.private_key.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+impl From<&v1::Certificate> for CertificateDoc {
+    fn from(c: &v1::Certificate) -> CertificateDoc {
+        CertificateDoc {
+            name: c.name.clone(),
+            chain: c.chain.clone(),
+            private_key: c.private_key.clone(),
+            names: c.names.clone(),
+            not_after: c.not_after,
+            fingerprint: c.fingerprint.clone(),
+        }
+    }
 }
 
 /// A backend as written.
@@ -472,11 +527,18 @@ impl Document {
             .enumerate()
             .map(|(i, r)| r.to_proto(&format!("routes[{i}]")))
             .collect::<Result<_, _>>()?;
+        let certificates = self
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.to_proto(&format!("certificates[{i}]")))
+            .collect::<Result<_, _>>()?;
         Ok(v1::ApplyRequest {
             backends,
             probes,
             directors,
             routes,
+            certificates,
             ..Default::default()
         })
     }

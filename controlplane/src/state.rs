@@ -56,8 +56,10 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     /// As a watch event's resource.
     fn into_any(self) -> AnyResource;
     /// Fills in what the control plane stores on the caller's behalf, given the stored
-    /// version (balanced shard slots).
+    /// version (balanced shard slots, a certificate's names and expiry).
     fn prepare(&mut self, _stored: Option<&Self>) {}
+    /// Clears what no read may return but to a node (a certificate's private key).
+    fn redact(&mut self) {}
 }
 
 macro_rules! resource {
@@ -86,21 +88,37 @@ macro_rules! resource {
             fn into_any(self) -> AnyResource {
                 AnyResource::$variant(self)
             }
-            resource!(@prepare $t);
+            // On the variant's name: a `ty` fragment cannot be matched against a path, so an
+            // arm on `v1::Director` would never be taken.
+            resource!(@prepare $variant);
         }
     };
-    (@prepare v1::Director) => {
+    (@prepare Director) => {
         fn prepare(&mut self, stored: Option<&Self>) {
             crate::convert::assign_slots(self, stored);
         }
     };
-    (@prepare $t:ty) => {};
+    (@prepare Certificate) => {
+        fn prepare(&mut self, _stored: Option<&Self>) {
+            crate::convert::describe_certificate(self);
+        }
+        fn redact(&mut self) {
+            self.private_key.clear();
+        }
+    };
+    (@prepare $other:ident) => {};
 }
 
 resource!(v1::Backend, Kind::Backend, backends, Backend);
 resource!(v1::Probe, Kind::Probe, probes, Probe);
 resource!(v1::Director, Kind::Director, directors, Director);
 resource!(v1::Route, Kind::Route, routes, Route);
+resource!(
+    v1::Certificate,
+    Kind::Certificate,
+    certificates,
+    Certificate
+);
 
 /// Generic code for one resource kind, run by [`per_kind`] for a kind known at run time.
 pub trait PerKind {
@@ -118,6 +136,7 @@ pub fn per_kind<F: PerKind>(kind: Kind, f: F) -> Option<F::Output> {
         Kind::Probe => f.run::<v1::Probe>(),
         Kind::Director => f.run::<v1::Director>(),
         Kind::Route => f.run::<v1::Route>(),
+        Kind::Certificate => f.run::<v1::Certificate>(),
         Kind::Health | Kind::Node => return None,
     })
 }
@@ -128,15 +147,17 @@ pub trait EachKind {
     fn visit<R: Resource>(&mut self);
 }
 
-/// Runs `f` for every resource kind in dependency order — probes, backends, directors, routes:
-/// a kind's references come before it — or in the reverse order.
+/// Runs `f` for every resource kind in dependency order — certificates, probes, backends,
+/// directors, routes: a kind's references come before it — or in the reverse order.
 pub fn each_kind<F: EachKind>(f: &mut F, reverse: bool) {
     if reverse {
         f.visit::<v1::Route>();
         f.visit::<v1::Director>();
         f.visit::<v1::Backend>();
         f.visit::<v1::Probe>();
+        f.visit::<v1::Certificate>();
     } else {
+        f.visit::<v1::Certificate>();
         f.visit::<v1::Probe>();
         f.visit::<v1::Backend>();
         f.visit::<v1::Director>();
@@ -151,6 +172,7 @@ fn any_kind_name(r: &AnyResource) -> (Kind, &str) {
         AnyResource::Probe(r) => (Kind::Probe, &r.name),
         AnyResource::Director(r) => (Kind::Director, &r.name),
         AnyResource::Route(r) => (Kind::Route, &r.name),
+        AnyResource::Certificate(r) => (Kind::Certificate, &r.name),
     }
 }
 
@@ -403,6 +425,8 @@ pub struct State {
     pub directors: BTreeMap<String, v1::Director>,
     /// Routes by name.
     pub routes: BTreeMap<String, v1::Route>,
+    /// Certificates by name.
+    pub certificates: BTreeMap<String, v1::Certificate>,
     /// Where errors about a resource are reported, when not `<kind>/<name>` (the request's
     /// own field, as `backend` or `backends[2]`).
     pub labels: HashMap<(Kind, String), String>,
@@ -488,6 +512,7 @@ impl State {
             AnyResource::Probe(r) => put(self, key, r),
             AnyResource::Director(r) => put(self, key, r),
             AnyResource::Route(r) => put(self, key, r),
+            AnyResource::Certificate(r) => put(self, key, r),
         }
     }
 
@@ -638,6 +663,7 @@ impl State {
             probes: tag(self),
             directors: tag(self),
             routes: tag(self),
+            certificates: tag(self),
         }
     }
 

@@ -60,6 +60,33 @@ pub struct Certificate {
     key: Arc<CertifiedKey>,
 }
 
+/// A `Certificate` resource in a configuration: loaded once when converted; two are equal
+/// when their PEM texts are.
+#[derive(Debug, Clone)]
+pub struct CertificateSpec {
+    chain: Arc<str>,
+    key: Arc<str>,
+    /// The certificate, ready to serve.
+    pub loaded: Arc<Certificate>,
+}
+
+impl CertificateSpec {
+    /// A spec of `loaded`, read from these PEM texts.
+    pub fn new(chain: &str, key: &str, loaded: Certificate) -> CertificateSpec {
+        CertificateSpec {
+            chain: chain.into(),
+            key: key.into(),
+            loaded: Arc::new(loaded),
+        }
+    }
+}
+
+impl PartialEq for CertificateSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.loaded.name == other.loaded.name && self.chain == other.chain && self.key == other.key
+    }
+}
+
 /// What the CLI and the API show of a certificate: never its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {

@@ -514,6 +514,8 @@ pub struct Config {
     pub directors: Vec<Arc<DirectorSpec>>,
     /// Routes, in match order.
     pub routes: Vec<RouteSpec>,
+    /// Certificates of the TLS listener.
+    pub certificates: Vec<crate::certs::CertificateSpec>,
 }
 
 #[cfg(test)]

@@ -205,6 +205,7 @@ mod tests {
         m1.slot = Some(7);
         m1.rampup = Some(Duration::from_millis(1500));
         Config {
+            certificates: Vec::new(),
             backends: vec![b("b2", "[::1]:8080"), b("b1", "127.0.0.1:80")],
             probes: Vec::new(),
             directors: vec![

@@ -50,6 +50,8 @@ pub const MAX_ROUTE_HOSTS: usize = 64;
 pub const MAX_ROUTE_HEADERS: usize = 32;
 /// A header matcher's value, and a route's path prefix, in bytes.
 pub const MAX_MATCH_BYTES: usize = 1024;
+/// Certificates per configuration.
+pub const MAX_CERTIFICATES: usize = 10_000;
 /// A PEM text (a backend's `tls.ca`, a certificate chain), in bytes.
 pub const MAX_PEM_BYTES: usize = 64 * 1024;
 

@@ -273,6 +273,17 @@ impl Runtime {
             .map(|p| (p.name.as_str(), p))
             .collect();
         let probes_unchanged = prev.config.probes == config.probes;
+        if prev.config.certificates != config.certificates {
+            // Before the swap: the first request of the new revision may be a handshake.
+            self.certs.set(
+                crate::certs::Source::Api,
+                config
+                    .certificates
+                    .iter()
+                    .map(|c| Arc::clone(&c.loaded))
+                    .collect(),
+            );
+        }
         let old = &prev.config.backends;
         let mut matcher = PrevMatcher::new(old);
         let mut reused = vec![false; old.len()];

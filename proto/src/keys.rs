@@ -19,6 +19,8 @@ pub enum Kind {
     Director,
     /// `Route` resources.
     Route,
+    /// `Certificate` resources.
+    Certificate,
     /// Shared health verdicts, one per backend.
     Health,
     /// Data-plane registrations, bound to a lease.
@@ -27,8 +29,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in key order of their directory names.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Backend,
+        Kind::Certificate,
         Kind::Director,
         Kind::Health,
         Kind::Node,
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Probe => "probes",
             Kind::Director => "directors",
             Kind::Route => "routes",
+            Kind::Certificate => "certificates",
             Kind::Health => "health",
             Kind::Node => "nodes",
         }
@@ -55,6 +59,7 @@ impl Kind {
             Kind::Probe => "probe",
             Kind::Director => "director",
             Kind::Route => "route",
+            Kind::Certificate => "certificate",
             Kind::Health => "health",
             Kind::Node => "node",
         }

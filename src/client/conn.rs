@@ -71,6 +71,7 @@ impl Conn {
                 identity: self.cert.clone().zip(self.key.clone()),
             },
             insecure: self.insecure,
+            node: false,
         }
     }
 }

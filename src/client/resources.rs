@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tether_controlplane::declarative::{BackendDoc, DirectorDoc, FileError, ProbeDoc, RouteDoc};
+use tether_controlplane::declarative::{
+    BackendDoc, CertificateDoc, DirectorDoc, FileError, ProbeDoc, RouteDoc,
+};
 use tether_controlplane::state::Resource;
 use tether_proto::v1;
 use tonic::Status;
@@ -283,6 +285,51 @@ impl CliResource for v1::Route {
         update_route(UpdateRouteRequest),
         delete_route
     );
+}
+
+impl CliResource for v1::Certificate {
+    type Doc = CertificateDoc;
+    const COLUMNS: &'static [&'static str] = &["NAME", "NAMES", "NOT AFTER", "SHA-256", "REVISION"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.names.join(","),
+            utc_date(self.not_after),
+            // Enough to tell certificates apart; `get` shows it whole.
+            self.fingerprint.chars().take(16).collect(),
+            self.revision.to_string(),
+        ]
+    }
+    rpcs!(
+        certificate,
+        certificates,
+        create_certificate(CreateCertificateRequest),
+        get_certificate,
+        list_certificates,
+        update_certificate(UpdateCertificateRequest),
+        delete_certificate
+    );
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC` (days to a civil date: Howard Hinnant's
+/// algorithm; a dependency for one date was not worth it).
+fn utc_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 /// Runs a resource command for kind `R`.

@@ -222,8 +222,20 @@ impl Tether {
         wait: bool,
         env: &[(&str, &str)],
     ) -> Tether {
+        Tether::dataplane_args(dir, source, wait, env, &[]).await
+    }
+
+    /// `tether dataplane` reading from `source` (`["--etcd", URLS]` or `["--controlplane",
+    /// URL]`) with `extra` flags, on free loopback ports, one proxy thread.
+    pub async fn dataplane_args(
+        dir: &Path,
+        source: [&str; 2],
+        wait: bool,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Tether {
         let d = dir.to_str().unwrap();
-        let args = [
+        let mut args = vec![
             "dataplane",
             source[0],
             source[1],
@@ -236,6 +248,7 @@ impl Tether {
             "--data-dir",
             d,
         ];
+        args.extend_from_slice(extra);
         let (child, v) = spawn_env(dir, &args, env).await;
         if wait {
             Tether::ready(child, dir, &v).await

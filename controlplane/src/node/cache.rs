@@ -62,7 +62,16 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<State, CacheError> {
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    // Owner-only: the state holds certificates' private keys.
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);

@@ -309,6 +309,7 @@ impl<S: Store> Api<S> {
         &self,
         from: i64,
         guard: watches::WatchGuard,
+        node: bool,
     ) -> Result<WatchStream, Status> {
         let mut rx = self
             .store
@@ -341,7 +342,7 @@ impl<S: Store> Api<S> {
                     open = crate::serial::marks_open_write(v);
                 }
                 let mut item = batch
-                    .map(|b| api.watch_events(b))
+                    .map(|b| api.watch_events(b, node))
                     .map_err(|e| Status::from(ApiError::Store(e)));
                 let end = item.is_err();
                 if let Ok(resp) = &mut item {
@@ -365,7 +366,7 @@ impl<S: Store> Api<S> {
         Ok(Box::pin(ReceiverStream::new(out)))
     }
 
-    fn watch_events(&self, batch: crate::store::WatchBatch) -> v1::WatchResponse {
+    fn watch_events(&self, batch: crate::store::WatchBatch, node: bool) -> v1::WatchResponse {
         v1::WatchResponse {
             revision: batch.revision,
             events: batch
@@ -373,6 +374,14 @@ impl<S: Store> Api<S> {
                 .iter()
                 .filter_map(|e| Change::from_event(&self.layout, e))
                 .map(Change::into_watch_event)
+                .map(|mut e| {
+                    if let (false, Some(v1::watch_event::Resource::Certificate(c))) =
+                        (node, &mut e.resource)
+                    {
+                        c.redact();
+                    }
+                    e
+                })
                 .collect(),
         }
     }
@@ -380,6 +389,19 @@ impl<S: Store> Api<S> {
 
 type Resp<T> = Result<Response<T>, Status>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+/// `r` as any read returns it: without what only a node may see.
+fn redacted<R: Resource>(mut r: R) -> R {
+    r.redact();
+    r
+}
+
+/// Whether the caller is a data-plane node (certificates' keys are theirs to read).
+fn is_node<T>(r: &Request<T>) -> bool {
+    r.extensions()
+        .get::<crate::auth::Caller>()
+        .is_some_and(|c| c.1)
+}
 
 fn ok<T>(r: Result<T, ApiError>) -> Resp<T> {
     r.map(Response::new).map_err(Status::from)
@@ -397,22 +419,22 @@ macro_rules! tether_rpcs {
         impl<S: Store> Tether for Api<S> {
             $(
                 async fn $create(&self, r: Request<v1::$create_req>) -> Resp<v1::$t> {
-                    ok(self.create(r.into_inner().$field).await)
+                    ok(self.create(r.into_inner().$field).await.map(redacted))
                 }
                 async fn $get(&self, r: Request<v1::GetRequest>) -> Resp<v1::$t> {
-                    ok(self.get(&r.into_inner().name).await)
+                    ok(self.get(&r.into_inner().name).await.map(redacted))
                 }
                 async fn $list(&self, r: Request<v1::ListRequest>) -> Resp<v1::$list_resp> {
                     ok(self.list(r.get_ref()).await.map(
                         |($plural, next_page_token, revision)| v1::$list_resp {
-                            $plural,
+                            $plural: $plural.into_iter().map(redacted).collect(),
                             next_page_token,
                             revision,
                         },
                     ))
                 }
                 async fn $update(&self, r: Request<v1::$update_req>) -> Resp<v1::$t> {
-                    ok(self.update(r.into_inner().$field).await)
+                    ok(self.update(r.into_inner().$field).await.map(redacted))
                 }
                 async fn $delete(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
                     ok(self.delete::<v1::$t>(r.into_inner()).await)
@@ -439,9 +461,15 @@ macro_rules! tether_rpcs {
 
             async fn get_snapshot(
                 &self,
-                _: Request<v1::GetSnapshotRequest>,
+                r: Request<v1::GetSnapshotRequest>,
             ) -> Resp<v1::ConfigSnapshot> {
-                ok(self.snapshot().await)
+                let node = is_node(&r);
+                ok(self.snapshot().await.map(|mut s| {
+                    if !node {
+                        s.certificates = s.certificates.into_iter().map(redacted).collect();
+                    }
+                    s
+                }))
             }
             async fn list_nodes(
                 &self,
@@ -458,7 +486,8 @@ macro_rules! tether_rpcs {
                     .get::<crate::auth::Caller>()
                     .and_then(|c| c.0);
                 let guard = self.watches.open(token, r.remote_addr())?;
-                self.watch_stream(r.into_inner().from_revision, guard)
+                let node = is_node(&r);
+                self.watch_stream(r.into_inner().from_revision, guard, node)
                     .await
                     .map(Response::new)
             }
@@ -480,6 +509,10 @@ tether_rpcs! {
     Route, route, routes:
         create_route(CreateRouteRequest), get_route, list_routes(ListRoutesResponse),
         update_route(UpdateRouteRequest), delete_route;
+    Certificate, certificate, certificates:
+        create_certificate(CreateCertificateRequest), get_certificate,
+        list_certificates(ListCertificatesResponse),
+        update_certificate(UpdateCertificateRequest), delete_certificate;
 }
 
 #[cfg(test)]

@@ -311,6 +311,14 @@ impl<S: Store> Api<S> {
                     &mut changes,
                 )?;
                 stage(old, new, &req.routes, "routes", req.prune, &mut changes)?;
+                stage(
+                    old,
+                    new,
+                    &req.certificates,
+                    "certificates",
+                    req.prune,
+                    &mut changes,
+                )?;
                 Ok(changes)
             })
             .await?;

@@ -62,7 +62,7 @@ routes:
 CONF
   RUST_LOG=error target/release/tether up --proxy-threads 1 --api "127.0.0.1:$api" \
     --proxy "127.0.0.1:$port" --admin "127.0.0.1:$admin" --data-dir "$work/tether" \
-    -f "$work/tether.yaml" & pids+=($!)
+    -f "$work/tether.yaml" ${TETHER_EXTRA:-} & pids+=($!)
   tether_pid=$!
 }
 

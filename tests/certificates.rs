@@ -62,7 +62,11 @@ async fn until_verifies(nodes: &[Tether], ca: &Path) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(ok, "node {i} never served the certificate of {}", ca.display());
+        assert!(
+            ok,
+            "node {i} never served the certificate of {}",
+            ca.display()
+        );
     }
 }
 
@@ -110,17 +114,46 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
     let https = ["--https", "127.0.0.1:0"];
     let nodes = vec![
-        Tether::dataplane_args(&dir.path().join("dp0"), ["--etcd", &etcd.urls()], true, &[], &https).await,
-        Tether::dataplane_args(&dir.path().join("dp1"), ["--etcd", &etcd.urls()], true, &[], &https).await,
-        Tether::dataplane_args(&dir.path().join("dp2"), ["--controlplane", &cp.api], true, &[], &https).await,
+        Tether::dataplane_args(
+            &dir.path().join("dp0"),
+            ["--etcd", &etcd.urls()],
+            true,
+            &[],
+            &https,
+        )
+        .await,
+        Tether::dataplane_args(
+            &dir.path().join("dp1"),
+            ["--etcd", &etcd.urls()],
+            true,
+            &[],
+            &https,
+        )
+        .await,
+        Tether::dataplane_args(
+            &dir.path().join("dp2"),
+            ["--controlplane", &cp.api],
+            true,
+            &[],
+            &https,
+        )
+        .await,
     ];
-    apply(&cp.api, dir.path(), &ROUTES.replace("ADDR", &b.addr.to_string()), true);
+    apply(
+        &cp.api,
+        dir.path(),
+        &ROUTES.replace("ADDR", &b.addr.to_string()),
+        true,
+    );
 
     let ca1 = Ca::new(dir.path(), "ca1");
     let leaf1 = ca1.leaf_for(dir.path(), "a1", &["a.test"]);
     let f = dir.path().join("a.yaml");
     std::fs::write(&f, cert_yaml("a", &leaf1)).unwrap();
-    let out = support::ok(&cp.api, &["certificate", "create", "-f", f.to_str().unwrap()]);
+    let out = support::ok(
+        &cp.api,
+        &["certificate", "create", "-f", f.to_str().unwrap()],
+    );
     assert!(out.contains("created"), "{out}");
     until_verifies(&nodes, &ca1.pem).await;
 
@@ -128,7 +161,10 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
     let key = std::fs::read_to_string(&leaf1.key).unwrap();
     let secret = key.lines().nth(1).unwrap().to_owned();
     let list = support::ok(&cp.api, &["certificate", "list"]);
-    assert!(list.contains("a.test") && list.contains("NOT AFTER"), "{list}");
+    assert!(
+        list.contains("a.test") && list.contains("NOT AFTER"),
+        "{list}"
+    );
     let mut reads = vec![
         list,
         support::ok(&cp.api, &["certificate", "list", "-o", "json"]),
@@ -168,7 +204,10 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
     assert_eq!(got.fingerprint.len(), 64);
     reads.push(format!("{snap:?}{got:?}"));
     for r in &reads {
-        assert!(!r.contains(&secret), "a read path returned the private key:\n{r}");
+        assert!(
+            !r.contains(&secret),
+            "a read path returned the private key:\n{r}"
+        );
         assert!(!r.contains("PRIVATE KEY"), "{r}");
     }
     // A node, saying so, gets it.
@@ -197,7 +236,10 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
     let ca2 = Ca::new(dir.path(), "ca2");
     let leaf2 = ca2.leaf_for(dir.path(), "a2", &["a.test"]);
     std::fs::write(&f, cert_yaml("a", &leaf2)).unwrap();
-    support::ok(&cp.api, &["certificate", "update", "-f", f.to_str().unwrap()]);
+    support::ok(
+        &cp.api,
+        &["certificate", "update", "-f", f.to_str().unwrap()],
+    );
     until_verifies(&nodes, &ca2.pem).await;
     for n in &nodes {
         assert!(!verifies(n, &ca1.pem));
@@ -229,7 +271,10 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
         ),
     ] {
         std::fs::write(&f, yaml).unwrap();
-        let out = support::cli(&cp.api, &["certificate", "update", "-f", f.to_str().unwrap()]);
+        let out = support::cli(
+            &cp.api,
+            &["certificate", "update", "-f", f.to_str().unwrap()],
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(field), "{field}: {err}");

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# HTTPS figures for docs/benchmarks.md, `tether up --https`, HAProxy and NGINX in the same run,
+# each terminating TLS with the same ECDSA P-256 certificate (ALPN h2,http/1.1; one worker
+# thread) in front of the consistent-hash setup of bench/proxy.sh:
+#   keep-alive   requests per second and proxy CPU time per request over HTTPS keep-alive
+#                connections (wrk, 32 connections, TLS 1.3);
+#   handshakes   new TLS connections per second and proxy CPU time per handshake (wrk with
+#                `Connection: close`: one full handshake per request, no resumption).
+#
+# Usage: bench/tls.sh [RUNS] [SECONDS]   (defaults 3, 10)
+# Needs: wrk haproxy nginx openssl. Loopback only; bounded by RUNS x 2 x 3 x SECONDS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+secs=${2:-10}
+for tool in wrk haproxy nginx openssl; do
+  command -v "$tool" >/dev/null || { echo "bench/tls.sh: $tool is missing" >&2; exit 2; }
+done
+cargo build --release --locked -q --bin tether
+. bench/upstream-env.sh
+
+# One ECDSA P-256 certificate for bench.test, in the three formats the proxies read.
+mkdir -p "$work/certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/certs/bench.pem"
+
+start_upstream 19101 19102 19103
+TETHER_EXTRA="--https 127.0.0.1:18443 --cert-dir $work/certs" \
+  start_tether 18080 17070 17071 19101 19102 19103
+start_haproxy 18081 19101 19102 19103
+sed -i "s|^  bind 127.0.0.1:18081$|  bind 127.0.0.1:18081\n  bind 127.0.0.1:18444 ssl crt $work/certs/bench.pem alpn h2,http/1.1|" "$work/haproxy.cfg"
+kill "$haproxy_pid"; sleep 0.3
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+haproxy_pid=$!
+start_nginx 18082 19101 19102 19103
+kill "$(cat "$work/nginx.pid" 2>/dev/null || echo 0)" 2>/dev/null || true
+sleep 0.5
+sed -i "s|    listen 127.0.0.1:18082;|    listen 127.0.0.1:18082;\n    listen 127.0.0.1:18445 ssl http2;\n    ssl_certificate $work/cert.pem;\n    ssl_certificate_key $work/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;|" "$work/nginx.conf"
+nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+
+cat >"$work/keys.lua" <<'EOF'
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/", { ["x-user"] = "user-" .. (i % 10000), ["Host"] = "bench.test" })
+end
+EOF
+cat >"$work/close.lua" <<'EOF'
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/", { ["x-user"] = "user-" .. (i % 10000), ["Host"] = "bench.test",
+    ["Connection"] = "close" })
+end
+EOF
+
+for port in 18443 18444 18445; do
+  for _ in $(seq 100); do
+    curl -skf --resolve "bench.test:$port:127.0.0.1" -H 'x-user: warm' "https://bench.test:$port/" >/dev/null && break
+    sleep 0.1
+  done
+done
+hz=$(getconf CLK_TCK)
+printf '%-11s %-8s %4s %10s %9s %9s %14s\n' test proxy run "req/s" p50 p99 "cpu µs/req"
+for run in $(seq "$runs"); do
+  for test in keep-alive handshakes; do
+    case $test in keep-alive) script=keys.lua conns=32 ;; handshakes) script=close.lua conns=16 ;; esac
+    for proxy in tether haproxy nginx; do
+      case $proxy in tether) port=18443 ;; haproxy) port=18444 ;; nginx) port=18445 ;; esac
+      url="https://127.0.0.1:$port/"
+      wrk -t1 -c"$conns" -d2s -s "$work/$script" "$url" >/dev/null  # warm-up
+      before=$(ticks $proxy)
+      out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/$script" "$url")
+      after=$(ticks $proxy)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+      p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+      errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+      cpu=$(python3 -c "print(f'{($after - $before) / $hz / $reqs * 1e6:.2f}')")
+      printf '%-11s %-8s %4s %10s %9s %9s %14s %s\n' "$test" "$proxy" "$run" "$rps" "$p50" "$p99" "$cpu" "$errs"
+    done
+  done
+done

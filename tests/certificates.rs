@@ -258,7 +258,7 @@ async fn certificates_reach_every_node_are_replaced_live_and_keys_stay_secret() 
     for (yaml, field) in [
         (mismatched, "certificate.private_key"),
         (
-            format!("name: a\nchain: |\n  not a pem\nprivate_key: |\n  x\n"),
+            "name: a\nchain: |\n  not a pem\nprivate_key: |\n  x\n".to_owned(),
             "certificate.chain",
         ),
         (

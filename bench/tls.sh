@@ -29,16 +29,14 @@ cat "$work/cert.pem" "$work/key.pem" >"$work/certs/bench.pem"
 start_upstream 19101 19102 19103
 TETHER_EXTRA="--https 127.0.0.1:18443 --cert-dir $work/certs" \
   start_tether 18080 17070 17071 19101 19102 19103
-start_haproxy 18081 19101 19102 19103
-sed -i "s|^  bind 127.0.0.1:18081$|  bind 127.0.0.1:18081\n  bind 127.0.0.1:18444 ssl crt $work/certs/bench.pem alpn h2,http/1.1|" "$work/haproxy.cfg"
-kill "$haproxy_pid"; sleep 0.3
-haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-haproxy_pid=$!
-start_nginx 18082 19101 19102 19103
-kill "$(cat "$work/nginx.pid" 2>/dev/null || echo 0)" 2>/dev/null || true
-sleep 0.5
-sed -i "s|    listen 127.0.0.1:18082;|    listen 127.0.0.1:18082;\n    listen 127.0.0.1:18445 ssl http2;\n    ssl_certificate $work/cert.pem;\n    ssl_certificate_key $work/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;|" "$work/nginx.conf"
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+HAPROXY_EXTRA="  bind 127.0.0.1:18444 ssl crt $work/certs/bench.pem alpn h2,http/1.1" \
+  start_haproxy 18081 19101 19102 19103
+NGINX_EXTRA="    listen 127.0.0.1:18445 ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:s:10m;" \
+  start_nginx 18082 19101 19102 19103
 
 cat >"$work/keys.lua" <<'EOF'
 local i = 0

@@ -10,6 +10,8 @@
 #                                 X-Forwarded-For added, and the same client timeouts (head
 #                                 10 s, keep-alive idle 60 s, as Tether's defaults);
 #   procs NAME, ticks NAME        a proxy's processes, and their CPU time in clock ticks.
+# TETHER_EXTRA (flags), HAPROXY_EXTRA (frontend lines) and NGINX_EXTRA (server lines) add to
+# a proxy's configuration (bench/tls.sh: the TLS listeners).
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
@@ -88,6 +90,7 @@ defaults
   timeout server 30s
 frontend f
   bind 127.0.0.1:$port
+${HAPROXY_EXTRA:-}
   default_backend b
 backend b
   balance hdr(x-user)
@@ -112,6 +115,7 @@ $servers
   }
   server {
     listen 127.0.0.1:$port;
+${NGINX_EXTRA:-}
     keepalive_requests 1000000;
     location / {
       proxy_pass http://u;

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::Tether;
 use support::certs::{Ca, Leaf};
+use support::{Tether, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -165,15 +165,6 @@ async fn request_on(s: &mut tokio_rustls::client::TlsStream<TcpStream>, host: &s
             return text.into_owned();
         }
     }
-}
-
-fn metric(metrics: &str, series: &str) -> i64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use support::etcd::Etcd;
 use support::ws::{self, WsBackend};
-use support::{ControlPlane, Tether, apply, wait_until};
+use support::{ControlPlane, Tether, apply, metric, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -34,16 +34,6 @@ fn config(backends: &[(&str, SocketAddr)], route_extra: &str, drain: Option<&str
     y.push_str("routes:\n  - name: app\n    director: users\n    key: { header: x-user }\n");
     y.push_str(route_extra);
     y
-}
-
-/// The value of the series `name{labels}` in `/metrics`.
-fn metric(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
 }
 
 /// Whether the peer closed `ws` within `limit`.
@@ -176,7 +166,7 @@ async fn drain_closes_open_tunnels_at_the_deadline_and_new_sessions_go_elsewhere
             &m,
             "tether_tunnels_closed_total{listener=\"proxy\",reason=\"drain\"}"
         ),
-        on_b1.len() as u64
+        i64::try_from(on_b1.len()).unwrap()
     );
 }
 
@@ -213,8 +203,25 @@ async fn raw(proxy: &str, request: &str) -> String {
         .await
         .unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
+    // Until the whole answer (its head and `content-length` bytes) or the close: the proxy
+    // keeps the connection open after it.
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let mut buf = [0u8; 4096];
+    let complete = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out).to_ascii_lowercase();
+        text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .is_some_and(|n| body.len() >= n)
+        })
+    };
+    while !complete(&out) {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -590,38 +590,15 @@ impl Pool {
         let targets = self.targets(timeout).await?;
         let mut last = ConnectError::Timeout(timeout);
         for peer in targets {
-            let stream = match tokio::time::timeout(timeout, TcpStream::connect(peer)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.counters
-                        .connect_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    last = ConnectError::Io(e);
-                    continue;
-                }
-                Err(_) => {
-                    self.counters
-                        .connect_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    last = ConnectError::Timeout(timeout);
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let host = self
-                .addresses
-                .iter()
-                .find(|a| a.port == peer.port())
-                .map_or(Host::Ip(peer.ip()), |a| a.host.clone());
-            let wrapped =
-                tokio::time::timeout(timeout, tls::wrap(stream, dial.tls, &host, upgrades));
-            let io = match wrapped.await {
+            // TCP and TLS together within the connect timeout.
+            let io = match tokio::time::timeout(timeout, self.dial_one(peer, dial, upgrades)).await
+            {
                 Ok(Ok(io)) => io,
                 Ok(Err(e)) => {
                     self.counters
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    last = ConnectError::Tls(e);
+                    last = e;
                     continue;
                 }
                 Err(_) => {
@@ -681,6 +658,35 @@ impl Pool {
             return Ok(c);
         }
         Err(last)
+    }
+
+    /// A connection to `peer`, over TLS when the backend has it (`upgrades`: ALPN http/1.1
+    /// only). The TLS name is that of the address `peer` came from: its IP literal, else the
+    /// DNS name with its port.
+    async fn dial_one(
+        &self,
+        peer: SocketAddr,
+        dial: &Dial<'_>,
+        upgrades: bool,
+    ) -> Result<tls::BackendIo, ConnectError> {
+        let stream = TcpStream::connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        let from = |a: &&Address| a.port == peer.port();
+        let host = self
+            .addresses
+            .iter()
+            .filter(from)
+            .find(|a| a.host == Host::Ip(peer.ip()))
+            .or_else(|| {
+                self.addresses
+                    .iter()
+                    .filter(from)
+                    .find(|a| matches!(a.host, Host::Dns(_)))
+            })
+            .map_or(Host::Ip(peer.ip()), |a| a.host.clone());
+        tls::wrap(stream, dial.tls, &host, upgrades)
+            .await
+            .map_err(ConnectError::Tls)
     }
 
     /// The HTTP/2 handshake on `io`; the connection is shared from this thread's list, and

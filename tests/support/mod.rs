@@ -27,6 +27,16 @@ use tokio::task::JoinSet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
 
+/// The value of series `name{labels}` (exactly, as `/metrics` writes it) in `metrics`.
+pub fn metric(metrics: &str, series: &str) -> i64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+}
+
 /// Polls `f` every 25 ms until it holds, or panics after `limit` with `what`.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     let start = Instant::now();

@@ -326,3 +326,85 @@ async fn grpc_over_h2_with_a_private_ca_is_verified_and_a_wrong_ca_is_refused() 
         assert!(err.contains(&format!("backends[0].{field}")), "{b}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_requiring_client_certificates_gets_the_named_certificate_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "backend-ca");
+    let leaf = ca.leaf(dir.path(), "g1");
+    let clients = Ca::new(dir.path(), "client-ca");
+    let client = clients.leaf_for(dir.path(), "proxy-client", &["proxy.test"]);
+    // The backend asks for a client certificate signed by `client-ca`.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let g1 = l.local_addr().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("g1", tonic_health::ServingStatus::Serving)
+        .await;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            std::fs::read(&leaf.cert).unwrap(),
+            std::fs::read(&leaf.key).unwrap(),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            std::fs::read(&clients.pem).unwrap(),
+        ));
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(health);
+    tokio::spawn(async move {
+        let _keep = reporter;
+        let _ = router.serve_with_incoming(TcpListenerStream::new(l)).await;
+    });
+
+    let t = Tether::up(dir.path(), &[]).await;
+    let indent = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    };
+    let certificate = format!(
+        "certificates:\n  - name: proxy-client\n    chain: |\n{}    private_key: |\n{}",
+        indent(&client.cert),
+        indent(&client.key)
+    );
+    let backend = |extra: &str| {
+        format!(
+            "  - name: g1\n    address: {g1}\n    protocol: h2\n    probe: fast\n    connect_timeout: 500ms\n    tls:\n      server_name: localhost\n      ca: |\n{}{extra}",
+            indent(&ca.pem)
+        )
+    };
+    // Without a client certificate: refused by the backend.
+    t.wait_applied(t.apply(&format!("{}{certificate}", config(&backend("")))))
+        .await;
+    t.wait_health("g1", false).await;
+    // With the Certificate resource named: served.
+    let with = backend("      client_certificate: proxy-client\n");
+    t.wait_applied(t.apply(&format!("{}{certificate}", config(&with))))
+        .await;
+    t.wait_health("g1", true).await;
+    let r = HealthClient::new(channel(&t.proxy).await)
+        .check(keyed(HealthCheckRequest {
+            service: "g1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, ServingStatus::Serving as i32);
+
+    // The certificate cannot be deleted while a backend presents it; a backend cannot name a
+    // certificate that does not exist.
+    let out = t.cli(&["certificate", "delete", "proxy-client"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("tls.client_certificate"), "{err}");
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, config(&backend("      client_certificate: nobody\n"))).unwrap();
+    let out = t.cli(&["apply", "-f", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no certificate named \"nobody\""), "{err}");
+}

@@ -398,6 +398,8 @@ pub fn validate_with(
     if !errors.is_empty() {
         return Err(errors.error());
     }
+    let backends = bind_client_certificates(set, backends, &certificates, &mut errors);
+    errors.finish(())?;
     let mut config = Config {
         backends,
         probes: probe_specs,
@@ -428,6 +430,40 @@ pub fn validate_with(
     errors.finish(())?;
     config.routes = route_specs;
     Ok(Validated { config, directors })
+}
+
+/// Binds each backend's `tls.client_certificate` to the certificate of that name (a missing
+/// one is a violation); a backend already bound to the same certificate is kept as it is.
+fn bind_client_certificates(
+    set: &Resources,
+    mut backends: Vec<Arc<BackendSpec>>,
+    certificates: &[CertificateSpec],
+    errors: &mut Violations,
+) -> Vec<Arc<BackendSpec>> {
+    for ((at, _), b) in set.backends.iter().zip(backends.iter_mut()) {
+        let Some(tls) = &b.tls else { continue };
+        let Some(name) = &tls.client_certificate else {
+            continue;
+        };
+        let Some(cert) = certificates.iter().find(|c| &c.loaded.name == name) else {
+            errors.push(FieldError::precondition(
+                format!("{at}.tls.client_certificate"),
+                format!("no certificate named {name:?}"),
+            ));
+            continue;
+        };
+        if tls.client_fingerprint.as_ref() == Some(&cert.loaded.fingerprint) {
+            continue;
+        }
+        match tls.with_client(&cert.loaded) {
+            Ok(bound) => Arc::make_mut(b).tls = Some(bound),
+            Err(e) => errors.push(FieldError::invalid(
+                format!("{at}.tls.client_certificate"),
+                e,
+            )),
+        }
+    }
+    backends
 }
 
 /// Refuses a set with more resources of a kind than [`limits`] allow, at the first one
@@ -972,7 +1008,14 @@ fn backend_tls(
     at_most(&t.ca, limits::MAX_PEM_BYTES, || format!("{at}.tls.ca"))?;
     let server_name = (!t.server_name.is_empty()).then(|| t.server_name.clone());
     let ca = (!t.ca.is_empty()).then(|| t.ca.clone());
-    BackendTls::new(server_name, ca, t.verify.unwrap_or(true), protocol).map_err(|e| {
+    let client = if t.client_certificate.is_empty() {
+        None
+    } else {
+        Some(reference(&t.client_certificate, || {
+            format!("{at}.tls.client_certificate")
+        })?)
+    };
+    BackendTls::new(server_name, ca, t.verify.unwrap_or(true), protocol, client).map_err(|e| {
         let field = match e {
             TlsError::ServerName(_) => "server_name",
             TlsError::Pem(_) | TlsError::Rustls(_) => "ca",

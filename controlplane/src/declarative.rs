@@ -194,6 +194,9 @@ pub struct BackendTlsDoc {
     /// Verify the backend's certificate (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<bool>,
+    /// A Certificate resource presented as the client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
 }
 
 /// A probe as written (Varnish defaults when absent).
@@ -590,6 +593,7 @@ impl BackendDoc {
                 server_name: t.server_name.clone().unwrap_or_default(),
                 ca: t.ca.clone().unwrap_or_default(),
                 verify: t.verify,
+                client_certificate: t.client_certificate.clone().unwrap_or_default(),
             }),
             ..Default::default()
         })
@@ -843,6 +847,8 @@ impl From<&v1::Backend> for BackendDoc {
                 server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
                 ca: (!t.ca.is_empty()).then(|| t.ca.clone()),
                 verify: t.verify,
+                client_certificate: (!t.client_certificate.is_empty())
+                    .then(|| t.client_certificate.clone()),
             }),
         }
     }

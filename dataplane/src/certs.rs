@@ -171,6 +171,11 @@ impl Certificate {
         })
     }
 
+    /// Its chain and signing key, as rustls presents them.
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.key)
+    }
+
     /// Seconds until it expires (negative once expired).
     pub fn seconds_left(&self) -> i64 {
         let now = SystemTime::now()

@@ -69,6 +69,13 @@ pub struct BackendTls {
     pub ca: Option<String>,
     /// Whether the backend's certificate is verified.
     pub verify: bool,
+    /// The Certificate resource presented as the client certificate, by name.
+    pub client_certificate: Option<String>,
+    /// The fingerprint of the certificate bound by [`BackendTls::with_client`] (`None`: none
+    /// bound yet, or none named).
+    pub client_fingerprint: Option<String>,
+    protocol: Protocol,
+    roots: Arc<RootCertStore>,
     /// ALPN as the backend's protocol says.
     config: Arc<ClientConfig>,
     /// ALPN `http/1.1` only: probes and Upgrade tunnels.
@@ -77,17 +84,42 @@ pub struct BackendTls {
 
 impl PartialEq for BackendTls {
     fn eq(&self, other: &Self) -> bool {
-        self.server_name == other.server_name && self.ca == other.ca && self.verify == other.verify
+        self.server_name == other.server_name
+            && self.ca == other.ca
+            && self.verify == other.verify
+            && self.client_certificate == other.client_certificate
+            && self.client_fingerprint == other.client_fingerprint
+    }
+}
+
+/// Presents one client certificate to every server that asks.
+#[derive(Debug)]
+struct Present(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Present {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
 impl BackendTls {
-    /// Checks the settings and builds their client configurations for `protocol`.
+    /// Checks the settings and builds their client configurations for `protocol`, without a
+    /// client certificate (one named in `client_certificate` is bound by
+    /// [`BackendTls::with_client`], once the certificates are known).
     pub fn new(
         server_name: Option<String>,
         ca: Option<String>,
         verify: bool,
         protocol: Protocol,
+        client_certificate: Option<String>,
     ) -> Result<BackendTls, TlsError> {
         if let Some(n) = &server_name {
             ServerName::try_from(n.as_str()).map_err(|_| TlsError::ServerName(n.clone()))?;
@@ -104,35 +136,56 @@ impl BackendTls {
             }
             None => Arc::clone(&SYSTEM_ROOTS),
         };
+        let mut tls = BackendTls {
+            server_name,
+            ca,
+            verify,
+            client_certificate,
+            client_fingerprint: None,
+            protocol,
+            roots,
+            config: Arc::new(placeholder()?),
+            http1: Arc::new(placeholder()?),
+        };
+        tls.build(None)?;
+        Ok(tls)
+    }
+
+    /// These settings presenting `cert` as the client certificate.
+    pub fn with_client(&self, cert: &crate::certs::Certificate) -> Result<BackendTls, TlsError> {
+        let mut tls = self.clone();
+        tls.client_fingerprint = Some(cert.fingerprint.clone());
+        tls.build(Some(cert.certified_key()))?;
+        Ok(tls)
+    }
+
+    fn build(&mut self, client: Option<Arc<rustls::sign::CertifiedKey>>) -> Result<(), TlsError> {
         let build = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, TlsError> {
             let builder = ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError::Rustls(e.to_string()))?;
-            let mut cfg = if verify {
-                builder
-                    .with_root_certificates(Arc::clone(&roots))
-                    .with_no_client_auth()
+            let builder = if self.verify {
+                builder.with_root_certificates(Arc::clone(&self.roots))
             } else {
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-                    .with_no_client_auth()
+            };
+            let mut cfg = match &client {
+                Some(k) => builder.with_client_cert_resolver(Arc::new(Present(Arc::clone(k)))),
+                None => builder.with_no_client_auth(),
             };
             cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(cfg))
         };
-        let alpn: &[&[u8]] = match protocol {
+        let alpn: &[&[u8]] = match self.protocol {
             Protocol::H2 | Protocol::H2c => &[b"h2"],
             Protocol::Auto => &[b"h2", b"http/1.1"],
             Protocol::Http1 => &[b"http/1.1"],
         };
-        Ok(BackendTls {
-            config: build(alpn)?,
-            http1: build(&[b"http/1.1"])?,
-            server_name,
-            ca,
-            verify,
-        })
+        self.config = build(alpn)?;
+        self.http1 = build(&[b"http/1.1"])?;
+        Ok(())
     }
 
     /// The client configuration for requests (`http1_only`: for probes and tunnels).
@@ -153,6 +206,15 @@ impl BackendTls {
             (None, Host::Ip(ip)) => Ok(ServerName::IpAddress((*ip).into())),
         }
     }
+}
+
+/// A configuration replaced by [`BackendTls::build`] before use.
+fn placeholder() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
 }
 
 /// `verify: false`: any certificate is taken (signatures are still checked, so the session

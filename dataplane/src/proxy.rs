@@ -171,7 +171,25 @@ fn grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
 
 /// The proxy's answer for an error: the status, and a short body saying why.
 pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
-    let status = match e {
+    let status = status_of(e);
+    let mut r = Response::new(text(format!("{e}\n")));
+    *r.status_mut() = status;
+    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of that body may still come: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The HTTP status of the proxy's own error (for a gRPC client, what its grpc-status stands
+/// for: the backend's counters record this either way).
+fn status_of(e: &ProxyError) -> StatusCode {
+    match e {
         ProxyError::NoRoute => StatusCode::NOT_FOUND,
         ProxyError::NoBackend(_)
         | ProxyError::Connect {
@@ -190,19 +208,7 @@ pub fn respond(e: &ProxyError) -> Response<ProxyBody> {
         ProxyError::Connect { .. }
         | ProxyError::Backend { .. }
         | ProxyError::ResponseHeadTooLarge { .. } => StatusCode::BAD_GATEWAY,
-    };
-    let mut r = Response::new(text(format!("{e}\n")));
-    *r.status_mut() = status;
-    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
-        // The rest of that body may still come: the connection cannot carry another request.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
@@ -464,8 +470,7 @@ pub async fn handle(
                 }
                 (_, Some((b, started))) => {
                     // Counted as the HTTP status it stands for, gRPC or not.
-                    b.counters
-                        .record(respond(&e).status().as_u16(), started.elapsed())
+                    b.counters.record(status_of(&e).as_u16(), started.elapsed());
                 }
                 _ => {}
             }
@@ -507,7 +512,7 @@ async fn forward(
     if route.https_redirect && !https {
         return Ok(redirect_to_https(host.as_deref(), &parts.uri));
     }
-    let upgrade = match (upgrade_header, busy) {
+    let mut upgrade = match (upgrade_header, busy) {
         (Some(header), Some(busy)) => {
             let protocol = upgrade_protocol(&header).unwrap_or_default();
             if !route.upgrades.contains(&protocol) {
@@ -543,7 +548,6 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(header::UPGRADE, u.header.clone());
     }
-    let mut upgrade = upgrade;
     // A request without a body can be replayed; one with a body is streamed, never buffered.
     let replayable = idempotent(&head.method) && body.is_end_stream();
     let mut body: Option<RequestBody> = Some(if body.is_end_stream() {

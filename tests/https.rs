@@ -112,11 +112,13 @@ fn write_pair(dir: &Path, name: &str, leaf: &Leaf, combined: bool) {
     }
 }
 
-/// A TLS connection to the proxy for `name`, trusting `ca`, ALPN http/1.1.
+/// A TLS connection to the proxy for `name`, trusting `ca`, ALPN http/1.1, its handshake
+/// started `delay` after connecting.
 async fn tls_client(
     https: &str,
     name: &str,
     ca: &Path,
+    delay: Duration,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
@@ -134,6 +136,7 @@ async fn tls_client(
     let tcp = TcpStream::connect(https.trim_start_matches("https://"))
         .await
         .unwrap();
+    tokio::time::sleep(delay).await;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name.to_owned().try_into().unwrap(), tcp)
         .await
@@ -267,7 +270,7 @@ async fn sni_alpn_resumption_reload_scheme_routes_and_redirects() {
 
     // Replace `a` with a certificate of another CA: an open connection keeps working, the
     // next handshake gets the new one.
-    let mut kept = tls_client(&https, "a.test", &ca.pem).await;
+    let mut kept = tls_client(&https, "a.test", &ca.pem, Duration::ZERO).await;
     assert!(request_on(&mut kept, "a.test").await.contains("200 OK"));
     let ca2 = Ca::new(dir.path(), "edge-ca-2");
     write_pair(
@@ -311,4 +314,64 @@ async fn sni_alpn_resumption_reload_scheme_routes_and_redirects() {
         "tether_tls_certificate_expiry_seconds{certificate=\"b\",source=\"dir\"}",
     );
     assert!(left > 86_400, "{left}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_and_the_first_head_share_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let ca = Ca::new(dir.path(), "edge-ca");
+    write_pair(
+        &certs,
+        "a",
+        &ca.leaf_for(dir.path(), "a", &["a.test"]),
+        true,
+    );
+    let t = Tether::up(
+        dir.path(),
+        &[
+            "--https",
+            "127.0.0.1:0",
+            "--cert-dir",
+            certs.to_str().unwrap(),
+            "--header-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let https = t.endpoint("https");
+    // Connects and never starts a handshake: closed at the timeout, counted.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(https.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Handshakes after 700 ms, then sends nothing: closed 1 s after the accept, not 1 s after
+    // the handshake (1.7 s).
+    let started = std::time::Instant::now();
+    let mut idle = tls_client(&https, "a.test", &ca.pem, Duration::from_millis(700)).await;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(matches!(r, Ok(Ok(0) | Err(_))), "{r:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
+    let m = t.admin_get("/metrics").await.1;
+    assert_eq!(
+        support::metric(
+            &m,
+            "tether_tls_handshake_failures_total{reason=\"timeout\"}"
+        ),
+        1,
+        "{m}"
+    );
 }

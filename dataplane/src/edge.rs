@@ -495,9 +495,17 @@ fn refusal(why: Broken) -> &'static [u8] {
 }
 
 impl<S> Guarded<S> {
-    /// `io`, accepted under `permit`; requests in progress are counted in `conn`.
-    pub fn new(io: S, edge: Arc<Edge>, conn: Arc<ConnState>, permit: Permit) -> Guarded<S> {
-        let deadline = Instant::now() + edge.config.header_timeout;
+    /// `io`, accepted at `accepted` under `permit`; requests in progress are counted in
+    /// `conn`. The first request head is due `header_timeout` after the accept, whatever came
+    /// before it (a PROXY protocol header, a TLS handshake).
+    pub fn new(
+        io: S,
+        edge: Arc<Edge>,
+        conn: Arc<ConnState>,
+        permit: Permit,
+        accepted: Instant,
+    ) -> Guarded<S> {
+        let deadline = accepted + edge.config.header_timeout;
         Guarded {
             io,
             edge,

@@ -130,6 +130,7 @@ pub async fn serve_http<H, Fut, B>(
         let edge = Arc::clone(&edge);
         let tls = tls.clone();
         async move {
+            let accepted = tokio::time::Instant::now();
             let mut peer = peer;
             if edge.config.proxy_protocol {
                 match proxy_protocol::read(&mut stream, peer, edge.config.header_timeout).await {
@@ -156,7 +157,7 @@ pub async fn serve_http<H, Fut, B>(
             // With upgrades: a `101` hands the connection to a tunnel ([`crate::tunnel`]).
             let served = match tls {
                 None => {
-                    let io = Guarded::new(stream, edge, conn, permit);
+                    let io = Guarded::new(stream, edge, conn, permit, accepted);
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .await
@@ -164,7 +165,8 @@ pub async fn serve_http<H, Fut, B>(
                 Some(tls) => {
                     let c = &tls.certs.counters;
                     let shake = tokio_rustls::TlsAcceptor::from(tls.config).accept(stream);
-                    let stream = match tokio::time::timeout(edge.config.header_timeout, shake).await {
+                    let by = accepted + edge.config.header_timeout;
+                    let stream = match tokio::time::timeout_at(by, shake).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             c.failed(&e);
@@ -177,7 +179,7 @@ pub async fn serve_http<H, Fut, B>(
                         }
                     };
                     c.handshakes.fetch_add(1, Ordering::Relaxed);
-                    let io = Guarded::new(stream, edge, conn, permit);
+                    let io = Guarded::new(stream, edge, conn, permit, accepted);
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .await

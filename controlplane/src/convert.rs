@@ -244,9 +244,23 @@ pub struct Converted {
     /// Directors, the same way (a director's spec does not depend on its backends: member
     /// weights are resolved when the directors are built).
     directors: Vec<(i64, Arc<DirectorSpec>)>,
+    /// Certificates, the same way (loading a key is the costly part of converting one).
+    certificates: Vec<(i64, CertificateSpec)>,
 }
 
 impl Converted {
+    /// Every certificate of `set` converted, reusing the earlier conversion of the same
+    /// stored revision.
+    fn certificates(&mut self, set: &Resources) -> Result<Vec<CertificateSpec>, FieldError> {
+        reuse_or_convert(
+            &mut self.certificates,
+            &set.certificates,
+            |c| (&c.name, c.revision),
+            |s| &s.loaded.name,
+            |c, at| certificate(c, at),
+        )
+    }
+
     /// Every backend of `set` converted, reusing the earlier conversion of the same stored
     /// revision.
     fn backends(&mut self, set: &Resources) -> Result<Vec<Arc<BackendSpec>>, FieldError> {
@@ -379,17 +393,16 @@ pub fn validate_with(
             route_specs.push(spec);
         }
     }
+    let certificates = errors
+        .check(converted.certificates(set))
+        .unwrap_or_default();
     let mut names = FxHashSet::default();
-    let mut certificates = Vec::with_capacity(set.certificates.len());
     for (at, c) in &set.certificates {
-        if let Some(spec) = errors.check(certificate(c, at)) {
-            if !names.insert(c.name.as_str()) {
-                errors.push(FieldError::invalid(
-                    format!("{at}.name"),
-                    format!("certificate {:?} is given twice", spec.loaded.name),
-                ));
-            }
-            certificates.push(spec);
+        if !names.insert(c.name.as_str()) {
+            errors.push(FieldError::invalid(
+                format!("{at}.name"),
+                format!("certificate {:?} is given twice", c.name),
+            ));
         }
     }
     let (Some(backends), Some(directors)) = (backends, directors) else {

@@ -273,11 +273,14 @@ impl TlsCounters {
     }
 }
 
+/// The certificates of each source: resources, then files.
+type Sources = (Vec<Arc<Certificate>>, Vec<Arc<Certificate>>);
+
 /// The certificates of both sources, and the current [`CertSet`].
 #[derive(Debug, Default)]
 pub struct ServerCerts {
-    api: Mutex<Vec<Arc<Certificate>>>,
-    dir: Mutex<Vec<Arc<Certificate>>>,
+    /// The certificates of each source: resources, files.
+    sources: Mutex<Sources>,
     current: ArcSwap<CertSet>,
     /// Counters of the TLS listener.
     pub counters: TlsCounters,
@@ -297,21 +300,14 @@ impl ServerCerts {
     /// Replaces one source's certificates (sorted by name here) and swaps in the new set.
     pub fn set(&self, source: Source, mut certs: Vec<Arc<Certificate>>) {
         certs.sort_by(|a, b| a.name.cmp(&b.name));
-        let (api, dir) = (&self.api, &self.dir);
-        let mine = if source == Source::Api { api } else { dir };
-        let mut mine = mine.lock().unwrap_or_else(PoisonError::into_inner);
-        *mine = certs;
-        // Both locks, always in this order, so two sources' updates cannot interleave.
-        let set = if source == Source::Api {
-            let other = dir.lock().unwrap_or_else(PoisonError::into_inner);
-            CertSet::build(&mine, &other)
-        } else {
-            drop(mine);
-            let a = api.lock().unwrap_or_else(PoisonError::into_inner);
-            let d = dir.lock().unwrap_or_else(PoisonError::into_inner);
-            CertSet::build(&a, &d)
-        };
-        self.current.store(Arc::new(set));
+        // Built and stored under the lock: two sources' updates cannot store out of order.
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        match source {
+            Source::Api => sources.0 = certs,
+            Source::Dir => sources.1 = certs,
+        }
+        self.current
+            .store(Arc::new(CertSet::build(&sources.0, &sources.1)));
     }
 
     /// The listener's rustls configuration: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, SNI

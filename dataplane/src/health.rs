@@ -8,11 +8,11 @@
 //! applies without restarting the loop or forgetting the window. This module knows nothing of
 //! the backend state it feeds.
 //!
-//! A probe: connect (with the backend's TLS settings, ALPN `http/1.1`), write the request,
-//! read until the peer closes, all within `timeout`; success when the first line parses as
-//! `HTTP/<n> <status>` with the expected status. A backend that speaks only HTTP/2 (`h2c`,
-//! `h2`) is probed with an HTTP/2 `GET` of the probe's `url` (a raw `request` is sent as its
-//! bytes, whatever the protocol).
+//! A probe: connect (with the backend's TLS settings and ALPN), write the request, read until
+//! the peer closes, all within `timeout`; success when the first line parses as
+//! `HTTP/<n> <status>` with the expected status. A backend that speaks HTTP/2 (`h2c`, `h2`, or
+//! `auto` when ALPN picks `h2`) is probed with an HTTP/2 `GET` of the probe's `url` (a raw
+//! `request` is sent as its bytes, whatever the protocol).
 
 use std::net::SocketAddr;
 
@@ -163,10 +163,12 @@ pub async fn probe_once(
             .await
             .map_err(ProbeError::Connect)?;
         let name = transport.host.clone().unwrap_or(Host::Ip(peer.ip()));
-        let mut s = tls::wrap(tcp, transport.tls.as_ref(), &name, !transport.h2)
+        // ALPN as the backend's protocol says: an `auto` backend may speak HTTP/2 only.
+        let mut s = tls::wrap(tcp, transport.tls.as_ref(), &name, false)
             .await
             .map_err(ProbeError::Connect)?;
-        if let (true, ProbeRequest::Url(url)) = (transport.h2, &spec.request) {
+        let h2 = transport.h2 || s.alpn_h2();
+        if let (true, ProbeRequest::Url(url)) = (h2, &spec.request) {
             let scheme = if transport.tls.is_some() {
                 "https"
             } else {

@@ -78,7 +78,7 @@ pub struct BackendTls {
     roots: Arc<RootCertStore>,
     /// ALPN as the backend's protocol says.
     config: Arc<ClientConfig>,
-    /// ALPN `http/1.1` only: probes and Upgrade tunnels.
+    /// ALPN `http/1.1` only: Upgrade tunnels.
     http1: Arc<ClientConfig>,
 }
 
@@ -188,7 +188,7 @@ impl BackendTls {
         Ok(())
     }
 
-    /// The client configuration for requests (`http1_only`: for probes and tunnels).
+    /// The client configuration for requests (`http1_only`: for Upgrade tunnels).
     pub fn config(&self, http1_only: bool) -> Arc<ClientConfig> {
         Arc::clone(if http1_only {
             &self.http1
@@ -287,7 +287,7 @@ impl BackendIo {
 }
 
 /// `tcp` as is, or after a TLS handshake with `tls` for `host` (`http1_only`: ALPN
-/// `http/1.1`, for probes and tunnels). A handshake error names what failed (an unknown CA,
+/// `http/1.1`, for Upgrade tunnels). A handshake error names what failed (an unknown CA,
 /// a name mismatch).
 pub async fn wrap(
     tcp: tokio::net::TcpStream,

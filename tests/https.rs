@@ -170,12 +170,29 @@ async fn request_on(s: &mut tokio_rustls::client::TlsStream<TcpStream>, host: &s
     }
 }
 
+/// An empty certificate directory under `dir`, and the CA its certificates will come from.
+fn cert_dir(dir: &Path) -> (std::path::PathBuf, Ca) {
+    let certs = dir.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    (certs, Ca::new(dir, "edge-ca"))
+}
+
+/// `tether up` with `--https` serving `certs`, and `extra` flags.
+async fn up_https(dir: &Path, certs: &Path, extra: &[&str]) -> Tether {
+    let mut args = vec![
+        "--https",
+        "127.0.0.1:0",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Tether::up(dir, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_alpn_resumption_reload_scheme_routes_and_redirects() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let ca = Ca::new(dir.path(), "edge-ca");
+    let (certs, ca) = cert_dir(dir.path());
     write_pair(
         &certs,
         "a",
@@ -189,16 +206,7 @@ async fn sni_alpn_resumption_reload_scheme_routes_and_redirects() {
         true,
     );
     let backend = head_echo().await;
-    let t = Tether::up(
-        dir.path(),
-        &[
-            "--https",
-            "127.0.0.1:0",
-            "--cert-dir",
-            certs.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let t = up_https(dir.path(), &certs, &[]).await;
     let https = t.endpoint("https");
     t.wait_applied(t.apply(&CONFIG.replace("ADDR", &backend.to_string())))
         .await;
@@ -319,27 +327,14 @@ async fn sni_alpn_resumption_reload_scheme_routes_and_redirects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_and_the_first_head_share_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let ca = Ca::new(dir.path(), "edge-ca");
+    let (certs, ca) = cert_dir(dir.path());
     write_pair(
         &certs,
         "a",
         &ca.leaf_for(dir.path(), "a", &["a.test"]),
         true,
     );
-    let t = Tether::up(
-        dir.path(),
-        &[
-            "--https",
-            "127.0.0.1:0",
-            "--cert-dir",
-            certs.to_str().unwrap(),
-            "--header-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let t = up_https(dir.path(), &certs, &["--header-timeout", "1s"]).await;
     let https = t.endpoint("https");
     // Connects and never starts a handshake: closed at the timeout, counted.
     let started = std::time::Instant::now();

@@ -516,31 +516,7 @@ impl Pool {
         {
             return Ok((c, true));
         }
-        let deadline = tokio::time::Instant::now() + dial.queue_timeout;
-        let mut queued = false;
-        loop {
-            // Registered before looking, so a connection freed in between is not missed.
-            let freed = self.slots.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(slot) = self.reserve(dial.max_connections) {
-                return self.connect(slot, &dial, false).await.map(|c| (c, false));
-            }
-            if let Some(c) = self.take_any(&dial).await {
-                return Ok((c, true));
-            }
-            if dial.queue_timeout.is_zero() {
-                return Err(ConnectError::AtLimit(dial.max_connections));
-            }
-            if !queued {
-                queued = true;
-                self.counters.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(ConnectError::AtLimit(dial.max_connections));
-            }
-        }
+        self.slot_or_wait(&dial, false).await
     }
 
     /// A new connection for an HTTP/1.1 Upgrade request, never taken from or given back to
@@ -554,14 +530,28 @@ impl Pool {
         if self.named {
             self.refresh_if_due();
         }
+        self.slot_or_wait(&dial, true).await.map(|(c, _)| c)
+    }
+
+    /// A new connection in a free slot, or (not for a `tunnel`) one idle on any thread; at
+    /// `max_connections`, waits for one to be given back or closed up to `queue_timeout`.
+    async fn slot_or_wait(
+        self: &Arc<Self>,
+        dial: &Dial<'_>,
+        tunnel: bool,
+    ) -> Result<(Checkout, bool), ConnectError> {
         let deadline = tokio::time::Instant::now() + dial.queue_timeout;
         let mut queued = false;
         loop {
+            // Registered before looking, so a connection freed in between is not missed.
             let freed = self.slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(slot) = self.reserve(dial.max_connections) {
-                return self.connect(slot, &dial, true).await;
+                return self.connect(slot, dial, tunnel).await.map(|c| (c, false));
+            }
+            if !tunnel && let Some(c) = self.take_any(dial).await {
+                return Ok((c, true));
             }
             if dial.queue_timeout.is_zero() {
                 return Err(ConnectError::AtLimit(dial.max_connections));

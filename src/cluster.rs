@@ -152,6 +152,28 @@ pub(crate) struct DataPlaneArgs {
     /// (default: ready however old; it keeps serving either way).
     #[arg(long, value_parser = cache_age)]
     cache_max_age: Option<std::time::Duration>,
+    /// Shared health (with --etcd): each probed backend is probed by --health-owners nodes,
+    /// which publish their results; every node routes on the one fleet verdict.
+    /// Off by default until its end-to-end tests land (issue 16, in progress):
+    /// `--shared-health=true` to try it; off, every node probes every backend itself.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    shared_health: bool,
+    /// Shared health: owner nodes per backend (1 to 16).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    health_owners: u16,
+    /// Shared health: how long a node keeps routing on the last fleet verdict once the store
+    /// stops answering it, before it probes every backend itself (1s to 1h).
+    #[arg(long, default_value = "10s", value_parser = grace)]
+    shared_health_grace: std::time::Duration,
+}
+
+/// `--shared-health-grace`: one second to an hour.
+fn grace(s: &str) -> Result<std::time::Duration, String> {
+    let d = tether_controlplane::duration::parse(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s:?}: must be between 1s and 1h"));
+    }
+    Ok(d)
 }
 
 /// `--cache-max-age`: one second to 30 days.
@@ -201,9 +223,19 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
     let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let stop_tx = watch::Sender::new(false);
+    let shared = (args.controlplane.is_none() && args.shared_health).then(|| {
+        node::fleet::Shared::new(
+            me.id.clone(),
+            node::fleet::Settings {
+                owners: usize::from(args.health_owners),
+                grace: args.shared_health_grace,
+            },
+        )
+    });
     let opts = node::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),
         cache_max_age: args.cache_max_age,
+        shared,
     };
     let shutdown = node::Shutdown::new(stop_tx.subscribe());
     let agent = match &args.controlplane {

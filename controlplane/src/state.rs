@@ -282,6 +282,7 @@ impl Change {
                     } as i32,
                     resource: Some(resource),
                     undecodable: String::new(),
+                    health: None,
                 }
             }
             Change::Delete { kind, name } => v1::WatchEvent {
@@ -290,6 +291,7 @@ impl Change {
                 action: Action::Delete as i32,
                 resource: None,
                 undecodable: String::new(),
+                health: None,
             },
             Change::Undecodable(e) => v1::WatchEvent {
                 kind: e.kind.singular().to_owned(),
@@ -297,6 +299,7 @@ impl Change {
                 action: Action::Update as i32,
                 resource: None,
                 undecodable: e.message,
+                health: None,
             },
         }
     }

@@ -239,6 +239,7 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
                 "probe": st.probe_window().map(|(g, w)| format!("{g}/{w}")),
                 "probe_healthy": st.probe_healthy(),
                 "probe_error": st.probe_error(),
+                "probe_owned": st.owned(),
                 "healthy": backend_healthy(spec, st),
                 "connections_open": st.pool.open(),
                 "connections_idle": st.pool.idle(),
@@ -252,10 +253,66 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
         "seen_revision": rt.seen_revision(),
         "from_cache": rt.from_cache(),
         "confirmed_age_seconds": rt.confirmed_age().map(|d| d.as_secs_f64()),
+        "health_source": rt.fleet.source().as_str(),
+        "store_contact_age_seconds": rt.contact_age().map(|d| d.as_secs_f64()),
         "backends": backends,
         "directors": snap.config.directors.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
         "routes": snap.config.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
     })
+}
+
+/// Shared health: where verdicts come from, what this node probed and published.
+fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
+    let f = &rt.fleet;
+    let _ = writeln!(
+        w,
+        "# HELP tether_health_source Where this node's probe verdicts come from (1 for the one in use): the fleet's published reports, or its own probes."
+    );
+    let _ = writeln!(w, "# TYPE tether_health_source gauge");
+    for s in [crate::fleet::Source::Fleet, crate::fleet::Source::Local] {
+        let _ = writeln!(
+            w,
+            "tether_health_source{{source=\"{}\"}} {}",
+            s.as_str(),
+            u8::from(f.source() == s)
+        );
+    }
+    for (name, help, v) in [
+        (
+            "tether_health_probes_sent_total",
+            "Health probes this node sent.",
+            &f.probes_sent,
+        ),
+        (
+            "tether_health_reports_published_total",
+            "Shared-health reports this node wrote to the store.",
+            &f.published,
+        ),
+        (
+            "tether_health_source_changes_total",
+            "Switches between the fleet verdict and local probes.",
+            &f.source_changes,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} counter");
+        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let owned = snap.backends.iter().filter(|b| b.owned()).count();
+    let _ = writeln!(
+        w,
+        "# HELP tether_health_owned_backends Backends this node probes for the fleet."
+    );
+    let _ = writeln!(w, "# TYPE tether_health_owned_backends gauge");
+    let _ = writeln!(w, "tether_health_owned_backends {owned}");
+    let _ = writeln!(
+        w,
+        "# HELP tether_store_contact_age_seconds Time since the store last answered this node (the age of its fleet view)."
+    );
+    let _ = writeln!(w, "# TYPE tether_store_contact_age_seconds gauge");
+    if let Some(age) = rt.contact_age() {
+        let _ = writeln!(w, "tether_store_contact_age_seconds {}", age.as_secs_f64());
+    }
 }
 
 /// A Prometheus label value, escaped.
@@ -317,6 +374,7 @@ fn metrics(rt: &Runtime) -> String {
     }
     edge_metrics(w, rt);
     tls_metrics(w, rt);
+    fleet_metrics(w, rt, &snap);
     let _ = writeln!(
         w,
         "# HELP tether_task_restarts_total Node agent tasks restarted by their supervisor after ending early."

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{Address, BackendSpec, ProbeSpec};
+use crate::fleet::{FleetHealth, Outcome, Source};
 use crate::health::{ProbeError, Transport, Window};
 use crate::pool::Pool;
 use crate::resolve::Dns;
@@ -170,6 +171,23 @@ struct ProbeState {
     window: Option<Window>,
     running: bool,
     last_error: Option<String>,
+    /// The fleet verdict (shared health): `None` while no owner has reported.
+    fleet_verdict: Option<bool>,
+    /// Whether this node is one of the backend's probe owners.
+    owned: bool,
+}
+
+impl ProbeState {
+    /// The probe verdict to route on, from `source`: the fleet's (a backend nobody reported
+    /// on yet is as a fresh window says: Varnish's `initial`), or this node's window.
+    fn verdict(&self, source: Source) -> Option<bool> {
+        let spec = self.spec.as_ref()?;
+        Some(match (source, self.fleet_verdict) {
+            (Source::Fleet, Some(v)) => v,
+            (Source::Fleet, None) => Window::new(spec).healthy(),
+            (Source::Local, _) => self.window.as_ref().is_some_and(Window::healthy),
+        })
+    }
 }
 
 /// The runtime state of one backend identity.
@@ -190,11 +208,13 @@ pub struct BackendRuntime {
     /// Drained (`drain: true`) or gone from the configuration: its open tunnels close after
     /// the drain deadline.
     draining: tokio::sync::watch::Sender<bool>,
+    /// The runtime's shared-health state (where verdicts come from; the outbox).
+    pub(crate) fleet: Arc<FleetHealth>,
 }
 
 impl BackendRuntime {
     /// Fresh state for a new identity.
-    pub fn new(spec: &BackendSpec, dns: &Arc<Dns>) -> BackendRuntime {
+    pub fn new(spec: &BackendSpec, dns: &Arc<Dns>, fleet: &Arc<FleetHealth>) -> BackendRuntime {
         BackendRuntime {
             name: spec.name.clone(),
             address: spec.address.clone(),
@@ -210,10 +230,13 @@ impl BackendRuntime {
                 window: None,
                 running: false,
                 last_error: None,
+                fleet_verdict: None,
+                owned: false,
             }),
             probe_healthy: AtomicBool::new(true),
             changed: Mutex::new(Instant::now()),
             draining: tokio::sync::watch::Sender::new(spec.drain),
+            fleet: Arc::clone(fleet),
         }
     }
 
@@ -256,7 +279,7 @@ impl BackendRuntime {
                     None => p.window = Some(Window::new(s)),
                 }
                 p.spec = Some(s.clone());
-                let healthy = p.window.as_ref().is_some_and(Window::healthy);
+                let healthy = p.verdict(self.fleet.source()).unwrap_or(true);
                 let start = !p.running;
                 p.running = true;
                 drop(p);
@@ -301,14 +324,89 @@ impl BackendRuntime {
         let Some(w) = p.window.as_mut() else { return };
         w.reconfigure(spec);
         w.push(ok);
-        let (healthy, good, size) = (w.healthy(), w.good(), w.size());
+        let w = *w;
         p.last_error = result.err().map(|e| e.to_string());
+        let source = self.fleet.source();
+        if source == Source::Fleet {
+            // The verdict comes back through the store, as every node's does.
+            if p.owned {
+                let outcome = Outcome {
+                    addresses: self.pool.addresses().to_vec(),
+                    happy: w.happy(),
+                    window: w.size(),
+                    threshold: w.threshold(),
+                    good: w.good(),
+                    healthy: w.healthy(),
+                    last_error: p.last_error.clone(),
+                };
+                drop(p);
+                self.fleet.post(&self.name, outcome);
+            }
+            return;
+        }
         let why = match &p.last_error {
-            Some(e) => format!("probe {good}/{size}, last: {e}"),
-            None => format!("probe {good}/{size}"),
+            Some(e) => format!("probe {}/{}, last: {e}", w.good(), w.size()),
+            None => format!("probe {}/{}", w.good(), w.size()),
         };
         drop(p);
-        self.set_probe_healthy(healthy, &why);
+        self.set_probe_healthy(w.healthy(), &why);
+    }
+
+    /// Whether this node probes the backend now: always on local health; on fleet health only
+    /// as one of its owners.
+    pub fn should_probe(&self) -> bool {
+        self.fleet.source() == Source::Local || self.probe_state().owned
+    }
+
+    /// Takes the fleet's word on this backend (shared health): its verdict (`None`: no owner
+    /// has reported), whether this node is an owner, and — for a node that just became one —
+    /// the published window to continue (`None`: start afresh, as a new probe does).
+    pub fn set_fleet(&self, verdict: Option<bool>, owned: bool, continue_from: Option<u64>) {
+        let mut p = self.probe_state();
+        p.fleet_verdict = verdict;
+        if owned
+            && !p.owned
+            && let Some(spec) = p.spec.clone()
+        {
+            p.window = Some(match continue_from {
+                Some(happy) => Window::continuing(happy, &spec),
+                None => Window::new(&spec),
+            });
+        }
+        p.owned = owned;
+        let v = p.verdict(self.fleet.source());
+        drop(p);
+        if let Some(v) = v {
+            self.set_probe_healthy(v, "fleet verdict");
+        }
+    }
+
+    /// Follows a change of the runtime's verdict source. A node falling back to its own probes
+    /// starts the windows it did not keep (backends it did not own) from the verdict it routed
+    /// on, so nothing flips merely because it starts probing.
+    pub(crate) fn source_changed(&self, source: Source) {
+        let mut p = self.probe_state();
+        if source == Source::Local
+            && !p.owned
+            && let Some(spec) = p.spec.clone()
+        {
+            p.window = Some(Window::primed(self.probe_healthy(), &spec));
+        }
+        let v = p.verdict(source);
+        drop(p);
+        if let Some(v) = v {
+            self.set_probe_healthy(v, source.as_str());
+        }
+    }
+
+    /// Whether this node owns the backend's probe (shared health).
+    pub fn owned(&self) -> bool {
+        self.probe_state().owned
+    }
+
+    /// The window's shift register, for a fallback or a new owner to continue.
+    pub fn probe_bits(&self) -> Option<u64> {
+        self.probe_state().window.as_ref().map(Window::happy)
     }
 
     fn set_probe_healthy(&self, healthy: bool, why: &str) {

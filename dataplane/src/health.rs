@@ -60,6 +60,33 @@ impl Window {
         }
     }
 
+    /// A window continuing a published history (`happy`: bit 0 the last probe), with this
+    /// probe's settings.
+    pub fn continuing(happy: u64, spec: &ProbeSpec) -> Window {
+        Window {
+            happy,
+            window: spec.window,
+            threshold: spec.threshold,
+        }
+    }
+
+    /// A window whose history says `healthy` throughout (all successes, or none): where a node
+    /// that did not probe starts when it must probe on its own, so its verdict does not flip
+    /// merely because it starts.
+    pub fn primed(healthy: bool, spec: &ProbeSpec) -> Window {
+        Window::continuing(if healthy { u64::MAX } else { 0 }, spec)
+    }
+
+    /// The shift register (bit 0: the last probe).
+    pub fn happy(&self) -> u64 {
+        self.happy
+    }
+
+    /// The threshold.
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
     /// Takes new window and threshold settings, keeping the history.
     pub fn reconfigure(&mut self, spec: &ProbeSpec) {
         self.window = spec.window;

@@ -12,7 +12,9 @@
 //!   (hickory, TTLs clamped), which the pool resolves and re-resolves; [`tls`]: TLS to backends
 //!   (and the PEM helpers);
 //! - [`health`]: Varnish probe semantics — the window, one probe attempt (the probe loop, one
-//!   per backend identity, is spawned and run by [`runtime`]);
+//!   per backend identity, is spawned and run by [`runtime`]); [`fleet`]: shared health's data
+//!   plane side — whether verdicts are this node's probes or the fleet's, and the outbox of
+//!   owned backends' probe results the node agent publishes;
 //! - [`route`]: route matching and key extraction;
 //! - [`proxy`]: the HTTP server and forwarding (retries on the director's alternates), with
 //!   [`body`] streaming responses back (a [`pool::Checkout`] guard gives the connection back
@@ -40,6 +42,7 @@ pub mod config;
 pub mod director;
 pub mod edge;
 pub mod fingerprint;
+pub mod fleet;
 pub mod health;
 pub mod limits;
 pub mod listener;

@@ -368,6 +368,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// The configured addresses (the backend identity's), in order.
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
     /// An empty pool for these addresses (tried in order), resolving names with `dns`.
     pub fn new(addresses: Vec<Address>, dns: Arc<Dns>) -> Pool {
         let named = addresses.iter().any(|a| matches!(a.host, Host::Dns(_)));

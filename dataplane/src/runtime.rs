@@ -22,6 +22,7 @@ use crate::certs::ServerCerts;
 use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
 use crate::edge::Edge;
+use crate::fleet::{FleetHealth, Source};
 use crate::health;
 use crate::resolve::{Dns, DnsConfig};
 use crate::snapshot::Snapshot;
@@ -76,6 +77,10 @@ pub struct Runtime {
     dns: Arc<Dns>,
     /// What the TLS listener serves.
     pub certs: Arc<ServerCerts>,
+    /// Shared health: where verdicts come from, and what this node owes the fleet.
+    pub fleet: Arc<FleetHealth>,
+    /// When the store last answered this node (a watch event, a lease renewal, a write).
+    contact: Mutex<Option<Instant>>,
 }
 
 impl Runtime {
@@ -121,6 +126,8 @@ impl Runtime {
             reclaim,
             dns: Arc::new(Dns::new(dns)),
             certs: ServerCerts::new(),
+            fleet: Arc::default(),
+            contact: Mutex::new(None),
         })
     }
 
@@ -196,9 +203,39 @@ impl Runtime {
         self.seen_revision.fetch_max(revision, Ordering::AcqRel);
     }
 
+    /// Records that the store answered this node (any call that reached it).
+    pub fn mark_contact(&self) {
+        *self.contact.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Time since the store last answered this node; `None` before it ever did.
+    pub fn contact_age(&self) -> Option<Duration> {
+        self.contact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// Switches where probe verdicts come from ([`crate::fleet`]); every backend follows at
+    /// once. Whether it changed.
+    pub fn set_health_source(&self, source: Source) -> bool {
+        if !self.fleet.set_source(source) {
+            return false;
+        }
+        tracing::info!(
+            source = source.as_str(),
+            "health verdicts now come from here"
+        );
+        for b in &self.snapshot().backends {
+            b.source_changed(source);
+        }
+        true
+    }
+
     /// Records that the store just confirmed the applied state is current (a listing, a
     /// watch event or a progress notification), and that it no longer comes from the cache.
     pub fn mark_confirmed(&self) {
+        self.mark_contact();
         *self
             .confirmed
             .lock()
@@ -329,7 +366,7 @@ impl Runtime {
                     Arc::clone(s)
                 }
                 None => {
-                    let s = Arc::new(BackendRuntime::new(spec, &self.dns));
+                    let s = Arc::new(BackendRuntime::new(spec, &self.dns, &self.fleet));
                     registry.insert(id.clone(), Arc::clone(&s));
                     s
                 }
@@ -458,6 +495,13 @@ async fn probe_loop(backend: Weak<BackendRuntime>) {
         let Some((spec, host, transport)) = b.probe_settings() else {
             return;
         };
+        if !b.should_probe() {
+            // Shared health, not an owner: the fleet's verdict is used. Asked again each
+            // interval (ownership moves when nodes come and go).
+            drop(b);
+            tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;
+            continue;
+        }
         // The probe goes where the proxy connects: the first address (a name: its answer's
         // first address).
         let result = match b.pool.targets(spec.timeout).await {
@@ -467,6 +511,7 @@ async fn probe_loop(backend: Weak<BackendRuntime>) {
             },
             Err(e) => Err(health::ProbeError::Resolve(e.to_string())),
         };
+        b.fleet.probes_sent.fetch_add(1, Ordering::Relaxed);
         b.record_probe(&spec, result);
         drop(b);
         tokio::time::sleep(spec.interval.max(Duration::from_millis(10))).await;

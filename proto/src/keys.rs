@@ -21,7 +21,8 @@ pub enum Kind {
     Route,
     /// `Certificate` resources.
     Certificate,
-    /// Shared health verdicts, one per backend.
+    /// Shared health reports, one per backend and owner node
+    /// (`health/<backend>/<node>`, [`Layout::health_key`]).
     Health,
     /// Data-plane registrations, bound to a lease.
     Node,
@@ -136,6 +137,26 @@ impl Layout {
         format!("{}serial", self.root)
     }
 
+    /// The key of one owner's health report for one backend: `<root>health/<backend>/<node>`.
+    /// One key per owner (not one per backend) so owners never contend for a key, and each
+    /// report is bound to its owner's lease: a dead owner's report goes with its registration.
+    pub fn health_key(&self, backend: &str, node: &str) -> String {
+        format!("{}{}/{backend}/{node}", self.root, Kind::Health.segment())
+    }
+
+    /// The backend and node of a [`Layout::health_key`]; `None` for any other key.
+    pub fn parse_health<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix(Kind::Health.segment())?
+            .strip_prefix('/')?;
+        let (backend, node) = rest.split_once('/')?;
+        if backend.is_empty() || node.is_empty() || node.contains('/') {
+            return None;
+        }
+        Some((backend, node))
+    }
+
     /// Splits a key of this layout into its kind and name; `None` for any other key.
     pub fn parse<'k>(&self, key: &'k str) -> Option<(Kind, &'k str)> {
         let rest = key.strip_prefix(self.root.as_str())?;
@@ -161,6 +182,17 @@ mod tests {
             assert_eq!(l.parse(&key), Some((kind, "web-1")));
         }
         assert_eq!(l.key(Kind::Backend, "b0"), "/team-a/tether/v1/backends/b0");
+    }
+
+    #[test]
+    fn health_keys_round_trip() {
+        let l = Layout::default();
+        let k = l.health_key("web-1", "node-a");
+        assert_eq!(k, "/tether/v1/health/web-1/node-a");
+        assert_eq!(l.parse_health(&k), Some(("web-1", "node-a")));
+        assert_eq!(l.parse(&k), None, "not a resource key");
+        assert_eq!(l.parse_health("/tether/v1/health/web-1"), None);
+        assert_eq!(l.parse_health("/tether/v1/nodes/a/b"), None);
     }
 
     #[test]

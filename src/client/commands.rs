@@ -109,10 +109,26 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                             "name": b.name, "address": b.address,
                             "admin": admin_name(b.admin_health), "probe": b.probe,
                             "window": b.window, "healthy": b.healthy, "observed": b.observed,
+                            "fleet": b.fleet,
+                            "reports": b.reports.iter().map(|r| serde_json::json!({
+                                "node": r.node, "healthy": r.healthy, "good": r.good,
+                                "window": r.window, "last_error": r.last_error,
+                                "age_seconds": age_seconds(r.updated_unix_ms),
+                            })).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
-                outln!("{}", serde_json::Value::Array(v));
+                let nodes: Vec<_> = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "id": n.id, "health_source": n.health_source,
+                            "age_seconds": age_seconds(n.updated_unix_ms),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::json!({"backends": v, "nodes": nodes}));
                 return Ok(());
             }
             let rows: Vec<_> = r
@@ -132,6 +148,12 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                                 format!(" {}", b.window)
                             }
                         ),
+                        if b.fleet.is_empty() {
+                            "-".into()
+                        } else {
+                            b.fleet.clone()
+                        },
+                        owner_results(&b.reports),
                         if b.healthy {
                             "healthy".into()
                         } else {
@@ -140,10 +162,63 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "ADDRESS", "ADMIN", "PROBE", "HEALTH"], &rows);
+            print_table(
+                &[
+                    "NAME", "ADDRESS", "ADMIN", "PROBE", "FLEET", "OWNERS", "HEALTH",
+                ],
+                &rows,
+            );
+            if !r.nodes.is_empty() {
+                let rows: Vec<_> = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.clone(),
+                            if n.health_source.is_empty() {
+                                "-".into()
+                            } else {
+                                n.health_source.clone()
+                            },
+                            format!("{:.1}s", age_seconds(n.updated_unix_ms)),
+                        ]
+                    })
+                    .collect();
+                outln!("");
+                print_table(&["NODE", "VERDICTS FROM", "RECORD AGE"], &rows);
+            }
         }
     }
     Ok(())
+}
+
+/// Seconds since a Unix-milliseconds time (0 for a time in the future).
+fn age_seconds(unix_ms: i64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    (now.saturating_sub(unix_ms)).max(0) as f64 / 1000.0
+}
+
+/// Each owner's last report, as `node=healthy 3/3 2.1s` (`-` when none).
+fn owner_results(reports: &[v1::HealthReport]) -> String {
+    if reports.is_empty() {
+        return "-".into();
+    }
+    reports
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={} {}/{} {:.1}s",
+                r.node,
+                if r.healthy { "healthy" } else { "sick" },
+                r.good,
+                r.window,
+                age_seconds(r.updated_unix_ms)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs `tether apply`.
@@ -300,7 +375,7 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
                 serde_json::json!({
                     "id": n.id, "proxy": n.proxy, "admin": n.admin,
                     "config_revision": n.config_revision, "applied_revision": n.applied_revision,
-                    "fingerprint": n.fingerprint,
+                    "fingerprint": n.fingerprint, "health_source": n.health_source,
                     "agrees": n.fingerprint == r.majority_fingerprint,
                 })
             })
@@ -325,6 +400,11 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
                 n.config_revision.to_string(),
                 n.applied_revision.to_string(),
                 n.fingerprint.clone(),
+                if n.health_source.is_empty() {
+                    "-".into()
+                } else {
+                    n.health_source.clone()
+                },
                 if n.fingerprint == r.majority_fingerprint {
                     "yes".into()
                 } else {
@@ -340,6 +420,7 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
             "CONFIG REVISION",
             "APPLIED",
             "FINGERPRINT",
+            "HEALTH FROM",
             "AGREES",
         ],
         &rows,

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::backoff::{Backoff, Streak};
 use super::cache;
+use super::fleet::Shared;
 use super::shutdown::Shutdown;
 use super::source::{Batch, Listed, Source, Watch};
 use crate::convert::{self, Converted};
@@ -66,6 +67,9 @@ pub struct Options {
     /// A state from the cache stops counting as ready once the store last confirmed it this
     /// long ago (`None`: it stays ready however old).
     pub cache_max_age: Option<Duration>,
+    /// Shared health: the node's fleet view, fed after each revision (`None`: every verdict
+    /// is this node's own probes).
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// How often the cache file's time is moved forward while the store confirms an unchanged
@@ -228,6 +232,7 @@ impl<S: Source> Follower<S> {
         }
         self.listed = true;
         self.count_undecodable(listed.undecodable);
+        let health = listed.health;
         self.state = listed.state;
         // A new store history may begin here (a restored store): revisions identify contents
         // only within one.
@@ -247,6 +252,9 @@ impl<S: Source> Follower<S> {
             }
             self.rt.mark_confirmed();
             self.rt.set_ready();
+        }
+        if let Some(s) = &self.opts.shared {
+            s.listed(&self.rt, health);
         }
         Phase::Watching {
             revision: self.state.revision,
@@ -300,7 +308,21 @@ impl<S: Source> Follower<S> {
         }
     }
 
-    async fn batch(&mut self, b: Batch) {
+    /// One revision: its configuration changes, then (on the configuration as applied) its
+    /// shared-health events.
+    async fn batch(&mut self, mut b: Batch) {
+        let health = std::mem::take(&mut b.health);
+        // New backends need an owner and a verdict too.
+        let config = !b.changes.is_empty();
+        self.config_batch(b).await;
+        if let Some(s) = &self.opts.shared
+            && (config || !health.is_empty())
+        {
+            s.batch(&self.rt, health);
+        }
+    }
+
+    async fn config_batch(&mut self, b: Batch) {
         if let Some(r) = b.serial_revision {
             self.state.serial_revision = r;
         }

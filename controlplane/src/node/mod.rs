@@ -13,16 +13,21 @@
 //!   into a snapshot ([`follower::apply`]) — the only writer of it;
 //! - [`cache`]: the snapshot cache on the node's disk (start from it while the store is down);
 //! - [`register`]: the node's record under a lease (cluster mode);
+//! - [`fleet`]: shared health (cluster mode) — probe ownership by rendezvous over the
+//!   registered nodes, the fleet verdict from the owners' reports, publishing this node's;
 //! - [`supervise`]: restarts a task that ended early, counts it, clears readiness;
 //! - [`backoff`]: the one jittered backoff, reset only after a healthy period;
 //! - [`shutdown`]: the signal every task watches.
 //!
 //! Data flow: [`Source`] → [`source::Batch`] of decoded [`crate::state::Change`]s →
 //! [`crate::state::State`] → `convert::validate_leaving_out` → `Runtime::install` → the proxy's
-//! next request. [`run`] starts the follower (and the registration) under supervisors.
+//! next request; node registrations and health reports go from the same batches to
+//! [`fleet::Shared`], which sets each backend's verdict. [`run`] starts the follower (and the
+//! registration and the health publisher) under supervisors.
 
 pub mod backoff;
 pub mod cache;
+pub mod fleet;
 pub mod follower;
 pub mod register;
 pub mod remote;
@@ -54,22 +59,43 @@ pub async fn run<S: Source + Clone>(
     registration: Option<Registration>,
     shutdown: Shutdown,
 ) {
+    let shared = opts.shared.clone();
     let follower = {
         let rt = Arc::clone(&rt);
         supervise::supervise("follower", shutdown.clone(), down(&rt, true), move |s| {
             Follower::new(source.clone(), Arc::clone(&rt), opts.clone()).run(s)
         })
     };
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(None);
+    let publisher = {
+        let (rt, reg, shutdown) = (Arc::clone(&rt), registration.clone(), shutdown.clone());
+        async move {
+            if let (Some(shared), Some(reg)) = (shared, reg) {
+                let down = down(&rt, false);
+                supervise::supervise("health publisher", shutdown, down, move |s| {
+                    fleet::publish(
+                        Arc::clone(&shared),
+                        reg.store.clone(),
+                        reg.layout.clone(),
+                        Arc::clone(&rt),
+                        lease_rx.clone(),
+                        s,
+                    )
+                })
+                .await;
+            }
+        }
+    };
     let registration = async {
-        if let Some(reg) = registration {
+        if let Some(reg) = registration.clone() {
             let down = down(&rt, false);
             supervise::supervise("registration", shutdown.clone(), down, move |s| {
-                register::register(reg.clone(), Arc::clone(&rt), s)
+                register::register(reg.clone(), Arc::clone(&rt), lease_tx.clone(), s)
             })
             .await;
         }
     };
-    tokio::join!(follower, registration);
+    tokio::join!(follower, registration, publisher);
 }
 
 /// What happens when a supervised task ends early: it is counted, and — for the follower, whose

@@ -48,6 +48,7 @@ pub fn record(me: &Identity, rt: &Runtime) -> v1::Node {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         config_revision: rt.config_revision(),
+        health_source: rt.fleet.source().as_str().to_owned(),
     }
 }
 
@@ -69,8 +70,13 @@ pub struct Registration {
 }
 
 /// Keeps this node registered until `shutdown`, then revokes nothing: the record expires with
-/// its lease.
-pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
+/// its lease. The lease in use goes to `lease` (shared-health reports are bound to it too).
+pub async fn register(
+    reg: Registration,
+    rt: Arc<Runtime>,
+    lease_out: tokio::sync::watch::Sender<Option<i64>>,
+    shutdown: Shutdown,
+) {
     let Registration { store, layout, me } = reg;
     let key = layout.key(Kind::Node, &me.id);
     let mut lease: Option<i64> = None;
@@ -85,6 +91,7 @@ pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
                 Some(id) => id,
                 None => {
                     let id = store.lease_grant(TTL).await?;
+                    rt.mark_contact();
                     lease = Some(id);
                     written = None;
                     renewed = Instant::now();
@@ -95,19 +102,24 @@ pub async fn register(reg: Registration, rt: Arc<Runtime>, shutdown: Shutdown) {
                 if store.lease_keep_alive(id).await? <= 0 {
                     // Expired (an outage longer than the TTL): register again.
                     lease = None;
+                    lease_out.send_replace(None);
                     return Ok(());
                 }
+                rt.mark_contact();
                 renewed = Instant::now();
             }
             let now = record(&me, &rt);
             let state = (
                 now.applied_revision,
                 now.config_revision,
-                now.fingerprint.clone(),
+                now.fingerprint.clone() + " " + &now.health_source,
             );
             if written.as_ref() != Some(&state) {
                 store.put_leased(&key, now.encode_to_vec(), id).await?;
+                rt.mark_contact();
                 written = Some(state);
+                // Reports under this lease are valid once the node's own record is.
+                lease_out.send_if_modified(|l| l.replace(id) != Some(id));
             }
             Ok::<(), StoreError>(())
         };

@@ -81,7 +81,11 @@ impl Source for RemoteSource {
             .map_err(|e| status_error("snapshot", &e))?
             .into_inner();
         let (state, undecodable) = State::from_snapshot(s);
-        Ok(Listed { state, undecodable })
+        Ok(Listed {
+            state,
+            undecodable,
+            health: Vec::new(),
+        })
     }
 
     async fn watch(&self, from: i64) -> Result<RemoteWatch, StoreError> {

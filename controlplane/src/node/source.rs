@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use tether_proto::keys::Layout;
 
+use super::fleet::HealthEvent;
 use crate::state::{Change, DecodeError, State};
 use crate::store::{Event, Store, StoreError, WatchBatch, WatchReceiver};
 
@@ -21,6 +22,8 @@ pub struct Listed {
     pub state: State,
     /// Stored objects left out because they do not decode.
     pub undecodable: Vec<DecodeError>,
+    /// Node registrations and shared-health reports.
+    pub health: Vec<HealthEvent>,
 }
 
 /// Everything that changed at one revision.
@@ -39,6 +42,8 @@ pub struct Batch {
     /// When the serial key was written: whether it marks a split write still unfinished
     /// (this revision and the next are not to be applied until it is).
     pub write_open: Option<bool>,
+    /// Node registrations and shared-health reports that changed.
+    pub health: Vec<HealthEvent>,
 }
 
 /// An open watch: batches in revision order.
@@ -96,6 +101,8 @@ pub fn decode_batch(layout: &Layout, b: &WatchBatch) -> Batch {
             batch.write_open = Some(mark.is_some_and(|m| m.is_open()));
         } else if let Some(c) = Change::from_event(layout, e) {
             batch.changes.push(c);
+        } else if let Some(h) = HealthEvent::from_event(layout, e) {
+            batch.health.push(h);
         }
     }
     batch
@@ -114,7 +121,16 @@ impl<S: Store> Source for StoreSource<S> {
     async fn list(&self) -> Result<Listed, StoreError> {
         let listing = self.store.list(self.layout.root()).await?;
         let (state, undecodable) = State::from_listing(&self.layout, &listing);
-        Ok(Listed { state, undecodable })
+        let health = listing
+            .kvs
+            .iter()
+            .filter_map(|kv| HealthEvent::from_kv(&self.layout, kv))
+            .collect();
+        Ok(Listed {
+            state,
+            undecodable,
+            health,
+        })
     }
 
     async fn watch(&self, from: i64) -> Result<StoreWatch, StoreError> {

@@ -48,7 +48,7 @@ impl Scripted {
     fn list_state(&self, state: State) -> &Self {
         self.list(Ok(Listed {
             state,
-            undecodable: Vec::new(),
+            ..Listed::default()
         }))
     }
     /// A watch that delivers what is sent on the returned sender.
@@ -257,6 +257,7 @@ async fn an_undecodable_object_is_left_out_and_later_events_still_flow() {
             name: "z".into(),
             message: "bad".into(),
         }],
+        health: Vec::new(),
     }));
     let w = src.watch();
     let (rt, _stop) = start(&src, Options::default());
@@ -312,6 +313,7 @@ async fn a_node_starts_from_its_cache_while_the_source_is_down_then_catches_up()
         Options {
             cache: Some(cache),
             cache_max_age: Some(Duration::from_secs(3600)),
+            shared: None,
         },
     );
     settle().await;
@@ -334,6 +336,7 @@ async fn a_cache_older_than_its_maximum_age_serves_but_is_not_ready() {
         Options {
             cache: Some(cache),
             cache_max_age: Some(Duration::from_secs(3600)),
+            shared: None,
         },
     );
     settle().await;

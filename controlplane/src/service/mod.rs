@@ -209,6 +209,18 @@ impl<S: Store> Api<S> {
             AdminHealth::Sick => v1::AdminHealth::Sick,
         } as i32;
         let mut out = Vec::new();
+        let reports = self.health_reports().await?;
+        let fleet = |spec: &tether_dataplane::config::BackendSpec| {
+            let mine = reports.get(&spec.name).cloned().unwrap_or_default();
+            let ids = crate::node::fleet::identity_addresses(spec);
+            let v = crate::node::fleet::verdict(&mine, &ids);
+            let word = match v {
+                Some(true) => "healthy",
+                Some(false) => "sick",
+                None => "",
+            };
+            (word.to_owned(), mine)
+        };
         if let Some(rt) = &self.live {
             let snap = rt.snapshot();
             for (spec, st) in snap.config.backends.iter().zip(&snap.backends) {
@@ -217,6 +229,7 @@ impl<S: Store> Api<S> {
                     continue;
                 }
                 let window = st.probe_window();
+                let (fleet, reports) = fleet(spec);
                 out.push(v1::BackendHealth {
                     name: spec.name.clone(),
                     address: spec.address.to_string(),
@@ -229,6 +242,8 @@ impl<S: Store> Api<S> {
                     window: window.map(|(g, w)| format!("{g}/{w}")).unwrap_or_default(),
                     healthy: snapshot::backend_healthy(spec, st),
                     observed: true,
+                    fleet,
+                    reports,
                 });
             }
         } else {
@@ -248,8 +263,17 @@ impl<S: Store> Api<S> {
                         "-".into()
                     },
                     window: String::new(),
-                    healthy: !spec.drain && spec.admin_health != AdminHealth::Sick,
+                    healthy: !spec.drain
+                        && match spec.admin_health {
+                            AdminHealth::Sick => false,
+                            AdminHealth::Healthy => true,
+                            // The fleet verdict, where owners report (a probed backend no
+                            // owner reported on is as its probe's fresh window says).
+                            AdminHealth::Auto => fleet(spec).0 != "sick",
+                        },
                     observed: false,
+                    fleet: fleet(spec).0,
+                    reports: fleet(spec).1,
                 });
             }
         }
@@ -262,7 +286,10 @@ impl<S: Store> Api<S> {
                 name: req.pattern.clone(),
             });
         }
-        Ok(v1::ListHealthResponse { backends: out })
+        Ok(v1::ListHealthResponse {
+            backends: out,
+            nodes: self.list_nodes().await?.nodes,
+        })
     }
 
     async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
@@ -272,6 +299,28 @@ impl<S: Store> Api<S> {
             return Err(ApiError::WriteInProgress);
         }
         Ok(state.to_snapshot(&undecodable))
+    }
+
+    /// The shared-health reports in the store, by backend, in node order.
+    async fn health_reports(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<v1::HealthReport>>, ApiError> {
+        use prost::Message;
+        let listing = self.store.list(&self.layout.dir(Kind::Health)).await?;
+        let mut out: std::collections::BTreeMap<String, Vec<v1::HealthReport>> =
+            std::collections::BTreeMap::new();
+        for kv in &listing.kvs {
+            let Some((backend, _)) = self.layout.parse_health(&kv.key) else {
+                continue;
+            };
+            match v1::HealthReport::decode(kv.value.as_slice()) {
+                Ok(r) => out.entry(backend.to_owned()).or_default().push(r),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "health report does not decode")
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn list_nodes(&self) -> Result<v1::ListNodesResponse, ApiError> {

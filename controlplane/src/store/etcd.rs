@@ -431,6 +431,19 @@ impl EtcdStore {
         .await
     }
 
+    /// Deletes one key (outside any API write: shared-health reports).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.read("delete", |i| {
+            let mut kv = self.kv(i);
+            let r = self.request(pb::DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            });
+            async move { kv.delete_range(r).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Puts `key` bound to a lease (deleted when the lease expires).
     pub async fn put_leased(
         &self,

@@ -159,7 +159,7 @@ pub(crate) struct DataPlaneArgs {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     shared_health: bool,
     /// Shared health: owner nodes per backend (1 to 16).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    #[arg(long, default_value_t = node::fleet::DEFAULT_OWNERS, value_parser = clap::value_parser!(u16).range(1..=16))]
     health_owners: u16,
     /// Shared health: how long a node keeps routing on the last fleet verdict once the store
     /// stops answering it, before it probes every backend itself (1s to 1h).

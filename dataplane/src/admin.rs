@@ -261,6 +261,15 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
     })
 }
 
+/// Writes counters: `# HELP`, `# TYPE` and the value of each.
+fn counters(w: &mut String, list: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, v) in list {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} counter");
+        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
+    }
+}
+
 /// Shared health: where verdicts come from, what this node probed and published.
 fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
     let f = &rt.fleet;
@@ -277,27 +286,26 @@ fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
             u8::from(f.source() == s)
         );
     }
-    for (name, help, v) in [
-        (
-            "tether_health_probes_sent_total",
-            "Health probes this node sent.",
-            &f.probes_sent,
-        ),
-        (
-            "tether_health_reports_published_total",
-            "Shared-health reports this node wrote to the store.",
-            &f.published,
-        ),
-        (
-            "tether_health_source_changes_total",
-            "Switches between the fleet verdict and local probes.",
-            &f.source_changes,
-        ),
-    ] {
-        let _ = writeln!(w, "# HELP {name} {help}");
-        let _ = writeln!(w, "# TYPE {name} counter");
-        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
-    }
+    counters(
+        w,
+        &[
+            (
+                "tether_health_probes_sent_total",
+                "Health probes this node sent.",
+                &f.probes_sent,
+            ),
+            (
+                "tether_health_reports_published_total",
+                "Shared-health reports this node wrote to the store.",
+                &f.published,
+            ),
+            (
+                "tether_health_source_changes_total",
+                "Switches between the fleet verdict and local probes.",
+                &f.source_changes,
+            ),
+        ],
+    );
     let owned = snap.backends.iter().filter(|b| b.owned()).count();
     let _ = writeln!(
         w,
@@ -336,42 +344,41 @@ fn metrics(rt: &Runtime) -> String {
     let _ = writeln!(w, "# TYPE tether_seen_revision gauge");
     let _ = writeln!(w, "tether_seen_revision {}", rt.seen_revision());
     let c = &rt.counters;
-    for (name, help, v) in [
-        (
-            "tether_no_route_total",
-            "Requests that matched no route (404).",
-            &c.no_route,
-        ),
-        (
-            "tether_no_backend_total",
-            "Requests with no healthy backend (503).",
-            &c.no_backend,
-        ),
-        (
-            "tether_connect_retries_total",
-            "Connect failures retried on the next alternate.",
-            &c.retries,
-        ),
-        (
-            "tether_rejected_revisions_total",
-            "Store revisions that could not be applied.",
-            &c.rejected_revisions,
-        ),
-        (
-            "tether_invalid_objects_total",
-            "Stored objects left out because they do not decode or validate.",
-            &c.invalid_objects,
-        ),
-        (
-            "tether_store_relists_total",
-            "Full listings of the store after the first (compaction, restored store).",
-            &c.relists,
-        ),
-    ] {
-        let _ = writeln!(w, "# HELP {name} {help}");
-        let _ = writeln!(w, "# TYPE {name} counter");
-        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
-    }
+    counters(
+        w,
+        &[
+            (
+                "tether_no_route_total",
+                "Requests that matched no route (404).",
+                &c.no_route,
+            ),
+            (
+                "tether_no_backend_total",
+                "Requests with no healthy backend (503).",
+                &c.no_backend,
+            ),
+            (
+                "tether_connect_retries_total",
+                "Connect failures retried on the next alternate.",
+                &c.retries,
+            ),
+            (
+                "tether_rejected_revisions_total",
+                "Store revisions that could not be applied.",
+                &c.rejected_revisions,
+            ),
+            (
+                "tether_invalid_objects_total",
+                "Stored objects left out because they do not decode or validate.",
+                &c.invalid_objects,
+            ),
+            (
+                "tether_store_relists_total",
+                "Full listings of the store after the first (compaction, restored store).",
+                &c.relists,
+            ),
+        ],
+    );
     edge_metrics(w, rt);
     tls_metrics(w, rt);
     fleet_metrics(w, rt, &snap);

@@ -9,7 +9,7 @@ use tether_proto::v1;
 
 use super::conn::{CallError, Conn, call, connect};
 use super::input::{InputError, apply_request, read};
-use super::output::{Output, action_name, admin_name, print_table};
+use super::output::{Output, action_name, admin_name, or_dash, print_table};
 use crate::explain;
 
 /// `tether health …`.
@@ -148,11 +148,7 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                                 format!(" {}", b.window)
                             }
                         ),
-                        if b.fleet.is_empty() {
-                            "-".into()
-                        } else {
-                            b.fleet.clone()
-                        },
+                        or_dash(&b.fleet),
                         owner_results(&b.reports),
                         if b.healthy {
                             "healthy".into()
@@ -175,11 +171,7 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                     .map(|n| {
                         vec![
                             n.id.clone(),
-                            if n.health_source.is_empty() {
-                                "-".into()
-                            } else {
-                                n.health_source.clone()
-                            },
+                            or_dash(&n.health_source),
                             format!("{:.1}s", age_seconds(n.updated_unix_ms)),
                         ]
                     })
@@ -194,9 +186,7 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
 
 /// Seconds since a Unix-milliseconds time (0 for a time in the future).
 fn age_seconds(unix_ms: i64) -> f64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = tether_controlplane::node::register::unix_ms_now();
     (now.saturating_sub(unix_ms)).max(0) as f64 / 1000.0
 }
 
@@ -392,19 +382,11 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
         .map(|n| {
             vec![
                 n.id.clone(),
-                if n.proxy.is_empty() {
-                    "-".into()
-                } else {
-                    n.proxy.clone()
-                },
+                or_dash(&n.proxy),
                 n.config_revision.to_string(),
                 n.applied_revision.to_string(),
                 n.fingerprint.clone(),
-                if n.health_source.is_empty() {
-                    "-".into()
-                } else {
-                    n.health_source.clone()
-                },
+                or_dash(&n.health_source),
                 if n.fingerprint == r.majority_fingerprint {
                     "yes".into()
                 } else {

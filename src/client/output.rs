@@ -101,6 +101,15 @@ pub(super) fn admin_name(a: i32) -> &'static str {
     }
 }
 
+/// A value for a table cell: `-` when empty.
+pub(super) fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
 pub(super) fn key_name(k: Option<&v1::KeySource>) -> String {
     use v1::key_source::Source;
     match k.and_then(|k| k.source.as_ref()) {

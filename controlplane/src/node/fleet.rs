@@ -31,10 +31,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::Digest;
 use tether_dataplane::backend::BackendRef;
 use tether_dataplane::config::BackendSpec;
@@ -49,7 +49,7 @@ use crate::store::etcd::EtcdStore;
 use crate::store::{Event, KeyValue};
 
 /// Default number of owners per backend.
-pub const DEFAULT_OWNERS: usize = 2;
+pub const DEFAULT_OWNERS: u16 = 2;
 /// Default grace: how long a node keeps routing on the fleet verdict after the store last
 /// answered it (the registration renews its lease every 3 s, so a healthy node hears from the
 /// store at least that often).
@@ -69,7 +69,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            owners: DEFAULT_OWNERS,
+            owners: usize::from(DEFAULT_OWNERS),
             grace: DEFAULT_GRACE,
         }
     }
@@ -349,12 +349,12 @@ impl Shared {
             withdraw,
             ..
         } = inner;
-        let mut present: FxHashMap<&str, ()> = FxHashMap::default();
+        let mut present: FxHashSet<&str> = FxHashSet::default();
         for (spec, state) in snap.config.backends.iter().zip(&snap.backends) {
             if spec.probe.is_none() {
                 continue;
             }
-            present.insert(spec.name.as_str(), ());
+            present.insert(spec.name.as_str());
             let prev = known.get(&spec.name);
             let same = prev
                 .is_some_and(|k| Arc::ptr_eq(&k.state, state) && k.generation == view.generation);
@@ -405,7 +405,7 @@ impl Shared {
         if known.len() > present.len() {
             // Backends gone (or no longer probed): their reports go too.
             known.retain(|name, k| {
-                let keep = present.contains_key(name.as_str());
+                let keep = present.contains(name.as_str());
                 if !keep && k.owned {
                     withdraw.insert(name.clone());
                 }
@@ -446,9 +446,7 @@ fn report(me: &str, backend: &str, o: &Outcome) -> v1::HealthReport {
         threshold: o.threshold,
         good: o.good,
         last_error: o.last_error.clone().unwrap_or_default(),
-        updated_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        updated_unix_ms: super::register::unix_ms_now(),
     }
 }
 

@@ -35,6 +35,13 @@ pub struct Identity {
     pub admin: String,
 }
 
+/// The time now in Unix milliseconds (as node records and health reports carry it).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// This node's record now.
 pub fn record(me: &Identity, rt: &Runtime) -> v1::Node {
     let snap = rt.snapshot();
@@ -44,9 +51,7 @@ pub fn record(me: &Identity, rt: &Runtime) -> v1::Node {
         admin: me.admin.clone(),
         applied_revision: snap.revision,
         fingerprint: snap.fingerprint(),
-        updated_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        updated_unix_ms: unix_ms_now(),
         config_revision: rt.config_revision(),
         health_source: rt.fleet.source().as_str().to_owned(),
     }
@@ -80,7 +85,7 @@ pub async fn register(
     let Registration { store, layout, me } = reg;
     let key = layout.key(Kind::Node, &me.id);
     let mut lease: Option<i64> = None;
-    let mut written: Option<(i64, i64, String)> = None;
+    let mut written: Option<(i64, i64, String, String)> = None;
     let mut renewed = Instant::now();
     let mut backoff = backoff();
     let mut healthy_since: Option<Instant> = None;
@@ -112,7 +117,8 @@ pub async fn register(
             let state = (
                 now.applied_revision,
                 now.config_revision,
-                now.fingerprint.clone() + " " + &now.health_source,
+                now.fingerprint.clone(),
+                now.health_source.clone(),
             );
             if written.as_ref() != Some(&state) {
                 store.put_leased(&key, now.encode_to_vec(), id).await?;

@@ -253,6 +253,7 @@ impl<S: Store> Api<S> {
                 if !keep(&spec.name, &addrs) {
                     continue;
                 }
+                let (fleet, reports) = fleet(spec);
                 out.push(v1::BackendHealth {
                     name: spec.name.clone(),
                     address: spec.address.to_string(),
@@ -269,11 +270,11 @@ impl<S: Store> Api<S> {
                             AdminHealth::Healthy => true,
                             // The fleet verdict, where owners report (a probed backend no
                             // owner reported on is as its probe's fresh window says).
-                            AdminHealth::Auto => fleet(spec).0 != "sick",
+                            AdminHealth::Auto => fleet != "sick",
                         },
                     observed: false,
-                    fleet: fleet(spec).0,
-                    reports: fleet(spec).1,
+                    fleet,
+                    reports,
                 });
             }
         }

@@ -154,9 +154,9 @@ pub(crate) struct DataPlaneArgs {
     cache_max_age: Option<std::time::Duration>,
     /// Shared health (with --etcd): each probed backend is probed by --health-owners nodes,
     /// which publish their results; every node routes on the one fleet verdict.
-    /// Off by default until its end-to-end tests land (issue 16, in progress):
-    /// `--shared-health=true` to try it; off, every node probes every backend itself.
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// `--shared-health=false`: every node probes every backend itself. Followers of
+    /// --controlplane route on the fleet verdict where one is published.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     shared_health: bool,
     /// Shared health: owner nodes per backend (1 to 16).
     #[arg(long, default_value_t = node::fleet::DEFAULT_OWNERS, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -223,14 +223,15 @@ pub(crate) async fn dataplane(args: DataPlaneArgs, conn: &client::Conn) -> anyho
     let rt = args.listen.runtime()?;
     let edges = args.listen.edges(&rt)?;
     let stop_tx = watch::Sender::new(false);
-    let shared = (args.controlplane.is_none() && args.shared_health).then(|| {
-        node::fleet::Shared::new(
-            me.id.clone(),
-            node::fleet::Settings {
-                owners: usize::from(args.health_owners),
-                grace: args.shared_health_grace,
-            },
-        )
+    let settings = node::fleet::Settings {
+        owners: usize::from(args.health_owners),
+        grace: args.shared_health_grace,
+    };
+    // A follower of the control plane holds no lease: it follows the fleet's reports, never
+    // owns.
+    let shared = args.shared_health.then(|| match args.controlplane {
+        Some(_) => node::fleet::Shared::observer(settings),
+        None => node::fleet::Shared::new(me.id.clone(), settings),
     });
     let opts = node::Options {
         cache: Some(args.data_dir.join("snapshot.cache")),

@@ -240,6 +240,7 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
                 "probe_healthy": st.probe_healthy(),
                 "probe_error": st.probe_error(),
                 "probe_owned": st.owned(),
+                "probe_role": st.role().as_str(),
                 "healthy": backend_healthy(spec, st),
                 "connections_open": st.pool.open(),
                 "connections_idle": st.pool.idle(),
@@ -390,6 +391,7 @@ fn metrics(rt: &Runtime) -> String {
     for (task, v) in [
         ("follower", &c.follower_restarts),
         ("registration", &c.registration_restarts),
+        ("health_publisher", &c.publisher_restarts),
     ] {
         let _ = writeln!(
             w,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{Address, BackendSpec, ProbeSpec};
-use crate::fleet::{FleetHealth, Outcome, Source};
+use crate::fleet::{FleetHealth, Outcome, Role, Source};
 use crate::health::{ProbeError, Transport, Window};
 use crate::pool::Pool;
 use crate::resolve::Dns;
@@ -173,20 +173,28 @@ struct ProbeState {
     last_error: Option<String>,
     /// The fleet verdict (shared health): `None` while no owner has reported.
     fleet_verdict: Option<bool>,
-    /// Whether this node is one of the backend's probe owners.
-    owned: bool,
+    /// What this node does for it under fleet health.
+    role: Role,
 }
 
 impl ProbeState {
-    /// The probe verdict to route on, from `source`: the fleet's (a backend nobody reported
-    /// on yet is as a fresh window says: Varnish's `initial`), or this node's window.
+    /// The probe verdict to route on, from `source`: this node's window when it decides
+    /// itself (local health, or fleet health on a backend it probes [`Role::Alone`]); the
+    /// fleet's otherwise (a backend nobody reported on yet is as a fresh window says:
+    /// Varnish's `initial`).
     fn verdict(&self, source: Source) -> Option<bool> {
         let spec = self.spec.as_ref()?;
-        Some(match (source, self.fleet_verdict) {
-            (Source::Fleet, Some(v)) => v,
-            (Source::Fleet, None) => Window::new(spec).healthy(),
-            (Source::Local, _) => self.window.as_ref().is_some_and(Window::healthy),
+        Some(if self.decides_here(source) {
+            self.window.as_ref().is_some_and(Window::healthy)
+        } else {
+            self.fleet_verdict
+                .unwrap_or_else(|| Window::new(spec).healthy())
         })
+    }
+
+    /// Whether this node's own window is the verdict.
+    fn decides_here(&self, source: Source) -> bool {
+        source == Source::Local || self.role == Role::Alone
     }
 }
 
@@ -231,7 +239,7 @@ impl BackendRuntime {
                 running: false,
                 last_error: None,
                 fleet_verdict: None,
-                owned: false,
+                role: Role::Follow,
             }),
             probe_healthy: AtomicBool::new(true),
             changed: Mutex::new(Instant::now()),
@@ -326,10 +334,9 @@ impl BackendRuntime {
         w.push(ok);
         let w = *w;
         p.last_error = result.err().map(|e| e.to_string());
-        let source = self.fleet.source();
-        if source == Source::Fleet {
+        if !p.decides_here(self.fleet.source()) {
             // The verdict comes back through the store, as every node's does.
-            if p.owned {
+            if p.role == Role::Own {
                 let outcome = Outcome {
                     addresses: self.pool.addresses().to_vec(),
                     happy: w.happy(),
@@ -352,28 +359,35 @@ impl BackendRuntime {
         self.set_probe_healthy(w.healthy(), &why);
     }
 
-    /// Whether this node probes the backend now: always on local health; on fleet health only
-    /// as one of its owners.
+    /// Whether this node probes the backend now: always on local health; on fleet health as
+    /// one of its owners, or alone while nobody reports on it.
     pub fn should_probe(&self) -> bool {
-        self.fleet.source() == Source::Local || self.probe_state().owned
+        self.fleet.source() == Source::Local || self.probe_state().role != Role::Follow
     }
 
     /// Takes the fleet's word on this backend (shared health): its verdict (`None`: no owner
-    /// has reported), whether this node is an owner, and — for a node that just became one —
-    /// the published window to continue (`None`: start afresh, as a new probe does).
-    pub fn set_fleet(&self, verdict: Option<bool>, owned: bool, continue_from: Option<u64>) {
+    /// has reported), this node's role, and — for a node that just became an owner — the
+    /// published window to continue (`None`: start afresh, as a new probe does). A node that
+    /// starts probing alone starts from the verdict it routed on, so nothing flips merely
+    /// because it starts probing.
+    pub fn set_fleet(&self, verdict: Option<bool>, role: Role, continue_from: Option<u64>) {
         let mut p = self.probe_state();
         p.fleet_verdict = verdict;
-        if owned
-            && !p.owned
+        if role != p.role
             && let Some(spec) = p.spec.clone()
         {
-            p.window = Some(match continue_from {
-                Some(happy) => Window::continuing(happy, &spec),
-                None => Window::new(&spec),
-            });
+            match role {
+                Role::Own => {
+                    p.window = Some(match continue_from {
+                        Some(happy) => Window::continuing(happy, &spec),
+                        None => Window::new(&spec),
+                    });
+                }
+                Role::Alone => p.window = Some(Window::primed(self.probe_healthy(), &spec)),
+                Role::Follow => {}
+            }
         }
-        p.owned = owned;
+        p.role = role;
         let v = p.verdict(self.fleet.source());
         drop(p);
         if let Some(v) = v {
@@ -382,12 +396,12 @@ impl BackendRuntime {
     }
 
     /// Follows a change of the runtime's verdict source. A node falling back to its own probes
-    /// starts the windows it did not keep (backends it did not own) from the verdict it routed
-    /// on, so nothing flips merely because it starts probing.
+    /// starts the windows it did not keep (backends it only followed) from the verdict it
+    /// routed on, so nothing flips merely because it starts probing.
     pub(crate) fn source_changed(&self, source: Source) {
         let mut p = self.probe_state();
         if source == Source::Local
-            && !p.owned
+            && p.role == Role::Follow
             && let Some(spec) = p.spec.clone()
         {
             p.window = Some(Window::primed(self.probe_healthy(), &spec));
@@ -401,7 +415,12 @@ impl BackendRuntime {
 
     /// Whether this node owns the backend's probe (shared health).
     pub fn owned(&self) -> bool {
-        self.probe_state().owned
+        self.role() == Role::Own
+    }
+
+    /// What this node does for it under fleet health.
+    pub fn role(&self) -> Role {
+        self.probe_state().role
     }
 
     /// The window's shift register, for a fallback or a new owner to continue.

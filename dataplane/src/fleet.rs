@@ -39,6 +39,31 @@ impl Source {
     }
 }
 
+/// What this node does for one probed backend while verdicts come from the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Routes on the fleet verdict; does not probe it.
+    #[default]
+    Follow,
+    /// One of its owners: probes it, posts each outcome for publishing, and routes on the
+    /// fleet verdict (its own results come back through the store, as every node's do).
+    Own,
+    /// Probes it and routes on its own window, because no owner has reported on it and this
+    /// node cannot be one (a follower of `--controlplane`, which holds no lease).
+    Alone,
+}
+
+impl Role {
+    /// As `/state` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follow => "follow",
+            Role::Own => "own",
+            Role::Alone => "alone",
+        }
+    }
+}
+
 /// One probe result of an owned backend, as the agent publishes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

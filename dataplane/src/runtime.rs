@@ -46,6 +46,8 @@ pub struct ProxyCounters {
     pub follower_restarts: AtomicU64,
     /// Restarts of the node agent's registration loop by its supervisor.
     pub registration_restarts: AtomicU64,
+    /// Restarts of the shared-health publisher by its supervisor.
+    pub publisher_restarts: AtomicU64,
 }
 
 /// The data plane's state.

@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod dns;
 pub mod etcd;
+pub mod health;
 pub mod ws;
 
 use std::net::SocketAddr;

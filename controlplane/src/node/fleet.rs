@@ -38,7 +38,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::Digest;
 use tether_dataplane::backend::BackendRef;
 use tether_dataplane::config::BackendSpec;
-use tether_dataplane::fleet::{Outcome, Source};
+use tether_dataplane::fleet::{Outcome, Role, Source};
 use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::{Kind, Layout};
 use tether_proto::v1;
@@ -142,6 +142,61 @@ impl HealthEvent {
                     _ => None,
                 }
             }
+        }
+    }
+}
+
+/// The Watch stream's kind for shared-health reports.
+pub const WATCH_KIND: &str = "health";
+
+impl HealthEvent {
+    /// As the control plane's Watch stream carries it (reports only: a follower of the
+    /// control plane never owns, so registrations do not concern it).
+    pub fn into_watch_event(self) -> Option<v1::WatchEvent> {
+        let (backend, node, action, health) = match self {
+            HealthEvent::Report {
+                backend,
+                node,
+                report,
+                ..
+            } => (backend, node, v1::Action::Update, Some(report)),
+            HealthEvent::Withdrawn { backend, node } => (backend, node, v1::Action::Delete, None),
+            HealthEvent::NodeUp(_) | HealthEvent::NodeDown(_) => return None,
+        };
+        Some(v1::WatchEvent {
+            kind: WATCH_KIND.to_owned(),
+            name: format!("{backend}/{node}"),
+            action: action as i32,
+            health,
+            ..v1::WatchEvent::default()
+        })
+    }
+
+    /// A Watch stream's shared-health event at `revision`, if `e` is one.
+    pub fn from_watch_event(e: &v1::WatchEvent, revision: i64) -> Option<HealthEvent> {
+        if e.kind != WATCH_KIND {
+            return None;
+        }
+        let (backend, node) = e.name.split_once('/')?;
+        let (backend, node) = (backend.to_owned(), node.to_owned());
+        Some(match &e.health {
+            Some(report) if e.action != v1::Action::Delete as i32 => HealthEvent::Report {
+                backend,
+                node,
+                report: report.clone(),
+                revision,
+            },
+            _ => HealthEvent::Withdrawn { backend, node },
+        })
+    }
+
+    /// A report in a snapshot taken at `revision`.
+    pub fn from_report(report: v1::HealthReport, revision: i64) -> HealthEvent {
+        HealthEvent::Report {
+            backend: report.backend.clone(),
+            node: report.node.clone(),
+            report,
+            revision,
         }
     }
 }
@@ -275,7 +330,7 @@ struct Known {
     state: BackendRef,
     /// The node-set generation its ownership was computed at.
     generation: u64,
-    owned: bool,
+    role: Role,
 }
 
 #[derive(Debug, Default)]
@@ -292,15 +347,29 @@ struct Inner {
 pub struct Shared {
     me: String,
     settings: Settings,
+    /// A node that cannot own (no lease: a follower of `--controlplane`): it routes on the
+    /// fleet verdict where owners report, and probes alone the backends nobody reports on.
+    observer: bool,
     inner: Mutex<Inner>,
 }
 
 impl Shared {
-    /// Shared health for node `me`.
+    /// Shared health for registered node `me`: an owner candidate.
     pub fn new(me: String, settings: Settings) -> Arc<Shared> {
         Arc::new(Shared {
             me,
             settings,
+            observer: false,
+            inner: Mutex::default(),
+        })
+    }
+
+    /// Shared health for a node that follows the fleet's reports but is never an owner.
+    pub fn observer(settings: Settings) -> Arc<Shared> {
+        Arc::new(Shared {
+            me: String::new(),
+            settings,
+            observer: true,
             inner: Mutex::default(),
         })
     }
@@ -331,7 +400,10 @@ impl Shared {
 
     /// Whether this node owns `backend` now.
     pub fn owns(&self, backend: &str) -> bool {
-        self.inner().known.get(backend).is_some_and(|k| k.owned)
+        self.inner()
+            .known
+            .get(backend)
+            .is_some_and(|k| k.role == Role::Own)
     }
 
     /// The reports this node must delete.
@@ -362,16 +434,6 @@ impl Shared {
                 continue;
             }
             let addresses = identity_addresses(spec);
-            let owned = match prev {
-                Some(k) if same => k.owned,
-                _ => owners(
-                    &spec.name,
-                    &addresses,
-                    view.nodes.iter().map(String::as_str),
-                    self.settings.owners,
-                )
-                .contains(&self.me.as_str()),
-            };
             let reports = view.reports(&spec.name);
             let v = verdict(
                 reports
@@ -379,6 +441,25 @@ impl Shared {
                     .flat_map(|r| r.values().map(|s| &s.report)),
                 &addresses,
             );
+            let role = if self.observer {
+                if v.is_some() {
+                    Role::Follow
+                } else {
+                    Role::Alone
+                }
+            } else {
+                let owned = match prev {
+                    Some(k) if same => k.role == Role::Own,
+                    _ => owners(
+                        &spec.name,
+                        &addresses,
+                        view.nodes.iter().map(String::as_str),
+                        self.settings.owners,
+                    )
+                    .contains(&self.me.as_str()),
+                };
+                if owned { Role::Own } else { Role::Follow }
+            };
             // A new owner continues the most recent window published for this identity.
             let continue_from = reports
                 .into_iter()
@@ -386,11 +467,11 @@ impl Shared {
                 .filter(|s| s.report.addresses == addresses)
                 .max_by_key(|s| s.revision)
                 .map(|s| s.report.happy);
-            state.set_fleet(v, owned, continue_from);
-            let was_owned = prev.is_some_and(|k| k.owned);
-            if was_owned && !owned {
+            state.set_fleet(v, role, continue_from);
+            let was_owned = prev.is_some_and(|k| k.role == Role::Own);
+            if was_owned && role != Role::Own {
                 withdraw.insert(spec.name.clone());
-            } else if owned {
+            } else if role == Role::Own {
                 withdraw.remove(&spec.name);
             }
             known.insert(
@@ -398,7 +479,7 @@ impl Shared {
                 Known {
                     state: Arc::clone(state),
                     generation: view.generation,
-                    owned,
+                    role,
                 },
             );
         }
@@ -406,7 +487,7 @@ impl Shared {
             // Backends gone (or no longer probed): their reports go too.
             known.retain(|name, k| {
                 let keep = present.contains(name.as_str());
-                if !keep && k.owned {
+                if !keep && k.role == Role::Own {
                     withdraw.insert(name.clone());
                 }
                 keep
@@ -430,6 +511,18 @@ impl Shared {
             // Back on the fleet: every verdict afresh from the view.
             let mut inner = self.inner();
             self.sync(&mut inner, rt, None);
+        }
+    }
+}
+
+/// Switches the verdict source each [`TICK`] until `shutdown`, for a node that publishes
+/// nothing ([`publish`] does it for the others).
+pub async fn watch_source(shared: &Shared, rt: &Runtime, shutdown: Shutdown) {
+    loop {
+        shared.check_source(rt);
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = shutdown.wait() => return,
         }
     }
 }

@@ -62,33 +62,41 @@ pub async fn run<S: Source + Clone>(
     let shared = opts.shared.clone();
     let follower = {
         let rt = Arc::clone(&rt);
-        supervise::supervise("follower", shutdown.clone(), down(&rt, true), move |s| {
-            Follower::new(source.clone(), Arc::clone(&rt), opts.clone()).run(s)
-        })
+        supervise::supervise(
+            "follower",
+            shutdown.clone(),
+            down(&rt, Task::Follower),
+            move |s| Follower::new(source.clone(), Arc::clone(&rt), opts.clone()).run(s),
+        )
     };
     let (lease_tx, lease_rx) = tokio::sync::watch::channel(None);
     let publisher = {
         let (rt, reg, shutdown) = (Arc::clone(&rt), registration.clone(), shutdown.clone());
         async move {
-            if let (Some(shared), Some(reg)) = (shared, reg) {
-                let down = down(&rt, false);
-                supervise::supervise("health publisher", shutdown, down, move |s| {
-                    fleet::publish(
-                        Arc::clone(&shared),
-                        reg.store.clone(),
-                        reg.layout.clone(),
-                        Arc::clone(&rt),
-                        lease_rx.clone(),
-                        s,
-                    )
-                })
-                .await;
-            }
+            let Some(shared) = shared else { return };
+            let Some(reg) = reg else {
+                // No lease to publish under (a follower of the control plane): only the
+                // verdict source to keep.
+                fleet::watch_source(&shared, &rt, shutdown).await;
+                return;
+            };
+            let down = down(&rt, Task::Publisher);
+            supervise::supervise("health publisher", shutdown, down, move |s| {
+                fleet::publish(
+                    Arc::clone(&shared),
+                    reg.store.clone(),
+                    reg.layout.clone(),
+                    Arc::clone(&rt),
+                    lease_rx.clone(),
+                    s,
+                )
+            })
+            .await;
         }
     };
     let registration = async {
         if let Some(reg) = registration.clone() {
-            let down = down(&rt, false);
+            let down = down(&rt, Task::Registration);
             supervise::supervise("registration", shutdown.clone(), down, move |s| {
                 register::register(reg.clone(), Arc::clone(&rt), lease_tx.clone(), s)
             })
@@ -98,17 +106,31 @@ pub async fn run<S: Source + Clone>(
     tokio::join!(follower, registration, publisher);
 }
 
+/// The node agent's supervised tasks.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Follower,
+    Registration,
+    Publisher,
+}
+
 /// What happens when a supervised task ends early: it is counted, and — for the follower, whose
 /// absence freezes the configuration — the node stops being ready until it has listed again.
-fn down(rt: &Arc<Runtime>, follower: bool) -> impl Fn() + use<> {
+fn down(rt: &Arc<Runtime>, task: Task) -> impl Fn() + use<> {
     let rt = Arc::clone(rt);
     move || {
         let c = &rt.counters;
-        if follower {
-            c.follower_restarts.fetch_add(1, Ordering::Relaxed);
-            rt.clear_ready();
-        } else {
-            c.registration_restarts.fetch_add(1, Ordering::Relaxed);
+        match task {
+            Task::Follower => {
+                c.follower_restarts.fetch_add(1, Ordering::Relaxed);
+                rt.clear_ready();
+            }
+            Task::Registration => {
+                c.registration_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Task::Publisher => {
+                c.publisher_restarts.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -17,6 +17,8 @@ use super::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::etcd::EtcdStore;
 
+/// How long a stopping node waits for its lease to be revoked.
+const REVOKE_LIMIT: Duration = Duration::from_secs(1);
 /// Lease TTL of a registration, in seconds.
 pub const TTL: i64 = 12;
 /// How often the lease is renewed and the record refreshed when it changed.
@@ -74,8 +76,10 @@ pub struct Registration {
     pub me: Identity,
 }
 
-/// Keeps this node registered until `shutdown`, then revokes nothing: the record expires with
-/// its lease. The lease in use goes to `lease` (shared-health reports are bound to it too).
+/// Keeps this node registered until `shutdown`, then revokes its lease (bounded by
+/// [`REVOKE_LIMIT`]; if the store does not answer, the record expires with the lease): its record
+/// and its shared-health reports go at one revision, so the other nodes take over its backends
+/// at once. The lease in use goes to `lease_out` (shared-health reports are bound to it too).
 pub async fn register(
     reg: Registration,
     rt: Arc<Runtime>,
@@ -143,7 +147,17 @@ pub async fn register(
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.wait() => return,
+            () = shutdown.wait() => {
+                if let Some(id) = lease {
+                    lease_out.send_replace(None);
+                    match tokio::time::timeout(REVOKE_LIMIT, store.lease_revoke(id)).await {
+                        Ok(Ok(())) => tracing::info!("node registration revoked"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "node registration not revoked: it expires with its lease"),
+                        Err(_) => tracing::warn!("node registration not revoked in time: it expires with its lease"),
+                    }
+                }
+                return;
+            }
         }
     }
 }

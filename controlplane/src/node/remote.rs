@@ -1,11 +1,14 @@
 //! [`RemoteSource`]: a control plane's gRPC API (`GetSnapshot`, then `Watch`) as a
 //! [`Source`], for `tether dataplane --controlplane URL`: a node that follows the state without
-//! etcd credentials. Read-only by construction: a source has no write methods.
+//! etcd credentials. Read-only by construction: a source has no write methods. The stream also
+//! carries the fleet's shared-health reports (a follower of the control plane routes on them,
+//! and never owns: it holds no lease to publish under).
 
 use tether_proto::v1::{self};
 use tonic::codec::Streaming;
 use tonic::{Code, Status};
 
+use super::fleet::{self, HealthEvent};
 use super::source::{Batch, Listed, Source, Watch};
 use crate::client::{Client, ClientOptions};
 use crate::state::{Change, State};
@@ -53,16 +56,26 @@ pub struct RemoteWatch(Streaming<v1::WatchResponse>);
 impl Watch for RemoteWatch {
     async fn next(&mut self) -> Option<Result<Batch, StoreError>> {
         Some(match self.0.message().await {
-            Ok(Some(resp)) => Ok(Batch {
-                revision: resp.revision,
-                progress: resp.events.is_empty(),
-                changes: resp
+            Ok(Some(resp)) => {
+                let revision = resp.revision;
+                let (health, config): (Vec<_>, Vec<_>) = resp
                     .events
                     .into_iter()
-                    .filter_map(Change::from_watch_event)
-                    .collect(),
-                ..Batch::default()
-            }),
+                    .partition(|e| e.kind == fleet::WATCH_KIND);
+                Ok(Batch {
+                    revision,
+                    progress: health.is_empty() && config.is_empty(),
+                    changes: config
+                        .into_iter()
+                        .filter_map(Change::from_watch_event)
+                        .collect(),
+                    health: health
+                        .iter()
+                        .filter_map(|e| HealthEvent::from_watch_event(e, revision))
+                        .collect(),
+                    ..Batch::default()
+                })
+            }
             Ok(None) => Err(StoreError::Unavailable("control plane watch ended".into())),
             Err(s) => Err(status_error("watch", &s)),
         })
@@ -73,18 +86,23 @@ impl Source for RemoteSource {
     type Watch = RemoteWatch;
 
     async fn list(&self) -> Result<Listed, StoreError> {
-        let s = self
+        let mut s = self
             .client
             .clone()
             .get_snapshot(v1::GetSnapshotRequest {})
             .await
             .map_err(|e| status_error("snapshot", &e))?
             .into_inner();
+        let revision = s.revision;
+        let reports = std::mem::take(&mut s.health);
         let (state, undecodable) = State::from_snapshot(s);
         Ok(Listed {
             state,
             undecodable,
-            health: Vec::new(),
+            health: reports
+                .into_iter()
+                .map(|r| HealthEvent::from_report(r, revision))
+                .collect(),
         })
     }
 

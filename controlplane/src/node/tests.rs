@@ -383,7 +383,7 @@ async fn the_supervisor_restarts_a_dead_follower_and_clears_readiness_meanwhile(
         tokio::spawn(super::supervise::supervise(
             "follower",
             shutdown,
-            super::down(&rt, true),
+            super::down(&rt, super::Task::Follower),
             move |s| {
                 let n = runs.fetch_add(1, Ordering::Relaxed);
                 let follower = Follower::new(src.clone(), Arc::clone(&rt2), Options::default());

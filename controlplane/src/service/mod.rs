@@ -126,12 +126,20 @@ impl<S: Store> Api<S> {
 
     /// The stored configuration, and the objects left out of it because they do not decode.
     async fn load_reporting(&self) -> Result<(State, Vec<DecodeError>), ApiError> {
+        let (state, errors, _) = self.load_listing().await?;
+        Ok((state, errors))
+    }
+
+    /// [`Api::load_reporting`], with the listing it was read from.
+    async fn load_listing(
+        &self,
+    ) -> Result<(State, Vec<DecodeError>, crate::store::Listing), ApiError> {
         let listing = self.store.list(self.layout.root()).await?;
         let (state, errors) = State::from_listing(&self.layout, &listing);
         for e in &errors {
             tracing::warn!(error = %e, "stored object does not decode; ignored");
         }
-        Ok((state, errors))
+        Ok((state, errors, listing))
     }
 
     async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
@@ -294,12 +302,32 @@ impl<S: Store> Api<S> {
     }
 
     async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
-        let (state, undecodable) = self.load_reporting().await?;
+        use crate::node::fleet::HealthEvent;
+        let (state, undecodable, listing) = self.load_listing().await?;
         if state.write_open {
             // Not a state any call asked for; the follower asks again.
             return Err(ApiError::WriteInProgress);
         }
-        Ok(state.to_snapshot(&undecodable))
+        let mut snap = state.to_snapshot(&undecodable);
+        // The shared-health reports of the same listing (their keys name backend and node).
+        snap.health = listing
+            .kvs
+            .iter()
+            .filter_map(|kv| match HealthEvent::from_kv(&self.layout, kv) {
+                Some(HealthEvent::Report {
+                    backend,
+                    node,
+                    mut report,
+                    ..
+                }) => {
+                    report.backend = backend;
+                    report.node = node;
+                    Some(report)
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(snap)
     }
 
     /// The shared-health reports in the store, by backend, in node order.
@@ -353,8 +381,9 @@ impl<S: Store> Api<S> {
         })
     }
 
-    /// The Watch stream from `from`: each store revision's resource changes (revisions that
-    /// changed no resource are not sent); a store error ends it with that status.
+    /// The Watch stream from `from`: each store revision's resource changes and shared-health
+    /// reports (revisions that changed neither are not sent; a quiet stream carries a progress
+    /// response every [`HEARTBEAT`]); a store error ends it with that status.
     async fn watch_stream(
         &self,
         from: i64,
@@ -376,13 +405,26 @@ impl<S: Store> Api<S> {
             // as data planes following the store apply them.
             let mut held: Vec<v1::WatchEvent> = Vec::new();
             let mut open = false;
+            let mut last = from.saturating_sub(1);
             loop {
-                // A client that went away ends the stream now, not at the next change.
+                // A client that went away ends the stream now, not at the next change. A quiet
+                // stream carries a progress response (no events) every HEARTBEAT, so a follower
+                // can tell a quiet store from a lost control plane (shared health's grace).
                 let batch = tokio::select! {
                     b = rx.recv() => b,
                     () = tx.closed() => return,
+                    () = tokio::time::sleep(HEARTBEAT) => {
+                        let progress = v1::WatchResponse { revision: last, events: Vec::new() };
+                        if tx.send(Ok(progress)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 let Some(batch) = batch else { return };
+                if let Ok(b) = &batch {
+                    last = last.max(b.revision);
+                }
                 if let Ok(b) = &batch
                     && let Some(v) = b.events.iter().rev().find_map(|e| match e {
                         crate::store::Event::Put(kv) if kv.key == serial => Some(&kv.value),
@@ -417,13 +459,18 @@ impl<S: Store> Api<S> {
     }
 
     fn watch_events(&self, batch: crate::store::WatchBatch, node: bool) -> v1::WatchResponse {
+        use crate::node::fleet::HealthEvent;
         v1::WatchResponse {
             revision: batch.revision,
             events: batch
                 .events
                 .iter()
-                .filter_map(|e| Change::from_event(&self.layout, e))
-                .map(Change::into_watch_event)
+                .filter_map(|e| match Change::from_event(&self.layout, e) {
+                    Some(c) => Some(c.into_watch_event()),
+                    // Shared-health reports, for followers of the control plane.
+                    None => HealthEvent::from_event(&self.layout, e)
+                        .and_then(HealthEvent::into_watch_event),
+                })
                 .map(|mut e| {
                     if let (false, Some(v1::watch_event::Resource::Certificate(c))) =
                         (node, &mut e.resource)
@@ -436,6 +483,9 @@ impl<S: Store> Api<S> {
         }
     }
 }
+
+/// How long a Watch stream stays silent before it carries a progress response.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Resp<T> = Result<Response<T>, Status>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;

@@ -431,6 +431,17 @@ impl EtcdStore {
         .await
     }
 
+    /// Revokes a lease: every key bound to it is deleted at one revision (a node that stops
+    /// hands its backends to the other owners at once instead of after the TTL).
+    pub async fn lease_revoke(&self, id: i64) -> Result<(), StoreError> {
+        self.read("lease revoke", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let r = self.request(pb::LeaseRevokeRequest { id });
+            async move { c.lease_revoke(r).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Deletes one key (outside any API write: shared-health reports).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.read("delete", |i| {

@@ -353,7 +353,9 @@ async fn a_killed_owner_hands_its_backends_over_without_flipping_a_verdict() {
     }
     let refs: Vec<&Flippable> = bs.iter().collect();
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
-    // k = 1: a dead owner leaves its backends with no live prober at all until it is replaced.
+    // k = 1: a dead owner leaves its backends with no live prober and, once its lease expires,
+    // no report at all until the new owner's first: with the default `initial` a fresh window
+    // is sick, so only the dead owner's last word keeps the verdicts from flipping.
     let mut all = nodes(dir.path(), &etcd.urls(), 0, 3, &["--health-owners", "1"]).await;
     let interval = Duration::from_millis(200);
     let rev = apply(&cp.api, dir.path(), &health::config(&refs, "200ms"), false);
@@ -385,6 +387,22 @@ async fn a_killed_owner_hands_its_backends_over_without_flipping_a_verdict() {
         .collect();
     // b0 goes sick right after; the others stay healthy.
     bs[0].set(false);
+    // Every health change is counted: the others' counts must not move, however briefly a
+    // verdict might flip.
+    let others = async |live: &[Tether]| -> Vec<i64> {
+        let mut out = Vec::new();
+        for n in live {
+            let m = metrics(n).await;
+            for b in &bs[1..] {
+                out.push(metric(
+                    &m,
+                    &format!("tether_health_transitions_total{{backend=\"{}\"}}", b.name),
+                ));
+            }
+        }
+        out
+    };
+    let counted = others(&live).await;
 
     // Within the lease TTL (12 s) and an interval, every backend has a live owner again, and
     // b0 is sick everywhere within that plus its threshold; no other verdict flipped meanwhile.
@@ -428,6 +446,13 @@ async fn a_killed_owner_hands_its_backends_over_without_flipping_a_verdict() {
     assert!(b0_sick_at.unwrap() <= sick_bound);
     // The stale owner is gone from the registrations: 2 live nodes own 6 backends between them.
     wait_owned(&live, 6, Duration::from_secs(2)).await;
+    // A probe interval or two for the new owners' first reports; no other verdict moved.
+    tokio::time::sleep(3 * interval).await;
+    assert_eq!(
+        others(&live).await,
+        counted,
+        "a verdict flipped during the handover"
+    );
     // And b0 recovers through its new owner.
     bs[0].set(true);
     wait_everywhere(&live, "b0", true, Duration::from_secs(5)).await;
@@ -598,7 +623,11 @@ async fn a_follower_of_the_control_plane_takes_the_fleet_verdict_and_probes_only
     f.wait_applied(rev).await;
     let start = Instant::now();
     while f.state().await["health_source"] != "fleet" {
-        assert!(start.elapsed() < Duration::from_secs(5), "{}", f.state().await);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            f.state().await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

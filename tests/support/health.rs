@@ -87,7 +87,7 @@ impl Drop for Flippable {
 /// threshold 2), one shard director "users" over them, a route keyed on `x-user`.
 pub fn config(backends: &[&Flippable], interval: &str) -> String {
     let mut y = format!(
-        "probes:\n  - name: hc\n    url: {PATH}\n    interval: {interval}\n    timeout: 200ms\n    window: 3\n    threshold: 2\n    initial: 2\nbackends:\n"
+        "probes:\n  - name: hc\n    url: {PATH}\n    interval: {interval}\n    timeout: 200ms\n    window: 3\n    threshold: 2\nbackends:\n"
     );
     for b in backends {
         y.push_str(&format!(

@@ -8,8 +8,11 @@
 //!   for a key, and a dead owner's report is deleted by etcd when its lease expires — at one
 //!   revision, the same for every watcher.
 //! - **Fleet verdict** ([`verdict`]), a pure function of the reports stored for a backend at a
-//!   revision: reports of another identity (older addresses) do not count; no report → `None`
-//!   (the node then uses the probe's fresh-window verdict, Varnish's `initial`); otherwise sick
+//!   revision: reports of another identity (older addresses) do not count; no report → the
+//!   backend's last report of this identity, withdrawn since (an owner that died or handed it
+//!   over: its word stands until a new owner reports, and that owner continues its window), or
+//!   `None` when there was none since this node listed (the node then uses the probe's
+//!   fresh-window verdict, Varnish's `initial`); otherwise sick
 //!   if and only if strictly more reports say sick than healthy (a tie is healthy: one owner's
 //!   trouble reaching a backend does not take it out of the whole fleet). Every node computes
 //!   it from the same revision, so all switch together. It does not depend on `k`.
@@ -215,6 +218,10 @@ pub struct Stored {
 pub struct FleetView {
     nodes: BTreeSet<String>,
     reports: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// A backend's last report, once it has none (its owner withdrew, or died and its lease
+    /// expired): the fleet's last word stands until a new owner reports, and that owner
+    /// continues its window.
+    last: BTreeMap<String, Stored>,
     /// Bumped whenever the node set changes (ownership is cached per generation).
     generation: u64,
 }
@@ -232,6 +239,7 @@ impl FleetView {
                     report,
                     revision,
                 } => {
+                    self.last.remove(&backend);
                     self.reports
                         .entry(backend.clone())
                         .or_default()
@@ -240,9 +248,12 @@ impl FleetView {
                 }
                 HealthEvent::Withdrawn { backend, node } => {
                     if let Some(r) = self.reports.get_mut(&backend) {
-                        r.remove(&node);
+                        let gone = r.remove(&node);
                         if r.is_empty() {
                             self.reports.remove(&backend);
+                            if let Some(gone) = gone {
+                                self.last.insert(backend.clone(), gone);
+                            }
                         }
                     }
                     touched.insert(backend);
@@ -265,6 +276,13 @@ impl FleetView {
     /// The registered nodes.
     pub fn nodes(&self) -> &BTreeSet<String> {
         &self.nodes
+    }
+
+    /// The last report of a backend that has none now, if it was of identity `addresses`.
+    pub fn last_word(&self, backend: &str, addresses: &[String]) -> Option<&Stored> {
+        self.last
+            .get(backend)
+            .filter(|s| s.report.addresses == addresses)
     }
 }
 
@@ -435,14 +453,17 @@ impl Shared {
             }
             let addresses = identity_addresses(spec);
             let reports = view.reports(&spec.name);
-            let v = verdict(
+            let live = verdict(
                 reports
                     .into_iter()
                     .flat_map(|r| r.values().map(|s| &s.report)),
                 &addresses,
             );
+            let last = view.last_word(&spec.name, &addresses);
+            let v = live.or_else(|| last.map(|s| s.report.healthy));
             let role = if self.observer {
-                if v.is_some() {
+                // Nobody reports on it now: probe it here (from the verdict it routes on).
+                if live.is_some() {
                     Role::Follow
                 } else {
                     Role::Alone
@@ -466,6 +487,7 @@ impl Shared {
                 .flat_map(|r| r.values())
                 .filter(|s| s.report.addresses == addresses)
                 .max_by_key(|s| s.revision)
+                .or(last)
                 .map(|s| s.report.happy);
             state.set_fleet(v, role, continue_from);
             let was_owned = prev.is_some_and(|k| k.role == Role::Own);
@@ -483,6 +505,7 @@ impl Shared {
                 },
             );
         }
+        view.last.retain(|b, _| present.contains(b.as_str()));
         if known.len() > present.len() {
             // Backends gone (or no longer probed): their reports go too.
             known.retain(|name, k| {
@@ -727,7 +750,40 @@ mod tests {
             node: "n1".into(),
         }]);
         assert!(t.contains("b") && v.reports("b").is_none());
+        // Its last word stands, for this identity only, until a new report arrives.
+        assert_eq!(v.last_word("b", &[]).map(|s| s.revision), Some(5));
+        assert!(v.last_word("b", &["127.0.0.1:9".into()]).is_none());
         let (_, nodes) = v.apply(vec![HealthEvent::NodeDown("n1".into())]);
         assert!(nodes && v.nodes().is_empty());
+        v.apply(vec![HealthEvent::Report {
+            backend: "b".into(),
+            node: "n2".into(),
+            report: r("n2", false, &[]),
+            revision: 9,
+        }]);
+        assert!(v.last_word("b", &[]).is_none());
+    }
+
+    #[test]
+    fn an_owners_handover_keeps_the_verdict_and_the_window() {
+        let mut v = FleetView::default();
+        let mut report = r("n1", false, &["127.0.0.1:1"]);
+        report.happy = 0b1010;
+        v.apply(vec![
+            HealthEvent::Report {
+                backend: "b".into(),
+                node: "n1".into(),
+                report,
+                revision: 3,
+            },
+            HealthEvent::Withdrawn {
+                backend: "b".into(),
+                node: "n1".into(),
+            },
+        ]);
+        let id = vec!["127.0.0.1:1".to_owned()];
+        let last = v.last_word("b", &id).unwrap();
+        assert!(!last.report.healthy);
+        assert_eq!(last.report.happy, 0b1010);
     }
 }

@@ -405,7 +405,7 @@ impl<S: Store> Api<S> {
             // as data planes following the store apply them.
             let mut held: Vec<v1::WatchEvent> = Vec::new();
             let mut open = false;
-            let mut last = from.saturating_sub(1);
+            let mut last = from.saturating_sub(1).max(0);
             loop {
                 // A client that went away ends the stream now, not at the next change. A quiet
                 // stream carries a progress response (no events) every HEARTBEAT, so a follower

@@ -246,7 +246,7 @@ async fn transitions(cx: &mut Ctx, shared: bool, bs: &[Flippable]) {
         cx.wait_health(&nodes, &b.name, true).await;
     }
     let key = key_of(cx, &nodes[0], &bs[0].name).await;
-    let mut times = Vec::new();
+    let (mut times, mut spreads) = (Vec::new(), Vec::new());
     let mut healthy = true;
     for _ in 0..50 {
         // Somewhere in the probe interval, as a real change would be.
@@ -254,28 +254,42 @@ async fn transitions(cx: &mut Ctx, shared: bool, bs: &[Flippable]) {
         healthy = !healthy;
         let flipped = Instant::now();
         bs[0].set(healthy);
-        for n in &nodes {
-            loop {
-                let (_, body) = cx.get(format!("{}/", n.proxy), Some(&key)).await;
-                if (body == bs[0].name) == healthy {
-                    break;
+        // Each node in turn until all switched: when each was first seen on the new verdict.
+        let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
+        while seen.iter().any(Option::is_none) {
+            for (n, at) in nodes.iter().zip(&mut seen) {
+                if at.is_none() {
+                    let (_, body) = cx.get(format!("{}/", n.proxy), Some(&key)).await;
+                    if (body == bs[0].name) == healthy {
+                        *at = Some(flipped.elapsed());
+                    }
                 }
-                assert!(
-                    flipped.elapsed() < Duration::from_secs(10),
-                    "never switched"
-                );
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            assert!(
+                flipped.elapsed() < Duration::from_secs(10),
+                "never switched"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        times.push(flipped.elapsed());
+        let seen: Vec<Duration> = seen.into_iter().flatten().collect();
+        let (first, last) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+        times.push(*last);
+        spreads.push(*last - *first);
     }
     bs[0].set(true);
     times.sort();
+    spreads.sort();
     println!(
         "  change → all 3 nodes routing on it, 50 transitions: p50 {}  p99 {}  max {}  (interval 100 ms, threshold 2)",
         ms(percentile(&times, 0.5)),
         ms(percentile(&times, 0.99)),
         ms(times[times.len() - 1])
+    );
+    println!(
+        "  first node → last node on the new verdict:          p50 {}  p99 {}  max {}",
+        ms(percentile(&spreads, 0.5)),
+        ms(percentile(&spreads, 0.99)),
+        ms(spreads[spreads.len() - 1])
     );
     for n in nodes {
         n.stop();

@@ -204,6 +204,28 @@ impl HealthEvent {
     }
 }
 
+/// The reports among stored `kvs`, each with the backend and node its key names (a report
+/// that does not decode is left out, logged).
+pub fn stored_reports<'a>(
+    layout: &'a Layout,
+    kvs: &'a [KeyValue],
+) -> impl Iterator<Item = v1::HealthReport> + 'a {
+    kvs.iter()
+        .filter_map(|kv| match HealthEvent::from_kv(layout, kv) {
+            Some(HealthEvent::Report {
+                backend,
+                node,
+                mut report,
+                ..
+            }) => {
+                report.backend = backend;
+                report.node = node;
+                Some(report)
+            }
+            _ => None,
+        })
+}
+
 /// A stored report and the revision that wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {

@@ -302,31 +302,14 @@ impl<S: Store> Api<S> {
     }
 
     async fn snapshot(&self) -> Result<v1::ConfigSnapshot, ApiError> {
-        use crate::node::fleet::HealthEvent;
         let (state, undecodable, listing) = self.load_listing().await?;
         if state.write_open {
             // Not a state any call asked for; the follower asks again.
             return Err(ApiError::WriteInProgress);
         }
         let mut snap = state.to_snapshot(&undecodable);
-        // The shared-health reports of the same listing (their keys name backend and node).
-        snap.health = listing
-            .kvs
-            .iter()
-            .filter_map(|kv| match HealthEvent::from_kv(&self.layout, kv) {
-                Some(HealthEvent::Report {
-                    backend,
-                    node,
-                    mut report,
-                    ..
-                }) => {
-                    report.backend = backend;
-                    report.node = node;
-                    Some(report)
-                }
-                _ => None,
-            })
-            .collect();
+        // The shared-health reports of the same listing.
+        snap.health = crate::node::fleet::stored_reports(&self.layout, &listing.kvs).collect();
         Ok(snap)
     }
 
@@ -334,20 +317,11 @@ impl<S: Store> Api<S> {
     async fn health_reports(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Vec<v1::HealthReport>>, ApiError> {
-        use prost::Message;
         let listing = self.store.list(&self.layout.dir(Kind::Health)).await?;
         let mut out: std::collections::BTreeMap<String, Vec<v1::HealthReport>> =
             std::collections::BTreeMap::new();
-        for kv in &listing.kvs {
-            let Some((backend, _)) = self.layout.parse_health(&kv.key) else {
-                continue;
-            };
-            match v1::HealthReport::decode(kv.value.as_slice()) {
-                Ok(r) => out.entry(backend.to_owned()).or_default().push(r),
-                Err(e) => {
-                    tracing::warn!(key = %kv.key, error = %e, "health report does not decode")
-                }
-            }
+        for r in crate::node::fleet::stored_reports(&self.layout, &listing.kvs) {
+            out.entry(r.backend.clone()).or_default().push(r);
         }
         Ok(out)
     }

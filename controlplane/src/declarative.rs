@@ -468,12 +468,12 @@ pub fn load(text: &str) -> Result<Loaded, FileError> {
 
 /// Parses the YAML strictly.
 pub fn parse(text: &str) -> Result<Document, FileError> {
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, Option<Document>>(de) {
         Ok(doc) => Ok(doc.unwrap_or_default()),
         Err(e) => {
             let path = e.path().to_string();
-            // serde_yaml already starts its message with the path; keep it once.
+            // the YAML error already starts its message with the path; keep it once.
             let inner = e.into_inner().to_string();
             let message = inner
                 .strip_prefix(&format!("{path}: "))
@@ -800,7 +800,7 @@ impl RouteDoc {
 
 /// Parses one resource as written in a file (`tether backend create -f`).
 pub fn parse_one<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FileError> {
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
         let path = e.path().to_string();
         FileError::new(path, e.into_inner())

@@ -87,7 +87,7 @@ pub(super) fn print_one<T: Serialize>(
         Output::Json => outln!("{}", with_revision(doc, revision)?),
         Output::Table => write_out(format_args!(
             "# revision: {revision}\n{}",
-            serde_yaml::to_string(doc)?
+            yaml_serde::to_string(doc)?
         )),
     }
     Ok(())

@@ -1,0 +1,145 @@
+//! `deploy/` is checked by the tools its formats have (scripts/test installs them when
+//! missing): hadolint for the Dockerfile, kubernetes-validate for the manifests, the Compose
+//! specification's JSON Schema for the compose file, promtool for the alerting rules and for a
+//! live node's `/metrics`, `systemd-analyze verify` for the units; the compose demo's
+//! declarative file loads.
+
+#![allow(clippy::unwrap_used)] // test code: a failed setup should panic
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `tool args` in the repository root; panics with its output unless it succeeds.
+fn check(tool: &str, args: &[&str]) -> Output {
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (scripts/test installs it)"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn files(dir: &str, ext: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .map(|p| p.strip_prefix(root()).unwrap().to_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {ext} files in {dir}");
+    v
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    check("hadolint", &["deploy/Dockerfile"]);
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_strictly() {
+    let f = files("deploy/kubernetes", "yaml");
+    let mut args = vec!["--strict", "--quiet"];
+    args.extend(f.iter().map(String::as_str));
+    check("kubernetes-validate", &args);
+}
+
+#[test]
+fn the_compose_file_follows_the_compose_specification_and_its_demo_loads() {
+    check(
+        "check-jsonschema",
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "deploy/compose/compose.yaml",
+        ],
+    );
+    let out = check(
+        support::BIN,
+        &[
+            "explain",
+            "-f",
+            "deploy/compose/demo.yaml",
+            "--director",
+            "users",
+            "alice",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    check(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/alerts.yaml"],
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_is_json_with_panels() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/tether.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["panels"].as_array().is_some_and(|p| !p.is_empty()));
+}
+
+#[test]
+fn the_systemd_units_verify() {
+    // `systemd-analyze verify` wants the ExecStart binary to exist: point it at this build.
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["verify".to_owned(), "--man=no".to_owned()];
+    for f in files("deploy/systemd", "service") {
+        let text = std::fs::read_to_string(root().join(&f)).unwrap();
+        let unit = dir.path().join(Path::new(&f).file_name().unwrap());
+        std::fs::write(&unit, text.replace("/usr/local/bin/tether", support::BIN)).unwrap();
+        args.push(unit.to_str().unwrap().to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = check("systemd-analyze", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "systemd-analyze warned: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_nodes_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = support::Tether::up(dir.path(), &[]).await;
+    let b = support::Backend::start("b1").await;
+    t.apply(&support::config(&[("b1", b.addr)], true));
+    t.wait_health("b1", true).await;
+    assert_eq!(t.request("k").await.0, 200);
+    let metrics = t.admin_get("/metrics").await.1;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

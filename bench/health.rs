@@ -408,10 +408,7 @@ async fn main() {
         http: Client::builder(TokioExecutor::new()).build(connector),
         next: 0,
     };
-    let mut bs = Vec::new();
-    for i in 0..6 {
-        bs.push(Flippable::start(&format!("b{i}")).await);
-    }
+    let bs = Flippable::several(6).await;
     let refs: Vec<&Flippable> = bs.iter().collect();
     for shared in [false, true] {
         println!(

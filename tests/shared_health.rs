@@ -78,14 +78,7 @@ async fn wait_all_applied(nodes: &[Tether], revision: i64) {
 
 /// Whether `backend` is healthy on node `n` (its `/state`).
 async fn healthy_on(n: &Tether, backend: &str) -> bool {
-    let s = n.state().await;
-    s["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == backend)
-        .unwrap_or_else(|| panic!("no {backend} in {s}"))["healthy"]
-        == true
+    backend_in(&n.state().await, backend)["healthy"] == true
 }
 
 /// Waits until every node sees `backend` as `healthy`; how long it took.
@@ -120,10 +113,7 @@ async fn probes_over(bs: &[Flippable], period: Duration) -> Vec<usize> {
 async fn each_backend_is_probed_by_k_owners_with_3_and_with_10_nodes() {
     let etcd = Etcd::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut bs = Vec::new();
-    for i in 0..6 {
-        bs.push(Flippable::start(&format!("b{i}")).await);
-    }
+    let bs = Flippable::several(6).await;
     let refs: Vec<&Flippable> = bs.iter().collect();
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
     let mut all = nodes(dir.path(), &etcd.urls(), 0, 3, &[]).await;
@@ -347,10 +337,7 @@ async fn owners_of(nodes: &[Tether], backend: &str) -> Vec<usize> {
 async fn a_killed_owner_hands_its_backends_over_without_flipping_a_verdict() {
     let etcd = Etcd::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut bs = Vec::new();
-    for i in 0..6 {
-        bs.push(Flippable::start(&format!("b{i}")).await);
-    }
+    let bs = Flippable::several(6).await;
     let refs: Vec<&Flippable> = bs.iter().collect();
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
     // k = 1: a dead owner leaves its backends with no live prober and, once its lease expires,
@@ -529,16 +516,11 @@ async fn etcd_down_nodes_keep_the_fleet_verdict_for_the_grace_then_probe_locally
     // etcd back: the nodes return to the fleet verdict, which the owners now publish.
     etcd.members[0].restart();
     etcd.members[0].wait_healthy();
-    let start = Instant::now();
     for n in &all {
-        while n.state().await["health_source"] != "fleet" {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{}",
-                n.state().await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_state(n, Duration::from_secs(20), |s| {
+            s["health_source"] == "fleet"
+        })
+        .await;
     }
     wait_everywhere(&all, "a", false, Duration::from_secs(5)).await;
     a.set(true);
@@ -608,16 +590,32 @@ async fn admin_override_and_drain_win_on_every_node() {
     everywhere("b").await;
 }
 
-/// `backend`'s entry in node `n`'s `/state`.
-async fn backend_state(n: &Tether, backend: &str) -> serde_json::Value {
-    let s = n.state().await;
+/// `backend`'s entry in a `/state`.
+fn backend_in<'a>(s: &'a serde_json::Value, backend: &str) -> &'a serde_json::Value {
     s["backends"]
         .as_array()
         .unwrap()
         .iter()
         .find(|b| b["name"] == backend)
-        .cloned()
         .unwrap_or_else(|| panic!("no {backend} in {s}"))
+}
+
+/// `backend`'s entry in node `n`'s `/state`.
+async fn backend_state(n: &Tether, backend: &str) -> serde_json::Value {
+    backend_in(&n.state().await, backend).clone()
+}
+
+/// Polls node `n`'s `/state` until `ok` holds, for up to `limit`.
+async fn wait_state(n: &Tether, limit: Duration, ok: impl Fn(&serde_json::Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = n.state().await;
+        if ok(&s) {
+            return;
+        }
+        assert!(start.elapsed() < limit, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,15 +628,10 @@ async fn a_follower_of_the_control_plane_takes_the_fleet_verdict_and_probes_only
     let rev = apply(&cp.api, dir.path(), &health::config(&[&a], "200ms"), false);
     let f = Tether::dataplane_from(&dir.path().join("f"), &cp.api).await;
     f.wait_applied(rev).await;
-    let start = Instant::now();
-    while f.state().await["health_source"] != "fleet" {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{}",
-            f.state().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&f, Duration::from_secs(5), |s| {
+        s["health_source"] == "fleet"
+    })
+    .await;
 
     // No node on etcd, so no owner reports on a: the follower probes it alone.
     assert_eq!(backend_state(&f, "a").await["probe_role"], "alone");
@@ -649,15 +642,10 @@ async fn a_follower_of_the_control_plane_takes_the_fleet_verdict_and_probes_only
 
     // A node on etcd joins and owns a: the follower now follows its reports and stops probing.
     let n = dataplane(dir.path(), &etcd.urls(), 0, &[]).await;
-    let start = Instant::now();
-    while backend_state(&f, "a").await["probe_role"] != "follow" {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            f.state().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&f, Duration::from_secs(10), |s| {
+        backend_in(s, "a")["probe_role"] == "follow"
+    })
+    .await;
     assert_eq!(backend_state(&n, "a").await["probe_role"], "own");
     let sent = metric(&metrics(&f).await, "tether_health_probes_sent_total");
     let both = [n, f];

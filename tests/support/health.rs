@@ -66,6 +66,15 @@ impl Flippable {
         }
     }
 
+    /// `n` of them, named `b0`, `b1`….
+    pub async fn several(n: usize) -> Vec<Flippable> {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            v.push(Flippable::start(&format!("b{i}")).await);
+        }
+        v
+    }
+
     /// What its health endpoint answers from now on.
     pub fn set(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::SeqCst);

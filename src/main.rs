@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tether_proto::v1;
 
 mod client;
@@ -81,6 +81,11 @@ enum Command {
     Nodes,
     /// A tiny HTTP server answering with its name (quickstart and benchmark upstream).
     Echo(echo::Args),
+    /// Print a shell completion script: `source <(tether completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -109,6 +114,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "tether", &mut out);
+        client::write_out(format_args!("{}", String::from_utf8_lossy(&out)));
+        return ExitCode::SUCCESS;
+    }
     if let Command::Explain(args) = &cli.command
         && args.file.is_some()
     {
@@ -158,6 +169,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => client::watch(&conn, args).await,
             Command::Nodes => client::nodes(&conn).await,
             Command::Echo(args) => echo::run(args).await,
+            Command::Completion { .. } => Ok(()),
         }
     });
     match result {

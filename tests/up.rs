@@ -238,3 +238,76 @@ async fn a_data_plane_can_follow_the_control_plane_instead_of_etcd() {
     assert_eq!(node.map(&keys).await, t.map(&keys).await);
     assert!(node.map(&keys).await.iter().all(|x| x != "b1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_into_head_ends_quietly_when_head_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    t.ok(&["backend", "create", "x1", "--address", "127.0.0.1:9"]);
+    // The stream has nothing more to say after its first line: the watch must notice that its
+    // reader left, not wait for a next change that never comes.
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; timeout 10 {} watch --from 1 --server {} | head -1",
+                support::BIN,
+                t.api
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("create\tbackend\tx1"));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn completion_scripts_load_and_complete_subcommands() {
+    // bash: the script loads and completes `tether bac` and `tether backend cr`.
+    let script = format!(
+        "source <({bin} completion bash) || exit 1
+         COMP_WORDS=(tether bac); COMP_CWORD=1; _tether tether bac tether; echo \"${{COMPREPLY[@]}}\"
+         COMP_WORDS=(tether backend cr); COMP_CWORD=2; _tether tether cr backend; echo \"${{COMPREPLY[@]}}\"",
+        bin = support::BIN
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backend\ncreate\n");
+    // zsh and fish: scripts for them, naming the subcommands.
+    for shell in ["zsh", "fish"] {
+        let out = std::process::Command::new(support::BIN)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("backend") && text.contains("dataplane"),
+            "{shell}"
+        );
+    }
+    let bad = std::process::Command::new(support::BIN)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -276,7 +276,15 @@ pub(crate) async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
         })
         .await,
     )?;
-    while let Some(msg) = stream.message().await.map_err(CallError)? {
+    let closed = super::output::stdout_closed();
+    tokio::pin!(closed);
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m.map_err(CallError)?,
+            // The reader went away (`| head -1`): done, quietly.
+            () = &mut closed => return Ok(()),
+        };
+        let Some(msg) = msg else { break };
         for e in &msg.events {
             match conn.output {
                 Output::Json => outln!(

@@ -29,6 +29,33 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Resolves once standard output is a pipe whose reader went away (`tether watch | head -1`):
+/// a stream that writes only when something changes would otherwise notice only at its next
+/// write. A blocking thread waits in poll(2), which reports POLLERR on a pipe whose reader
+/// closed (and never returns for a terminal or a file, which is as it should be).
+pub(crate) async fn stdout_closed() {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let waited = tokio::task::spawn_blocking(|| {
+        let out = std::io::stdout();
+        loop {
+            let mut fds = [PollFd::new(&out, PollFlags::empty())];
+            match poll(&mut fds, None) {
+                Ok(_) if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP) => {
+                    return true;
+                }
+                // Not a descriptor poll(2) can watch (POLLNVAL): give up watching.
+                Ok(_) if !fds[0].revents().is_empty() => return false,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    if !matches!(waited, Ok(true)) {
+        std::future::pending::<()>().await;
+    }
+}
+
 pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {

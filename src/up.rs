@@ -29,8 +29,9 @@ pub(crate) struct Args {
     /// Where the embedded store keeps its file.
     #[arg(long, default_value = "tether-data")]
     data_dir: PathBuf,
-    /// Apply this declarative file at start (created or updated; nothing is pruned).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    /// Apply this declarative file (or directory of `*.yaml` files) at start (created or
+    /// updated; nothing is pruned).
+    #[arg(short = 'f', long = "file", value_name = "FILE|DIR")]
     file: Option<PathBuf>,
     /// Key prefix in the store.
     #[arg(long, default_value = tether_proto::keys::DEFAULT_PREFIX)]
@@ -87,9 +88,7 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
         .await
         .context("completing an interrupted split write")?;
     if let Some(f) = &args.file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let req = client::apply_request(&text, &f.display().to_string())?;
+        let req = client::apply_paths(std::slice::from_ref(f))?;
         let r = Tether::apply(&api, tonic::Request::new(req))
             .await
             .map_err(client::CallError)

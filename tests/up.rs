@@ -311,3 +311,73 @@ fn completion_scripts_load_and_complete_subcommands() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_takes_several_documents_several_files_and_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(&dir.path().join("t"), &[]).await;
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    // A sectioned file and a file of kubectl-style documents, one resource each.
+    std::fs::write(
+        conf.join("10-backends.yaml"),
+        format!("backends:\n  - name: b1\n    address: {}\n", b[0].addr),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("20-rest.yml"),
+        format!(
+            "kind: backend\nname: b2\naddress: {}\n---\nkind: Director\nname: users\nshard: {{algorithm: varnish}}\nmembers: [{{backend: b1}}, {{backend: b2}}]\n---\nkind: route\nname: app\ndirector: users\nkey: {{header: x-user}}\n",
+            b[1].addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(conf.join("notes.txt"), "not YAML: ignored").unwrap();
+    let d = conf.to_str().unwrap();
+    let out = t.ok(&["apply", "-f", d, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 4, "{v}");
+    t.wait_applied(v["revision"].as_i64().unwrap()).await;
+    let got = t
+        .map(&(0..50).map(|i| format!("u{i}")).collect::<Vec<_>>())
+        .await;
+    assert!(got.iter().any(|x| x == "b1") && got.iter().any(|x| x == "b2"));
+
+    // The same two files named one by one: nothing to change.
+    let f1 = conf.join("10-backends.yaml");
+    let f2 = conf.join("20-rest.yml");
+    let out = t.ok(&[
+        "apply",
+        "-f",
+        f1.to_str().unwrap(),
+        "-f",
+        f2.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 4, "{v}");
+    assert!(changes.iter().all(|c| c["action"] == "unchanged"), "{v}");
+
+    // An error in the second document names the file, the document and the field; nothing
+    // is written.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: backend\nname: b3\naddress: 127.0.0.1:9\n---\nkind: backend\nname: b4\nweight: heavy\n").unwrap();
+    let out = t.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml") && err.contains("#2.weight"),
+        "{err}"
+    );
+    let listed = t.ok(&["backend", "list"]);
+    assert!(!listed.contains("b3"), "{listed}");
+    // An unknown kind is refused by name.
+    std::fs::write(&bad, "kind: gateway\nname: g\n").unwrap();
+    let out = t.cli(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"gateway\""));
+}

@@ -466,20 +466,104 @@ pub fn load(text: &str) -> Result<Loaded, FileError> {
     })
 }
 
-/// Parses the YAML strictly.
+/// Documents one stream may hold.
+const MAX_DOCUMENTS: usize = 10_000;
+
+/// Parses the YAML strictly: one document or several (`---`), each either a sectioned file
+/// (`backends:`, `probes:`…) or one resource naming its kind, kubectl-style (`kind: backend`
+/// beside the resource's fields). All documents make one configuration. With several
+/// documents, each error's path starts with the document's number (`#2.backends[0].weight`).
 pub fn parse(text: &str) -> Result<Document, FileError> {
-    let de = yaml_serde::Deserializer::from_str(text);
+    // Bounded: after a syntax error the document iterator may not end.
+    let count = yaml_serde::Deserializer::from_str(text)
+        .take(MAX_DOCUMENTS + 1)
+        .count();
+    if count > MAX_DOCUMENTS {
+        // A syntax error makes the iterator repeat it: report it, with its line.
+        if let Some(de) = yaml_serde::Deserializer::from_str(text).next() {
+            typed_document(de)?;
+        }
+        return Err(FileError::new(
+            ".",
+            format!("more than {MAX_DOCUMENTS} YAML documents (or a syntax error)"),
+        ));
+    }
+    let mut all = Document::default();
+    let typed = yaml_serde::Deserializer::from_str(text);
+    let values = yaml_serde::Deserializer::from_str(text);
+    for (i, (de, vde)) in typed.zip(values).enumerate() {
+        let at = |path: String| {
+            if count > 1 {
+                format!("#{}.{path}", i + 1)
+            } else {
+                path
+            }
+        };
+        let doc = match yaml_serde::Value::deserialize(vde) {
+            Ok(yaml_serde::Value::Null) => continue,
+            Ok(yaml_serde::Value::Mapping(m)) if m.contains_key("kind") => {
+                one_resource(m).map_err(|e| FileError::new(at(e.path), e.message))?
+            }
+            // A sectioned document (or a syntax error: the typed pass gives its line).
+            _ => typed_document(de).map_err(|e| FileError::new(at(e.path), e.message))?,
+        };
+        all.extend(doc);
+    }
+    Ok(all)
+}
+
+/// One sectioned document, deserialized from the text (errors carry line and column).
+fn typed_document<'de>(de: yaml_serde::Deserializer<'de>) -> Result<Document, FileError> {
     match serde_path_to_error::deserialize::<_, Option<Document>>(de) {
         Ok(doc) => Ok(doc.unwrap_or_default()),
         Err(e) => {
             let path = e.path().to_string();
-            // the YAML error already starts its message with the path; keep it once.
+            // The YAML error already starts its message with the path; keep it once.
             let inner = e.into_inner().to_string();
             let message = inner
                 .strip_prefix(&format!("{path}: "))
                 .map_or(inner.clone(), str::to_owned);
             Err(FileError::new(path, message))
         }
+    }
+}
+
+/// A document that is one resource: `kind` and the resource's fields.
+fn one_resource(mut m: yaml_serde::Mapping) -> Result<Document, FileError> {
+    fn take<T: serde::de::DeserializeOwned>(m: yaml_serde::Mapping) -> Result<T, FileError> {
+        serde_path_to_error::deserialize(yaml_serde::Value::Mapping(m))
+            .map_err(|e| FileError::new(e.path().to_string(), e.into_inner()))
+    }
+    let kind = match m.remove("kind") {
+        Some(yaml_serde::Value::String(k)) => k.to_ascii_lowercase(),
+        _ => return Err(FileError::new("kind", "must be a string")),
+    };
+    let mut doc = Document::default();
+    match kind.as_str() {
+        "backend" => doc.backends.push(take(m)?),
+        "probe" => doc.probes.push(take(m)?),
+        "director" => doc.directors.push(take(m)?),
+        "route" => doc.routes.push(take(m)?),
+        "certificate" => doc.certificates.push(take(m)?),
+        _ => {
+            return Err(FileError::new(
+                "kind",
+                format!("{kind:?}: one of backend, probe, director, route, certificate"),
+            ));
+        }
+    }
+    Ok(doc)
+}
+
+impl Document {
+    /// Adds `other`'s resources (several documents or files make one configuration; a name
+    /// given twice is refused when the whole is validated).
+    pub fn extend(&mut self, other: Document) {
+        self.backends.extend(other.backends);
+        self.probes.extend(other.probes);
+        self.directors.extend(other.directors);
+        self.routes.extend(other.routes);
+        self.certificates.extend(other.certificates);
     }
 }
 

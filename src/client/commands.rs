@@ -8,7 +8,7 @@ use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use tether_proto::v1;
 
 use super::conn::{CallError, Conn, call, connect};
-use super::input::{InputError, apply_request, read};
+use super::input::{InputError, apply_paths};
 use super::output::{Output, action_name, admin_name, or_dash, print_table};
 use crate::explain;
 
@@ -44,9 +44,11 @@ pub(crate) enum HealthState {
 /// `tether apply`.
 #[derive(Debug, ClapArgs)]
 pub(crate) struct ApplyArgs {
-    /// The declarative YAML file (`-` for standard input).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    file: PathBuf,
+    /// Declarative YAML: a file (`-` for standard input) or a directory of `*.yaml` files;
+    /// repeat to apply several as one configuration. A file may hold several documents
+    /// (`---`), each sectioned or one resource with its `kind`.
+    #[arg(short = 'f', long = "file", value_name = "FILE|DIR", required = true)]
+    file: Vec<PathBuf>,
     /// Report what would change, write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -213,8 +215,7 @@ fn owner_results(reports: &[v1::HealthReport]) -> String {
 
 /// Runs `tether apply`.
 pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
-    let text = read(&args.file)?;
-    let mut req = apply_request(&text, &args.file.display().to_string())?;
+    let mut req = apply_paths(&args.file)?;
     req.dry_run = args.dry_run;
     req.prune = args.prune;
     let mut c = connect(conn).await?;

@@ -29,9 +29,42 @@ pub(super) fn parse_one<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::
     declarative::parse_one(&text).map_err(|e| InputError(format!("{}: {e}", path.display())).into())
 }
 
-/// The file's resources as an Apply request (errors name the field in the file).
-pub(crate) fn apply_request(text: &str, path: &str) -> Result<v1::ApplyRequest, InputError> {
-    declarative::parse(text)
-        .and_then(|d| d.to_request())
-        .map_err(|e| InputError(format!("{path}: {e}")))
+/// The declarative files at `paths` as one Apply request: each a file (`-` for standard
+/// input) or a directory, whose `*.yaml` and `*.yml` files are read in name order (not its
+/// subdirectories, as `kubectl apply -f DIR`). Errors name the file and the field.
+pub(crate) fn apply_paths(paths: &[std::path::PathBuf]) -> anyhow::Result<v1::ApplyRequest> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| InputError(format!("cannot read {}: {e}", p.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            if found.is_empty() {
+                return Err(InputError(format!("{}: no .yaml or .yml files", p.display())).into());
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut all = declarative::Document::default();
+    for f in &files {
+        let text = read(f)?;
+        let doc =
+            declarative::parse(&text).map_err(|e| InputError(format!("{}: {e}", f.display())))?;
+        all.extend(doc);
+    }
+    all.to_request()
+        .map_err(|e| InputError(format!("{}: {e}", describe(&files))).into())
+}
+
+/// The files of one request, for an error about the whole of them.
+fn describe(files: &[std::path::PathBuf]) -> String {
+    match files {
+        [one] => one.display().to_string(),
+        _ => format!("{} files", files.len()),
+    }
 }

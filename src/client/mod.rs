@@ -22,6 +22,6 @@ mod resources;
 
 pub(crate) use commands::{ApplyArgs, HealthCmd, WatchArgs, apply, explain, health, nodes, watch};
 pub(crate) use conn::{CallError, Conn, hint};
-pub(crate) use input::{InputError, apply_request};
+pub(crate) use input::{InputError, apply_paths};
 pub(crate) use output::write_out;
 pub(crate) use resources::{ResourceCmd, run as resource};

@@ -474,10 +474,13 @@ const MAX_DOCUMENTS: usize = 10_000;
 /// beside the resource's fields). All documents make one configuration. With several
 /// documents, each error's path starts with the document's number (`#2.backends[0].weight`).
 pub fn parse(text: &str) -> Result<Document, FileError> {
-    // Bounded: after a syntax error the document iterator may not end.
-    let count = yaml_serde::Deserializer::from_str(text)
+    // Each document as a value first (does it name a `kind`?). Bounded: after a syntax error
+    // the document iterator may not end.
+    let values: Vec<_> = yaml_serde::Deserializer::from_str(text)
         .take(MAX_DOCUMENTS + 1)
-        .count();
+        .map(yaml_serde::Value::deserialize)
+        .collect();
+    let count = values.len();
     if count > MAX_DOCUMENTS {
         // A syntax error makes the iterator repeat it: report it, with its line.
         if let Some(de) = yaml_serde::Deserializer::from_str(text).next() {
@@ -490,8 +493,7 @@ pub fn parse(text: &str) -> Result<Document, FileError> {
     }
     let mut all = Document::default();
     let typed = yaml_serde::Deserializer::from_str(text);
-    let values = yaml_serde::Deserializer::from_str(text);
-    for (i, (de, vde)) in typed.zip(values).enumerate() {
+    for (i, (de, value)) in typed.zip(values).enumerate() {
         let at = |path: String| {
             if count > 1 {
                 format!("#{}.{path}", i + 1)
@@ -499,7 +501,7 @@ pub fn parse(text: &str) -> Result<Document, FileError> {
                 path
             }
         };
-        let doc = match yaml_serde::Value::deserialize(vde) {
+        let doc = match value {
             Ok(yaml_serde::Value::Null) => continue,
             Ok(yaml_serde::Value::Mapping(m)) if m.contains_key("kind") => {
                 one_resource(m).map_err(|e| FileError::new(at(e.path), e.message))?

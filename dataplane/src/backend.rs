@@ -180,15 +180,22 @@ struct ProbeState {
 impl ProbeState {
     /// The probe verdict to route on, from `source`: this node's window when it decides
     /// itself (local health, or fleet health on a backend it probes [`Role::Alone`]); the
-    /// fleet's otherwise (a backend nobody reported on yet is as a fresh window says:
-    /// Varnish's `initial`).
-    fn verdict(&self, source: Source) -> Option<bool> {
+    /// fleet's otherwise. For an identity nobody has reported on yet (the fleet just
+    /// started), an owner goes by its own window (its report is on its way) and any other
+    /// node keeps the verdict it routes on now (`current`) — a node that probed it alone
+    /// before it listed the fleet's reports must not flip it to a fresh window's verdict — or,
+    /// for a backend new to it (`current` `None`), a fresh window's: Varnish's `initial`.
+    fn verdict(&self, source: Source, current: Option<bool>) -> Option<bool> {
         let spec = self.spec.as_ref()?;
+        let own = || self.window.as_ref().is_some_and(Window::healthy);
         Some(if self.decides_here(source) {
-            self.window.as_ref().is_some_and(Window::healthy)
+            own()
         } else {
-            self.fleet_verdict
-                .unwrap_or_else(|| Window::new(spec).healthy())
+            match (self.fleet_verdict, self.role) {
+                (Some(v), _) => v,
+                (None, Role::Own) => own(),
+                (None, _) => current.unwrap_or_else(|| Window::new(spec).healthy()),
+            }
         })
     }
 
@@ -287,7 +294,8 @@ impl BackendRuntime {
                     None => p.window = Some(Window::new(s)),
                 }
                 p.spec = Some(s.clone());
-                let healthy = p.verdict(self.fleet.source()).unwrap_or(true);
+                let current = (!fresh).then(|| self.probe_healthy());
+                let healthy = p.verdict(self.fleet.source(), current).unwrap_or(true);
                 let start = !p.running;
                 p.running = true;
                 drop(p);
@@ -346,8 +354,13 @@ impl BackendRuntime {
                     healthy: w.healthy(),
                     last_error: p.last_error.clone(),
                 };
+                // Until the fleet's first report on it, an owner routes on its own window.
+                let unreported = p.fleet_verdict.is_none();
                 drop(p);
                 self.fleet.post(&self.name, outcome);
+                if unreported {
+                    self.set_probe_healthy(w.healthy(), "own probe, before the first report");
+                }
             }
             return;
         }
@@ -388,7 +401,7 @@ impl BackendRuntime {
             }
         }
         p.role = role;
-        let v = p.verdict(self.fleet.source());
+        let v = p.verdict(self.fleet.source(), Some(self.probe_healthy()));
         drop(p);
         if let Some(v) = v {
             self.set_probe_healthy(v, "fleet verdict");
@@ -406,7 +419,7 @@ impl BackendRuntime {
         {
             p.window = Some(Window::primed(self.probe_healthy(), &spec));
         }
-        let v = p.verdict(source);
+        let v = p.verdict(source, Some(self.probe_healthy()));
         drop(p);
         if let Some(v) = v {
             self.set_probe_healthy(v, source.as_str());
@@ -470,3 +483,61 @@ impl BackendRuntime {
 
 /// Shared handle.
 pub type BackendRef = Arc<BackendRuntime>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Varnish's defaults: a fresh window is sick (initial 2 < threshold 3).
+    fn state(role: Role, fleet_verdict: Option<bool>, good_probes: usize) -> ProbeState {
+        let spec = ProbeSpec::new("p");
+        let mut w = Window::new(&spec);
+        for _ in 0..good_probes {
+            w.push(true);
+        }
+        ProbeState {
+            spec: Some(spec),
+            host: String::new(),
+            transport: Arc::default(),
+            window: Some(w),
+            running: true,
+            last_error: None,
+            fleet_verdict,
+            role,
+        }
+    }
+
+    #[test]
+    fn before_the_first_report_nothing_flips_to_a_fresh_window() {
+        use Source::{Fleet, Local};
+        // Healthy from its own probes (as on local health before the fleet was listed):
+        // a follower keeps the verdict it routes on; a backend new to it starts as `initial`.
+        let follower = state(Role::Follow, None, 0);
+        assert_eq!(follower.verdict(Fleet, Some(true)), Some(true));
+        assert_eq!(follower.verdict(Fleet, Some(false)), Some(false));
+        assert_eq!(follower.verdict(Fleet, None), Some(false));
+        // An owner goes by its own window until its report comes back.
+        assert_eq!(
+            state(Role::Own, None, 1).verdict(Fleet, Some(false)),
+            Some(true)
+        );
+        assert_eq!(
+            state(Role::Own, None, 0).verdict(Fleet, Some(true)),
+            Some(false)
+        );
+        // Once reported, the fleet's verdict is the verdict, whatever the node saw itself.
+        assert_eq!(
+            state(Role::Own, Some(false), 5).verdict(Fleet, Some(true)),
+            Some(false)
+        );
+        assert_eq!(
+            state(Role::Follow, Some(true), 0).verdict(Fleet, None),
+            Some(true)
+        );
+        // On local health the node's own window decides.
+        assert_eq!(
+            state(Role::Follow, Some(true), 0).verdict(Local, Some(true)),
+            Some(false)
+        );
+    }
+}

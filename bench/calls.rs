@@ -152,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 r.list_backends(v1::ListRequest {
                     page_size: 10_000,
-                    page_token: String::new(),
+                    ..Default::default()
                 })
                 .await
             }

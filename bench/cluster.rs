@@ -142,7 +142,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         b.weight = Some(1.0 + f64::from(i % 7));
         let start = Instant::now();
         let rev = c
-            .update_backend(v1::UpdateBackendRequest { backend: Some(b) })
+            .update_backend(v1::UpdateBackendRequest {
+                backend: Some(b),
+                update_mask: None,
+            })
             .await?
             .into_inner()
             .revision;
@@ -235,7 +238,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         b.weight = Some(3.0 + f64::from(i));
         let start = Instant::now();
         let rev = c
-            .update_backend(v1::UpdateBackendRequest { backend: Some(b) })
+            .update_backend(v1::UpdateBackendRequest {
+                backend: Some(b),
+                update_mask: None,
+            })
             .await?
             .into_inner()
             .revision;

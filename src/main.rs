@@ -43,7 +43,7 @@ enum Command {
     /// Show which backend a director or route picks for each key: offline from a file
     /// (-f), or from the running system.
     Explain(explain::Args),
-    /// Backends: list, get, create, update, delete.
+    /// Backends: list, get, create, update, set, delete.
     Backend {
         #[command(subcommand)]
         op: client::ResourceCmd,
@@ -81,6 +81,10 @@ enum Command {
     Nodes,
     /// A tiny HTTP server answering with its name (quickstart and benchmark upstream).
     Echo(echo::Args),
+    /// This binary's version and the server's (`--client`: this binary's only).
+    Version(client::VersionArgs),
+    /// Print the whole configuration as a declarative file `apply -f` takes back.
+    Export,
     /// Print a shell completion script: `source <(tether completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -168,6 +172,8 @@ fn main() -> ExitCode {
             Command::Apply(args) => client::apply(&conn, args).await,
             Command::Watch(args) => client::watch(&conn, args).await,
             Command::Nodes => client::nodes(&conn).await,
+            Command::Version(args) => client::version(&conn, args).await,
+            Command::Export => client::export(&conn).await,
             Command::Echo(args) => echo::run(args).await,
             Command::Completion { .. } => Ok(()),
         }

@@ -268,51 +268,46 @@ async fn a_token_file_others_can_read_gets_a_warning() {
     );
 }
 
-/// Python's stock reflection client (grpcio-reflection, v1alpha), with no .proto files: lists
-/// the services, calls ListBackends and the health Check from reflected descriptors, and finds
-/// google.rpc.BadRequest to decode error details with.
+/// Python's stock clients (grpcio, grpcio-reflection's v1alpha client, grpcio-health-checking)
+/// with no .proto files (tests/python/client.py): lists the services, calls the health Check,
+/// creates labelled backends, patches one's weight with an update mask, lists with a label
+/// filter, and decodes every google.rpc.BadRequest violation of a bad request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stock_python_reflection_client_works_unmodified() {
+async fn the_stock_python_clients_work_unmodified() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tether::up(dir.path(), &[]).await;
-    t.ok(&["backend", "create", "b1", "--address", "127.0.0.1:9"]);
-    let script = r#"
-import grpc, sys
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from google.protobuf.descriptor_pool import DescriptorPool
-from google.protobuf import message_factory
-ch = grpc.insecure_channel(sys.argv[1])
-db = ProtoReflectionDescriptorDatabase(ch)
-services = set(db.get_services())
-assert {'tether.v1.Tether', 'grpc.health.v1.Health'} <= services, services
-pool = DescriptorPool(db)
-def call(svc, method, **fields):
-    m = pool.FindServiceByName(svc).methods_by_name[method]
-    req = message_factory.GetMessageClass(m.input_type)
-    resp = message_factory.GetMessageClass(m.output_type)
-    f = ch.unary_unary('/%s/%s' % (svc, method), request_serializer=req.SerializeToString, response_deserializer=resp.FromString)
-    return f(req(**fields), timeout=10)
-print([b.name for b in call('tether.v1.Tether', 'ListBackends').backends])
-print(call('grpc.health.v1.Health', 'Check', service='tether.v1.Tether').status)
-print(pool.FindMessageTypeByName('google.rpc.BadRequest').full_name)
-"#;
     let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/client.py"
+        ))
         .arg(t.api.trim_start_matches("http://"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}",
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
-        ["['b1']", "1", "google.rpc.BadRequest"],
+        [
+            "services ok",
+            "health SERVING",
+            "created",
+            "patched weight 7.5",
+            "filtered ['py1', 'py3']",
+            "violations ['backend.address', 'backend.name', 'backend.weight']",
+            "bad mask update_mask.paths[0]: Backend has no field \"nope\"",
+        ],
         "{stdout}"
     );
+    // The patch changed the weight and nothing else.
+    let got = t.ok(&["backend", "get", "py1", "-o", "json"]);
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["weight"], 7.5);
+    assert_eq!(got["labels"]["zone"], "a");
 }
 
 /// `tether watch | head -1`: once the reader is gone, the next event ends the command quietly
@@ -351,4 +346,168 @@ async fn a_closed_pipe_ends_a_command_quietly() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{status:?}: {err}");
     assert!(err.is_empty(), "{err}");
+}
+
+/// What orchestration tools and people do without a read-modify-write: `backend set` (an
+/// update mask), `list -l` (a label filter), `get -o json | update -f -` guarded by the
+/// document's revision, `export` taken back by `apply -f`, `tether version`, and a Watch delete
+/// that carries the deleted resource's last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_labels_round_trips_export_version_and_deletes_with_their_last_value() {
+    use tether_proto::v1;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    t.apply(
+        "backends:\n\
+         - { name: b1, address: '127.0.0.1:9001', labels: { app: web, zone: a } }\n\
+         - { name: b2, address: '127.0.0.1:9002', labels: { app: web, zone: b } }\n\
+         - { name: b3, address: '127.0.0.1:9003', labels: { app: api } }\n",
+    );
+    let names = |json: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let list = |sel: &str| names(&t.ok(&["backend", "list", "-l", sel, "-o", "json"]));
+    assert_eq!(list("app=web"), ["b1", "b2"]);
+    assert_eq!(list("app=web,zone!=a"), ["b2"]);
+    assert_eq!(list("zone"), ["b1", "b2"]);
+    let bad = t.cli(&[
+        "backend",
+        "list",
+        "--filter",
+        "labels.app = web OR name = b3",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("filter: expected AND"));
+
+    // One field and one label change; the rest stays as stored.
+    t.ok(&["backend", "set", "b1", "--weight", "5", "--label", "zone=c"]);
+    let get = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&t.ok(&["backend", "get", name, "-o", "json"])).unwrap()
+    };
+    let b1 = get("b1");
+    assert_eq!(b1["weight"], 5.0);
+    assert_eq!(b1["labels"], serde_json::json!({"app": "web", "zone": "c"}));
+    assert_eq!(b1["address"], "127.0.0.1:9001");
+    t.ok(&[
+        "backend",
+        "set",
+        "b1",
+        "--remove-label",
+        "app",
+        "--drain",
+        "true",
+    ]);
+    let b1 = get("b1");
+    assert_eq!(b1["labels"], serde_json::json!({"zone": "c"}));
+    assert_eq!(b1["drain"], true);
+
+    // get → edit → update -f -: concurrency-checked by the revision the document carries.
+    let round_trip = |edit: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{BIN} backend get b2 -o json --server {api} | sed '{edit}' | {BIN} backend update -f - --server {api}",
+                api = t.api
+            ))
+            .output()
+            .unwrap()
+    };
+    let out = round_trip("s/9002/9012/");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get("b2")["address"], "127.0.0.1:9012");
+    let stale = get("b2").to_string();
+    t.ok(&["backend", "set", "b2", "--weight", "2"]);
+    let file = dir.path().join("stale.json");
+    std::fs::write(&file, stale.replace("9012", "9022")).unwrap();
+    let out = t.cli(&["backend", "update", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get("b2")["address"], "127.0.0.1:9012", "nothing written");
+    // The YAML form takes the same path back.
+    let yaml = t.ok(&["backend", "get", "b3", "-o", "yaml"]);
+    assert!(yaml.contains("revision: "), "{yaml}");
+    let file = dir.path().join("b3.yaml");
+    std::fs::write(&file, yaml.replace("9003", "9013")).unwrap();
+    t.ok(&["backend", "update", "-f", file.to_str().unwrap()]);
+    assert_eq!(get("b3")["address"], "127.0.0.1:9013");
+
+    // export → apply -f on a fresh instance gives the same configuration.
+    let export = t.ok(&["export"]);
+    assert!(!export.contains("revision:"), "{export}");
+    let file = dir.path().join("export.yaml");
+    std::fs::write(&file, &export).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let t2 = Tether::up(dir2.path(), &[]).await;
+    t2.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let strip = |json: String| -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for b in v.as_array_mut().unwrap() {
+            b.as_object_mut().unwrap().remove("revision");
+        }
+        v
+    };
+    assert_eq!(
+        strip(t2.ok(&["backend", "list", "-o", "json"])),
+        strip(t.ok(&["backend", "list", "-o", "json"]))
+    );
+
+    // Client and server build info.
+    let version = t.ok(&["version"]);
+    let lines: Vec<&str> = version.lines().collect();
+    assert_eq!(lines.len(), 2, "{version}");
+    assert!(lines[0].starts_with("client: tether "), "{version}");
+    assert!(
+        lines[1].starts_with("server: tether ") && lines[1].ends_with("embedded store"),
+        "{version}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["version", "-o", "json"])).unwrap();
+    assert_eq!(v["server"]["version"], v["client"]["version"]);
+    assert_eq!(v["server"]["commit"], v["client"]["commit"]);
+
+    // A Watch delete carries the deleted backend's last value.
+    let mut api = v1::tether_client::TetherClient::connect(t.api.clone())
+        .await
+        .unwrap();
+    let mut watch = api
+        .watch(v1::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    t.ok(&["backend", "delete", "b3"]);
+    let event = loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+            .await
+            .expect("a watch event")
+            .unwrap()
+            .unwrap();
+        if let Some(e) = msg.events.into_iter().next() {
+            break e;
+        }
+    };
+    assert_eq!(
+        (event.kind.as_str(), event.name.as_str()),
+        ("backend", "b3")
+    );
+    assert_eq!(event.action, v1::Action::Delete as i32);
+    match event.resource {
+        Some(v1::watch_event::Resource::Backend(b)) => {
+            assert_eq!(b.address, "127.0.0.1:9013");
+            assert!(b.revision > 0);
+        }
+        other => panic!("no last value: {other:?}"),
+    }
 }

@@ -540,3 +540,52 @@ async fn etcd_over_tls_with_client_certificates() {
     let _ = etcd.wait();
     let _ = std::fs::remove_dir_all(&shm);
 }
+
+/// On etcd, as on the embedded store: a Watch delete carries the deleted resource's last
+/// value (etcd's `prev_kv`) for a client, and a follower's stream still works without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delete_carries_the_last_value_on_etcd() {
+    use tether_proto::v1;
+    use tokio_stream::StreamExt;
+    let etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &etcd.urls()).await;
+    support::ok(
+        &cp.api,
+        &[
+            "backend",
+            "create",
+            "gone",
+            "--address",
+            "127.0.0.1:9",
+            "--weight",
+            "3",
+        ],
+    );
+    let mut api = v1::tether_client::TetherClient::connect(cp.api.clone())
+        .await
+        .unwrap();
+    let mut watch = api
+        .watch(v1::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    support::ok(&cp.api, &["backend", "delete", "gone"]);
+    let event = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("a watch event")
+            .unwrap()
+            .unwrap();
+        if let Some(e) = msg.events.into_iter().find(|e| e.kind == "backend") {
+            break e;
+        }
+    };
+    assert_eq!(event.action, v1::Action::Delete as i32);
+    match event.resource {
+        Some(v1::watch_event::Resource::Backend(b)) => {
+            assert_eq!((b.name.as_str(), b.weight), ("gone", Some(3.0)));
+        }
+        other => panic!("no last value: {other:?}"),
+    }
+}

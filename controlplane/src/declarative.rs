@@ -63,6 +63,10 @@ pub struct Document {
 pub struct CertificateDoc {
     /// Name.
     pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// PEM chain, the leaf first.
     pub chain: String,
     /// PEM private key (write-only: never shown).
@@ -88,6 +92,7 @@ impl CertificateDoc {
     pub fn to_proto(&self, _at: &str) -> Result<v1::Certificate, FileError> {
         Ok(v1::Certificate {
             name: self.name.clone(),
+            revision: self.revision.unwrap_or(0),
             chain: self.chain.clone(),
             private_key: self.private_key.clone(),
             ..Default::default()
@@ -99,6 +104,7 @@ impl From<&v1::Certificate> for CertificateDoc {
     fn from(c: &v1::Certificate) -> CertificateDoc {
         CertificateDoc {
             name: c.name.clone(),
+            revision: (c.revision != 0).then_some(c.revision),
             chain: c.chain.clone(),
             private_key: c.private_key.clone(),
             names: c.names.clone(),
@@ -114,6 +120,10 @@ impl From<&v1::Certificate> for CertificateDoc {
 pub struct BackendDoc {
     /// Name.
     pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// `host:port`.
     pub address: String,
     /// Second address (other IP family).
@@ -205,6 +215,10 @@ pub struct BackendTlsDoc {
 pub struct ProbeDoc {
     /// Name.
     pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// URL path (default `/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -272,6 +286,10 @@ pub struct HeaderDoc {
 pub struct RouteDoc {
     /// Name.
     pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// Host names (any when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
@@ -328,6 +346,10 @@ pub enum AdminHealthDoc {
 pub struct DirectorDoc {
     /// Name.
     pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// `round_robin: {}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round_robin: Option<Empty>,
@@ -649,6 +671,7 @@ impl BackendDoc {
         };
         Ok(v1::Backend {
             name: self.name.clone(),
+            revision: self.revision.unwrap_or(0),
             address: self.address.clone(),
             address2: self.address2.clone().unwrap_or_default(),
             weight: self.weight,
@@ -681,7 +704,6 @@ impl BackendDoc {
                 verify: t.verify,
                 client_certificate: t.client_certificate.clone().unwrap_or_default(),
             }),
-            ..Default::default()
         })
     }
 }
@@ -691,6 +713,7 @@ impl ProbeDoc {
     pub fn to_proto(&self, at: &str) -> Result<v1::Probe, FileError> {
         Ok(v1::Probe {
             name: self.name.clone(),
+            revision: self.revision.unwrap_or(0),
             url: self.url.clone().unwrap_or_default(),
             request: self.request.clone(),
             expected_status: self.expected_status.unwrap_or(0),
@@ -699,7 +722,6 @@ impl ProbeDoc {
             window: self.window.unwrap_or(0),
             threshold: self.threshold.unwrap_or(0),
             initial: self.initial,
-            ..Default::default()
         })
     }
 }
@@ -742,7 +764,7 @@ impl DirectorDoc {
             .collect::<Result<_, _>>()?;
         Ok(v1::Director {
             name: self.name.clone(),
-            revision: 0,
+            revision: self.revision.unwrap_or(0),
             policy: policies.pop(),
             members,
         })
@@ -854,7 +876,7 @@ impl RouteDoc {
         };
         Ok(v1::Route {
             name: self.name.clone(),
-            revision: 0,
+            revision: self.revision.unwrap_or(0),
             hosts: self.hosts.clone(),
             path_prefix: self.path_prefix.clone(),
             headers: self
@@ -905,6 +927,7 @@ impl From<&v1::Backend> for BackendDoc {
         let t = b.timeouts.unwrap_or_default();
         BackendDoc {
             name: b.name.clone(),
+            revision: (b.revision != 0).then_some(b.revision),
             address: b.address.clone(),
             address2: (!b.address2.is_empty()).then(|| b.address2.clone()),
             weight: b.weight,
@@ -944,6 +967,7 @@ impl From<&v1::Probe> for ProbeDoc {
     fn from(p: &v1::Probe) -> ProbeDoc {
         ProbeDoc {
             name: p.name.clone(),
+            revision: (p.revision != 0).then_some(p.revision),
             url: (!p.url.is_empty()).then(|| p.url.clone()),
             request: p.request.clone(),
             expected_status: (p.expected_status != 0).then_some(p.expected_status),
@@ -961,6 +985,7 @@ impl From<&v1::Director> for DirectorDoc {
         use v1::director::Policy;
         let mut doc = DirectorDoc {
             name: d.name.clone(),
+            revision: (d.revision != 0).then_some(d.revision),
             round_robin: None,
             fallback: None,
             random: None,
@@ -1035,6 +1060,7 @@ impl From<&v1::Route> for RouteDoc {
     fn from(r: &v1::Route) -> RouteDoc {
         RouteDoc {
             name: r.name.clone(),
+            revision: (r.revision != 0).then_some(r.revision),
             hosts: r.hosts.clone(),
             path_prefix: r.path_prefix.clone(),
             headers: r

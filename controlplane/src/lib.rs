@@ -12,6 +12,9 @@
 //! - [`state`]: the stored configuration decoded at one revision, and the diff that becomes
 //!   one transaction;
 //! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
+//!   [`mask`] merges an Update's `update_mask` (AIP-134) over the stored resource;
+//!   [`filter`] parses and matches List's label `filter` (an AIP-160 subset); [`build`] is
+//!   the version and commit GetVersion reports;
 //!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens (the token file
 //!   re-read on change, noticed by `files`);
 //!   [`server`] serves it all with the health and reflection services, over TLS from
@@ -31,12 +34,15 @@
 //! and rings) → `Runtime::install`.
 
 pub mod auth;
+pub mod build;
 pub mod client;
 pub mod convert;
 pub mod declarative;
 pub mod duration;
 pub mod error;
 mod files;
+pub mod filter;
+pub mod mask;
 pub mod node;
 pub mod nodes;
 pub mod pattern;

@@ -41,6 +41,8 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     const KIND: Kind;
     /// Its field name in requests (`backend`).
     const FIELD: &'static str;
+    /// Its protobuf message's full name (`tether.v1.Backend`), for its descriptor.
+    const MESSAGE: &'static str;
     /// Its name.
     fn name(&self) -> &str;
     /// The revision at which it last changed (0 when not stored).
@@ -60,6 +62,10 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     fn prepare(&mut self, _stored: Option<&Self>) {}
     /// Clears what no read may return but to a node (a certificate's private key).
     fn redact(&mut self) {}
+    /// Its labels, for kinds that have them (List's `filter`).
+    fn labels(&self) -> Option<&std::collections::HashMap<String, String>> {
+        None
+    }
 }
 
 macro_rules! resource {
@@ -67,6 +73,7 @@ macro_rules! resource {
         impl Resource for $t {
             const KIND: Kind = $kind;
             const FIELD: &'static str = $kind.singular();
+            const MESSAGE: &'static str = concat!("tether.v1.", stringify!($variant));
             fn name(&self) -> &str {
                 &self.name
             }
@@ -104,6 +111,11 @@ macro_rules! resource {
         }
         fn redact(&mut self) {
             self.private_key.clear();
+        }
+    };
+    (@prepare Backend) => {
+        fn labels(&self) -> Option<&std::collections::HashMap<String, String>> {
+            Some(&self.labels)
         }
     };
     (@prepare $other:ident) => {};
@@ -195,6 +207,8 @@ pub enum Change {
         kind: Kind,
         /// Its name.
         name: String,
+        /// Its last value, when the store gave it (and it decodes).
+        last: Option<AnyResource>,
     },
     /// Stored, but it does not decode: left out, as though deleted, and reported.
     Undecodable(DecodeError),
@@ -236,12 +250,19 @@ impl Change {
     pub fn from_event(layout: &Layout, event: &Event) -> Option<Change> {
         match event {
             Event::Put(kv) => Change::from_kv(layout, kv),
-            Event::Delete { key, .. } => {
+            Event::Delete { key, prev, .. } => {
                 let (kind, name) = layout.parse(key)?;
                 per_kind(kind, ())?;
+                let last = prev
+                    .as_ref()
+                    .and_then(|kv| match Change::from_kv(layout, kv) {
+                        Some(Change::Put { resource, .. }) => Some(resource),
+                        _ => None,
+                    });
                 Some(Change::Delete {
                     kind,
                     name: name.to_owned(),
+                    last,
                 })
             }
         }
@@ -285,11 +306,11 @@ impl Change {
                     health: None,
                 }
             }
-            Change::Delete { kind, name } => v1::WatchEvent {
+            Change::Delete { kind, name, last } => v1::WatchEvent {
                 kind: kind.singular().to_owned(),
                 name,
                 action: Action::Delete as i32,
-                resource: None,
+                resource: last,
                 undecodable: String::new(),
                 health: None,
             },
@@ -316,7 +337,11 @@ impl Change {
             })
         };
         if e.action == Action::Delete as i32 {
-            return Some(Change::Delete { kind, name: e.name });
+            return Some(Change::Delete {
+                kind,
+                name: e.name,
+                last: e.resource,
+            });
         }
         if !e.undecodable.is_empty() {
             return Some(undecodable(e.undecodable));
@@ -528,7 +553,7 @@ impl State {
     fn apply_change(&mut self, c: Change, errors: &mut Vec<DecodeError>) {
         match c {
             Change::Put { resource, .. } => self.put_any(resource),
-            Change::Delete { kind, name } => self.remove(kind, &name),
+            Change::Delete { kind, name, .. } => self.remove(kind, &name),
             Change::Undecodable(e) => {
                 self.remove(e.kind, &e.name);
                 errors.push(e);
@@ -808,6 +833,16 @@ mod tests {
             Event::Delete {
                 key: l.key(Kind::Route, "r"),
                 mod_revision: 7,
+                prev: None,
+            },
+            Event::Delete {
+                key: l.key(Kind::Backend, "a"),
+                mod_revision: 8,
+                prev: Some(kv(
+                    &l.key(Kind::Backend, "a"),
+                    backend("a").encode_to_vec(),
+                    7,
+                )),
             },
         ] {
             let c = Change::from_event(&l, &e).unwrap();

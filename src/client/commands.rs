@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use tether_controlplane::declarative;
 use tether_proto::v1;
 
 use super::conn::{CallError, Conn, call, connect};
 use super::input::{InputError, apply_paths};
-use super::output::{Output, action_name, admin_name, or_dash, print_table};
+use super::output::{Output, action_name, admin_name, or_dash, print_table, print_value};
 use crate::explain;
 
 /// `tether health …`.
@@ -83,9 +84,9 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                 .await,
             )?;
             match conn.output {
-                Output::Json => outln!(
-                    "{}",
-                    serde_json::json!({"revision": r.revision, "backends": r.backends})
+                Output::Json | Output::Yaml => print_value(
+                    conn.output,
+                    serde_json::json!({"revision": r.revision, "backends": r.backends}),
                 ),
                 Output::Table => outln!(
                     "set {} backend(s) at revision {}: {}",
@@ -102,7 +103,7 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                 })
                 .await,
             )?;
-            if conn.output == Output::Json {
+            if conn.output.structured() {
                 let v: Vec<_> = r
                     .backends
                     .iter()
@@ -130,7 +131,10 @@ pub(crate) async fn health(conn: &Conn, cmd: HealthCmd) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                outln!("{}", serde_json::json!({"backends": v, "nodes": nodes}));
+                print_value(
+                    conn.output,
+                    serde_json::json!({"backends": v, "nodes": nodes}),
+                );
                 return Ok(());
             }
             let rows: Vec<_> = r
@@ -220,7 +224,7 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
     req.prune = args.prune;
     let mut c = connect(conn).await?;
     let r = call(c.apply(req).await)?;
-    if conn.output == Output::Json {
+    if conn.output.structured() {
         let changes: Vec<_> = r
             .changes
             .iter()
@@ -231,9 +235,9 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| serde_json::json!({"director": m.director, "share": m.share, "sampled_keys": m.sampled_keys}))
             .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"revision": r.revision, "dry_run": r.dry_run, "changes": changes, "keys_moved": moved})
+        print_value(
+            conn.output,
+            serde_json::json!({"revision": r.revision, "dry_run": r.dry_run, "changes": changes, "keys_moved": moved}),
         );
         return Ok(());
     }
@@ -288,9 +292,9 @@ pub(crate) async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
         let Some(msg) = msg else { break };
         for e in &msg.events {
             match conn.output {
-                Output::Json => outln!(
-                    "{}",
-                    serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)})
+                Output::Json | Output::Yaml => print_value(
+                    conn.output,
+                    serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)}),
                 ),
                 Output::Table => outln!(
                     "{}\t{}\t{}\t{}",
@@ -333,7 +337,7 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
             .take(args.alternates)
             .collect();
         match (conn.output, args.format) {
-            (Output::Json, _) => json.push(serde_json::json!({
+            (Output::Json | Output::Yaml, _) => json.push(serde_json::json!({
                 "key": key, "director": r.director, "backend": r.backend,
                 "alternates": r.alternates, "revision": r.revision,
             })),
@@ -356,8 +360,8 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
             }
         }
     }
-    if conn.output == Output::Json {
-        outln!("{}", serde_json::Value::Array(json));
+    if conn.output.structured() {
+        print_value(conn.output, serde_json::Value::Array(json));
     }
     Ok(())
 }
@@ -366,7 +370,7 @@ pub(crate) async fn explain(conn: &Conn, args: &explain::Args) -> anyhow::Result
 pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
     let mut c = connect(conn).await?;
     let r = call(c.list_nodes(v1::ListNodesRequest {}).await)?;
-    if conn.output == Output::Json {
+    if conn.output.structured() {
         let nodes: Vec<_> = r
             .nodes
             .iter()
@@ -379,9 +383,9 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"agree": r.agree, "majority_fingerprint": r.majority_fingerprint, "nodes": nodes})
+        print_value(
+            conn.output,
+            serde_json::json!({"agree": r.agree, "majority_fingerprint": r.majority_fingerprint, "nodes": nodes}),
         );
         return Ok(());
     }
@@ -428,6 +432,97 @@ pub(crate) async fn nodes(conn: &Conn) -> anyhow::Result<()> {
             .map(|n| n.id.as_str())
             .collect();
         outln!("nodes differ from the majority: {}", differ.join(", "));
+    }
+    Ok(())
+}
+
+/// `tether version`'s flags.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct VersionArgs {
+    /// This binary's version only (no call to the server).
+    #[arg(long)]
+    client: bool,
+}
+
+/// Runs `tether version`: this binary's build, then the server's (kubectl's habit: the client
+/// line is printed even when the server cannot be reached, and the command then fails).
+pub(crate) async fn version(conn: &Conn, args: VersionArgs) -> anyhow::Result<()> {
+    use tether_controlplane::build::{COMMIT, VERSION};
+    let client = serde_json::json!({"version": VERSION, "commit": COMMIT});
+    if args.client {
+        if conn.output.structured() {
+            print_value(conn.output, serde_json::json!({ "client": client }));
+        } else {
+            outln!("client: tether {VERSION} ({COMMIT})");
+        }
+        return Ok(());
+    }
+    if !conn.output.structured() {
+        outln!("client: tether {VERSION} ({COMMIT})");
+    }
+    let mut c = connect(conn).await?;
+    let s = call(c.get_version(v1::GetVersionRequest {}).await)?;
+    if conn.output.structured() {
+        print_value(
+            conn.output,
+            serde_json::json!({
+                "client": client,
+                "server": {"version": s.version, "commit": s.commit, "store": s.store},
+            }),
+        );
+    } else {
+        outln!(
+            "server: tether {} ({}), {} store",
+            s.version,
+            s.commit,
+            s.store
+        );
+    }
+    Ok(())
+}
+
+/// Runs `tether export`: the whole configuration as a declarative file that `apply -f` takes
+/// back (no revisions, so applying it later is not refused as stale). Certificates are left
+/// out, with a note on standard error: their private keys are write-only, so an export could
+/// not restore them.
+pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
+    use tether_controlplane::declarative::Document;
+    let mut c = connect(conn).await?;
+    let s = call(c.get_snapshot(v1::GetSnapshotRequest {}).await)?;
+    fn docs<'a, R: 'a, D: From<&'a R>>(items: &'a [R], clear: impl Fn(&mut D)) -> Vec<D> {
+        items
+            .iter()
+            .map(|r| {
+                let mut d = D::from(r);
+                clear(&mut d);
+                d
+            })
+            .collect()
+    }
+    let doc = Document {
+        backends: docs(&s.backends, |d: &mut declarative::BackendDoc| {
+            d.revision = None
+        }),
+        probes: docs(&s.probes, |d: &mut declarative::ProbeDoc| d.revision = None),
+        directors: docs(&s.directors, |d: &mut declarative::DirectorDoc| {
+            d.revision = None;
+        }),
+        routes: docs(&s.routes, |d: &mut declarative::RouteDoc| d.revision = None),
+        certificates: Vec::new(),
+    };
+    if !s.certificates.is_empty() {
+        eprintln!(
+            "tether export: {} certificate(s) left out (private keys are write-only; apply them from their PEM files)",
+            s.certificates.len()
+        );
+    }
+    match conn.output {
+        Output::Json => outln!("{}", serde_json::to_value(&doc)?),
+        _ => super::output::write_out(format_args!(
+            "# tether export at revision {}\n{}",
+            s.revision,
+            yaml_serde::to_string(&doc)?
+        )),
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ mod input;
 mod output;
 mod resources;
 
-pub(crate) use commands::{ApplyArgs, HealthCmd, WatchArgs, apply, explain, health, nodes, watch};
+pub(crate) use commands::{
+    ApplyArgs, HealthCmd, VersionArgs, WatchArgs, apply, explain, export, health, nodes, version,
+    watch,
+};
 pub(crate) use conn::{CallError, Conn, hint};
 pub(crate) use input::{InputError, apply_paths};
 pub(crate) use output::write_out;

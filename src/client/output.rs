@@ -1,4 +1,6 @@
-//! Output formatting: tables by default, `-o json` for scripts, YAML for one resource.
+//! Output formatting: tables by default (YAML for one resource), `-o json` and `-o yaml` for
+//! scripts — a resource in either is the document `update -f` and `apply -f` take back, with
+//! its revision as a field.
 
 use clap::ValueEnum;
 use serde::Serialize;
@@ -12,6 +14,30 @@ pub(crate) enum Output {
     Table,
     /// JSON.
     Json,
+    /// YAML.
+    Yaml,
+}
+
+impl Output {
+    /// JSON or YAML.
+    pub(crate) fn structured(self) -> bool {
+        self != Output::Table
+    }
+}
+
+/// Prints `v` as JSON (one line) or YAML (a document, with its `---` so a stream of them
+/// splits).
+pub(crate) fn print_value(out: Output, v: serde_json::Value) {
+    match out {
+        Output::Yaml => match yaml_serde::to_string(&v) {
+            Ok(y) => write_out(format_args!("---\n{y}")),
+            Err(e) => {
+                eprintln!("tether: cannot write YAML: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => outln!("{v}"),
+    }
 }
 
 /// Writes to standard output; a closed pipe ends the process with status 0, any other write
@@ -80,42 +106,26 @@ pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub(super) fn with_revision<T: Serialize>(
-    doc: &T,
-    revision: i64,
-) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(doc)?;
-    if let Some(m) = v.as_object_mut() {
-        m.insert("revision".into(), revision.into());
-    }
-    Ok(v)
-}
-
-/// Prints resources as a JSON array of their file-shaped documents, each with its revision.
-pub(super) fn print_json_list<'a, R, D>(items: &'a [R]) -> anyhow::Result<()>
+/// Prints resources as a JSON array (or YAML sequence) of their file-shaped documents, each
+/// with its revision.
+pub(super) fn print_list<'a, R, D>(items: &'a [R], out: Output) -> anyhow::Result<()>
 where
     R: Resource,
     D: Serialize + From<&'a R>,
 {
     let v: Vec<_> = items
         .iter()
-        .map(|r| with_revision(&D::from(r), r.revision()))
+        .map(|r| serde_json::to_value(D::from(r)))
         .collect::<Result<_, _>>()?;
-    outln!("{}", serde_json::Value::Array(v));
+    print_value(out, serde_json::Value::Array(v));
     Ok(())
 }
 
-pub(super) fn print_one<T: Serialize>(
-    doc: &T,
-    revision: i64,
-    output: Output,
-) -> anyhow::Result<()> {
+/// Prints one resource's document (with its revision): YAML unless JSON is asked for.
+pub(super) fn print_one<T: Serialize>(doc: &T, output: Output) -> anyhow::Result<()> {
     match output {
-        Output::Json => outln!("{}", with_revision(doc, revision)?),
-        Output::Table => write_out(format_args!(
-            "# revision: {revision}\n{}",
-            yaml_serde::to_string(doc)?
-        )),
+        Output::Json => outln!("{}", serde_json::to_value(doc)?),
+        Output::Table | Output::Yaml => write_out(format_args!("{}", yaml_serde::to_string(doc)?)),
     }
     Ok(())
 }
@@ -168,11 +178,8 @@ pub(super) fn policy_name(d: &v1::Director) -> String {
 
 pub(super) fn done(out: Output, what: &str, revision: i64) {
     match out {
-        Output::Json => outln!(
-            "{}",
-            serde_json::json!({ what: true, "revision": revision })
-        ),
         Output::Table => outln!("{what} at revision {revision}"),
+        _ => print_value(out, serde_json::json!({ what: true, "revision": revision })),
     }
 }
 

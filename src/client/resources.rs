@@ -17,14 +17,27 @@ use tonic::Status;
 use super::conn::{CallError, Client, Conn, connect};
 use super::input::{InputError, parse_one};
 use super::output::{
-    Output, admin_name, done, key_name, policy_name, print_json_list, print_one, print_table,
+    admin_name, done, key_name, policy_name, print_list, print_one, print_table, print_value,
 };
 
 /// Operations on one kind of resource.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ResourceCmd {
     /// List them.
-    List,
+    List {
+        /// Only those whose labels match, as kubectl's `-l`: `app=web,zone!=b,tier` (sent as
+        /// the API's `filter`).
+        #[arg(
+            short = 'l',
+            long = "selector",
+            value_name = "SELECTOR",
+            conflicts_with = "filter"
+        )]
+        selector: Option<String>,
+        /// The API's filter as it is: `labels.app = "web" AND labels.zone = "a"`.
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
+    },
     /// Show one (YAML, the shape `create -f` takes).
     Get {
         /// Its name.
@@ -48,11 +61,37 @@ pub(crate) enum ResourceCmd {
         #[arg(long, requires = "name")]
         weight: Option<f64>,
     },
-    /// Replace one with the YAML of a file (`-` for standard input).
+    /// Replace one with the YAML (or JSON) of a file (`-` for standard input), as `get`
+    /// prints it: a `revision` in the document makes the update fail if the resource changed
+    /// since.
     Update {
         /// The resource as YAML.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
+        /// Fail unless the stored resource is at this revision (overrides the document's).
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// Backend only: change some fields, leaving the others as stored (an update mask; no
+    /// read-modify-write).
+    Set {
+        /// Its name.
+        name: String,
+        /// Default member weight.
+        #[arg(long)]
+        weight: Option<f64>,
+        /// No new requests (`true`) or back in service (`false`).
+        #[arg(long)]
+        drain: Option<bool>,
+        /// `auto`, `healthy` or `sick`.
+        #[arg(long, value_name = "STATE")]
+        admin_health: Option<String>,
+        /// Sets one label (repeatable): `--label zone=b`.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Removes one label (repeatable).
+        #[arg(long = "remove-label", value_name = "KEY")]
+        remove_labels: Vec<String>,
         /// Fail unless the stored resource is at this revision.
         #[arg(long, default_value_t = 0)]
         revision: i64,
@@ -76,6 +115,18 @@ pub(crate) struct CreateFlags {
     weight: Option<f64>,
 }
 
+/// What `set` takes (backends only).
+#[derive(Debug)]
+pub(crate) struct SetFlags {
+    name: String,
+    weight: Option<f64>,
+    drain: Option<bool>,
+    admin_health: Option<String>,
+    labels: Vec<String>,
+    remove_labels: Vec<String>,
+    revision: i64,
+}
+
 /// What the CLI does differently per resource kind.
 pub(crate) trait CliResource: Resource {
     /// The resource as a declarative file writes it.
@@ -90,14 +141,21 @@ pub(crate) trait CliResource: Resource {
     fn from_flags(_flags: CreateFlags) -> Result<Self, InputError> {
         Err(InputError("give -f FILE".into()))
     }
+    /// The resource and update-mask paths from `set`'s flags, for kinds that take them.
+    fn from_set(_flags: SetFlags) -> Result<(Self, Vec<String>), InputError> {
+        Err(InputError(format!(
+            "set changes backends only; use {} update -f FILE",
+            Self::FIELD
+        )))
+    }
     /// The RPCs.
     async fn create(c: &mut Client, r: Self) -> Result<Self, Status>;
     /// The RPCs.
     async fn get(c: &mut Client, name: String) -> Result<Self, Status>;
     /// The RPCs.
-    async fn list(c: &mut Client) -> Result<Vec<Self>, Status>;
+    async fn list(c: &mut Client, filter: String) -> Result<Vec<Self>, Status>;
     /// The RPCs.
-    async fn update(c: &mut Client, r: Self) -> Result<Self, Status>;
+    async fn update(c: &mut Client, r: Self, mask: Vec<String>) -> Result<Self, Status>;
     /// The RPCs.
     async fn delete(c: &mut Client, name: String, revision: i64) -> Result<(), Status>;
 }
@@ -116,7 +174,7 @@ macro_rules! rpcs {
         async fn get(c: &mut Client, name: String) -> Result<Self, Status> {
             Ok(c.$get(v1::GetRequest { name }).await?.into_inner())
         }
-        async fn list(c: &mut Client) -> Result<Vec<Self>, Status> {
+        async fn list(c: &mut Client, filter: String) -> Result<Vec<Self>, Status> {
             let mut all = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -124,6 +182,7 @@ macro_rules! rpcs {
                     .$list(v1::ListRequest {
                         page_size: 0,
                         page_token,
+                        filter: filter.clone(),
                     })
                     .await?
                     .into_inner();
@@ -134,8 +193,12 @@ macro_rules! rpcs {
                 page_token = page.next_page_token;
             }
         }
-        async fn update(c: &mut Client, r: Self) -> Result<Self, Status> {
-            let req = v1::$update_req { $field: Some(r) };
+        async fn update(c: &mut Client, r: Self, mask: Vec<String>) -> Result<Self, Status> {
+            let update_mask = (!mask.is_empty()).then(|| prost_types::FieldMask { paths: mask });
+            let req = v1::$update_req {
+                $field: Some(r),
+                update_mask,
+            };
             Ok(c.$update(req).await?.into_inner())
         }
         async fn delete(c: &mut Client, name: String, revision: i64) -> Result<(), Status> {
@@ -183,6 +246,51 @@ impl CliResource for v1::Backend {
             weight: f.weight,
             ..Default::default()
         })
+    }
+    fn from_set(f: SetFlags) -> Result<(Self, Vec<String>), InputError> {
+        let mut b = v1::Backend {
+            name: f.name,
+            revision: f.revision,
+            ..Default::default()
+        };
+        let mut paths = Vec::new();
+        if let Some(w) = f.weight {
+            b.weight = Some(w);
+            paths.push("weight".to_owned());
+        }
+        if let Some(d) = f.drain {
+            b.drain = d;
+            paths.push("drain".to_owned());
+        }
+        if let Some(a) = f.admin_health {
+            b.admin_health = match a.as_str() {
+                "auto" => v1::AdminHealth::Auto,
+                "healthy" => v1::AdminHealth::Healthy,
+                "sick" => v1::AdminHealth::Sick,
+                other => {
+                    return Err(InputError(format!(
+                        "--admin-health: auto, healthy or sick, not {other:?}"
+                    )));
+                }
+            } as i32;
+            paths.push("admin_health".to_owned());
+        }
+        for l in f.labels {
+            let Some((k, v)) = l.split_once('=') else {
+                return Err(InputError(format!("--label {l:?}: give KEY=VALUE")));
+            };
+            paths.push(format!("labels.{k}"));
+            b.labels.insert(k.to_owned(), v.to_owned());
+        }
+        // Named in the mask, absent from the request: removed.
+        paths.extend(f.remove_labels.into_iter().map(|k| format!("labels.{k}")));
+        if paths.is_empty() {
+            return Err(InputError(
+                "nothing to set: give --weight, --drain, --admin-health, --label or --remove-label"
+                    .into(),
+            ));
+        }
+        Ok((b, paths))
     }
     rpcs!(
         backend,
@@ -337,17 +445,22 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
     let mut c = connect(conn).await?;
     let out = conn.output;
     match cmd {
-        ResourceCmd::List => {
-            let items = R::list(&mut c).await.map_err(CallError)?;
-            if out == Output::Json {
-                return print_json_list::<R, R::Doc>(&items);
+        ResourceCmd::List { selector, filter } => {
+            let filter = match (selector, filter) {
+                (Some(s), _) => tether_controlplane::filter::Filter::from_selector(&s)
+                    .map_err(|e| InputError(format!("-l: {e}")))?,
+                (None, f) => f.unwrap_or_default(),
+            };
+            let items = R::list(&mut c, filter).await.map_err(CallError)?;
+            if out.structured() {
+                return print_list::<R, R::Doc>(&items, out);
             }
             let rows: Vec<_> = items.iter().map(R::row).collect();
             print_table(R::COLUMNS, &rows);
         }
         ResourceCmd::Get { name } => {
             let r = R::get(&mut c, name).await.map_err(CallError)?;
-            print_one(&R::Doc::from(&r), r.revision(), out)?;
+            print_one(&R::Doc::from(&r), out)?;
         }
         ResourceCmd::Create {
             file,
@@ -370,14 +483,37 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
         }
         ResourceCmd::Update { file, revision } => {
             let mut r = R::from_doc(&parse_one::<R::Doc>(&file)?)?;
-            r.set_revision(revision);
-            let r = R::update(&mut c, r).await.map_err(CallError)?;
+            if let Some(rev) = revision {
+                r.set_revision(rev);
+            }
+            let r = R::update(&mut c, r, Vec::new()).await.map_err(CallError)?;
+            done(out, "updated", r.revision());
+        }
+        ResourceCmd::Set {
+            name,
+            weight,
+            drain,
+            admin_health,
+            labels,
+            remove_labels,
+            revision,
+        } => {
+            let (r, mask) = R::from_set(SetFlags {
+                name,
+                weight,
+                drain,
+                admin_health,
+                labels,
+                remove_labels,
+                revision,
+            })?;
+            let r = R::update(&mut c, r, mask).await.map_err(CallError)?;
             done(out, "updated", r.revision());
         }
         ResourceCmd::Delete { name, revision } => {
             R::delete(&mut c, name, revision).await.map_err(CallError)?;
-            if out == Output::Json {
-                outln!("{}", serde_json::json!({"deleted": true}));
+            if out.structured() {
+                print_value(out, serde_json::json!({"deleted": true}));
             } else {
                 outln!("deleted");
             }

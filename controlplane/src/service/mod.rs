@@ -174,6 +174,7 @@ impl<S: Store> Api<S> {
             }
             n => n,
         } as usize;
+        let filter = crate::filter::Filter::parse(&req.filter)?;
         let listing = self.store.list(&self.layout.dir(R::KIND)).await?;
         let mut out = Vec::new();
         let mut next = String::new();
@@ -184,15 +185,19 @@ impl<S: Store> Api<S> {
             if !req.page_token.is_empty() && name <= req.page_token.as_str() {
                 continue;
             }
-            if out.len() == page_size {
-                next = out
-                    .last()
-                    .map(|r: &R| r.name().to_owned())
-                    .unwrap_or_default();
-                break;
-            }
-            match state::decode(name, &kv.value, kv.mod_revision) {
-                Ok(r) => out.push(r),
+            match state::decode::<R>(name, &kv.value, kv.mod_revision) {
+                Ok(r) if filter.matches(r.name(), r.labels()) => {
+                    // A further match: the page is full, and another page follows.
+                    if out.len() == page_size {
+                        next = out
+                            .last()
+                            .map(|r: &R| r.name().to_owned())
+                            .unwrap_or_default();
+                        break;
+                    }
+                    out.push(r);
+                }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "stored object does not decode; skipped"),
             }
         }
@@ -364,11 +369,14 @@ impl<S: Store> Api<S> {
         guard: watches::WatchGuard,
         node: bool,
     ) -> Result<WatchStream, Status> {
-        let mut rx = self
-            .store
-            .watch(self.layout.root(), from)
-            .await
-            .map_err(|e| Status::from(ApiError::Store(e)))?;
+        // Nodes apply deletes by name; other clients get each deleted resource's last value
+        // (from etcd only when asked: it then comes with every put too).
+        let watch = if node {
+            self.store.watch(self.layout.root(), from).await
+        } else {
+            self.store.watch_with_prev(self.layout.root(), from).await
+        };
+        let mut rx = watch.map_err(|e| Status::from(ApiError::Store(e)))?;
         let (tx, out) = tokio::sync::mpsc::channel(16);
         let api = self.clone();
         let serial = self.layout.serial();
@@ -508,7 +516,8 @@ macro_rules! tether_rpcs {
                     ))
                 }
                 async fn $update(&self, r: Request<v1::$update_req>) -> Resp<v1::$t> {
-                    ok(self.update(r.into_inner().$field).await.map(redacted))
+                    let r = r.into_inner();
+                    ok(self.update(r.$field, r.update_mask).await.map(redacted))
                 }
                 async fn $delete(&self, r: Request<v1::DeleteRequest>) -> Resp<()> {
                     ok(self.delete::<v1::$t>(r.into_inner()).await)
@@ -550,6 +559,14 @@ macro_rules! tether_rpcs {
                 _: Request<v1::ListNodesRequest>,
             ) -> Resp<v1::ListNodesResponse> {
                 ok(Api::list_nodes(self).await)
+            }
+
+            async fn get_version(&self, _: Request<v1::GetVersionRequest>) -> Resp<v1::VersionInfo> {
+                Ok(Response::new(v1::VersionInfo {
+                    version: crate::build::VERSION.to_owned(),
+                    commit: crate::build::COMMIT.to_owned(),
+                    store: self.store.kind().to_owned(),
+                }))
             }
 
             type WatchStream = WatchStream;

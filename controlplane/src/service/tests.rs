@@ -54,11 +54,11 @@ async fn create_get_update_with_revisions() {
     assert_eq!(e.code(), Code::AlreadyExists);
     let mut changed = b.clone();
     changed.address = "127.0.0.1:9001".into();
-    let b2 = api.update(Some(changed.clone())).await.unwrap();
+    let b2 = api.update(Some(changed.clone()), None).await.unwrap();
     assert!(b2.revision > b.revision);
     // A write naming the old revision fails and changes nothing.
     changed.address = "127.0.0.1:9002".into();
-    let e = Status::from(api.update(Some(changed)).await.unwrap_err());
+    let e = Status::from(api.update(Some(changed), None).await.unwrap_err());
     assert_eq!(e.code(), Code::FailedPrecondition);
     let now: v1::Backend = api.get("b0").await.unwrap();
     assert_eq!(now, b2);
@@ -318,6 +318,9 @@ impl Small {
 }
 
 impl Store for Small {
+    fn kind(&self) -> &'static str {
+        "small"
+    }
     async fn revision(&self) -> Result<i64, crate::store::StoreError> {
         self.0.revision().await
     }

@@ -241,9 +241,15 @@ impl<S: Store> Api<S> {
         self.read_back(&name).await
     }
 
-    pub(super) async fn update<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
+    /// Replaces a resource, or with `mask` (AIP-134) only the fields it names.
+    pub(super) async fn update<R: Resource>(
+        &self,
+        r: Option<R>,
+        mask: Option<prost_types::FieldMask>,
+    ) -> Result<R, ApiError> {
         let r = r.ok_or(ApiError::Required(R::FIELD))?;
         let name = r.name().to_owned();
+        let paths = mask.map(|m| m.paths).unwrap_or_default();
         self.write(false, |old, new| {
             let stored = R::map(old)
                 .get(r.name())
@@ -252,7 +258,7 @@ impl<S: Store> Api<S> {
                     name: r.name().to_owned(),
                 })?;
             check_revision::<R>(stored, r.revision())?;
-            let mut r = r.clone();
+            let mut r = crate::mask::merge(stored, &r, &paths)?.unwrap_or_else(|| r.clone());
             r.set_revision(stored.revision());
             r.prepare(Some(stored));
             new.insert(r, R::FIELD.to_owned());

@@ -140,8 +140,10 @@ fn encode_kv(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Log record: per event, a tag (1 put, 2 delete), the key (u32 length + bytes) and, for a put,
-/// the create revision and the value (u32 length + bytes).
+/// Log record: per event, a tag (1 put, 2 delete, 3 delete with the last value), the key (u32
+/// length + bytes) and, for a put, the create revision and the value (u32 length + bytes); for
+/// tag 3, the deleted key's create and mod revisions and its last value. (Tag 2 is what files
+/// written before deletes kept their value hold; it still reads.)
 fn encode_events(events: &[Event]) -> Vec<u8> {
     let mut out = Vec::new();
     let bytes = |out: &mut Vec<u8>, b: &[u8]| {
@@ -156,9 +158,22 @@ fn encode_events(events: &[Event]) -> Vec<u8> {
                 out.extend_from_slice(&kv.create_revision.to_le_bytes());
                 bytes(&mut out, &kv.value);
             }
-            Event::Delete { key, .. } => {
+            Event::Delete {
+                key, prev: None, ..
+            } => {
                 out.push(2);
                 bytes(&mut out, key.as_bytes());
+            }
+            Event::Delete {
+                key,
+                prev: Some(prev),
+                ..
+            } => {
+                out.push(3);
+                bytes(&mut out, key.as_bytes());
+                out.extend_from_slice(&prev.create_revision.to_le_bytes());
+                out.extend_from_slice(&prev.mod_revision.to_le_bytes());
+                bytes(&mut out, &prev.value);
             }
         }
     }
@@ -197,7 +212,27 @@ fn decode_events(mut b: &[u8], revision: i64) -> Result<Vec<Event>, StoreError> 
             2 => out.push(Event::Delete {
                 key,
                 mod_revision: revision,
+                prev: None,
             }),
+            3 => {
+                let create =
+                    i64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| corrupt())?);
+                let modified =
+                    i64::from_le_bytes(take(&mut b, 8)?.try_into().map_err(|_| corrupt())?);
+                let vlen = u32::from_le_bytes(take(&mut b, 4)?.try_into().map_err(|_| corrupt())?)
+                    as usize;
+                let value = take(&mut b, vlen)?;
+                out.push(Event::Delete {
+                    prev: Some(KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision: create,
+                        mod_revision: modified,
+                    }),
+                    key,
+                    mod_revision: revision,
+                });
+            }
             _ => return Err(corrupt()),
         }
     }
@@ -290,10 +325,13 @@ impl Inner {
                             }));
                         }
                         Op::Delete(k) => {
-                            if kv.remove(k.as_str()).map_err(storage)?.is_some() {
+                            let removed = kv.remove(k.as_str()).map_err(storage)?;
+                            if let Some(old) = removed {
+                                let prev = decode_kv(k, old.value())?;
                                 events.push(Event::Delete {
                                     key: k.clone(),
                                     mod_revision: revision,
+                                    prev: Some(prev),
                                 });
                             }
                         }
@@ -360,6 +398,9 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
     async fn revision(&self) -> Result<i64, StoreError> {
         self.blocking(Inner::revision).await
     }

@@ -477,6 +477,9 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
     async fn revision(&self) -> Result<i64, StoreError> {
         let r = self
             .range(pb::RangeRequest {
@@ -563,6 +566,43 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {
+        self.watch_from(prefix, from, false).await
+    }
+
+    async fn watch_with_prev(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {
+        self.watch_from(prefix, from, true).await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.read("compact", |i| {
+            let mut kv = self.kv(i);
+            let r = self.request(pb::CompactionRequest {
+                revision,
+                physical: false,
+            });
+            async move { kv.compact(r).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        128
+    }
+
+    fn max_txn_bytes(&self) -> usize {
+        // etcd's default request limit is 1.5 MiB; keep room for framing.
+        1_400_000
+    }
+}
+
+impl EtcdStore {
+    /// A watch on `prefix` from `from`; deletes carry the last value when `prev_kv`.
+    async fn watch_from(
+        &self,
+        prefix: &str,
+        from: i64,
+        prev_kv: bool,
+    ) -> Result<WatchReceiver, StoreError> {
         let key = prefix.as_bytes().to_vec();
         let range_end = prefix_end(&key);
         let create = pb::WatchRequest {
@@ -572,6 +612,7 @@ impl Store for EtcdStore {
                     range_end,
                     start_revision: from.max(0),
                     progress_notify: true,
+                    prev_kv,
                     ..Default::default()
                 },
             )),
@@ -679,6 +720,7 @@ impl Store for EtcdStore {
                             Ok(key) => Event::Delete {
                                 key,
                                 mod_revision: kv.mod_revision,
+                                prev: e.prev_kv.and_then(|p| to_kv(p).ok()),
                             },
                             Err(_) => continue,
                         }
@@ -696,27 +738,6 @@ impl Store for EtcdStore {
             }
         });
         Ok(rx)
-    }
-
-    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        self.read("compact", |i| {
-            let mut kv = self.kv(i);
-            let r = self.request(pb::CompactionRequest {
-                revision,
-                physical: false,
-            });
-            async move { kv.compact(r).await.map(|_| ()) }
-        })
-        .await
-    }
-
-    fn max_txn_ops(&self) -> usize {
-        128
-    }
-
-    fn max_txn_bytes(&self) -> usize {
-        // etcd's default request limit is 1.5 MiB; keep room for framing.
-        1_400_000
     }
 }
 

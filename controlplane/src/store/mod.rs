@@ -90,6 +90,9 @@ pub enum Event {
         key: String,
         /// The revision of the deletion.
         mod_revision: i64,
+        /// Its last value, when the store delivers it (the embedded store always; etcd on a
+        /// [`Store::watch_with_prev`] watch).
+        prev: Option<KeyValue>,
     },
 }
 
@@ -162,6 +165,8 @@ pub type WatchReceiver = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreErr
 /// The store interface (etcd's KV semantics, see the module doc). Cheap to clone: clones share
 /// one store.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// Which store this is (`embedded`, `etcd`), for `tether version`.
+    fn kind(&self) -> &'static str;
     /// The current revision (0 before the first write).
     fn revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// One key.
@@ -177,6 +182,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         prefix: &str,
         from: i64,
     ) -> impl Future<Output = Result<WatchReceiver, StoreError>> + Send;
+    /// [`Store::watch`], with deletes carrying the deleted key's last value where the store
+    /// can give it (etcd's `prev_kv`, which it then sends for puts too: asked for only by the
+    /// API's Watch for clients that are not nodes).
+    fn watch_with_prev(
+        &self,
+        prefix: &str,
+        from: i64,
+    ) -> impl Future<Output = Result<WatchReceiver, StoreError>> + Send {
+        self.watch(prefix, from)
+    }
     /// Forgets history before `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Most operations one transaction may hold (etcd: 128 by default).

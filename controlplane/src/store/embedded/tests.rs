@@ -162,7 +162,11 @@ async fn watch_replays_history_then_follows_live_writes_filtered_by_prefix() {
         3,
         "one batch holds every event of its revision"
     );
-    assert!(matches!(&b3.events[1], Event::Delete { key, mod_revision: 3 } if key == "/w/a"));
+    // The delete carries the value it removed (put earlier in the same transaction).
+    assert!(matches!(
+        &b3.events[1],
+        Event::Delete { key, mod_revision: 3, prev: Some(p) } if key == "/w/a" && p.value == b"2"
+    ));
     // Live: many writes, each delivered once, in order.
     let writer = s.clone();
     tokio::spawn(async move {

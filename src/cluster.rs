@@ -84,7 +84,10 @@ pub(crate) struct ControlPlaneArgs {
     etcd: EtcdArgs,
     #[command(flatten)]
     api: process::ApiArgs,
-    /// Write `endpoints.json` (the bound address) into this directory.
+    /// Admin address: /healthz, /readyz (the store answers), /metrics.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    admin: std::net::SocketAddr,
+    /// Write `endpoints.json` (the bound addresses) into this directory.
     #[arg(long, value_name = "DIR")]
     endpoints_dir: Option<PathBuf>,
 }
@@ -95,11 +98,13 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyh
     let (store, layout) = args.etcd.connect()?;
     let api_l = process::bind(args.api.api, "api").await?;
     let url = args.api.url(&api_l)?;
+    let admin_l = process::bind(args.admin, "admin").await?;
+    let admin_url = format!("http://{}", admin_l.local_addr()?);
     if let Some(d) = &args.endpoints_dir {
         std::fs::create_dir_all(d)?;
-        process::write_endpoints(d, &[("api", url.clone())])?;
+        process::write_endpoints(d, &[("api", url.clone()), ("admin", admin_url.clone())])?;
     }
-    tracing::info!(api = %url, etcd = ?args.etcd.etcd, "tether controlplane");
+    tracing::info!(api = %url, admin = %admin_url, etcd = ?args.etcd.etcd, "tether controlplane");
     let api = Api::new(store, layout, None);
     // A split write a crash interrupted is completed now (and before every write).
     if let Err(e) = api.recover().await {
@@ -113,6 +118,11 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyh
         }
     };
     tokio::spawn(Arc::clone(&tokens).follow(stopped()));
+    tokio::spawn(tether_controlplane::admin::serve(
+        admin_l,
+        api.clone(),
+        stopped(),
+    ));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));
     tokio::select! {
         () = process::signal() => {

@@ -85,6 +85,8 @@ enum Command {
     Version(client::VersionArgs),
     /// Print the whole configuration as a declarative file `apply -f` takes back.
     Export,
+    /// Print the declarative file's JSON Schema (for editors' YAML language servers).
+    Schema,
     /// Print a shell completion script: `source <(tether completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -122,6 +124,17 @@ fn main() -> ExitCode {
         let mut out = Vec::new();
         clap_complete::generate(shell, &mut Cli::command(), "tether", &mut out);
         client::write_out(format_args!("{}", String::from_utf8_lossy(&out)));
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Schema = cli.command {
+        let schema = tether_controlplane::schema::declarative();
+        match serde_json::to_string_pretty(&schema) {
+            Ok(s) => client::write_out(format_args!("{s}\n")),
+            Err(e) => {
+                eprintln!("tether schema: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         return ExitCode::SUCCESS;
     }
     if let Command::Explain(args) = &cli.command
@@ -175,7 +188,7 @@ fn main() -> ExitCode {
             Command::Version(args) => client::version(&conn, args).await,
             Command::Export => client::export(&conn).await,
             Command::Echo(args) => echo::run(args).await,
-            Command::Completion { .. } => Ok(()),
+            Command::Completion { .. } | Command::Schema => Ok(()),
         }
     });
     match result {

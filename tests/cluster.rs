@@ -502,6 +502,8 @@ async fn etcd_over_tls_with_client_certificates() {
             &url,
             "--api",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--endpoints-dir",
             cp_dir.to_str().unwrap(),
             "--etcd-ca",
@@ -516,6 +518,7 @@ async fn etcd_over_tls_with_client_certificates() {
     let cp = ControlPlane {
         child,
         api: v["api"].as_str().unwrap().to_owned(),
+        admin: v["admin"].as_str().unwrap().to_owned(),
     };
     // Writes go through once etcd is up (TLS handshake with client certificate included).
     let start = Instant::now();
@@ -588,4 +591,96 @@ async fn a_watch_delete_carries_the_last_value_on_etcd() {
         }
         other => panic!("no last value: {other:?}"),
     }
+}
+
+/// GET with curl: status and body (0 when nothing answered).
+fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// `tether controlplane --admin`: /healthz, /readyz that follows etcd, and /metrics with calls
+/// by method and code, store transactions, open Watch streams, build and process metrics —
+/// clean under `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness() {
+    use tether_proto::v1;
+    let mut etcd = Etcd::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &etcd.urls()).await;
+    assert_eq!(curl(&format!("{}/healthz", cp.admin)).0, 200);
+    let (code, body) = curl(&format!("{}/readyz", cp.admin));
+    assert_eq!(code, 200, "{body}");
+    support::ok(
+        &cp.api,
+        &["backend", "create", "b1", "--address", "127.0.0.1:9"],
+    );
+    let bad = cli(
+        &cp.api,
+        &["backend", "create", "b 2", "--address", "127.0.0.1:9"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let mut api = v1::tether_client::TetherClient::connect(cp.api.clone())
+        .await
+        .unwrap();
+    let _watch = api
+        .watch(v1::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let (code, metrics) = curl(&format!("{}/metrics", cp.admin));
+    assert_eq!(code, 200);
+    for series in [
+        "tether_grpc_requests_total{method=\"/tether.v1.Tether/CreateBackend\",code=\"OK\"} 1",
+        "tether_grpc_requests_total{method=\"/tether.v1.Tether/CreateBackend\",code=\"InvalidArgument\"} 1",
+        "tether_watch_streams_open 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    assert!(support::metric(&metrics, "tether_store_txn_duration_seconds_count") >= 1);
+    assert!(
+        metrics.contains("tether_build_info{version=\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("process_resident_memory_bytes "),
+        "{metrics}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without etcd the replica is not ready (and still alive).
+    etcd.members[0].kill();
+    let start = Instant::now();
+    loop {
+        let (code, body) = curl(&format!("{}/readyz", cp.admin));
+        if code == 503 {
+            assert!(body.contains("not ready"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still ready: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(curl(&format!("{}/healthz", cp.admin)).0, 200);
+    assert_eq!(curl(&format!("{}/nope", cp.admin)).0, 404);
 }

@@ -2,7 +2,9 @@
 //! missing): hadolint for the Dockerfile, kubernetes-validate for the manifests, the Compose
 //! specification's JSON Schema for the compose file, promtool for the alerting rules and for a
 //! live node's `/metrics`, `systemd-analyze verify` for the units; the compose demo's
-//! declarative file loads.
+//! declarative file loads. The declarative file's JSON Schema (`tether schema`, kept in
+//! `docs/declarative.schema.json`) validates the examples with check-jsonschema and rejects
+//! bad files.
 
 #![allow(clippy::unwrap_used)] // test code: a failed setup should panic
 
@@ -142,4 +144,62 @@ async fn a_live_nodes_metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_declarative_schema_is_current_and_validates_the_examples() {
+    let out = Command::new(support::BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/declarative.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        printed, kept,
+        "docs/declarative.schema.json is stale: tether schema > docs/declarative.schema.json"
+    );
+    let mut args = vec!["--schemafile", "docs/declarative.schema.json"];
+    let examples = files("examples", "yaml");
+    args.extend(examples.iter().map(String::as_str));
+    check("check-jsonschema", &args);
+    // One resource naming its kind is a document too.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let good = write(
+        "kind.yaml",
+        "kind: backend\nname: b1\naddress: 127.0.0.1:9\nlabels: { app: web }\n",
+    );
+    check(
+        "check-jsonschema",
+        &["--schemafile", "docs/declarative.schema.json", &good],
+    );
+    for (name, text) in [
+        (
+            "typo.yaml",
+            "backends:\n  - name: b1\n    adress: 127.0.0.1:9\n",
+        ),
+        (
+            "type.yaml",
+            "backends:\n  - name: b1\n    address: x:1\n    weight: heavy\n",
+        ),
+        ("kind.yaml", "kind: backend\nname: b1\n"),
+        (
+            "enum.yaml",
+            "backends:\n  - { name: b1, address: 'x:1', admin_health: maybe }\n",
+        ),
+        ("section.yaml", "backendz: []\n"),
+    ] {
+        let f = write(name, text);
+        let out = Command::new("check-jsonschema")
+            .args(["--schemafile", "docs/declarative.schema.json", &f])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} passed the schema");
+    }
 }

@@ -36,7 +36,7 @@ impl FileError {
 }
 
 /// The file as written.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// Backends.
@@ -58,7 +58,7 @@ pub struct Document {
 
 /// A certificate as written: PEM texts inline. What the control plane reads from the chain
 /// (names, expiry, fingerprint) is shown by `get` and ignored on write.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateDoc {
     /// Name.
@@ -115,7 +115,7 @@ impl From<&v1::Certificate> for CertificateDoc {
 }
 
 /// A backend as written.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendDoc {
     /// Name.
@@ -174,7 +174,9 @@ pub struct BackendDoc {
 }
 
 /// A backend's protocol as written.
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum ProtocolDoc {
@@ -192,7 +194,7 @@ impl ProtocolDoc {
 }
 
 /// TLS to a backend as written.
-#[derive(Debug, Deserialize, Serialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTlsDoc {
     /// SNI and the name verified (default: the address's host).
@@ -210,7 +212,7 @@ pub struct BackendTlsDoc {
 }
 
 /// A probe as written (Varnish defaults when absent).
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeDoc {
     /// Name.
@@ -246,7 +248,7 @@ pub struct ProbeDoc {
 }
 
 /// A key source as written: exactly one of the fields.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyDoc {
     /// `client_ip: true`.
@@ -270,7 +272,7 @@ pub struct KeyDoc {
 }
 
 /// A required header as written.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderDoc {
     /// Header name.
@@ -281,7 +283,7 @@ pub struct HeaderDoc {
 }
 
 /// A route as written.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
     /// Name.
@@ -321,7 +323,7 @@ pub struct RouteDoc {
 }
 
 /// A route's scheme as written.
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum SchemeDoc {
@@ -330,7 +332,7 @@ pub enum SchemeDoc {
 }
 
 /// Admin health as written.
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum AdminHealthDoc {
@@ -341,7 +343,7 @@ pub enum AdminHealthDoc {
 }
 
 /// A director as written: a name, exactly one policy, members.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectorDoc {
     /// Name.
@@ -371,12 +373,12 @@ pub struct DirectorDoc {
 }
 
 /// A policy without parameters.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// Fallback parameters.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// Stay on the current member while it is healthy.
@@ -385,7 +387,7 @@ pub struct FallbackDoc {
 }
 
 /// Shard parameters as written.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShardDoc {
     /// `varnish` (default) or `balanced`.
@@ -409,7 +411,7 @@ pub struct ShardDoc {
 }
 
 /// Shard algorithm as written.
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum AlgorithmDoc {
@@ -419,7 +421,7 @@ pub enum AlgorithmDoc {
 }
 
 /// Shard health mode as written.
-#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum HealthyDoc {
@@ -430,7 +432,7 @@ pub enum HealthyDoc {
 }
 
 /// A member as written: exactly one of `backend`, `director`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberDoc {
     /// A backend name.

@@ -4,7 +4,7 @@
 //! - [`convert`]: the one validation boundary — tether.v1 messages into the data plane's
 //!   domain types, every error naming its field — and the balanced-shard slot assignment;
 //! - [`declarative`]: the YAML file of `tether explain -f` and `tether apply -f`, read into
-//!   tether.v1 messages;
+//!   tether.v1 messages; [`schema`]: its JSON Schema, generated from the same types;
 //! - [`duration`]: the duration syntax of files and flags (`500ms`, `30s`, `2m`, `1h`);
 //! - [`store`]: the [`store::Store`] trait (etcd's KV semantics: revisions, compare-and-write
 //!   transactions, watch from a revision, "compacted, re-list") and
@@ -13,12 +13,13 @@
 //!   one transaction;
 //! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
 //!   [`mask`] merges an Update's `update_mask` (AIP-134) over the stored resource;
-//!   [`filter`] parses and matches List's label `filter` (an AIP-160 subset); [`build`] is
-//!   the version and commit GetVersion reports;
+//!   [`filter`] parses and matches List's label `filter` (an AIP-160 subset); [`metrics`]
+//!   counts calls, store transactions and Watch streams for the admin listener;
 //!   [`pattern`] parses backend patterns; [`auth`] checks bearer tokens (the token file
 //!   re-read on change, noticed by `files`);
 //!   [`server`] serves it all with the health and reflection services, over TLS from
 //!   [`tls`] when given certificates;
+//! - [`admin`]: `tether controlplane`'s admin listener (`/healthz`, `/readyz`, `/metrics`);
 //! - [`client`]: how the CLI and a following data plane reach the API (URL, TLS, token);
 //! - [`serial`]: the serial key's value — the last write's id, time and part (a split write
 //!   in progress is invisible to data planes);
@@ -33,8 +34,8 @@
 //! [`node::Follower`] → `State` → `convert::validate_with` (reusing the previous revision's conversions
 //! and rings) → `Runtime::install`.
 
+pub mod admin;
 pub mod auth;
-pub mod build;
 pub mod client;
 pub mod convert;
 pub mod declarative;
@@ -43,9 +44,11 @@ pub mod error;
 mod files;
 pub mod filter;
 pub mod mask;
+pub mod metrics;
 pub mod node;
 pub mod nodes;
 pub mod pattern;
+pub mod schema;
 pub mod serial;
 pub mod server;
 pub mod service;

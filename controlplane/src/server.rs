@@ -54,6 +54,7 @@ pub async fn serve<S: Store>(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let metrics = api.metrics();
     let tether = TetherServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -65,6 +66,7 @@ pub async fn serve<S: Store>(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .layer(crate::metrics::MetricsLayer::new(metrics))
         .layer(AuthLayer::new(tokens))
         .add_service(health)
         .add_service(reflection_v1)

@@ -542,6 +542,16 @@ fn metrics(rt: &Runtime) -> String {
             );
         }
     }
+    // The build and the standard process metrics, as every Prometheus client library exports.
+    let _ = writeln!(w, "# HELP tether_build_info The running build.");
+    let _ = writeln!(w, "# TYPE tether_build_info gauge");
+    let _ = writeln!(
+        w,
+        "tether_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        crate::build::VERSION,
+        crate::build::COMMIT
+    );
+    crate::process_metrics::write(w);
     out
 }
 

@@ -25,7 +25,8 @@
 //!   [`client_ip`]: the client behind trusted proxies (`X-Forwarded-For`);
 //! - [`tunnel`]: WebSocket and other HTTP/1.1 Upgrades, spliced after the backend's `101`;
 //! - [`certs`]: the TLS listener's certificates (resources and `--cert-dir`), picked by SNI;
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`;
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`; [`process_metrics`]: the
+//!   standard `process_*` metrics from `/proc`; [`build`]: the version and commit built from;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
 //! Data flow: resources → [`config`] types → [`runtime::Runtime::install`] (directors, routes and
@@ -36,6 +37,7 @@
 pub mod admin;
 pub mod backend;
 pub mod body;
+pub mod build;
 pub mod certs;
 pub mod client_ip;
 pub mod config;
@@ -47,6 +49,7 @@ pub mod health;
 pub mod limits;
 pub mod listener;
 pub mod pool;
+pub mod process_metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod resolve;

@@ -447,7 +447,7 @@ pub(crate) struct VersionArgs {
 /// Runs `tether version`: this binary's build, then the server's (kubectl's habit: the client
 /// line is printed even when the server cannot be reached, and the command then fails).
 pub(crate) async fn version(conn: &Conn, args: VersionArgs) -> anyhow::Result<()> {
-    use tether_controlplane::build::{COMMIT, VERSION};
+    use tether_dataplane::build::{COMMIT, VERSION};
     let client = serde_json::json!({"version": VERSION, "commit": COMMIT});
     if args.client {
         if conn.output.structured() {

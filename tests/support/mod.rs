@@ -467,6 +467,8 @@ pub fn apply(api: &str, dir: &Path, yaml: &str, prune: bool) -> i64 {
 pub struct ControlPlane {
     pub child: Child,
     pub api: String,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`), as `http://…`.
+    pub admin: String,
 }
 
 impl ControlPlane {
@@ -483,13 +485,16 @@ impl ControlPlane {
             etcd,
             "--api",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--endpoints-dir",
             d,
         ];
         let (child, v) = spawn_env(dir, &args, env).await;
         let api = v["api"].as_str().unwrap().to_owned();
+        let admin = v["admin"].as_str().unwrap().to_owned();
         // Killed on drop even if the wait below panics.
-        let cp = ControlPlane { child, api };
+        let cp = ControlPlane { child, api, admin };
         // Serving once a call gets an answer from it (whatever the store says).
         let start = Instant::now();
         loop {

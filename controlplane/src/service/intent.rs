@@ -131,7 +131,11 @@ impl<S: Store> Api<S> {
             ops,
             witness: Some((serial, value)),
         };
-        Ok(match self.store.txn(txn).await? {
+        let start = std::time::Instant::now();
+        let outcome = self.store.txn(txn).await;
+        let conflict = matches!(outcome, Ok(TxnOutcome::Failed { .. }));
+        self.metrics.txn(start.elapsed(), conflict);
+        Ok(match outcome? {
             TxnOutcome::Committed { revision } => Some(revision),
             TxnOutcome::Failed { .. } => None,
         })

@@ -59,6 +59,8 @@ pub struct Api<S> {
     /// The stored configuration as last validated for Explain and ListHealth, with its store
     /// revision: rebuilt only when the store moved (one rebuild at a time).
     current: Arc<tokio::sync::Mutex<Option<Arc<Current>>>>,
+    /// Calls, store transactions (for the admin listener's `/metrics`).
+    metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 /// The stored configuration validated at one store revision.
@@ -79,7 +81,24 @@ impl<S: Store> Api<S> {
             last_built: Arc::default(),
             watches: Arc::default(),
             current: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// What this service counts (the server's [`crate::metrics::MetricsLayer`] adds the
+    /// calls).
+    pub fn metrics(&self) -> Arc<crate::metrics::ApiMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Watch streams open now.
+    pub fn watches_open(&self) -> usize {
+        self.watches.total()
+    }
+
+    /// Whether the store answers (the admin listener's `/readyz`).
+    pub async fn store_ready(&self) -> Result<i64, crate::store::StoreError> {
+        self.store.revision().await
     }
 
     /// The stored configuration as validated at the store's current revision, from the
@@ -563,8 +582,8 @@ macro_rules! tether_rpcs {
 
             async fn get_version(&self, _: Request<v1::GetVersionRequest>) -> Resp<v1::VersionInfo> {
                 Ok(Response::new(v1::VersionInfo {
-                    version: crate::build::VERSION.to_owned(),
-                    commit: crate::build::COMMIT.to_owned(),
+                    version: tether_dataplane::build::VERSION.to_owned(),
+                    commit: tether_dataplane::build::COMMIT.to_owned(),
                     store: self.store.kind().to_owned(),
                 }))
             }

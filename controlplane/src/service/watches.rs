@@ -35,6 +35,16 @@ pub(super) struct WatchGuard {
 }
 
 impl Watches {
+    /// Streams open now (every stream counts once under its token).
+    pub(super) fn total(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_token
+            .values()
+            .sum()
+    }
+
     /// Counts a new stream of `token` on `connection`, unless a cap is reached.
     pub(super) fn open(
         self: &Arc<Self>,

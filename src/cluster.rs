@@ -81,6 +81,8 @@ impl EtcdArgs {
 #[command(group(clap::ArgGroup::new("store").required(true).args(["etcd"])))]
 pub(crate) struct ControlPlaneArgs {
     #[command(flatten)]
+    pub(crate) log: process::LogArgs,
+    #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
     api: process::ApiArgs,
@@ -141,6 +143,8 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyh
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["etcd", "controlplane"])))]
 pub(crate) struct DataPlaneArgs {
+    #[command(flatten)]
+    pub(crate) log: process::LogArgs,
     #[command(flatten)]
     etcd: EtcdArgs,
     /// Follow a control plane's Watch stream instead of etcd (no etcd credentials needed;

@@ -149,17 +149,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    if matches!(
-        cli.command,
-        Command::Up(_) | Command::Controlplane(_) | Command::Dataplane(_)
-    ) {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+    match &cli.command {
+        Command::Up(a) => process::init_log(a.log),
+        Command::Controlplane(a) => process::init_log(a.log),
+        Command::Dataplane(a) => process::init_log(a.log),
+        _ => {}
     }
     let rt = match runtime() {
         Ok(rt) => rt,

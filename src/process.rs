@@ -456,3 +456,35 @@ pub(crate) async fn signal() {
         () = term => {}
     }
 }
+
+/// How the server commands write their log (standard error).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct LogArgs {
+    /// `text` (coloured on a terminal only) or `json` (one object per line, for log
+    /// collectors). The level is `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// A log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Starts the process log on standard error.
+pub(crate) fn init_log(args: LogArgs) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => log.json().with_current_span(false).init(),
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

@@ -23,6 +23,8 @@ use crate::{client, process};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(flatten)]
+    pub(crate) log: process::LogArgs,
+    #[command(flatten)]
     api: process::ApiArgs,
     #[command(flatten)]
     listen: process::ProxyArgs,

@@ -381,3 +381,61 @@ async fn apply_takes_several_documents_several_files_and_directories() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"gateway\""));
 }
+
+/// `--log-format json`: every line of the process log is one JSON object (for log
+/// collectors); the default text log has no colour codes when standard error is not a
+/// terminal.
+#[test]
+fn the_log_is_json_lines_when_asked_and_plain_text_otherwise() {
+    for (format, json) in [("json", true), ("text", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let child = std::process::Command::new(support::BIN)
+            .args(["up", "--api", "127.0.0.1:0", "--proxy", "127.0.0.1:0"])
+            .args([
+                "--admin",
+                "127.0.0.1:0",
+                "--data-dir",
+                d,
+                "--log-format",
+                format,
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let endpoints = dir.path().join("endpoints.json");
+        let start = std::time::Instant::now();
+        while !endpoints.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        let pid = child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.lines().count() >= 2, "{log}");
+        assert!(!log.contains('\u{1b}'), "colour codes in a pipe: {log}");
+        for line in log.lines() {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            if json {
+                let v = parsed.unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(
+                    v["level"].is_string() && v["fields"]["message"].is_string(),
+                    "{line}"
+                );
+            } else {
+                assert!(parsed.is_err(), "{line}");
+                assert!(line.contains(" INFO ") || line.contains(" WARN "), "{line}");
+            }
+        }
+    }
+}

@@ -355,7 +355,6 @@ async fn a_closed_pipe_ends_a_command_quietly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_labels_round_trips_export_version_and_deletes_with_their_last_value() {
     use tether_proto::v1;
-    use tokio_stream::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let t = Tether::up(dir.path(), &[]).await;
     t.apply(
@@ -488,16 +487,7 @@ async fn fields_labels_round_trips_export_version_and_deletes_with_their_last_va
         .unwrap()
         .into_inner();
     t.ok(&["backend", "delete", "b3"]);
-    let event = loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
-            .await
-            .expect("a watch event")
-            .unwrap()
-            .unwrap();
-        if let Some(e) = msg.events.into_iter().next() {
-            break e;
-        }
-    };
+    let event = support::next_watch_event(&mut watch, "backend").await;
     assert_eq!(
         (event.kind.as_str(), event.name.as_str()),
         ("backend", "b3")

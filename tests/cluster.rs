@@ -549,7 +549,6 @@ async fn etcd_over_tls_with_client_certificates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_delete_carries_the_last_value_on_etcd() {
     use tether_proto::v1;
-    use tokio_stream::StreamExt;
     let etcd = Etcd::start(1);
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &etcd.urls()).await;
@@ -574,16 +573,7 @@ async fn a_watch_delete_carries_the_last_value_on_etcd() {
         .unwrap()
         .into_inner();
     support::ok(&cp.api, &["backend", "delete", "gone"]);
-    let event = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), watch.next())
-            .await
-            .expect("a watch event")
-            .unwrap()
-            .unwrap();
-        if let Some(e) = msg.events.into_iter().find(|e| e.kind == "backend") {
-            break e;
-        }
-    };
+    let event = support::next_watch_event(&mut watch, "backend").await;
     assert_eq!(event.action, v1::Action::Delete as i32);
     match event.resource {
         Some(v1::watch_event::Resource::Backend(b)) => {
@@ -651,21 +641,7 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
         metrics.contains("process_resident_memory_bytes "),
         "{metrics}"
     );
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (scripts/test installs it)");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::promtool_check_metrics(&metrics);
     // Without etcd the replica is not ready (and still alive).
     etcd.members[0].kill();
     let start = Instant::now();

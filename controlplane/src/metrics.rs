@@ -111,14 +111,7 @@ impl ApiMetrics {
     /// The exposition, with `watches` open Watch streams.
     pub fn render(&self, watches: usize) -> String {
         let mut w = String::new();
-        let _ = writeln!(w, "# HELP tether_build_info The running build.");
-        let _ = writeln!(w, "# TYPE tether_build_info gauge");
-        let _ = writeln!(
-            w,
-            "tether_build_info{{version=\"{}\",commit=\"{}\"}} 1",
-            tether_dataplane::build::VERSION,
-            tether_dataplane::build::COMMIT
-        );
+        tether_dataplane::build::write_metric(&mut w);
         let _ = writeln!(
             w,
             "# HELP tether_grpc_requests_total gRPC calls by method and status code."

@@ -543,19 +543,11 @@ fn metrics(rt: &Runtime) -> String {
         }
     }
     // The build and the standard process metrics, as every Prometheus client library exports.
-    let _ = writeln!(w, "# HELP tether_build_info The running build.");
-    let _ = writeln!(w, "# TYPE tether_build_info gauge");
-    let _ = writeln!(
-        w,
-        "tether_build_info{{version=\"{}\",commit=\"{}\"}} 1",
-        crate::build::VERSION,
-        crate::build::COMMIT
-    );
+    crate::build::write_metric(w);
     crate::process_metrics::write(w);
     out
 }
 
-/// Each listener's open connections and what its edge refused or cut off.
 /// The TLS listener's handshakes and failures, and every certificate's time left.
 fn tls_metrics(w: &mut String, rt: &Runtime) {
     let c = &rt.certs.counters;
@@ -604,6 +596,7 @@ fn tls_metrics(w: &mut String, rt: &Runtime) {
     }
 }
 
+/// Each listener's open connections and what its edge refused or cut off.
 fn edge_metrics(w: &mut String, rt: &Runtime) {
     type Get = fn(&EdgeCounters) -> &AtomicU64;
     /// A counter family: name, help, and its series (label, counter).

@@ -74,28 +74,7 @@ pub(crate) enum ResourceCmd {
     },
     /// Backend only: change some fields, leaving the others as stored (an update mask; no
     /// read-modify-write).
-    Set {
-        /// Its name.
-        name: String,
-        /// Default member weight.
-        #[arg(long)]
-        weight: Option<f64>,
-        /// No new requests (`true`) or back in service (`false`).
-        #[arg(long)]
-        drain: Option<bool>,
-        /// `auto`, `healthy` or `sick`.
-        #[arg(long, value_name = "STATE")]
-        admin_health: Option<String>,
-        /// Sets one label (repeatable): `--label zone=b`.
-        #[arg(long = "label", value_name = "KEY=VALUE")]
-        labels: Vec<String>,
-        /// Removes one label (repeatable).
-        #[arg(long = "remove-label", value_name = "KEY")]
-        remove_labels: Vec<String>,
-        /// Fail unless the stored resource is at this revision.
-        #[arg(long, default_value_t = 0)]
-        revision: i64,
-    },
+    Set(SetFlags),
     /// Delete one.
     Delete {
         /// Its name.
@@ -116,14 +95,27 @@ pub(crate) struct CreateFlags {
 }
 
 /// What `set` takes (backends only).
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub(crate) struct SetFlags {
+    /// Its name.
     name: String,
+    /// Default member weight.
+    #[arg(long)]
     weight: Option<f64>,
+    /// No new requests (`true`) or back in service (`false`).
+    #[arg(long)]
     drain: Option<bool>,
+    /// `auto`, `healthy` or `sick`.
+    #[arg(long, value_name = "STATE")]
     admin_health: Option<String>,
+    /// Sets one label (repeatable): `--label zone=b`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Removes one label (repeatable).
+    #[arg(long = "remove-label", value_name = "KEY")]
     remove_labels: Vec<String>,
+    /// Fail unless the stored resource is at this revision.
+    #[arg(long, default_value_t = 0)]
     revision: i64,
 }
 
@@ -489,24 +481,8 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
             let r = R::update(&mut c, r, Vec::new()).await.map_err(CallError)?;
             done(out, "updated", r.revision());
         }
-        ResourceCmd::Set {
-            name,
-            weight,
-            drain,
-            admin_health,
-            labels,
-            remove_labels,
-            revision,
-        } => {
-            let (r, mask) = R::from_set(SetFlags {
-                name,
-                weight,
-                drain,
-                admin_health,
-                labels,
-                remove_labels,
-                revision,
-            })?;
+        ResourceCmd::Set(flags) => {
+            let (r, mask) = R::from_set(flags)?;
             let r = R::update(&mut c, r, mask).await.map_err(CallError)?;
             done(out, "updated", r.revision());
         }

@@ -552,3 +552,45 @@ pub fn config(backends: &[(&str, SocketAddr)], probe: bool) -> String {
     y.push_str("routes:\n  - name: app\n    director: users\n    key: { header: x-user }\n");
     y
 }
+
+/// Runs `promtool check metrics` on an exposition; panics with its complaints.
+pub fn promtool_check_metrics(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first event of `kind` a Watch stream delivers within 10 s.
+pub async fn next_watch_event(
+    watch: &mut tonic::Streaming<tether_proto::v1::WatchResponse>,
+    kind: &str,
+) -> tether_proto::v1::WatchEvent {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a watch event")
+            .unwrap()
+            .expect("the stream went on");
+        if let Some(e) = msg.events.into_iter().find(|e| e.kind == kind) {
+            return e;
+        }
+    }
+}

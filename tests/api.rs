@@ -478,14 +478,7 @@ async fn fields_labels_round_trips_export_version_and_deletes_with_their_last_va
     assert_eq!(v["server"]["commit"], v["client"]["commit"]);
 
     // A Watch delete carries the deleted backend's last value.
-    let mut api = v1::tether_client::TetherClient::connect(t.api.clone())
-        .await
-        .unwrap();
-    let mut watch = api
-        .watch(v1::WatchRequest { from_revision: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = support::open_watch(&t.api).await;
     t.ok(&["backend", "delete", "b3"]);
     let event = support::next_watch_event(&mut watch, "backend").await;
     assert_eq!(

@@ -564,14 +564,7 @@ async fn a_watch_delete_carries_the_last_value_on_etcd() {
             "3",
         ],
     );
-    let mut api = v1::tether_client::TetherClient::connect(cp.api.clone())
-        .await
-        .unwrap();
-    let mut watch = api
-        .watch(v1::WatchRequest { from_revision: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = support::open_watch(&cp.api).await;
     support::ok(&cp.api, &["backend", "delete", "gone"]);
     let event = support::next_watch_event(&mut watch, "backend").await;
     assert_eq!(event.action, v1::Action::Delete as i32);
@@ -599,7 +592,6 @@ fn curl(url: &str) -> (u16, String) {
 /// clean under `promtool check metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness() {
-    use tether_proto::v1;
     let mut etcd = Etcd::start(1);
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &etcd.urls()).await;
@@ -615,14 +607,7 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
         &["backend", "create", "b 2", "--address", "127.0.0.1:9"],
     );
     assert_eq!(bad.status.code(), Some(2));
-    let mut api = v1::tether_client::TetherClient::connect(cp.api.clone())
-        .await
-        .unwrap();
-    let _watch = api
-        .watch(v1::WatchRequest { from_revision: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let _watch = support::open_watch(&cp.api).await;
     let (code, metrics) = curl(&format!("{}/metrics", cp.admin));
     assert_eq!(code, 200);
     for series in [

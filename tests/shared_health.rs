@@ -204,14 +204,7 @@ async fn nodes_out_of_step_agree_on_every_key_while_a_backend_flaps() {
         all.push(dataplane(dir.path(), &etcd.urls(), i, &[]).await);
         tokio::time::sleep(Duration::from_millis(1300)).await;
     }
-    let pid = all[1].child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::sigterm(&all[1].child);
     let _ = all[1].child.wait();
     tokio::time::sleep(Duration::from_millis(700)).await;
     all[1] = dataplane(dir.path(), &etcd.urls(), 3, &[]).await;

@@ -412,14 +412,7 @@ fn the_log_is_json_lines_when_asked_and_plain_text_otherwise() {
             );
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
-        let pid = child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        support::sigterm(&child);
         let out = child.wait_with_output().unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(log.lines().count() >= 2, "{log}");

@@ -594,3 +594,27 @@ pub async fn next_watch_event(
         }
     }
 }
+
+/// A Watch stream on the API at `api` from the current revision on.
+pub async fn open_watch(api: &str) -> tonic::Streaming<tether_proto::v1::WatchResponse> {
+    let mut client = tether_proto::v1::tether_client::TetherClient::connect(api.to_owned())
+        .await
+        .unwrap();
+    client
+        .watch(tether_proto::v1::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Sends SIGTERM to `child` (a graceful stop).
+pub fn sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}

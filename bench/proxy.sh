@@ -6,6 +6,7 @@
 # is one NGINX worker answering `200 bN` from memory; wrk runs one thread.
 #
 # Usage: bench/proxy.sh [RUNS] [SECONDS] [CONNECTIONS]   (defaults 3, 10, 32)
+# TETHER_BASELINE=PATH adds a `baseline` row: that tether binary, in the same rounds (A/B).
 # Needs: wrk haproxy nginx (apt-get install wrk haproxy nginx-light). Loopback only; bounded
 # by RUNS x 3 proxies x SECONDS.
 set -euo pipefail
@@ -20,6 +21,13 @@ cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
 start_upstream 19101 19102 19103
 
+proxies="tether haproxy nginx"
+if [ -n "${TETHER_BASELINE:-}" ]; then
+  # An A/B row: another tether build (e.g. the commit before a change) in the same rounds.
+  TETHER_BIN=$TETHER_BASELINE start_tether 18083 17072 17073 19101 19102 19103
+  baseline_pid=$tether_pid
+  proxies="tether baseline haproxy nginx"
+fi
 start_tether 18080 17070 17071 19101 19102 19103
 start_haproxy 18081 19101 19102 19103
 start_nginx 18082 19101 19102 19103
@@ -32,14 +40,15 @@ request = function()
 end
 EOF
 
-for port in 18080 18081 18082; do
+for proxy in $proxies; do
+  case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; baseline) port=18083 ;; esac
   for _ in $(seq 100); do curl -sf -H 'x-user: warm' "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
 done
 hz=$(getconf CLK_TCK)
 printf '%-8s %4s %10s %9s %9s %12s\n' proxy run req/s p50 p99 "cpu µs/req"
 for run in $(seq "$runs"); do
-  for proxy in tether haproxy nginx; do
-    case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; esac
+  for proxy in $proxies; do
+    case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; baseline) port=18083 ;; esac
     wrk -t1 -c"$conns" -d2s -s "$work/keys.lua" "http://127.0.0.1:$port/" >/dev/null  # warm-up
     before=$(ticks $proxy)
     out=$(wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/keys.lua" "http://127.0.0.1:$port/")

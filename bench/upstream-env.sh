@@ -10,6 +10,7 @@
 #                                 X-Forwarded-For added, and the same client timeouts (head
 #                                 10 s, keep-alive idle 60 s, as Tether's defaults);
 #   procs NAME, ticks NAME        a proxy's processes, and their CPU time in clock ticks.
+# TETHER_BIN runs another tether binary (a baseline build, for A/B rows).
 # TETHER_EXTRA (flags), HAPROXY_EXTRA (frontend lines) and NGINX_EXTRA (server lines) add to
 # a proxy's configuration (bench/tls.sh: the TLS listeners).
 work=$(mktemp -d)
@@ -52,7 +53,7 @@ start_tether() {
     backends+="  - { name: b$i, address: 127.0.0.1:$up }"$'\n'
     members+="{ backend: b$i }, "
   done
-  cat >"$work/tether.yaml" <<CONF
+  cat >"$work/tether-$port.yaml" <<CONF
 backends:
 $backends
 directors:
@@ -62,9 +63,9 @@ directors:
 routes:
   - { name: app, director: users, key: { header: x-user } }
 CONF
-  RUST_LOG=error target/release/tether up --proxy-threads 1 --api "127.0.0.1:$api" \
-    --proxy "127.0.0.1:$port" --admin "127.0.0.1:$admin" --data-dir "$work/tether" \
-    -f "$work/tether.yaml" ${TETHER_EXTRA:-} & pids+=($!)
+  RUST_LOG=error "${TETHER_BIN:-target/release/tether}" up --proxy-threads 1 --api "127.0.0.1:$api" \
+    --proxy "127.0.0.1:$port" --admin "127.0.0.1:$admin" --data-dir "$work/tether-$port" \
+    -f "$work/tether-$port.yaml" ${TETHER_EXTRA:-} & pids+=($!)
   tether_pid=$!
 }
 
@@ -131,6 +132,7 @@ ${NGINX_EXTRA:-}
 procs() {
   case $1 in
     tether) echo "$tether_pid" ;;
+    baseline) echo "$baseline_pid" ;;
     haproxy) echo "$haproxy_pid" ;;
     nginx) pgrep -f "nginx.*$work/nginx.conf" ; pgrep -P "$(cat "$work/nginx.pid")" ;;
   esac

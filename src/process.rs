@@ -17,6 +17,7 @@ use tether_dataplane::client_ip::{Cidr, TrustedProxies};
 use tether_dataplane::edge::{self, Edge, EdgeConfig};
 use tether_dataplane::resolve::DnsConfig;
 use tether_dataplane::runtime::Runtime;
+use tether_dataplane::traffic::{AccessLog, LogTarget};
 use tether_dataplane::{admin, listener, proxy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -105,6 +106,14 @@ pub(crate) struct ProxyArgs {
     /// And at most this long: a backend name is asked again within this.
     #[arg(long, default_value = "60s", value_parser = edge_duration)]
     pub(crate) dns_max_ttl: Duration,
+    /// An access log: one JSON line per request, to FILE (appended; reopened on SIGHUP, after
+    /// log rotation) or `-` (standard output). Off by default.
+    #[arg(long, value_name = "PATH|-")]
+    pub(crate) access_log: Option<LogTarget>,
+    /// With --access-log: each line carries the raw key too (a session id, a user name), not
+    /// only where it came from.
+    #[arg(long, requires = "access_log")]
+    pub(crate) access_log_keys: bool,
 }
 
 /// A name server: `IP` (port 53) or `IP:PORT`.
@@ -168,11 +177,17 @@ impl ProxyArgs {
                 self.dns_max_ttl
             );
         }
-        Ok(Runtime::with_dns(DnsConfig {
+        let rt = Runtime::with_dns(DnsConfig {
             servers: self.dns_server.clone(),
             min_ttl: self.dns_min_ttl,
             max_ttl: self.dns_max_ttl,
-        }))
+        });
+        if let Some(target) = &self.access_log {
+            let log =
+                AccessLog::open(target.clone(), self.access_log_keys).context("--access-log")?;
+            rt.traffic.set_access_log(log);
+        }
+        Ok(rt)
     }
 
     /// The proxy's and the admin listener's edges (timeouts and caps), registered with `rt`
@@ -251,6 +266,25 @@ pub(crate) fn serve_listeners(
             },
             move |t| access.replace(t.digests()),
         ));
+    }
+    #[cfg(unix)]
+    if rt.traffic.access_log().is_some() {
+        // SIGHUP reopens the access log (logrotate's `postrotate`, as NGINX's USR1).
+        let (rt, mut stopped) = (Arc::clone(rt), stop.subscribe());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("SIGHUP for --access-log")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        if let Some(log) = rt.traffic.access_log() {
+                            log.reopen();
+                        }
+                    }
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+            }
+        });
     }
     let mut admin_stop = stop.subscribe();
     let admin_task = tokio::spawn(admin::serve(

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tether_dataplane::histogram::Histogram;
 use tower::{Layer, Service};
 
 /// Latency buckets in seconds (a Watch's head comes at once; an Apply of 10,000 resources
 /// takes seconds).
-const BUCKETS: [f64; 14] = [
+const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -27,54 +28,24 @@ const BUCKETS: [f64; 14] = [
 /// client inventing method names cannot grow the map.
 const MAX_SERIES: usize = 512;
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    fn write(&self, w: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(w, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(w, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = |l: &str| {
-            if l.is_empty() {
-                String::new()
-            } else {
-                format!("{{{l}}}")
-            }
-        };
-        let _ = writeln!(w, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(w, "{name}_count{} {count}", braces(labels));
-    }
-}
-
 /// The control plane's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ApiMetrics {
     calls: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
     txn: Histogram,
     conflicts: AtomicU64,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            calls: Mutex::default(),
+            latency: Mutex::default(),
+            txn: Histogram::new(BUCKETS),
+            conflicts: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ApiMetrics {
@@ -94,7 +65,10 @@ impl ApiMetrics {
         };
         let h = {
             let mut l = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(l.entry(method).or_default())
+            Arc::clone(
+                l.entry(method)
+                    .or_insert_with(|| Arc::new(Histogram::new(BUCKETS))),
+            )
         };
         h.observe(took);
     }
@@ -143,7 +117,7 @@ impl ApiMetrics {
             .collect();
         for (method, h) in latency {
             let labels = format!("method=\"{}\"", escape(&method));
-            h.write(&mut w, "tether_grpc_request_duration_seconds", &labels);
+            h.write_prometheus(&mut w, "tether_grpc_request_duration_seconds", &labels);
         }
         let _ = writeln!(
             w,
@@ -151,7 +125,7 @@ impl ApiMetrics {
         );
         let _ = writeln!(w, "# TYPE tether_store_txn_duration_seconds histogram");
         self.txn
-            .write(&mut w, "tether_store_txn_duration_seconds", "");
+            .write_prometheus(&mut w, "tether_store_txn_duration_seconds", "");
         let _ = writeln!(
             w,
             "# HELP tether_store_txn_conflicts_total Write transactions another writer got ahead of (retried)."

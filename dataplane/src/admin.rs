@@ -14,10 +14,13 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::backend::BackendRuntime;
+use crate::config::{AdminHealth, BackendSpec};
 use crate::edge::{Edge, EdgeCounters};
 use crate::listener::serve_http;
+use crate::pool::Failure;
 use crate::runtime::Runtime;
 use crate::snapshot::{ExplainTarget, Snapshot, backend_healthy};
+use crate::traffic::RouteCounters;
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -325,7 +328,7 @@ fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
 }
 
 /// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -412,6 +415,91 @@ fn metrics(rt: &Runtime) -> String {
             u8::from(backend_healthy(spec, st))
         );
     }
+    let _ = writeln!(
+        w,
+        "# HELP tether_backend_admin_state A backend's administrative health (auto: the probe decides)."
+    );
+    let _ = writeln!(w, "# TYPE tether_backend_admin_state gauge");
+    for spec in &snap.config.backends {
+        for (state, value) in [
+            ("auto", AdminHealth::Auto),
+            ("healthy", AdminHealth::Healthy),
+            ("sick", AdminHealth::Sick),
+        ] {
+            let _ = writeln!(
+                w,
+                "tether_backend_admin_state{{backend=\"{}\",state=\"{state}\"}} {}",
+                label(&spec.name),
+                u8::from(spec.admin_health == value)
+            );
+        }
+    }
+    /// A per-backend gauge from its configuration: name, help, value.
+    type Setting = (&'static str, &'static str, fn(&BackendSpec) -> f64);
+    let settings: [Setting; 3] = [
+        (
+            "tether_backend_draining",
+            "Whether a backend is draining (no new keys; its sessions finish).",
+            |b| f64::from(u8::from(b.drain)),
+        ),
+        ("tether_backend_weight", "A backend's weight.", |b| b.weight),
+        (
+            "tether_backend_max_connections",
+            "A backend's max_connections (0: no limit).",
+            |b| f64::from(b.max_connections),
+        ),
+    ];
+    for (metric, help, value) in settings {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} gauge");
+        for spec in &snap.config.backends {
+            let _ = writeln!(
+                w,
+                "{metric}{{backend=\"{}\"}} {}",
+                label(&spec.name),
+                value(spec)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tether_backend_failures_total Failed exchanges with a backend by cause (each alternate tried counts): the causes of 502, 503 and 504 answers and of responses cut short."
+    );
+    let _ = writeln!(w, "# TYPE tether_backend_failures_total counter");
+    for st in &snap.backends {
+        let name = label(&st.name);
+        for f in Failure::ALL {
+            let _ = writeln!(
+                w,
+                "tether_backend_failures_total{{backend=\"{name}\",cause=\"{}\"}} {}",
+                f.label(),
+                st.pool.counters.failures.get(f)
+            );
+        }
+    }
+    for (metric, help, healthy) in [
+        ("tether_director_members", "Members of a director.", false),
+        (
+            "tether_director_healthy_members",
+            "Members of a director that can take requests now.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(w, "# HELP {metric} {help}");
+        let _ = writeln!(w, "# TYPE {metric} gauge");
+        for (d, all, up) in snap.directors.membership(&*snap) {
+            let v = if healthy { up } else { all };
+            let _ = writeln!(w, "{metric}{{director=\"{}\"}} {v}", label(d));
+        }
+    }
+    let routes: Vec<(&str, &Arc<RouteCounters>)> = snap
+        .config
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .zip(&snap.route_counters)
+        .collect();
+    rt.traffic.write_metrics(w, &routes);
     let _ = writeln!(
         w,
         "# HELP tether_backend_requests_total Responses by backend and status."

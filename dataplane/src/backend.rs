@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Address, BackendSpec, ProbeSpec};
 use crate::fleet::{FleetHealth, Outcome, Role, Source};
 use crate::health::{ProbeError, Transport, Window};
+use crate::histogram::Histogram;
 use crate::pool::Pool;
 use crate::resolve::Dns;
 
@@ -37,53 +38,6 @@ impl Identity {
     /// Whether this is the identity of `spec` (without building that identity).
     pub fn is(&self, spec: &BackendSpec) -> bool {
         self.name == spec.name && self.addresses.iter().eq(spec.addresses())
-    }
-}
-
-/// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A Prometheus histogram of durations over [`LATENCY_BUCKETS`], lock-free.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Per bucket (not cumulative), the last one +Inf.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Writes the histogram's `_bucket`, `_sum` and `_count` lines with these labels
-    /// (`name="value",` pairs, possibly empty).
-    pub fn write_prometheus(&self, out: &mut String, metric: &str, labels: &str) {
-        use std::fmt::Write as _;
-        let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |v| v.to_string());
-            let _ = writeln!(out, "{metric}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let bare = labels.trim_end_matches(',');
-        let _ = writeln!(out, "{metric}_sum{{{bare}}} {sum}");
-        let _ = writeln!(out, "{metric}_count{{{bare}}} {cumulative}");
     }
 }
 

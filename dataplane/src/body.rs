@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::edge::Gap;
-use crate::pool::Checkout;
+use crate::pool::{Checkout, Failure};
+use crate::traffic::Exchange;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
@@ -28,13 +29,15 @@ pub enum BodyError {
 
 /// A backend's response body, streamed frame by frame, with the between-bytes timeout. When it
 /// ends cleanly its connection goes back to the pool; when it is dropped early or fails, the
-/// connection is closed.
+/// connection is closed. It carries the request's [`Exchange`], which counts the bytes and is
+/// recorded when the body is dropped.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
     /// The between-bytes timeout.
     gap: Gap,
     conn: Option<Checkout>,
+    exchange: Option<Exchange>,
 }
 
 impl UpstreamBody {
@@ -44,6 +47,7 @@ impl UpstreamBody {
             inner,
             gap: Gap::new(timeout),
             conn: Some(conn),
+            exchange: None,
         };
         if body.inner.is_end_stream() {
             // The server may never poll an empty body: give the connection back now.
@@ -52,9 +56,27 @@ impl UpstreamBody {
         body
     }
 
+    /// Carries `ex` to the body's end (complete already if the body is empty).
+    pub fn carry(&mut self, mut ex: Exchange) {
+        if self.inner.is_end_stream() {
+            ex.complete();
+        }
+        self.exchange = Some(ex);
+    }
+
     fn release(&mut self) {
         if let Some(c) = self.conn.take() {
             c.release();
+        }
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.complete();
+        }
+    }
+
+    /// The backend failed the body: its connection is closed.
+    fn fail(&mut self, f: Failure) {
+        if let Some(c) = self.conn.take() {
+            c.failed(f);
         }
     }
 }
@@ -70,6 +92,9 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
+                    ex.sent(data.len());
+                }
                 if this.inner.is_end_stream() {
                     // A server stops polling once a body reports its end (a known length was
                     // read): give the connection back now, not at a `None` that never comes.
@@ -80,7 +105,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.conn = None;
+                this.fail(Failure::BodyFailed);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
@@ -89,7 +114,7 @@ impl Body for UpstreamBody {
             }
             Poll::Pending => match this.gap.poll_expired(cx) {
                 Poll::Ready(()) => {
-                    this.conn = None;
+                    this.fail(Failure::BetweenBytesTimeout);
                     Poll::Ready(Some(Err(BodyError::Timeout(this.gap.limit()))))
                 }
                 Poll::Pending => Poll::Pending,

@@ -854,16 +854,25 @@ pub struct ClientBody {
     /// Bytes still allowed (`None`: no limit).
     left: Option<u64>,
     limit: u64,
+    /// Bytes read so far (the request's [`crate::traffic::Exchange`] reports them).
+    read: Arc<AtomicU64>,
 }
 
 impl ClientBody {
-    /// `inner`, cut when nothing arrives for `gap` or when more than `limit` bytes do.
-    pub fn new(inner: Incoming, gap: Duration, limit: Option<u64>) -> ClientBody {
+    /// `inner`, cut when nothing arrives for `gap` or when more than `limit` bytes do; what
+    /// is read is added to `read`.
+    pub fn new(
+        inner: Incoming,
+        gap: Duration,
+        limit: Option<u64>,
+        read: Arc<AtomicU64>,
+    ) -> ClientBody {
         ClientBody {
             inner,
             gap: Gap::new(gap),
             left: limit,
             limit: limit.unwrap_or(u64::MAX),
+            read,
         }
     }
 }
@@ -880,14 +889,17 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 this.gap.progress();
-                if let (Some(left), Some(Ok(frame))) = (&mut this.left, &r)
+                if let Some(Ok(frame)) = &r
                     && let Some(data) = frame.data_ref()
                 {
                     let n = data.len() as u64;
-                    if n > *left {
-                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge(this.limit))));
+                    if let Some(left) = &mut this.left {
+                        if n > *left {
+                            return Poll::Ready(Some(Err(ClientBodyError::TooLarge(this.limit))));
+                        }
+                        *left -= n;
                     }
-                    *left -= n;
+                    this.read.fetch_add(n, Ordering::Relaxed);
                 }
                 Poll::Ready(r.map(|f| f.map_err(ClientBodyError::from)))
             }

@@ -27,12 +27,16 @@
 //! - [`certs`]: the TLS listener's certificates (resources and `--cert-dir`), picked by SNI;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/state`, `/explain`; [`process_metrics`]: the
 //!   standard `process_*` metrics from `/proc`; [`build`]: the version and commit built from;
+//!   [`traffic`]: client requests as a whole — per-route counters, in flight, the access log —
+//!   recorded when each request's [`traffic::Exchange`] is dropped at its response's end;
+//!   [`histogram`]: the latency histogram every listener uses;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
 //! Data flow: resources → [`config`] types → [`runtime::Runtime::install`] (directors, routes and
 //! backend states built, then one atomic swap) → per request: [`proxy`] loads the snapshot,
 //! [`route`] picks a route and key, the director selects with live health, the [`pool`]
-//! supplies a connection, [`body`] streams the answer.
+//! supplies a connection, [`body`] streams the answer and carries the request's exchange to
+//! [`traffic`] at its end.
 
 pub mod admin;
 pub mod backend;
@@ -46,6 +50,7 @@ pub mod edge;
 pub mod fingerprint;
 pub mod fleet;
 pub mod health;
+pub mod histogram;
 pub mod limits;
 pub mod listener;
 pub mod pool;
@@ -57,4 +62,5 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod tls;
+pub mod traffic;
 pub mod tunnel;

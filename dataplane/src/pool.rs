@@ -183,6 +183,83 @@ pub struct PoolCounters {
     pub queue_timeouts: AtomicU64,
     /// Lookups of the backend's names that failed (an earlier answer was used if there was one).
     pub resolve_failures: AtomicU64,
+    /// Failed exchanges with the backend, by cause (each alternate tried counts).
+    pub failures: Failures,
+}
+
+/// Why an exchange with a backend failed: the causes behind the proxy's 502, 503 and 504s, and
+/// behind responses cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connecting (TCP, TLS, the HTTP/2 handshake, DNS) failed: 502.
+    ConnectFailed,
+    /// No address answered within the connect timeout: 504.
+    ConnectTimeout,
+    /// `max_connections` were open and none came free in time: 503.
+    AtLimit,
+    /// No response head within `first_byte`: 504.
+    FirstByteTimeout,
+    /// The connection failed after the request was sent (reset, closed): 502.
+    BackendFailed,
+    /// The response head was over the limit: 502.
+    HeadTooLarge,
+    /// The response body stalled for `between_bytes` (the response is cut short).
+    BetweenBytesTimeout,
+    /// The response body failed midway (the response is cut short).
+    BodyFailed,
+}
+
+impl Failure {
+    /// Every cause, in the order of [`Failures`]' slots.
+    pub const ALL: [Failure; 8] = [
+        Failure::ConnectFailed,
+        Failure::ConnectTimeout,
+        Failure::AtLimit,
+        Failure::FirstByteTimeout,
+        Failure::BackendFailed,
+        Failure::HeadTooLarge,
+        Failure::BetweenBytesTimeout,
+        Failure::BodyFailed,
+    ];
+
+    /// The cause's `/metrics` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::ConnectFailed => "connect_failed",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::AtLimit => "at_limit",
+            Failure::FirstByteTimeout => "first_byte_timeout",
+            Failure::BackendFailed => "backend_failed",
+            Failure::HeadTooLarge => "head_too_large",
+            Failure::BetweenBytesTimeout => "between_bytes_timeout",
+            Failure::BodyFailed => "body_failed",
+        }
+    }
+
+    /// The cause of a connect error.
+    pub fn of_connect(e: &ConnectError) -> Failure {
+        match e {
+            ConnectError::Timeout(_) => Failure::ConnectTimeout,
+            ConnectError::AtLimit(_) => Failure::AtLimit,
+            _ => Failure::ConnectFailed,
+        }
+    }
+}
+
+/// Failures by cause.
+#[derive(Debug, Default)]
+pub struct Failures([AtomicU64; Failure::ALL.len()]);
+
+impl Failures {
+    /// Counts one.
+    pub fn add(&self, f: Failure) {
+        self.0[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for `f`.
+    pub fn get(&self, f: Failure) -> u64 {
+        self.0[f as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// An idle HTTP/1.1 connection, with what decides whether it may still be used.
@@ -253,6 +330,11 @@ enum Held {
 }
 
 impl Checkout {
+    /// Counts a failure of the exchange on this connection.
+    pub fn failed(&self, f: Failure) {
+        self.pool.counters.failures.add(f);
+    }
+
     fn h1(pool: &Arc<Pool>, idle: Idle, retire_at: Option<Instant>, tls: bool) -> Checkout {
         Checkout {
             pool: Arc::clone(pool),

@@ -26,10 +26,11 @@ use crate::config::{KeySpec, RouteSpec};
 use crate::director::SelectError;
 use crate::edge::{ClientBody, ClientBodyError, Edge, InFlight};
 use crate::listener::{Tls, serve_http};
-use crate::pool::{ConnectError, Dial, RequestBody};
+use crate::pool::{ConnectError, Dial, Failure as PoolFailure, RequestBody};
 use crate::route;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
+use crate::traffic::Exchange;
 use crate::tunnel::Tunnel;
 use hyper::upgrade::OnUpgrade;
 
@@ -438,7 +439,8 @@ fn redirect_to_https(host: Option<&str>, uri: &Uri) -> Response<ProxyBody> {
 }
 
 /// Proxies one request. `busy`: the request asks for an Upgrade, and this keeps its client
-/// connection busy for the tunnel it may become.
+/// connection busy for the tunnel it may become. The request's [`Exchange`] goes with a
+/// backend's body to its end (the proxy's own answers are recorded at once).
 pub async fn handle(
     rt: Arc<Runtime>,
     edge: Arc<Edge>,
@@ -449,10 +451,18 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let snap = rt.snapshot();
     let grpc = is_grpc(req.headers());
-    match forward(&rt, &edge, &snap, https, client.ip(), req, busy).await {
-        Ok(r) => r,
+    let mut ex = rt.traffic.begin();
+    let mut r = match forward(&rt, &edge, &snap, https, client.ip(), req, busy, &mut ex).await {
+        Ok(r) => {
+            ex.set_status(r.status().as_u16());
+            r
+        }
         Err((e, backend)) => {
             let r = if grpc { respond_grpc(&e) } else { respond(&e) };
+            // Counted as the HTTP status it stands for, gRPC or not.
+            let status = status_of(&e).as_u16();
+            ex.set_status(status);
+            ex.error(&e);
             match (&e, backend) {
                 (ProxyError::NoRoute, _) => {
                     rt.counters.no_route.fetch_add(1, Ordering::Relaxed);
@@ -469,15 +479,22 @@ pub async fn handle(
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 (_, Some((b, started))) => {
-                    // Counted as the HTTP status it stands for, gRPC or not.
-                    b.counters.record(status_of(&e).as_u16(), started.elapsed());
+                    b.counters.record(status, started.elapsed());
                 }
                 _ => {}
             }
             tracing::debug!(error = %e, status = r.status().as_u16(), "proxy error");
             r
         }
+    };
+    match r.body_mut() {
+        Either::Left(upstream) => upstream.carry(ex),
+        Either::Right(own) => {
+            ex.sent(own.size_hint().exact().unwrap_or(0) as usize);
+            ex.complete();
+        }
     }
+    r
 }
 
 type Failure = (ProxyError, Option<(BackendRef, Instant)>);
@@ -490,25 +507,29 @@ struct Upgrade {
     busy: InFlight,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     rt: &Runtime,
     edge: &Arc<Edge>,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     https: bool,
     client: IpAddr,
     req: Request<Incoming>,
     busy: Option<InFlight>,
+    ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Failure> {
     let upgrade_header = busy.as_ref().and_then(|_| upgrade_of(&req).cloned());
     // A gRPC deadline bounds the wait for the response head too.
     let deadline = req.headers().get(GRPC_TIMEOUT).and_then(grpc_timeout);
     let (mut parts, body) = req.into_parts();
+    ex.log_request(https, &parts, client, snap);
     check_host(&parts).map_err(|e| (e, None))?;
     let host = route::request_host(&parts);
     let (ri, d) = snap
         .route_for(https, host.as_deref(), parts.uri.path(), &parts.headers)
         .ok_or((ProxyError::NoRoute, None))?;
     let route = &snap.config.routes[ri];
+    ex.routed(&snap.route_counters[ri], ri);
     if route.https_redirect && !https {
         return Ok(redirect_to_https(host.as_deref(), &parts.uri));
     }
@@ -532,6 +553,7 @@ async fn forward(
     };
     let peer = client;
     let client = edge.config.trusted_proxies.client(peer, &parts.headers);
+    ex.client(client);
     // A declared length over the limit is refused before anything reaches a backend.
     if let Some(max) = route.max_body_bytes
         && let Some(n) = body.size_hint().exact()
@@ -539,7 +561,10 @@ async fn forward(
     {
         return Err((ProxyError::BodyTooLarge(max), None));
     }
-    let key = route::key(route, &parts, client);
+    let (key, used) = route::key(route, &parts, client);
+    if ex.logging() {
+        ex.key(used, || key.to_string());
+    }
     let key = key.key();
     // The chain sent on appends the hop that connected to us.
     let mut head = Head::from_client(parts, peer, route, https);
@@ -557,11 +582,12 @@ async fn forward(
             body,
             edge.config.body_timeout,
             route.max_body_bytes,
+            ex.body_counter(),
         ))
     });
     let mut last: Option<Failure> = None;
     let mut alt = 0;
-    let arrived = Instant::now();
+    let arrived = ex.started();
     // A backend's response head gets the limit a client's request head gets.
     let head_limit = edge.config.max_header_bytes;
     // A failure on a reused keep-alive connection (the backend closed it meanwhile) is retried
@@ -575,6 +601,7 @@ async fn forward(
         };
         let spec = &snap.config.backends[b];
         let state = &snap.backends[b];
+        ex.backend(b, alt);
         let started = Instant::now();
         let counters = &state.counters;
         let mut dial = Dial::of(spec, head_limit);
@@ -590,6 +617,11 @@ async fn forward(
             Ok(c) => c,
             Err(source) => {
                 tracing::debug!(backend = %spec.name, error = %source, alt, "connect failed, trying next alternate");
+                state
+                    .pool
+                    .counters
+                    .failures
+                    .add(PoolFailure::of_connect(&source));
                 rt.counters.retries.fetch_add(1, Ordering::Relaxed);
                 last = Some((
                     ProxyError::Connect {
@@ -612,12 +644,14 @@ async fn forward(
         let sent = tokio::time::timeout(first_byte, conn.send(req)).await;
         match sent {
             Err(_) => {
+                conn.failed(PoolFailure::FirstByteTimeout);
                 return Err((
                     ProxyError::FirstByte(spec.name.clone()),
                     Some((Arc::clone(state), started)),
                 ));
             }
             Ok(Ok(mut resp)) => {
+                ex.upstream_head();
                 let status = resp.status().as_u16();
                 counters.record(status, started.elapsed());
                 let tunnel = match upgrade.take() {
@@ -668,6 +702,7 @@ async fn forward(
                 }
                 if e.error().is_parse_too_large() {
                     // The backend's answer, not a broken connection: not retried elsewhere.
+                    state.pool.counters.failures.add(PoolFailure::HeadTooLarge);
                     return Err((
                         ProxyError::ResponseHeadTooLarge {
                             backend: spec.name.clone(),
@@ -686,18 +721,25 @@ async fn forward(
                     )
                 };
                 let retry_here = reused && !fresh_retry_used;
+                // Not counted: a kept-alive connection the backend closed meanwhile, retried
+                // on a fresh one (the race every keep-alive client has).
+                let count = || {
+                    state.pool.counters.failures.add(PoolFailure::BackendFailed);
+                };
                 if let Some(unsent) = e.take_message() {
                     // Nothing was written: the body is intact, any method may go on.
                     body = Some(unsent.into_body());
                 } else if replayable {
                     body = Some(Either::Right(Empty::new()));
                 } else {
+                    count();
                     return Err(failure(e.into_error()));
                 }
                 last = Some(failure(e.into_error()));
                 if retry_here {
                     fresh_retry_used = true;
                 } else {
+                    count();
                     alt += 1;
                 }
             }

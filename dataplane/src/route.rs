@@ -11,6 +11,7 @@ use http::request::Parts;
 
 use crate::config::{KeySpec, RouteSpec};
 use crate::director::Key;
+use crate::traffic::KeyUsed;
 
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2),
 /// without port, lower-cased.
@@ -80,6 +81,15 @@ pub enum KeyValue {
     Ip(IpAddr),
 }
 
+impl std::fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::Str(s) => f.write_str(s),
+            KeyValue::Ip(ip) => ip.fmt(f),
+        }
+    }
+}
+
 impl KeyValue {
     /// The director key.
     pub fn key(&self) -> Key<'_> {
@@ -129,18 +139,20 @@ fn extract(spec: &KeySpec, parts: &Parts, client: IpAddr) -> Option<KeyValue> {
     }
 }
 
-/// The key of a request on `route`.
-pub fn key(route: &RouteSpec, parts: &Parts, client: IpAddr) -> KeyValue {
-    extract(&route.key, parts, client)
-        .or_else(|| {
-            route
-                .fallback_key
-                .as_ref()
-                .and_then(|f| extract(f, parts, client))
-        })
-        .unwrap_or_else(|| {
-            extract(&KeySpec::Url, parts, client).unwrap_or(KeyValue::Str(String::new()))
-        })
+/// The key of a request on `route`, and which of the route's sources gave it.
+pub fn key(route: &RouteSpec, parts: &Parts, client: IpAddr) -> (KeyValue, KeyUsed) {
+    if let Some(k) = extract(&route.key, parts, client) {
+        return (k, KeyUsed::Key);
+    }
+    if let Some(k) = route
+        .fallback_key
+        .as_ref()
+        .and_then(|f| extract(f, parts, client))
+    {
+        return (k, KeyUsed::Fallback);
+    }
+    let url = extract(&KeySpec::Url, parts, client).unwrap_or(KeyValue::Str(String::new()));
+    (url, KeyUsed::Url)
 }
 
 #[cfg(test)]
@@ -235,25 +247,34 @@ mod tests {
             "/api?u=7",
             &[("x-user", "alice"), ("cookie", "a=1; sid=s9")],
         );
-        assert_eq!(key(&r, &p, ip), KeyValue::Str("alice".into()));
+        assert_eq!(
+            key(&r, &p, ip),
+            (KeyValue::Str("alice".into()), KeyUsed::Key)
+        );
         let p = parts("/api?u=7", &[("cookie", "a=1; sid=s9")]);
-        assert_eq!(key(&r, &p, ip), KeyValue::Str("s9".into()));
+        assert_eq!(
+            key(&r, &p, ip),
+            (KeyValue::Str("s9".into()), KeyUsed::Fallback)
+        );
         let p = parts("/api?u=7", &[]);
-        assert_eq!(key(&r, &p, ip), KeyValue::Str("/api?u=7".into()));
+        assert_eq!(
+            key(&r, &p, ip),
+            (KeyValue::Str("/api?u=7".into()), KeyUsed::Url)
+        );
         let q = RouteSpec {
             key: KeySpec::Query("u".into()),
             fallback_key: Some(KeySpec::ClientIp),
             ..route()
         };
-        assert_eq!(key(&q, &p, ip), KeyValue::Str("7".into()));
+        assert_eq!(key(&q, &p, ip).0, KeyValue::Str("7".into()));
         let p = parts("/api", &[]);
-        assert_eq!(key(&q, &p, ip), KeyValue::Ip(ip));
+        assert_eq!(key(&q, &p, ip), (KeyValue::Ip(ip), KeyUsed::Fallback));
         let path = RouteSpec {
             key: KeySpec::Path,
             ..route()
         };
         assert_eq!(
-            key(&path, &parts("/a/b?c", &[]), ip),
+            key(&path, &parts("/a/b?c", &[]), ip).0,
             KeyValue::Str("/a/b".into())
         );
     }

@@ -17,15 +17,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{BackendRef, BackendRuntime, Histogram, Identity};
+use crate::backend::{BackendRef, BackendRuntime, Identity};
 use crate::certs::ServerCerts;
 use crate::config::{BackendSpec, Config, Host, ProbeSpec};
 use crate::director::{BuildError, Directors};
 use crate::edge::Edge;
 use crate::fleet::{FleetHealth, Source};
 use crate::health;
+use crate::histogram::Histogram;
 use crate::resolve::{Dns, DnsConfig};
 use crate::snapshot::Snapshot;
+use crate::traffic::Traffic;
 
 /// Proxy-wide counters (per-backend ones live in [`crate::backend::Counters`]).
 #[derive(Debug, Default)]
@@ -62,6 +64,8 @@ pub struct Runtime {
     config_revision: AtomicI64,
     /// Proxy-wide counters.
     pub counters: ProxyCounters,
+    /// Client requests: per-route counters, in flight, the access log.
+    pub traffic: Arc<Traffic>,
     /// From a change's commit in the store to its application here.
     pub apply_delay: Histogram,
     /// When the store last confirmed that the applied state is current.
@@ -100,6 +104,7 @@ impl Runtime {
             directors: Directors::empty(),
             backends: Vec::new(),
             route_directors: Vec::new(),
+            route_counters: Vec::new(),
         };
         // Replaced snapshots are freed on a thread of their own: at 10,000 backends freeing
         // one (ring, director specs, names) takes about half a millisecond that applying the
@@ -120,6 +125,7 @@ impl Runtime {
             seen_revision: AtomicI64::new(0),
             config_revision: AtomicI64::new(0),
             counters: ProxyCounters::default(),
+            traffic: Arc::default(),
             apply_delay: Histogram::default(),
             confirmed: Mutex::new(None),
             from_cache: AtomicBool::new(false),
@@ -406,12 +412,14 @@ impl Runtime {
             }
         }
         drop(registry);
+        let route_counters = self.traffic.routes_for(&config.routes);
         let old = self.current.swap(Arc::new(Snapshot {
             revision,
             config,
             directors,
             backends,
             route_directors,
+            route_counters,
         }));
         self.saw_revision(revision);
         // The replaced snapshot is freed elsewhere (unless a request still holds it, whose

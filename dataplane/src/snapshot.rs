@@ -6,11 +6,14 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::backend::BackendRef;
 use crate::config::{AdminHealth, BackendSpec, Config, KeySpec};
 use crate::director::{
     BackendId, DirectorId, Directors, HealthView, Key, SelectError, SelectOpts, Target,
 };
+use crate::traffic::RouteCounters;
 
 /// An applied revision.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendRef>,
     /// Per route (same order as `config.routes`): its director.
     pub route_directors: Vec<DirectorId>,
+    /// Per route (same order): its request counters.
+    pub route_counters: Vec<Arc<RouteCounters>>,
 }
 
 /// What a director picks for a key.

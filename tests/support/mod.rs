@@ -609,10 +609,15 @@ pub async fn open_watch(api: &str) -> tonic::Streaming<tether_proto::v1::WatchRe
 
 /// Sends SIGTERM to `child` (a graceful stop).
 pub fn sigterm(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Sends signal `name` (`TERM`, `HUP`…) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), pid.as_str()])
             .status()
             .unwrap()
             .success()

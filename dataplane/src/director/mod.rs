@@ -374,6 +374,22 @@ impl Directors {
         self.by_name.get(name).copied()
     }
 
+    /// Every director with its member count and how many of them can take requests now (a
+    /// nested director counts as one member, healthy when any of its own members is).
+    pub fn membership<'a, H: HealthView + ?Sized>(
+        &'a self,
+        health: &'a H,
+    ) -> impl Iterator<Item = (&'a str, usize, usize)> + 'a {
+        self.list.iter().map(move |d| {
+            let healthy = d
+                .members
+                .iter()
+                .filter(|m| self.is_healthy(m.target, health))
+                .count();
+            (d.name.as_str(), d.members.len(), healthy)
+        })
+    }
+
     /// A director's name.
     pub fn name(&self, d: DirectorId) -> &str {
         &self.list[d as usize].name

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tether_proto::v1;
 
 mod client;
@@ -118,11 +118,75 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
+/// The client connection's flags (global, so `tether --server X backend list` works) that a
+/// server command does not read: hidden from its help, and refused when given to it.
+const CLIENT_ONLY: [(&str, &[&str]); 4] = [
+    ("up", &["server", "token", "ca", "cert", "key", "output"]),
+    (
+        "controlplane",
+        &["server", "token", "ca", "cert", "key", "output"],
+    ),
+    // A data plane following a control plane (--api-url) authenticates as a client does.
+    ("dataplane", &["server", "output"]),
+    (
+        "echo",
+        &["server", "token", "ca", "cert", "key", "output", "insecure"],
+    ),
+];
+
+/// The command line's definition, with [`CLIENT_ONLY`] flags hidden where they do not apply:
+/// each such subcommand gets a hidden copy of the global flag (clap then does not copy the
+/// visible one in, and a value given before the subcommand still reaches it).
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    for (sub, flags) in CLIENT_ONLY {
+        cmd = cmd.mut_subcommand(sub, |mut s| {
+            for a in globals
+                .iter()
+                .filter(|a| flags.contains(&a.get_id().as_str()))
+            {
+                s = s.arg(a.clone().global(false).hide(true));
+            }
+            s
+        });
+    }
+    cmd
+}
+
+/// Parses the command line; a client-only flag given to a server command is a usage error.
+fn parse() -> Cli {
+    let mut cmd = command();
+    let matches = cmd.clone().get_matches();
+    if let Some((sub, m)) = matches.subcommand()
+        && let Some((_, flags)) = CLIENT_ONLY.iter().find(|(s, _)| *s == sub)
+        && let Some(flag) = flags
+            .iter()
+            .find(|f| m.value_source(f) == Some(clap::parser::ValueSource::CommandLine))
+    {
+        let long = cmd
+            .find_subcommand(sub)
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == *flag))
+            .and_then(clap::Arg::get_long)
+            .unwrap_or(flag);
+        cmd.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("--{long} is a client flag: `tether {sub}` does not read it"),
+        )
+        .exit();
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     if let Command::Completion { shell } = cli.command {
         let mut out = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "tether", &mut out);
+        clap_complete::generate(shell, &mut command(), "tether", &mut out);
         client::write_out(format_args!("{}", String::from_utf8_lossy(&out)));
         return ExitCode::SUCCESS;
     }

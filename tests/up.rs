@@ -312,6 +312,57 @@ fn completion_scripts_load_and_complete_subcommands() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+#[test]
+fn server_commands_neither_show_nor_take_client_flags() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::BIN)
+            .args(args)
+            .env_remove("TETHER_SERVER")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, up_help, _) = run(&["up", "--help"]);
+    for flag in ["--server", "--token ", "--ca ", "--output"] {
+        assert!(
+            !up_help.contains(flag),
+            "up --help shows {flag}:\n{up_help}"
+        );
+    }
+    assert!(up_help.contains("--insecure"), "up reads --insecure");
+    // A data plane following a control plane authenticates as a client: those flags stay.
+    let (_, dp_help, _) = run(&["dataplane", "--help"]);
+    assert!(
+        dp_help.contains("--token") && !dp_help.contains("--server"),
+        "{dp_help}"
+    );
+    let (_, list_help, _) = run(&["backend", "list", "--help"]);
+    assert!(list_help.contains("--server") && list_help.contains("--output"));
+    // Given anyway, before or after the subcommand: a usage error naming the flag.
+    for args in [
+        &["up", "--token", "t"][..],
+        &[
+            "--server",
+            "h:1",
+            "controlplane",
+            "--etcd",
+            "http://127.0.0.1:1",
+        ],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("is a client flag"), "{err}");
+    }
+    // The global flag still works before a client subcommand.
+    let (code, _, err) = run(&["--server", "127.0.0.1:1", "backend", "list"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_takes_several_documents_several_files_and_directories() {
     let dir = tempfile::tempdir().unwrap();

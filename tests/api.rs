@@ -493,4 +493,31 @@ async fn fields_labels_round_trips_export_version_and_deletes_with_their_last_va
         }
         other => panic!("no last value: {other:?}"),
     }
+    // And `tether watch -o json` prints it, as the document `apply -f` takes.
+    let mut child = Command::new(BIN)
+        .args(["watch", "--from", "1", "-o", "json", "--server", &t.api])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut deleted = None;
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["action"] == "delete" && v["name"] == "b3" {
+            deleted = Some(v);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let deleted = deleted.expect("the delete event");
+    assert_eq!(deleted["kind"], "backend");
+    assert_eq!(
+        deleted["resource"]["address"], "127.0.0.1:9013",
+        "{deleted}"
+    );
+    assert!(
+        deleted["resource"]["revision"].as_i64().unwrap() > 0,
+        "{deleted}"
+    );
 }

@@ -292,10 +292,16 @@ pub(crate) async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
         let Some(msg) = msg else { break };
         for e in &msg.events {
             match conn.output {
-                Output::Json | Output::Yaml => print_value(
-                    conn.output,
-                    serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)}),
-                ),
+                Output::Json | Output::Yaml => {
+                    let mut v = serde_json::json!({"revision": msg.revision, "kind": e.kind, "name": e.name, "action": action_name(e.action)});
+                    // The document as written; for a delete, its last value: what a
+                    // follower needs to act on the event without a Get that may find
+                    // nothing.
+                    if let Some(doc) = super::resources::event_document(e)? {
+                        v["resource"] = doc;
+                    }
+                    print_value(conn.output, v);
+                }
                 Output::Table => outln!(
                     "{}\t{}\t{}\t{}",
                     msg.revision,

@@ -497,3 +497,20 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
     }
     Ok(())
 }
+
+/// A Watch event's resource as its file document (the shape `apply -f` takes, with its
+/// revision); `None` for an event that carries none (health reports, undecodable objects).
+pub(crate) fn event_document(e: &v1::WatchEvent) -> serde_json::Result<Option<serde_json::Value>> {
+    use v1::watch_event::Resource as R;
+    let Some(r) = &e.resource else {
+        return Ok(None);
+    };
+    let v = match r {
+        R::Backend(b) => serde_json::to_value(BackendDoc::from(b)),
+        R::Probe(p) => serde_json::to_value(ProbeDoc::from(p)),
+        R::Director(d) => serde_json::to_value(DirectorDoc::from(d)),
+        R::Route(r) => serde_json::to_value(RouteDoc::from(r)),
+        R::Certificate(c) => serde_json::to_value(CertificateDoc::from(c)),
+    };
+    v.map(Some)
+}

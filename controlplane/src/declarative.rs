@@ -528,7 +528,7 @@ pub fn parse(text: &str) -> Result<Document, FileError> {
         let doc = match value {
             Ok(yaml_serde::Value::Null) => continue,
             Ok(yaml_serde::Value::Mapping(m)) if m.contains_key("kind") => {
-                one_resource(m).map_err(|e| FileError::new(at(e.path), e.message))?
+                one_resource(&m, de).map_err(|e| FileError::new(at(e.path), e.message))?
             }
             // A sectioned document (or a syntax error: the typed pass gives its line).
             _ => typed_document(de).map_err(|e| FileError::new(at(e.path), e.message))?,
@@ -540,37 +540,55 @@ pub fn parse(text: &str) -> Result<Document, FileError> {
 
 /// One sectioned document, deserialized from the text (errors carry line and column).
 fn typed_document<'de>(de: yaml_serde::Deserializer<'de>) -> Result<Document, FileError> {
-    match serde_path_to_error::deserialize::<_, Option<Document>>(de) {
-        Ok(doc) => Ok(doc.unwrap_or_default()),
-        Err(e) => {
-            let path = e.path().to_string();
-            // The YAML error already starts its message with the path; keep it once.
-            let inner = e.into_inner().to_string();
-            let message = inner
-                .strip_prefix(&format!("{path}: "))
-                .map_or(inner.clone(), str::to_owned);
-            Err(FileError::new(path, message))
-        }
-    }
+    serde_path_to_error::deserialize::<_, Option<Document>>(de)
+        .map(Option::unwrap_or_default)
+        .map_err(path_error)
 }
 
-/// A document that is one resource: `kind` and the resource's fields.
-fn one_resource(mut m: yaml_serde::Mapping) -> Result<Document, FileError> {
-    fn take<T: serde::de::DeserializeOwned>(m: yaml_serde::Mapping) -> Result<T, FileError> {
-        serde_path_to_error::deserialize(yaml_serde::Value::Mapping(m))
-            .map_err(|e| FileError::new(e.path().to_string(), e.into_inner()))
+/// A typed pass's error as a [`FileError`]: serde's path, and yaml_serde's message (with its
+/// line and column) without the path yaml_serde puts first, which is the same path or, for an
+/// unknown field, its parent's.
+fn path_error(e: serde_path_to_error::Error<yaml_serde::Error>) -> FileError {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    let message = match inner.split_once(": ") {
+        Some((p, rest))
+            if path == p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|tail| tail.starts_with(['.', '['])) =>
+        {
+            rest.to_owned()
+        }
+        _ => inner,
+    };
+    FileError::new(path, message)
+}
+
+/// A document that is one resource: `kind` (read from its value `m`) and the resource's
+/// fields, deserialized from the text `de` so errors carry line and column.
+fn one_resource(
+    m: &yaml_serde::Mapping,
+    de: yaml_serde::Deserializer<'_>,
+) -> Result<Document, FileError> {
+    fn take<T: serde::de::DeserializeOwned>(
+        de: yaml_serde::Deserializer<'_>,
+    ) -> Result<T, FileError> {
+        serde_path_to_error::deserialize::<_, kind_doc::KindDoc<T>>(de)
+            .map(|d| d.0)
+            .map_err(path_error)
     }
-    let kind = match m.remove("kind") {
+    let kind = match m.get("kind") {
         Some(yaml_serde::Value::String(k)) => k.to_ascii_lowercase(),
         _ => return Err(FileError::new("kind", "must be a string")),
     };
     let mut doc = Document::default();
     match kind.as_str() {
-        "backend" => doc.backends.push(take(m)?),
-        "probe" => doc.probes.push(take(m)?),
-        "director" => doc.directors.push(take(m)?),
-        "route" => doc.routes.push(take(m)?),
-        "certificate" => doc.certificates.push(take(m)?),
+        "backend" => doc.backends.push(take(de)?),
+        "probe" => doc.probes.push(take(de)?),
+        "director" => doc.directors.push(take(de)?),
+        "route" => doc.routes.push(take(de)?),
+        "certificate" => doc.certificates.push(take(de)?),
         _ => {
             return Err(FileError::new(
                 "kind",
@@ -579,6 +597,80 @@ fn one_resource(mut m: yaml_serde::Mapping) -> Result<Document, FileError> {
         }
     }
     Ok(doc)
+}
+
+/// Deserializing a kubectl-style document straight from the YAML text: the resource's own
+/// (strict) fields with `kind` passed over. Going through a `Value` would lose the line and
+/// column every other error carries; serde's `flatten` cannot be combined with the
+/// resources' `deny_unknown_fields`.
+mod kind_doc {
+    use std::marker::PhantomData;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    /// `T` read from a mapping that also holds `kind`.
+    pub(super) struct KindDoc<T>(pub(super) T);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for KindDoc<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Outer(PhantomData))
+        }
+    }
+
+    struct Outer<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Outer<T> {
+        type Value = KindDoc<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KindDoc<T>, A::Error> {
+            T::deserialize(WithoutKind(map)).map(KindDoc)
+        }
+    }
+
+    /// The mapping as a deserializer of `T`, its `kind` entry skipped.
+    struct WithoutKind<A>(A);
+
+    impl<'de, A: MapAccess<'de>> Deserializer<'de> for WithoutKind<A> {
+        type Error = A::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, A::Error> {
+            v.visit_map(self)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            enum identifier ignored_any
+        }
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutKind<A> {
+        type Error = A::Error;
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            loop {
+                let Some(key) = self.0.next_key::<String>()? else {
+                    return Ok(None);
+                };
+                if key == "kind" {
+                    self.0.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                return seed
+                    .deserialize(de::value::StringDeserializer::<A::Error>::new(key))
+                    .map(Some);
+            }
+        }
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
+            self.0.next_value_seed(seed)
+        }
+    }
 }
 
 impl Document {
@@ -911,10 +1003,7 @@ impl RouteDoc {
 /// Parses one resource as written in a file (`tether backend create -f`).
 pub fn parse_one<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FileError> {
     let de = yaml_serde::Deserializer::from_str(text);
-    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-        let path = e.path().to_string();
-        FileError::new(path, e.into_inner())
-    })
+    serde_path_to_error::deserialize::<_, T>(de).map_err(path_error)
 }
 
 fn dur_text(d: Option<&prost_types::Duration>) -> Option<String> {
@@ -1174,6 +1263,28 @@ directors:
 
         let e = err("backends: [");
         assert!(e.message.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn kind_documents_errors_carry_their_line() {
+        let text = "kind: backend\nname: b1\naddress: 127.0.0.1:9\n---\nkind: backend\nname: b2\nweight: heavy\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.path, "#2.weight");
+        assert!(e.message.ends_with("at line 7 column 9"), "{e}");
+        let e = parse(
+            "kind: director\nname: d\nhash: {}\nmembers:\n  - { backend: b1, colour: red }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "members[0].colour");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        assert!(e.message.starts_with("unknown field"), "{e}");
+        assert!(e.message.contains("at line 5 column"), "{e}");
+        // At the document's top level yaml_serde has no position to give (its mapping starts
+        // at line 1 column 1, which it does not print), as in a sectioned file.
+        let e = parse("kind: probe\nname: p\ncolour: red\n").unwrap_err();
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        let doc = parse("name: b1\nkind: backend\naddress: 127.0.0.1:9\n").unwrap();
+        assert_eq!(doc.backends[0].address, "127.0.0.1:9");
     }
 
     #[test]

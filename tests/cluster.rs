@@ -627,6 +627,7 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
         "{metrics}"
     );
     support::promtool_check_metrics(&metrics);
+    support::openmetrics_check(&format!("{}/metrics", cp.admin));
     // Without etcd the replica is not ready (and still alive).
     etcd.members[0].kill();
     let start = Instant::now();

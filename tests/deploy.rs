@@ -124,6 +124,10 @@ async fn a_live_nodes_metrics_pass_promtool() {
     assert_eq!(t.request("k").await.0, 200);
     let metrics = t.admin_get("/metrics").await.1;
     support::promtool_check_metrics(&metrics);
+    // And as OpenMetrics, which Prometheus asks for first.
+    let om = support::openmetrics_check(&format!("{}/metrics", t.admin));
+    assert!(om.contains("# TYPE tether_requests counter\n"), "{om}");
+    assert!(om.contains("\ntether_requests_total{"), "{om}");
 }
 
 #[test]

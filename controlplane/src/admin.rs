@@ -31,7 +31,13 @@ pub async fn serve<S: Store>(
     let edge = Edge::new("admin", EdgeConfig::with_max_connections(MAX_CONNECTIONS));
     tether_dataplane::listener::serve_http(listener, edge, None, shutdown, move |req, _, _| {
         let api = api.clone();
-        async move { handle(&api, req.method(), req.uri().path()).await }
+        async move {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            handle(&api, req.method(), req.uri().path(), accept).await
+        }
     })
     .await;
 }
@@ -46,7 +52,12 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle<S: Store>(api: &Api<S>, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn handle<S: Store>(
+    api: &Api<S>,
+    method: &Method,
+    path: &str,
+    accept: Option<&str>,
+) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -64,10 +75,12 @@ async fn handle<S: Store>(api: &Api<S>, method: &Method, path: &str) -> Response
             ),
         },
         "/metrics" => {
-            let mut r = text(StatusCode::OK, api.metrics().render(api.watches_open()));
+            let page = api.metrics().render(api.watches_open());
+            let (content_type, page) = tether_dataplane::exposition::negotiate(accept, page);
+            let mut r = text(StatusCode::OK, page);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(content_type),
             );
             r
         }

@@ -142,7 +142,14 @@ pub fn handle(rt: &Runtime, access: &Access, req: &Request<Incoming>) -> Respons
             "not ready: no full snapshot applied yet, or the node's follower is restarting\n"
                 .into(),
         ),
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(rt)),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (content_type, page) = crate::exposition::negotiate(accept, metrics(rt));
+            reply(StatusCode::OK, content_type, page)
+        }
         "/state" => json(
             StatusCode::OK,
             &state(rt, req.uri().query() != Some("backends=false")),
@@ -334,7 +341,9 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn metrics(rt: &Runtime) -> String {
+/// The node's `/metrics` page (Prometheus text format 0.0.4). Public for the exposition
+/// benchmark.
+pub fn metrics(rt: &Runtime) -> String {
     let snap: Arc<Snapshot> = rt.snapshot();
     let mut out = String::with_capacity(4096);
     let w = &mut out;

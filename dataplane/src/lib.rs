@@ -29,7 +29,8 @@
 //!   standard `process_*` metrics from `/proc`; [`build`]: the version and commit built from;
 //!   [`traffic`]: client requests as a whole — per-route counters, in flight, the access log —
 //!   recorded when each request's [`traffic::Exchange`] is dropped at its response's end;
-//!   [`histogram`]: the latency histogram every listener uses;
+//!   [`histogram`]: the latency histogram every listener uses; [`exposition`]: Prometheus text
+//!   or OpenMetrics, as the scraper's `Accept` asks;
 //! - [`fingerprint`]: the routing fingerprint over a stable, versioned encoding (`tether nodes`).
 //!
 //! Data flow: resources → [`config`] types → [`runtime::Runtime::install`] (directors, routes and
@@ -47,6 +48,7 @@ pub mod client_ip;
 pub mod config;
 pub mod director;
 pub mod edge;
+pub mod exposition;
 pub mod fingerprint;
 pub mod fleet;
 pub mod health;

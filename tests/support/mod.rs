@@ -578,6 +578,56 @@ pub fn promtool_check_metrics(metrics: &str) {
     );
 }
 
+/// Scrapes `url` as Prometheus does by default (OpenMetrics preferred): the answer must say
+/// OpenMetrics and parse under the Prometheus project's own strict OpenMetrics parser
+/// (Python's `prometheus_client`, which scripts/test installs). Returns the page.
+pub fn openmetrics_check(url: &str) -> String {
+    use std::io::Write;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-D",
+            "/dev/stderr",
+            "-H",
+            "Accept: application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    assert!(
+        headers.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{headers}"
+    );
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.ends_with("# EOF\n"), "{page}");
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let parsed = child.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "OpenMetrics parser:\n{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    page
+}
+
 /// The first event of `kind` a Watch stream delivers within 10 s.
 pub async fn next_watch_event(
     watch: &mut tonic::Streaming<tether_proto::v1::WatchResponse>,

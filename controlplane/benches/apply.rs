@@ -1,6 +1,7 @@
 //! The data-plane follower applying one revision at 10,000 backends in one shard director:
 //! from scratch (a listing) and a one-backend change (a watch event): a weight change, and a
-//! backend added to the director or deleted from it.
+//! backend added to the director or deleted from it — with the director naming its 10,000
+//! members, and (`selector/…`) with one selector member matching them all (`app=web`).
 //!
 //! `cargo bench -p tether-controlplane --bench apply`
 
@@ -19,9 +20,10 @@ use tether_proto::v1;
 
 const N: usize = 10_000;
 
-/// The state a follower lists: 10,000 backends and one shard director, decoded from a listing
-/// in key order as from etcd (so the messages lie in memory as a follower's do).
-fn state(n: usize) -> State {
+/// The state a follower lists: 10,000 backends (labelled `app=web`) and one shard director
+/// naming them (or selecting them), decoded from a listing in key order as from etcd (so the
+/// messages lie in memory as a follower's do).
+fn state(n: usize, selector: bool) -> State {
     let layout = Layout::default();
     let mut kvs = Vec::new();
     let mut put = |kind: Kind, name: &str, value: Vec<u8>| {
@@ -36,6 +38,7 @@ fn state(n: usize) -> State {
         let b = v1::Backend {
             name: format!("b{i}"),
             address: format!("10.{}.{}.{}:80", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+            labels: web(),
             ..Default::default()
         };
         put(Kind::Backend, &b.name, b.encode_to_vec());
@@ -44,12 +47,23 @@ fn state(n: usize) -> State {
         name: "users".into(),
         revision: 0,
         policy: Some(v1::director::Policy::Shard(v1::Shard::default())),
-        members: (0..n)
-            .map(|i| v1::Member {
-                target: Some(v1::member::Target::Backend(format!("b{i}"))),
+        members: if selector {
+            vec![v1::Member {
+                target: Some(v1::member::Target::Selector(v1::LabelSelector {
+                    match_labels: web(),
+                    match_expressions: Vec::new(),
+                })),
                 ..Default::default()
-            })
-            .collect(),
+            }]
+        } else {
+            (0..n)
+                .map(|i| v1::Member {
+                    target: Some(v1::member::Target::Backend(format!("b{i}"))),
+                    ..Default::default()
+                })
+                .collect()
+        },
+        selector_slots: Default::default(),
     };
     put(Kind::Director, &d.name, d.encode_to_vec());
     kvs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -58,12 +72,27 @@ fn state(n: usize) -> State {
     s
 }
 
+fn web() -> std::collections::HashMap<String, String> {
+    [("app".to_owned(), "web".to_owned())].into()
+}
+
 fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("follower_apply");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(5));
-    let base = state(N);
-    g.bench_function(format!("from_scratch/{N}"), |b| {
+    for selector in [false, true] {
+        variant(&mut g, selector);
+    }
+    g.finish();
+}
+
+fn variant(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    selector: bool,
+) {
+    let base = state(N, selector);
+    let tag = if selector { "selector/" } else { "" };
+    g.bench_function(format!("{tag}from_scratch/{N}"), |b| {
         b.iter(|| {
             let rt = Runtime::new();
             let mut converted = Converted::default();
@@ -76,7 +105,7 @@ fn apply(c: &mut Criterion) {
     assert!(follower::apply(&rt, &base, &mut converted));
     let mut s = base.clone();
     let mut weight = 1.0;
-    g.bench_function(format!("one_backend_change/{N}"), |b| {
+    g.bench_function(format!("{tag}one_backend_change/{N}"), |b| {
         b.iter(|| {
             weight += 1.0;
             s.revision += 1;
@@ -88,34 +117,41 @@ fn apply(c: &mut Criterion) {
         })
     });
     // A backend added as a member (one revision), then deleted (the next): each iteration is
-    // one of the two, alternately.
+    // one of the two, alternately. With a selector the director is not written: the backend's
+    // labels make it a member.
     let mut added = false;
-    g.bench_function(format!("one_backend_added_or_deleted/{N}"), |b| {
+    g.bench_function(format!("{tag}one_backend_added_or_deleted/{N}"), |b| {
         b.iter(|| {
             s.revision += 1;
-            let users = s.directors.get_mut("users").expect("users");
-            users.revision = s.revision;
+            let revision = s.revision;
             if added {
                 s.backends.remove("b5000x");
-                users.members.pop();
             } else {
                 let b = v1::Backend {
                     name: "b5000x".into(),
                     address: "10.9.9.9:80".into(),
-                    revision: s.revision,
+                    revision,
+                    labels: web(),
                     ..Default::default()
                 };
                 s.backends.insert(b.name.clone(), b);
-                users.members.push(v1::Member {
-                    target: Some(v1::member::Target::Backend("b5000x".into())),
-                    ..Default::default()
-                });
+            }
+            if !selector {
+                let users = s.directors.get_mut("users").expect("users");
+                users.revision = revision;
+                if added {
+                    users.members.pop();
+                } else {
+                    users.members.push(v1::Member {
+                        target: Some(v1::member::Target::Backend("b5000x".into())),
+                        ..Default::default()
+                    });
+                }
             }
             added = !added;
             assert!(follower::apply(&rt, black_box(&s), &mut converted));
         })
     });
-    g.finish();
 }
 
 criterion_group!(benches, apply);

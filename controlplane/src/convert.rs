@@ -25,6 +25,8 @@ use tether_dataplane::tls::{BackendTls, TlsError};
 use tether_proto::keys::Kind;
 use tether_proto::v1;
 
+use crate::selector::Selector;
+
 /// What kind of problem a [`FieldError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -274,14 +276,15 @@ impl Converted {
     }
 
     /// Every director of `set` converted, reusing the earlier conversion of the same stored
-    /// revision.
+    /// revision — except for directors with selector members, whose members depend on the
+    /// backends and are expanded again each time.
     fn directors(&mut self, set: &Resources) -> Result<Vec<Arc<DirectorSpec>>, FieldError> {
         reuse_or_convert(
             &mut self.directors,
             &set.directors,
-            |d| (&d.name, d.revision),
+            |d| (&d.name, if has_selector(d) { 0 } else { d.revision }),
             |s| &s.name,
-            |d, at| director(d, at).map(Arc::new),
+            |d, at| director(d, at, &set.backends).map(Arc::new),
         )
     }
 }
@@ -666,7 +669,8 @@ fn remove_with_referrers(
                 Some(v1::member::Target::Director(x)) => {
                     by_director.entry(x.as_str()).or_default().push(i);
                 }
-                None => {}
+                // A selector's backends are whichever remain.
+                Some(v1::member::Target::Selector(_)) | None => {}
             }
         }
     }
@@ -1184,7 +1188,29 @@ pub fn probe(p: &v1::Probe, at: &dyn fmt::Display) -> Result<ProbeSpec, FieldErr
 }
 
 /// Converts and checks one director, reporting every bad field (up to [`MAX_VIOLATIONS`]).
-pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec, FieldError> {
+/// Whether a director has a selector member (its members depend on the backends).
+pub fn has_selector(d: &v1::Director) -> bool {
+    d.members
+        .iter()
+        .any(|m| matches!(m.target, Some(v1::member::Target::Selector(_))))
+}
+
+/// A member as converted, before selectors are expanded.
+enum Entry {
+    Member(MemberSpec),
+    /// Every backend the selector matches, each with this weight and rampup.
+    Select(Selector, Option<f64>, Option<Duration>),
+}
+
+/// Converts a director; its selector members become the `backends` they match, in name order
+/// (the order the varnish ring's ties depend on), after its other members, each once: a
+/// backend already a member (by name or an earlier selector) is not added again. For the
+/// balanced algorithm each takes its slot from `selector_slots`.
+pub fn director(
+    d: &v1::Director,
+    at: &dyn fmt::Display,
+    backends: &[(Label<'_>, &v1::Backend)],
+) -> Result<DirectorSpec, FieldError> {
     let mut errors = Violations::default();
     let name = errors.check(name(&d.name, at));
     let policy = match &d.policy {
@@ -1215,12 +1241,13 @@ pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec,
         ));
         return Err(errors.error());
     }
-    let mut members = Vec::with_capacity(d.members.len());
+    let mut entries = Vec::with_capacity(d.members.len());
     for (j, m) in d.members.iter().enumerate() {
         if errors.full() {
             break;
         }
         let mat = || format!("{at}.members[{j}]");
+        let mut selector = None;
         let target = match &m.target {
             Some(v1::member::Target::Backend(b)) => errors
                 .check(reference(b, || format!("{}.backend", mat())))
@@ -1228,10 +1255,26 @@ pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec,
             Some(v1::member::Target::Director(d)) => errors
                 .check(reference(d, || format!("{}.director", mat())))
                 .map(TargetRef::Director),
+            Some(v1::member::Target::Selector(s)) => {
+                selector = errors.check(Selector::from_proto(s, &format!("{}.selector", mat())));
+                if !m.ident.is_empty() {
+                    errors.push(FieldError::invalid(
+                        format!("{}.ident", mat()),
+                        "not allowed on a selector member: each backend it matches is hashed by its name",
+                    ));
+                }
+                if m.slot.is_some() {
+                    errors.push(FieldError::invalid(
+                        format!("{}.slot", mat()),
+                        "not allowed on a selector member: its backends' slots are the director's selector_slots",
+                    ));
+                }
+                None
+            }
             None => {
                 errors.push(FieldError::invalid(
                     mat(),
-                    "a member needs exactly one of backend, director",
+                    "a member needs exactly one of backend, director, selector",
                 ));
                 None
             }
@@ -1249,22 +1292,106 @@ pub fn director(d: &v1::Director, at: &dyn fmt::Display) -> Result<DirectorSpec,
         errors.check(at_most(&m.ident, limits::MAX_IDENT_BYTES, || {
             format!("{}.ident", mat())
         }));
+        if let Some(sel) = selector {
+            entries.push(Entry::Select(sel, w, rampup));
+            continue;
+        }
         let Some(target) = target else { continue };
         let mut spec = MemberSpec::new(target);
         spec.weight = w;
         spec.ident = (!m.ident.is_empty()).then(|| m.ident.clone());
         spec.slot = m.slot;
         spec.rampup = rampup;
-        members.push(spec);
+        entries.push(Entry::Member(spec));
     }
     let (Some(name), Some(policy)) = (name, policy) else {
         return Err(errors.error());
     };
+    errors.finish(())?;
+    let members = expand(d, at, &policy, entries, backends)?;
     errors.finish(DirectorSpec {
         name,
         policy,
         members,
     })
+}
+
+/// The members of a director once its selectors are expanded (see [`director`]).
+fn expand(
+    d: &v1::Director,
+    at: &dyn fmt::Display,
+    policy: &Policy,
+    entries: Vec<Entry>,
+    backends: &[(Label<'_>, &v1::Backend)],
+) -> Result<Vec<MemberSpec>, FieldError> {
+    if !entries.iter().any(|e| matches!(e, Entry::Select(..))) {
+        return Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Member(m) => Some(m),
+                Entry::Select(..) => None,
+            })
+            .collect());
+    }
+    let balanced = matches!(policy, Policy::Shard(s) if s.algorithm == Algorithm::Balanced);
+    if let Some((name, &slot)) = d
+        .selector_slots
+        .iter()
+        .find(|(_, s)| **s > balanced::MAX_SLOT)
+    {
+        return Err(FieldError::invalid(
+            format!("{at}.selector_slots[{name:?}]"),
+            format!("{slot} is larger than the maximum {}", balanced::MAX_SLOT),
+        ));
+    }
+    // The named members' slots (from the message: `entries` is consumed below).
+    let mut taken: FxHashMap<u32, String> = FxHashMap::default();
+    for m in &d.members {
+        let name = match &m.target {
+            Some(v1::member::Target::Backend(x) | v1::member::Target::Director(x)) => x,
+            Some(v1::member::Target::Selector(_)) | None => continue,
+        };
+        if let Some(s) = m.slot {
+            taken.insert(s, name.clone());
+        }
+    }
+    let mut present = named_backends(d);
+    let mut sorted: Vec<&v1::Backend> = backends.iter().map(|(_, b)| *b).collect();
+    sorted.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut members = Vec::with_capacity(entries.len());
+    for e in entries {
+        match e {
+            Entry::Member(m) => members.push(m),
+            Entry::Select(sel, weight, rampup) => {
+                for b in select(&sel, &sorted, &mut present) {
+                    let mut m = MemberSpec::new(TargetRef::Backend(b.name.clone()));
+                    m.weight = weight;
+                    m.rampup = rampup;
+                    if balanced && let Some(&slot) = d.selector_slots.get(&b.name) {
+                        if let Some(other) = taken.insert(slot, b.name.clone()) {
+                            return Err(FieldError::invalid(
+                                format!("{at}.selector_slots[{:?}]", b.name),
+                                format!("slot {slot} is also {other:?}'s"),
+                            ));
+                        }
+                        m.slot = Some(slot);
+                    }
+                    members.push(m);
+                }
+            }
+        }
+    }
+    if members.len() > limits::MAX_MEMBERS {
+        return Err(FieldError::invalid(
+            format!("{at}.members"),
+            format!(
+                "its selectors match {} members; at most {}",
+                members.len(),
+                limits::MAX_MEMBERS
+            ),
+        ));
+    }
+    Ok(members)
 }
 
 fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
@@ -1601,7 +1728,12 @@ pub fn assign_slots(d: &mut v1::Director, prev: Option<&v1::Director>) {
                 .min(balanced::MAX_SLOT + 1),
         };
     }
-    let key = |m: &v1::Member| (m.target.clone(), m.ident.clone());
+    // Selector members have no slot of their own (their backends' are `selector_slots`).
+    let key = |m: &v1::Member| match &m.target {
+        Some(v1::member::Target::Backend(b)) => Some((false, b.clone(), m.ident.clone())),
+        Some(v1::member::Target::Director(x)) => Some((true, x.clone(), m.ident.clone())),
+        Some(v1::member::Target::Selector(_)) | None => None,
+    };
     let old: FxHashMap<_, u32> = prev
         .map(|p| {
             p.members
@@ -1610,7 +1742,15 @@ pub fn assign_slots(d: &mut v1::Director, prev: Option<&v1::Director>) {
                 .collect()
         })
         .unwrap_or_default();
-    let taken: FxHashSet<u32> = d.members.iter().filter_map(|m| m.slot).collect();
+    // A document written without the selector slots (a new file) keeps the stored ones:
+    // [`assign_selector_slots`] then drops those of backends that no longer match.
+    if d.selector_slots.is_empty()
+        && let Some(p) = prev
+    {
+        d.selector_slots.clone_from(&p.selector_slots);
+    }
+    let mut taken: FxHashSet<u32> = d.members.iter().filter_map(|m| m.slot).collect();
+    taken.extend(d.selector_slots.values());
     for m in d.members.iter_mut().filter(|m| m.slot.is_none()) {
         if let Some(&s) = old.get(&key(m))
             && !taken.contains(&s)
@@ -1618,13 +1758,100 @@ pub fn assign_slots(d: &mut v1::Director, prev: Option<&v1::Director>) {
             m.slot = Some(s);
         }
     }
-    let requested: Vec<Option<u32>> = d.members.iter().map(|m| m.slot).collect();
+    // The named members' slots, then the selectors' backends' (taken, not to be handed out).
+    let named: Vec<usize> = (0..d.members.len())
+        .filter(|&i| key(&d.members[i]).is_some())
+        .collect();
+    let mut requested: Vec<Option<u32>> = named.iter().map(|&i| d.members[i].slot).collect();
+    requested.extend(d.selector_slots.values().map(|&s| Some(s)));
     // A duplicate or out-of-range slot is left as given; validation reports it by field.
     if let Ok(slots) = balanced::assign_slots(&requested) {
-        for (m, s) in d.members.iter_mut().zip(slots) {
-            m.slot = Some(s);
+        for (&i, s) in named.iter().zip(slots) {
+            d.members[i].slot = Some(s);
         }
     }
+}
+
+/// A balanced shard director's `selector_slots` for `backends` (the whole set the director
+/// is validated with): a backend its selectors match keeps its stored slot, a newly matched
+/// one gets the lowest slot free, and the slots of backends no longer matched are dropped.
+/// The control plane runs this on every write, so the mapping is stored state, the same on
+/// every node; other directors' `selector_slots` are cleared. A selector that does not check
+/// is left for validation to report.
+pub fn assign_selector_slots(d: &mut v1::Director, backends: &[&v1::Backend]) {
+    let balanced = matches!(&d.policy, Some(v1::director::Policy::Shard(s))
+        if s.algorithm == v1::ShardAlgorithm::Balanced as i32);
+    if !balanced || !has_selector(d) {
+        d.selector_slots.clear();
+        return;
+    }
+    let mut selectors = Vec::new();
+    for m in &d.members {
+        if let Some(v1::member::Target::Selector(s)) = &m.target {
+            match Selector::from_proto(s, "selector") {
+                Ok(sel) => selectors.push(sel),
+                Err(_) => return,
+            }
+        }
+    }
+    let mut sorted = backends.to_vec();
+    sorted.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut present = named_backends(d);
+    let matched: Vec<&str> = selectors
+        .iter()
+        .flat_map(|sel| select(sel, &sorted, &mut present))
+        .map(|b| b.name.as_str())
+        .collect();
+    let mut taken: FxHashSet<u32> = d.members.iter().filter_map(|m| m.slot).collect();
+    let mut next: std::collections::HashMap<String, u32> = Default::default();
+    for name in &matched {
+        if let Some(&s) = d.selector_slots.get(*name)
+            && taken.insert(s)
+        {
+            next.insert((*name).to_owned(), s);
+        }
+    }
+    let mut free = 0u32;
+    for name in matched {
+        if next.contains_key(name) {
+            continue;
+        }
+        while taken.contains(&free) {
+            free += 1;
+        }
+        taken.insert(free);
+        next.insert(name.to_owned(), free);
+    }
+    // Compared by content: a map built anew may iterate (and so encode) in another order, and
+    // an unchanged director must not be written again.
+    if next != d.selector_slots {
+        d.selector_slots = next;
+    }
+}
+
+/// The backends a director names as members.
+fn named_backends(d: &v1::Director) -> FxHashSet<&str> {
+    d.members
+        .iter()
+        .filter_map(|m| match &m.target {
+            Some(v1::member::Target::Backend(b)) => Some(b.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The backends of `sorted` (in name order) that `sel` matches and that are not yet in
+/// `present`, which they are added to: a backend is a member once.
+fn select<'b>(
+    sel: &Selector,
+    sorted: &[&'b v1::Backend],
+    present: &mut FxHashSet<&'b str>,
+) -> Vec<&'b v1::Backend> {
+    sorted
+        .iter()
+        .filter(|b| sel.matches(&b.labels) && present.insert(b.name.as_str()))
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

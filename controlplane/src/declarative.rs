@@ -370,6 +370,10 @@ pub struct DirectorDoc {
     /// Members, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberDoc>,
+    /// Shard (balanced): the slot of each backend a selector member matches, by name;
+    /// assigned by the control plane (as `get` shows it; leave it out when writing).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector_slots: BTreeMap<String, u32>,
 }
 
 /// A policy without parameters.
@@ -441,6 +445,10 @@ pub struct MemberDoc {
     /// A director name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub director: Option<String>,
+    /// Every backend whose labels match, now and later: `{ app: web, zone: a }` (each label
+    /// equal) or kubectl's form, `"app=web,zone in (a,b),tier,!legacy"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SelectorDoc>,
     /// Weight (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
@@ -453,6 +461,45 @@ pub struct MemberDoc {
     /// Shard per-member rampup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rampup: Option<String>,
+}
+
+/// A selector member as written.
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum SelectorDoc {
+    /// Labels that must all be equal.
+    Labels(BTreeMap<String, String>),
+    /// kubectl's selector syntax.
+    Text(String),
+}
+
+impl SelectorDoc {
+    fn to_proto(&self, at: &str) -> Result<v1::LabelSelector, FileError> {
+        match self {
+            SelectorDoc::Labels(l) => Ok(v1::LabelSelector {
+                match_labels: l.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                match_expressions: Vec::new(),
+            }),
+            SelectorDoc::Text(t) => {
+                crate::selector::parse(t).map_err(|m| FileError::new(format!("{at}.selector"), m))
+            }
+        }
+    }
+}
+
+impl From<&v1::LabelSelector> for SelectorDoc {
+    fn from(s: &v1::LabelSelector) -> SelectorDoc {
+        if s.match_expressions.is_empty() {
+            SelectorDoc::Labels(
+                s.match_labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        } else {
+            SelectorDoc::Text(crate::selector::to_text(s))
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -482,7 +529,13 @@ impl From<FieldError> for FileError {
 /// (slots, `base_slots`) exactly as the control plane would assign it when the file is applied
 /// to an empty store, so offline answers match the running system's.
 pub fn load(text: &str) -> Result<Loaded, FileError> {
-    let req = parse(text)?.to_request()?;
+    let mut req = parse(text)?.to_request()?;
+    // Selector slots as the control plane assigns them on its write (not in `to_request`:
+    // a file applied again must keep the stored ones).
+    let backends: Vec<&v1::Backend> = req.backends.iter().collect();
+    for d in &mut req.directors {
+        convert::assign_selector_slots(d, &backends);
+    }
     let v = convert::validate(&Resources::of_request(&req))?;
     Ok(Loaded {
         config: v.config,
@@ -861,6 +914,11 @@ impl DirectorDoc {
             revision: self.revision.unwrap_or(0),
             policy: policies.pop(),
             members,
+            selector_slots: self
+                .selector_slots
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         })
     }
 }
@@ -898,13 +956,14 @@ impl ShardDoc {
 impl MemberDoc {
     fn to_proto(&self, at: &str) -> Result<v1::Member, FileError> {
         use v1::member::Target;
-        let target = match (&self.backend, &self.director) {
-            (Some(b), None) => Target::Backend(b.clone()),
-            (None, Some(d)) => Target::Director(d.clone()),
+        let target = match (&self.backend, &self.director, &self.selector) {
+            (Some(b), None, None) => Target::Backend(b.clone()),
+            (None, Some(d), None) => Target::Director(d.clone()),
+            (None, None, Some(s)) => Target::Selector(s.to_proto(at)?),
             _ => {
                 return Err(FileError::new(
                     at,
-                    "a member needs exactly one of backend, director",
+                    "a member needs exactly one of backend, director, selector",
                 ));
             }
         };
@@ -1094,11 +1153,20 @@ impl From<&v1::Director> for DirectorDoc {
                         Some(v1::member::Target::Director(x)) => Some(x.clone()),
                         _ => None,
                     },
+                    selector: match &m.target {
+                        Some(v1::member::Target::Selector(s)) => Some(SelectorDoc::from(s)),
+                        _ => None,
+                    },
                     weight: m.weight,
                     ident: (!m.ident.is_empty()).then(|| m.ident.clone()),
                     slot: m.slot,
                     rampup: dur_text(m.rampup.as_ref()),
                 })
+                .collect(),
+            selector_slots: d
+                .selector_slots
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         };
         match &d.policy {
@@ -1285,6 +1353,34 @@ directors:
         assert!(e.message.contains("unknown field `colour`"), "{e}");
         let doc = parse("name: b1\nkind: backend\naddress: 127.0.0.1:9\n").unwrap();
         assert_eq!(doc.backends[0].address, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn selector_members_take_a_label_map_or_kubectls_text() {
+        let text = "backends:\n  - { name: w1, address: '127.0.0.1:1', labels: { app: web, zone: a } }\n  - { name: w2, address: '127.0.0.1:2', labels: { app: web, zone: c } }\ndirectors:\n  - name: d\n    shard: { algorithm: balanced }\n    members:\n      - selector: { app: web }\n  - name: e\n    hash: {}\n    members:\n      - selector: 'app=web,zone in (a, b)'\n";
+        let l = load(text).unwrap();
+        let members = |i: usize| -> Vec<&str> {
+            l.config.directors[i]
+                .members
+                .iter()
+                .map(|m| m.target.name())
+                .collect()
+        };
+        assert_eq!(members(0), ["w1", "w2"]);
+        assert_eq!(members(1), ["w1"]);
+        // Back to a document: a map when it is equalities only, the text form otherwise.
+        let req = parse(text).unwrap().to_request().unwrap();
+        let docs: Vec<DirectorDoc> = req.directors.iter().map(DirectorDoc::from).collect();
+        let yaml = yaml_serde::to_string(&docs).unwrap();
+        assert!(yaml.contains("- selector:\n      app: web\n"), "{yaml}");
+        assert!(yaml.contains("selector: app=web,zone in (a,b)"), "{yaml}");
+        let e = err(&text.replace("'app=web,zone in (a, b)'", "'app in a'"));
+        assert_eq!(e.path, "directors[1].members[0].selector");
+        let e = err(&text.replace(
+            "selector: { app: web }",
+            "{ selector: { app: web }, backend: w1 }",
+        ));
+        assert!(e.message.contains("exactly one of"), "{e}");
     }
 
     #[test]

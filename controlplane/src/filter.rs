@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use crate::convert::FieldError;
+use crate::selector::is_key_char;
 
 /// Longest filter accepted.
 pub const MAX_FILTER_BYTES: usize = 4096;
@@ -83,26 +84,26 @@ impl Filter {
         self.terms.is_empty()
     }
 
-    /// The filter `tether … list -l` sends for its selector `k=v,k!=v,k` (kubectl's syntax).
+    /// The filter `tether … list -l` sends for its selector `k=v,k!=v,k` (kubectl's syntax,
+    /// parsed by [`crate::selector::parse`]; the filter has no `in`, `notin` or `!k`).
     pub fn from_selector(selector: &str) -> Result<String, String> {
-        let mut out = Vec::new();
-        for part in selector.split(',').map(str::trim) {
-            let (key, op, value) = if let Some((k, v)) = part.split_once("!=") {
-                (k, "!=", Some(v))
-            } else if let Some((k, v)) = part.split_once('=') {
-                (k, "=", Some(v.strip_prefix('=').unwrap_or(v)))
-            } else {
-                (part, ":", None)
-            };
-            let key = key.trim();
-            if key.is_empty() || !key.chars().all(is_key_char) {
-                return Err(format!(
-                    "{part:?}: a label key is letters, digits and - _ . /"
-                ));
-            }
-            out.push(match value {
-                Some(v) => format!("labels.{key} {op} {}", quote(v.trim())),
-                None => format!("labels.{key}:*"),
+        use tether_proto::v1::label_requirement::Operator;
+        let s = crate::selector::parse(selector)?;
+        let mut labels: Vec<_> = s.match_labels.iter().collect();
+        labels.sort();
+        let mut out: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("labels.{k} = {}", quote(v)))
+            .collect();
+        for e in &s.match_expressions {
+            out.push(match (Operator::try_from(e.operator), e.values.as_slice()) {
+                (Ok(Operator::NotIn), [v]) => format!("labels.{} != {}", e.key, quote(v)),
+                (Ok(Operator::Exists), []) => format!("labels.{}:*", e.key),
+                _ => {
+                    return Err(format!(
+                        "{selector:?}: a list selector takes k=v, k!=v and k (not in, notin or !k)"
+                    ));
+                }
             });
         }
         Ok(out.join(" AND "))
@@ -121,10 +122,6 @@ fn quote(v: &str) -> String {
     }
     s.push('"');
     s
-}
-
-fn is_key_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
 }
 
 fn is_bare_char(c: char) -> bool {

@@ -49,6 +49,7 @@ pub mod node;
 pub mod nodes;
 pub mod pattern;
 pub mod schema;
+pub mod selector;
 pub mod serial;
 pub mod server;
 pub mod service;

@@ -701,6 +701,19 @@ impl State {
         R::map_mut(self).insert(r.name().to_owned(), r);
     }
 
+    /// Brings every balanced director's `selector_slots` up to date with the backends (see
+    /// [`crate::convert::assign_selector_slots`]); the write path runs it on the state it is
+    /// about to write, so a backend's create, label change or delete moves it in and out of
+    /// the directors that select it in the same transaction.
+    pub fn assign_selector_slots(&mut self) {
+        let backends: Vec<&v1::Backend> = self.backends.values().collect();
+        for d in self.directors.values_mut() {
+            if crate::convert::has_selector(d) || !d.selector_slots.is_empty() {
+                crate::convert::assign_selector_slots(d, &backends);
+            }
+        }
+    }
+
     /// The writes that turn `self` into `next`, ordered so that every prefix leaves a
     /// referentially complete configuration (when `next` is one): puts of probes, backends,
     /// directors, routes — a resource's references are written before it — then deletes of

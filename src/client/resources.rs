@@ -60,6 +60,9 @@ pub(crate) enum ResourceCmd {
         /// Backend only: default member weight.
         #[arg(long, requires = "name")]
         weight: Option<f64>,
+        /// Backend only: one label (repeatable): `--label app=web`.
+        #[arg(long = "label", value_name = "KEY=VALUE", requires = "name")]
+        labels: Vec<String>,
     },
     /// Replace one with the YAML (or JSON) of a file (`-` for standard input), as `get`
     /// prints it: a `revision` in the document makes the update fail if the resource changed
@@ -92,6 +95,15 @@ pub(crate) struct CreateFlags {
     address: Option<String>,
     probe: Option<String>,
     weight: Option<f64>,
+    labels: Vec<String>,
+}
+
+/// `--label KEY=VALUE` as a pair.
+fn label_flag(l: &str) -> Result<(String, String), InputError> {
+    let Some((k, v)) = l.split_once('=') else {
+        return Err(InputError(format!("--label {l:?}: give KEY=VALUE")));
+    };
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// What `set` takes (backends only).
@@ -236,6 +248,11 @@ impl CliResource for v1::Backend {
             address,
             probe: f.probe.unwrap_or_default(),
             weight: f.weight,
+            labels: f
+                .labels
+                .iter()
+                .map(|l| label_flag(l))
+                .collect::<Result<_, _>>()?,
             ..Default::default()
         })
     }
@@ -268,11 +285,9 @@ impl CliResource for v1::Backend {
             paths.push("admin_health".to_owned());
         }
         for l in f.labels {
-            let Some((k, v)) = l.split_once('=') else {
-                return Err(InputError(format!("--label {l:?}: give KEY=VALUE")));
-            };
+            let (k, v) = label_flag(&l)?;
             paths.push(format!("labels.{k}"));
-            b.labels.insert(k.to_owned(), v.to_owned());
+            b.labels.insert(k, v);
         }
         // Named in the mask, absent from the request: removed.
         paths.extend(f.remove_labels.into_iter().map(|k| format!("labels.{k}")));
@@ -341,6 +356,9 @@ impl CliResource for v1::Director {
             .map(|m| match &m.target {
                 Some(v1::member::Target::Backend(b)) => b.clone(),
                 Some(v1::member::Target::Director(x)) => format!("director:{x}"),
+                Some(v1::member::Target::Selector(s)) => {
+                    format!("selector:{}", tether_controlplane::selector::to_text(s))
+                }
                 None => "?".into(),
             })
             .collect();
@@ -460,6 +478,7 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
             address,
             probe,
             weight,
+            labels,
         } => {
             let r = match file {
                 Some(f) => R::from_doc(&parse_one::<R::Doc>(&f)?)?,
@@ -468,6 +487,7 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
                     address,
                     probe,
                     weight,
+                    labels,
                 })?,
             };
             let r = R::create(&mut c, r).await.map_err(CallError)?;

@@ -24,6 +24,7 @@ fn balanced(members: &[&str]) -> v1::Director {
             ..Default::default()
         })),
         members: members.iter().map(|m| member(m)).collect(),
+        selector_slots: Default::default(),
     }
 }
 
@@ -395,4 +396,125 @@ fn stored_objects_past_the_limits_are_left_out_with_their_referrers() {
             .any(|e| e.field == "directors/a-huge.shard.replicas")
     );
     assert!(left_out.iter().any(|e| e.field == "routes/r"));
+}
+
+fn labelled(name: &str, port: u16, labels: &[(&str, &str)]) -> v1::Backend {
+    v1::Backend {
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..backend(name, port)
+    }
+}
+
+fn selector_member(text: &str) -> v1::Member {
+    v1::Member {
+        target: Some(v1::member::Target::Selector(
+            crate::selector::parse(text).unwrap(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn expanded(d: &v1::Director, backends: &[v1::Backend]) -> Vec<(String, Option<u32>)> {
+    let set: Vec<(Label<'_>, &v1::Backend)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (Label::Indexed("backends", i), b))
+        .collect();
+    director(d, &"director", &set)
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| (m.target.name().to_owned(), m.slot))
+        .collect()
+}
+
+#[test]
+fn selector_members_expand_in_name_order_once_each() {
+    let backends = [
+        labelled("web-c", 1, &[("app", "web")]),
+        labelled("web-a", 2, &[("app", "web"), ("zone", "a")]),
+        labelled("api", 3, &[("app", "api")]),
+        labelled("web-b", 4, &[("app", "web")]),
+    ];
+    let mut d = shard_of(vec![member("web-b"), selector_member("app=web")], 67);
+    let names = |v: Vec<(String, Option<u32>)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    // The named member first; the selector adds the others (web-b once), by name.
+    assert_eq!(names(expanded(&d, &backends)), ["web-b", "web-a", "web-c"]);
+    d.members.push(selector_member("zone=a"));
+    assert_eq!(
+        names(expanded(&d, &backends)),
+        ["web-b", "web-a", "web-c"],
+        "web-a matched by an earlier selector"
+    );
+    // Matching nothing is an empty director, not an error.
+    let none = shard_of(vec![selector_member("app=db")], 67);
+    assert!(expanded(&none, &backends).is_empty());
+    // ident and slot belong to named members.
+    let mut bad = shard_of(vec![selector_member("app=web")], 67);
+    bad.members[0].ident = "x".into();
+    let set: Vec<(Label<'_>, &v1::Backend)> = vec![];
+    let e = director(&bad, &"director", &set).unwrap_err();
+    assert_eq!(e.field, "director.members[0].ident");
+}
+
+#[test]
+fn selector_slots_are_stored_state_kept_while_a_backend_matches() {
+    let web = |n: &str, p| labelled(n, p, &[("app", "web")]);
+    let mut backends = vec![web("w1", 1), web("w2", 2), web("w3", 3)];
+    let mut d = balanced(&["named"]);
+    d.members.push(selector_member("app=web"));
+    assign_slots(&mut d, None);
+    fn refs(b: &[v1::Backend]) -> Vec<&v1::Backend> {
+        b.iter().collect()
+    }
+    assign_selector_slots(&mut d, &refs(&backends));
+    let slot = |d: &v1::Director, n: &str| d.selector_slots.get(n).copied();
+    // The named member has slot 0; the selected backends take 1, 2, 3 in name order.
+    assert_eq!(d.members[0].slot, Some(0));
+    assert_eq!(
+        (slot(&d, "w1"), slot(&d, "w2"), slot(&d, "w3")),
+        (Some(1), Some(2), Some(3))
+    );
+    let mut all = vec![labelled("named", 9, &[])];
+    all.extend(backends.iter().cloned());
+    assert_eq!(
+        expanded(&d, &all),
+        [
+            ("named".to_owned(), Some(0)),
+            ("w1".to_owned(), Some(1)),
+            ("w2".to_owned(), Some(2)),
+            ("w3".to_owned(), Some(3))
+        ]
+    );
+    // w1 goes, w0 comes (sorting before the others): w2 and w3 keep theirs, w0 takes the
+    // freed slot; a rewrite of the director without the map keeps it.
+    backends.remove(0);
+    backends.push(web("w0", 4));
+    let mut rewritten = balanced(&["named"]);
+    rewritten.members.push(selector_member("app=web"));
+    assign_slots(&mut rewritten, Some(&d));
+    assign_selector_slots(&mut rewritten, &refs(&backends));
+    assert_eq!(
+        (
+            slot(&rewritten, "w0"),
+            slot(&rewritten, "w1"),
+            slot(&rewritten, "w2"),
+            slot(&rewritten, "w3")
+        ),
+        (Some(1), None, Some(2), Some(3))
+    );
+    // A new named member does not take a selected backend's slot.
+    let mut grown = rewritten.clone();
+    grown.members.insert(1, member("extra"));
+    grown.members[1].slot = None;
+    assign_slots(&mut grown, Some(&rewritten));
+    assert_eq!(grown.members[1].slot, Some(4));
+    // A varnish director keeps no slots.
+    let mut v = shard_of(vec![selector_member("app=web")], 67);
+    v.selector_slots.insert("w2".into(), 7);
+    assign_selector_slots(&mut v, &refs(&backends));
+    assert!(v.selector_slots.is_empty());
 }

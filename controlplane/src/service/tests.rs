@@ -34,6 +34,7 @@ fn shard(name: &str, members: &[&str]) -> v1::Director {
                 ..Default::default()
             })
             .collect(),
+        selector_slots: Default::default(),
     }
 }
 

@@ -65,6 +65,7 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
+            new.assign_selector_slots();
             // Validation grows with the configuration: off the async workers.
             let api = self.clone();
             let (old, new, validated) = self

@@ -245,9 +245,20 @@ pub struct Converted {
     backends: Vec<(i64, Arc<BackendSpec>)>,
     /// Directors, the same way (a director's spec does not depend on its backends: member
     /// weights are resolved when the directors are built).
-    directors: Vec<(i64, Arc<DirectorSpec>)>,
+    directors: Vec<(i64, DirectorConversion)>,
     /// Certificates, the same way (loading a key is the costly part of converting one).
     certificates: Vec<(i64, CertificateSpec)>,
+    /// What the last pass over the backends changed (`None` after a failed one): a selector
+    /// director is reused only if none of those changes alters what its selectors match.
+    backend_changes: Option<Changes>,
+}
+
+/// What one conversion pass changed against the cache: the set's entries converted anew
+/// (new, or at a new revision) and the names of cached entries that are gone.
+#[derive(Debug, Default)]
+struct Changes {
+    fresh: Vec<usize>,
+    removed: Vec<String>,
 }
 
 impl Converted {
@@ -259,33 +270,43 @@ impl Converted {
             &set.certificates,
             |c| (&c.name, c.revision),
             |s| &s.loaded.name,
+            |_, _| true,
             |c, at| certificate(c, at),
         )
+        .map(|(specs, _)| specs)
     }
 
     /// Every backend of `set` converted, reusing the earlier conversion of the same stored
     /// revision.
     fn backends(&mut self, set: &Resources) -> Result<Vec<Arc<BackendSpec>>, FieldError> {
-        reuse_or_convert(
+        self.backend_changes = None;
+        let (specs, changes) = reuse_or_convert(
             &mut self.backends,
             &set.backends,
             |b| (&b.name, b.revision),
             |s| &s.name,
+            |_, _| true,
             |b, at| backend(b, at).map(Arc::new),
-        )
+        )?;
+        self.backend_changes = Some(changes);
+        Ok(specs)
     }
 
     /// Every director of `set` converted, reusing the earlier conversion of the same stored
-    /// revision — except for directors with selector members, whose members depend on the
-    /// backends and are expanded again each time.
+    /// revision — for a director with selector members, only while the backends that changed
+    /// since (`backend_changes`, after [`Converted::backends`]) leave its selection as it was.
     fn directors(&mut self, set: &Resources) -> Result<Vec<Arc<DirectorSpec>>, FieldError> {
-        reuse_or_convert(
+        let sorted = sorted_backends(&set.backends);
+        let changes = self.backend_changes.as_ref();
+        let (converted, _) = reuse_or_convert(
             &mut self.directors,
             &set.directors,
-            |d| (&d.name, if has_selector(d) { 0 } else { d.revision }),
-            |s| &s.name,
-            |d, at| director(d, at, &set.backends).map(Arc::new),
-        )
+            |d| (&d.name, d.revision),
+            |c| &c.spec.name,
+            |c, d| c.selection_is_current(d, &set.backends, changes),
+            |d, at| convert_director(d, at, &sorted),
+        )?;
+        Ok(converted.into_iter().map(|c| c.spec).collect())
     }
 }
 
@@ -295,30 +316,42 @@ impl Converted {
 /// own, and entries before its name are deleted resources (or the set is not sorted, and the
 /// rest is converted anew). A message converted before converted without error, so its label
 /// does not matter.
+///
+/// A cached spec is reused only when `current` also says it still holds for the message (a
+/// selector director's members depend on the backends too). Also returns what changed
+/// against the cache ([`Changes`]).
 fn reuse_or_convert<'a, M, S: Clone>(
     cache: &mut Vec<(i64, S)>,
     set: &[(Label<'a>, &'a M)],
     stored: impl Fn(&M) -> (&String, i64),
     name: impl Fn(&S) -> &String,
+    current: impl Fn(&S, &M) -> bool,
     convert: impl Fn(&M, &Label<'a>) -> Result<S, FieldError>,
-) -> Result<Vec<S>, FieldError> {
+) -> Result<(Vec<S>, Changes), FieldError> {
     let mut old = std::mem::take(cache).into_iter().peekable();
     let mut next = Vec::with_capacity(set.len());
     let mut errors = Violations::default();
-    for (at, m) in set {
+    let mut changes = Changes::default();
+    for (i, (at, m)) in set.iter().enumerate() {
         let (m_name, revision) = stored(m);
         let mut reused = None;
         while let Some((r, s)) = old.peek() {
             if name(s) == m_name {
-                if *r == revision && revision != 0 {
+                if *r == revision && revision != 0 && current(s, m) {
                     reused = old.next().map(|(_, s)| s);
+                } else {
+                    old.next();
                 }
                 break;
             }
             if name(s) > m_name {
                 break;
             }
+            changes.removed.push(name(s).clone());
             old.next();
+        }
+        if reused.is_none() {
+            changes.fresh.push(i);
         }
         match reused.map_or_else(|| convert(m, at), Ok) {
             Ok(spec) => next.push((revision, spec)),
@@ -335,9 +368,10 @@ fn reuse_or_convert<'a, M, S: Clone>(
         // The cache would no longer line up with the set: the next call converts anew.
         return Err(errors.error());
     }
+    changes.removed.extend(old.map(|(_, s)| name(&s).clone()));
     let specs = next.iter().map(|(_, s)| s.clone()).collect();
     *cache = next;
-    Ok(specs)
+    Ok((specs, changes))
 }
 
 /// Checks every resource and the references between them, and builds the directors.
@@ -1211,6 +1245,113 @@ pub fn director(
     at: &dyn fmt::Display,
     backends: &[(Label<'_>, &v1::Backend)],
 ) -> Result<DirectorSpec, FieldError> {
+    convert_director(d, at, &sorted_backends(backends)).map(|c| Arc::unwrap_or_clone(c.spec))
+}
+
+/// A converted director, and which of its members its selectors contributed: indices into
+/// `spec.members`, one run per selector (`run_ends[k]` ends selector k's run), each run in
+/// backend-name order. What [`Converted`] checks changed backends against before reusing it.
+#[derive(Debug, Clone)]
+struct DirectorConversion {
+    spec: Arc<DirectorSpec>,
+    selected: Arc<[u32]>,
+    run_ends: Arc<[u32]>,
+}
+
+impl DirectorConversion {
+    /// Which selector contributed backend `name` (by binary search in each run), if any.
+    fn selected_by(&self, name: &str) -> Option<usize> {
+        let mut start = 0usize;
+        for (k, &end) in self.run_ends.iter().enumerate() {
+            let run = &self.selected[start..end as usize];
+            let found = run.binary_search_by(|&i| {
+                let n = self
+                    .spec
+                    .members
+                    .get(i as usize)
+                    .map_or("", |m| m.target.name());
+                n.cmp(name)
+            });
+            if found.is_ok() {
+                return Some(k);
+            }
+            start = end as usize;
+        }
+        None
+    }
+
+    /// Whether the director's selectors still select exactly what they did, given what
+    /// changed among the backends since (`None`: unknown). A director without selectors
+    /// always does. O(changed backends), not O(backends).
+    fn selection_is_current(
+        &self,
+        d: &v1::Director,
+        backends: &[(Label<'_>, &v1::Backend)],
+        changes: Option<&Changes>,
+    ) -> bool {
+        if self.selected.is_empty() && !has_selector(d) {
+            return true;
+        }
+        let Some(changes) = changes else {
+            return false;
+        };
+        if changes
+            .removed
+            .iter()
+            .any(|n| self.selected_by(n).is_some())
+        {
+            return false;
+        }
+        if changes.fresh.is_empty() {
+            return true;
+        }
+        let Some(selectors) = selectors_of(d) else {
+            return false;
+        };
+        let named = named_backends(d);
+        changes.fresh.iter().all(|&i| {
+            let Some((_, b)) = backends.get(i) else {
+                return false;
+            };
+            // A backend also named is never selected (a member once).
+            let now = if named.contains(b.name.as_str()) {
+                None
+            } else {
+                selectors.iter().position(|s| s.matches(&b.labels))
+            };
+            now == self.selected_by(&b.name)
+        })
+    }
+}
+
+/// The backends in name order (as a set read from the store already is).
+fn sorted_backends<'b>(backends: &[(Label<'_>, &'b v1::Backend)]) -> Vec<&'b v1::Backend> {
+    in_name_order(backends.iter().map(|(_, b)| *b).collect())
+}
+
+fn in_name_order(mut backends: Vec<&v1::Backend>) -> Vec<&v1::Backend> {
+    if !backends.is_sorted_by(|a, b| a.name <= b.name) {
+        backends.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    }
+    backends
+}
+
+/// A director's selectors, checked; `None` if one does not check (validation reports it).
+fn selectors_of(d: &v1::Director) -> Option<Vec<Selector>> {
+    d.members
+        .iter()
+        .filter_map(|m| match &m.target {
+            Some(v1::member::Target::Selector(s)) => Some(Selector::from_proto(s, "selector").ok()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn convert_director(
+    d: &v1::Director,
+    at: &dyn fmt::Display,
+    sorted: &[&v1::Backend],
+) -> Result<DirectorConversion, FieldError> {
     let mut errors = Violations::default();
     let name = errors.check(name(&d.name, at));
     let policy = match &d.policy {
@@ -1308,30 +1449,43 @@ pub fn director(
         return Err(errors.error());
     };
     errors.finish(())?;
-    let members = expand(d, at, &policy, entries, backends)?;
-    errors.finish(DirectorSpec {
-        name,
-        policy,
-        members,
+    let (members, selected, run_ends) = expand(d, at, &policy, entries, sorted)?;
+    errors.finish(DirectorConversion {
+        spec: Arc::new(DirectorSpec {
+            name,
+            policy,
+            members,
+        }),
+        selected: selected.into(),
+        run_ends: run_ends.into(),
     })
 }
 
-/// The members of a director once its selectors are expanded (see [`director`]).
+/// Members, the indices of those selectors contributed, and where each selector's run ends.
+type Expanded = (Vec<MemberSpec>, Vec<u32>, Vec<u32>);
+
+/// The members of a director once its selectors are expanded (see [`director`]), with what
+/// [`DirectorConversion`] keeps of which came from which selector.
 fn expand(
     d: &v1::Director,
     at: &dyn fmt::Display,
     policy: &Policy,
     entries: Vec<Entry>,
-    backends: &[(Label<'_>, &v1::Backend)],
-) -> Result<Vec<MemberSpec>, FieldError> {
-    if !entries.iter().any(|e| matches!(e, Entry::Select(..))) {
-        return Ok(entries
+    sorted: &[&v1::Backend],
+) -> Result<Expanded, FieldError> {
+    let selectors = entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Select(..)))
+        .count();
+    if selectors == 0 {
+        let members = entries
             .into_iter()
             .filter_map(|e| match e {
                 Entry::Member(m) => Some(m),
                 Entry::Select(..) => None,
             })
-            .collect());
+            .collect();
+        return Ok((members, Vec::new(), Vec::new()));
     }
     let balanced = matches!(policy, Policy::Shard(s) if s.algorithm == Algorithm::Balanced);
     if let Some((name, &slot)) = d
@@ -1345,30 +1499,33 @@ fn expand(
         ));
     }
     // The named members' slots (from the message: `entries` is consumed below).
-    let mut taken: FxHashMap<u32, String> = FxHashMap::default();
-    for m in &d.members {
-        let name = match &m.target {
-            Some(v1::member::Target::Backend(x) | v1::member::Target::Director(x)) => x,
-            Some(v1::member::Target::Selector(_)) | None => continue,
-        };
-        if let Some(s) = m.slot {
-            taken.insert(s, name.clone());
+    let mut taken: FxHashMap<u32, &str> = FxHashMap::default();
+    if balanced {
+        for m in &d.members {
+            let name = match &m.target {
+                Some(v1::member::Target::Backend(x) | v1::member::Target::Director(x)) => x,
+                Some(v1::member::Target::Selector(_)) | None => continue,
+            };
+            if let Some(s) = m.slot {
+                taken.insert(s, name);
+            }
         }
     }
     let mut present = named_backends(d);
-    let mut sorted: Vec<&v1::Backend> = backends.iter().map(|(_, b)| *b).collect();
-    sorted.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let mut members = Vec::with_capacity(entries.len());
+    let mut selected = Vec::new();
+    let mut run_ends = Vec::with_capacity(selectors);
     for e in entries {
         match e {
             Entry::Member(m) => members.push(m),
             Entry::Select(sel, weight, rampup) => {
-                for b in select(&sel, &sorted, &mut present) {
+                let later = run_ends.len() + 1 < selectors;
+                for b in select(&sel, sorted, &mut present, later) {
                     let mut m = MemberSpec::new(TargetRef::Backend(b.name.clone()));
                     m.weight = weight;
                     m.rampup = rampup;
                     if balanced && let Some(&slot) = d.selector_slots.get(&b.name) {
-                        if let Some(other) = taken.insert(slot, b.name.clone()) {
+                        if let Some(other) = taken.insert(slot, &b.name) {
                             return Err(FieldError::invalid(
                                 format!("{at}.selector_slots[{:?}]", b.name),
                                 format!("slot {slot} is also {other:?}'s"),
@@ -1376,8 +1533,10 @@ fn expand(
                         }
                         m.slot = Some(slot);
                     }
+                    selected.push(u32::try_from(members.len()).unwrap_or(u32::MAX));
                     members.push(m);
                 }
+                run_ends.push(u32::try_from(selected.len()).unwrap_or(u32::MAX));
             }
         }
     }
@@ -1391,7 +1550,7 @@ fn expand(
             ),
         ));
     }
-    Ok(members)
+    Ok((members, selected, run_ends))
 }
 
 fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {
@@ -1785,23 +1944,16 @@ pub fn assign_selector_slots(d: &mut v1::Director, backends: &[&v1::Backend]) {
         d.selector_slots.clear();
         return;
     }
-    let mut selectors = Vec::new();
-    for m in &d.members {
-        if let Some(v1::member::Target::Selector(s)) = &m.target {
-            match Selector::from_proto(s, "selector") {
-                Ok(sel) => selectors.push(sel),
-                Err(_) => return,
-            }
-        }
-    }
-    let mut sorted = backends.to_vec();
-    sorted.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let Some(selectors) = selectors_of(d) else {
+        return;
+    };
+    let sorted = in_name_order(backends.to_vec());
     let mut present = named_backends(d);
-    let matched: Vec<&str> = selectors
-        .iter()
-        .flat_map(|sel| select(sel, &sorted, &mut present))
-        .map(|b| b.name.as_str())
-        .collect();
+    let mut matched: Vec<&str> = Vec::new();
+    for (k, sel) in selectors.iter().enumerate() {
+        let later = k + 1 < selectors.len();
+        matched.extend(select(sel, &sorted, &mut present, later).map(|b| b.name.as_str()));
+    }
     let mut taken: FxHashSet<u32> = d.members.iter().filter_map(|m| m.slot).collect();
     let mut next: std::collections::HashMap<String, u32> = Default::default();
     for name in &matched {
@@ -1840,18 +1992,24 @@ fn named_backends(d: &v1::Director) -> FxHashSet<&str> {
         .collect()
 }
 
-/// The backends of `sorted` (in name order) that `sel` matches and that are not yet in
-/// `present`, which they are added to: a backend is a member once.
-fn select<'b>(
-    sel: &Selector,
-    sorted: &[&'b v1::Backend],
-    present: &mut FxHashSet<&'b str>,
-) -> Vec<&'b v1::Backend> {
-    sorted
-        .iter()
-        .filter(|b| sel.matches(&b.labels) && present.insert(b.name.as_str()))
-        .copied()
-        .collect()
+/// The backends of `sorted` (in name order) that `sel` matches and that are not in
+/// `present`; with `record`, each is added to it (a backend is a member once, and a later
+/// selector must not take it again).
+fn select<'b, 'p>(
+    sel: &'p Selector,
+    sorted: &'p [&'b v1::Backend],
+    present: &'p mut FxHashSet<&'b str>,
+    record: bool,
+) -> impl Iterator<Item = &'b v1::Backend> + 'p {
+    sorted.iter().copied().filter(move |b| {
+        if !sel.matches(&b.labels) || (!present.is_empty() && present.contains(b.name.as_str())) {
+            return false;
+        }
+        if record {
+            present.insert(b.name.as_str());
+        }
+        true
+    })
 }
 
 #[cfg(test)]

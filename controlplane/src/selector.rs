@@ -116,7 +116,7 @@ impl Selector {
     /// Whether a backend with these labels is selected.
     pub fn matches(&self, labels: &HashMap<String, String>) -> bool {
         self.requirements.iter().all(|r| {
-            let v = labels.get(&r.key);
+            let v = label(labels, &r.key);
             match &r.test {
                 Test::In(values) => v.is_some_and(|v| values.contains(v)),
                 Test::NotIn(values) => v.is_none_or(|v| !values.contains(v)),
@@ -124,6 +124,16 @@ impl Selector {
                 Test::DoesNotExist => v.is_none(),
             }
         })
+    }
+}
+
+/// A label's value. A backend has a few labels: comparing keys beats hashing one with the
+/// map's SipHash (this runs once per backend per selector when a director is expanded).
+fn label<'l>(labels: &'l HashMap<String, String>, key: &str) -> Option<&'l String> {
+    if labels.len() <= 8 {
+        labels.iter().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        labels.get(key)
     }
 }
 

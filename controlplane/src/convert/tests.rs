@@ -518,3 +518,62 @@ fn selector_slots_are_stored_state_kept_while_a_backend_matches() {
     assign_selector_slots(&mut v, &refs(&backends));
     assert!(v.selector_slots.is_empty());
 }
+
+#[test]
+fn a_selector_directors_conversion_is_reused_only_while_its_selection_holds() {
+    let web = |name: &str, port: u16, revision: i64, app: &str| v1::Backend {
+        revision,
+        ..labelled(name, port, &[("app", app)])
+    };
+    let mut d = shard_of(vec![selector_member("app=web")], 67);
+    d.revision = 3;
+    let mut converted = Converted::default();
+    let mut run = |bs: &[v1::Backend]| -> Arc<DirectorSpec> {
+        let res = Resources {
+            backends: bs
+                .iter()
+                .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
+                .collect(),
+            directors: vec![(Label::Stored(Kind::Director, &d.name), &d)],
+            ..Resources::default()
+        };
+        validate_with(&res, None, &mut converted)
+            .expect("valid")
+            .config
+            .directors[0]
+            .clone()
+    };
+    let names = |s: &DirectorSpec| -> Vec<String> {
+        s.members
+            .iter()
+            .map(|m| m.target.name().to_owned())
+            .collect()
+    };
+    let mut set = vec![
+        web("a", 1, 5, "web"),
+        web("b", 2, 6, "web"),
+        web("c", 3, 7, "api"),
+    ];
+    let first = run(&set);
+    assert_eq!(names(&first), ["a", "b"]);
+    // b's weight changes (a new revision, still selected): reused as it is.
+    set[1].weight = Some(3.0);
+    set[1].revision = 8;
+    let second = run(&set);
+    assert!(Arc::ptr_eq(&first, &second));
+    // c becomes web: expanded again, with c.
+    set[2] = web("c", 3, 9, "web");
+    let third = run(&set);
+    assert_eq!(names(&third), ["a", "b", "c"]);
+    // a relabelled away, and a new unselected backend: a is out.
+    set[0] = web("a", 1, 10, "api");
+    set.push(web("d", 4, 10, "db"));
+    let fourth = run(&set);
+    assert_eq!(names(&fourth), ["b", "c"]);
+    // d (never selected) deleted: reused; b deleted: b is out.
+    set.pop();
+    let fifth = run(&set);
+    assert!(Arc::ptr_eq(&fourth, &fifth));
+    set.remove(1);
+    assert_eq!(names(&run(&set)), ["c"]);
+}

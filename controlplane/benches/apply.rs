@@ -1,7 +1,9 @@
 //! The data-plane follower applying one revision at 10,000 backends in one shard director:
 //! from scratch (a listing) and a one-backend change (a watch event): a weight change, and a
 //! backend added to the director or deleted from it — with the director naming its 10,000
-//! members, and (`selector/…`) with one selector member matching them all (`app=web`).
+//! members in index order (b0, b1, …, a new one appended), the same in name order
+//! (`name_order/…`: b0, b1, b10, …, a new one inserted where its name sorts, as a selector
+//! places it), and (`selector/…`) with one selector member matching them all (`app=web`).
 //!
 //! `cargo bench -p tether-controlplane --bench apply`
 
@@ -23,7 +25,15 @@ const N: usize = 10_000;
 /// The state a follower lists: 10,000 backends (labelled `app=web`) and one shard director
 /// naming them (or selecting them), decoded from a listing in key order as from etcd (so the
 /// messages lie in memory as a follower's do).
-fn state(n: usize, selector: bool) -> State {
+/// How the benchmark's director lists its members.
+#[derive(Clone, Copy, PartialEq)]
+enum Members {
+    Named,
+    NamedInNameOrder,
+    Selector,
+}
+
+fn state(n: usize, members: Members) -> State {
     let layout = Layout::default();
     let mut kvs = Vec::new();
     let mut put = |kind: Kind, name: &str, value: Vec<u8>| {
@@ -47,7 +57,7 @@ fn state(n: usize, selector: bool) -> State {
         name: "users".into(),
         revision: 0,
         policy: Some(v1::director::Policy::Shard(v1::Shard::default())),
-        members: if selector {
+        members: if members == Members::Selector {
             vec![v1::Member {
                 target: Some(v1::member::Target::Selector(v1::LabelSelector {
                     match_labels: web(),
@@ -56,9 +66,14 @@ fn state(n: usize, selector: bool) -> State {
                 ..Default::default()
             }]
         } else {
-            (0..n)
-                .map(|i| v1::Member {
-                    target: Some(v1::member::Target::Backend(format!("b{i}"))),
+            let mut names: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
+            if members == Members::NamedInNameOrder {
+                names.sort();
+            }
+            names
+                .into_iter()
+                .map(|b| v1::Member {
+                    target: Some(v1::member::Target::Backend(b)),
                     ..Default::default()
                 })
                 .collect()
@@ -80,18 +95,22 @@ fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("follower_apply");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(5));
-    for selector in [false, true] {
-        variant(&mut g, selector);
+    for members in [Members::Named, Members::NamedInNameOrder, Members::Selector] {
+        variant(&mut g, members);
     }
     g.finish();
 }
 
 fn variant(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    selector: bool,
+    members: Members,
 ) {
-    let base = state(N, selector);
-    let tag = if selector { "selector/" } else { "" };
+    let base = state(N, members);
+    let tag = match members {
+        Members::Named => "",
+        Members::NamedInNameOrder => "name_order/",
+        Members::Selector => "selector/",
+    };
     g.bench_function(format!("{tag}from_scratch/{N}"), |b| {
         b.iter(|| {
             let rt = Runtime::new();
@@ -136,16 +155,26 @@ fn variant(
                 };
                 s.backends.insert(b.name.clone(), b);
             }
-            if !selector {
+            if members != Members::Selector {
                 let users = s.directors.get_mut("users").expect("users");
                 users.revision = revision;
+                // Appended, or where its name sorts.
+                let at = match members {
+                    Members::NamedInNameOrder => users.members.partition_point(|m| {
+                        matches!(&m.target, Some(v1::member::Target::Backend(b)) if b.as_str() < "b5000x")
+                    }),
+                    _ => users.members.len() - usize::from(added),
+                };
                 if added {
-                    users.members.pop();
+                    users.members.remove(at);
                 } else {
-                    users.members.push(v1::Member {
-                        target: Some(v1::member::Target::Backend("b5000x".into())),
-                        ..Default::default()
-                    });
+                    users.members.insert(
+                        at,
+                        v1::Member {
+                            target: Some(v1::member::Target::Backend("b5000x".into())),
+                            ..Default::default()
+                        },
+                    );
                 }
             }
             added = !added;

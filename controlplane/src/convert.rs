@@ -270,7 +270,7 @@ impl Converted {
             &set.certificates,
             |c| (&c.name, c.revision),
             |s| &s.loaded.name,
-            |_, _| true,
+            |_, _| Refresh::Keep,
             |c, at| certificate(c, at),
         )
         .map(|(specs, _)| specs)
@@ -285,7 +285,7 @@ impl Converted {
             &set.backends,
             |b| (&b.name, b.revision),
             |s| &s.name,
-            |_, _| true,
+            |_, _| Refresh::Keep,
             |b, at| backend(b, at).map(Arc::new),
         )?;
         self.backend_changes = Some(changes);
@@ -303,7 +303,7 @@ impl Converted {
             &set.directors,
             |d| (&d.name, d.revision),
             |c| &c.spec.name,
-            |c, d| c.selection_is_current(d, &set.backends, changes),
+            |c, d| c.refresh(d, &set.backends, changes),
             |d, at| convert_director(d, at, &sorted),
         )?;
         Ok(converted.into_iter().map(|c| c.spec).collect())
@@ -317,15 +317,15 @@ impl Converted {
 /// rest is converted anew). A message converted before converted without error, so its label
 /// does not matter.
 ///
-/// A cached spec is reused only when `current` also says it still holds for the message (a
-/// selector director's members depend on the backends too). Also returns what changed
-/// against the cache ([`Changes`]).
+/// A cached spec of an unchanged revision is then kept, replaced or converted anew as
+/// `refresh` says (a selector director's members depend on the backends too). Also returns
+/// what changed against the cache ([`Changes`]).
 fn reuse_or_convert<'a, M, S: Clone>(
     cache: &mut Vec<(i64, S)>,
     set: &[(Label<'a>, &'a M)],
     stored: impl Fn(&M) -> (&String, i64),
     name: impl Fn(&S) -> &String,
-    current: impl Fn(&S, &M) -> bool,
+    refresh: impl Fn(&S, &M) -> Refresh<S>,
     convert: impl Fn(&M, &Label<'a>) -> Result<S, FieldError>,
 ) -> Result<(Vec<S>, Changes), FieldError> {
     let mut old = std::mem::take(cache).into_iter().peekable();
@@ -337,10 +337,20 @@ fn reuse_or_convert<'a, M, S: Clone>(
         let mut reused = None;
         while let Some((r, s)) = old.peek() {
             if name(s) == m_name {
-                if *r == revision && revision != 0 && current(s, m) {
-                    reused = old.next().map(|(_, s)| s);
+                let same = *r == revision && revision != 0;
+                match if same {
+                    refresh(s, m)
                 } else {
-                    old.next();
+                    Refresh::Convert
+                } {
+                    Refresh::Keep => reused = old.next().map(|(_, s)| s),
+                    Refresh::Replace(new) => {
+                        old.next();
+                        reused = Some(new);
+                    }
+                    Refresh::Convert => {
+                        old.next();
+                    }
                 }
                 break;
             }
@@ -1248,80 +1258,187 @@ pub fn director(
     convert_director(d, at, &sorted_backends(backends)).map(|c| Arc::unwrap_or_clone(c.spec))
 }
 
-/// A converted director, and which of its members its selectors contributed: indices into
-/// `spec.members`, one run per selector (`run_ends[k]` ends selector k's run), each run in
-/// backend-name order. What [`Converted`] checks changed backends against before reusing it.
+/// A converted director, and where its selectors' backends lie among its members: one run
+/// `(start, len)` of `spec.members` per selector, in member order, each run in backend-name
+/// order. What [`Converted`] checks the changed backends against, and splices them into.
 #[derive(Debug, Clone)]
 struct DirectorConversion {
     spec: Arc<DirectorSpec>,
-    selected: Arc<[u32]>,
-    run_ends: Arc<[u32]>,
+    runs: Arc<[(u32, u32)]>,
 }
 
+/// What [`reuse_or_convert`] does with a cached spec whose stored revision is unchanged.
+enum Refresh<S> {
+    /// Reuse it.
+    Keep,
+    /// Use this instead (derived from it).
+    Replace(S),
+    /// Convert the message anew.
+    Convert,
+}
+
+/// Most changed backends a selector director's members are spliced for; beyond, it is
+/// expanded again (a bulk change is a full pass anyway).
+const MAX_SPLICED: usize = 64;
+
 impl DirectorConversion {
-    /// Which selector contributed backend `name` (by binary search in each run), if any.
-    fn selected_by(&self, name: &str) -> Option<usize> {
-        let mut start = 0usize;
-        for (k, &end) in self.run_ends.iter().enumerate() {
-            let run = &self.selected[start..end as usize];
-            let found = run.binary_search_by(|&i| {
-                let n = self
-                    .spec
-                    .members
-                    .get(i as usize)
-                    .map_or("", |m| m.target.name());
-                n.cmp(name)
-            });
-            if found.is_ok() {
-                return Some(k);
-            }
-            start = end as usize;
-        }
-        None
+    fn run(&self, k: usize) -> &[MemberSpec] {
+        let (start, len) = self.runs[k];
+        self.spec
+            .members
+            .get(start as usize..(start + len) as usize)
+            .unwrap_or(&[])
     }
 
-    /// Whether the director's selectors still select exactly what they did, given what
-    /// changed among the backends since (`None`: unknown). A director without selectors
-    /// always does. O(changed backends), not O(backends).
-    fn selection_is_current(
+    /// Which selector contributed backend `name` (by binary search in each run), if any.
+    fn selected_by(&self, name: &str) -> Option<usize> {
+        (0..self.runs.len()).find(|&k| {
+            self.run(k)
+                .binary_search_by(|m| m.target.name().cmp(name))
+                .is_ok()
+        })
+    }
+
+    /// This conversion brought up to date with the backends that changed since (`None`:
+    /// unknown), for the same stored director: kept when no change alters what its selectors
+    /// select, else the changed backends spliced into (or out of) their runs — O(changed
+    /// backends) to decide, a copy of the member list to splice.
+    fn refresh(
         &self,
         d: &v1::Director,
         backends: &[(Label<'_>, &v1::Backend)],
         changes: Option<&Changes>,
-    ) -> bool {
-        if self.selected.is_empty() && !has_selector(d) {
-            return true;
+    ) -> Refresh<DirectorConversion> {
+        if self.runs.is_empty() && !has_selector(d) {
+            return Refresh::Keep;
         }
         let Some(changes) = changes else {
-            return false;
+            return Refresh::Convert;
         };
-        if changes
-            .removed
+        // (backend, run it was in, run it is in now).
+        let mut moves: Vec<(&str, Option<usize>, Option<usize>)> = Vec::new();
+        for n in &changes.removed {
+            if let Some(k) = self.selected_by(n) {
+                moves.push((n, Some(k), None));
+            }
+        }
+        if !changes.fresh.is_empty() {
+            let Some(selectors) = selectors_of(d) else {
+                return Refresh::Convert;
+            };
+            let named = named_backends(d);
+            for &i in &changes.fresh {
+                let Some((_, b)) = backends.get(i) else {
+                    return Refresh::Convert;
+                };
+                // A backend also named is never selected (a member once).
+                let now = if named.contains(b.name.as_str()) {
+                    None
+                } else {
+                    selectors.iter().position(|s| s.matches(&b.labels))
+                };
+                let was = self.selected_by(&b.name);
+                if now != was {
+                    moves.push((&b.name, was, now));
+                }
+            }
+        }
+        if moves.is_empty() {
+            return Refresh::Keep;
+        }
+        if moves.len() > MAX_SPLICED {
+            return Refresh::Convert;
+        }
+        self.splice(d, &moves)
+            .map_or(Refresh::Convert, Refresh::Replace)
+    }
+
+    /// The member list with `moves` applied; `None` where a full conversion must decide
+    /// (a new member of a balanced director needs its stored slot checked, a bad value).
+    fn splice(
+        &self,
+        d: &v1::Director,
+        moves: &[(&str, Option<usize>, Option<usize>)],
+    ) -> Option<DirectorConversion> {
+        let balanced =
+            matches!(&self.spec.policy, Policy::Shard(s) if s.algorithm == Algorithm::Balanced);
+        // Few names, compared against each member in turn: no hashing of 10,000 names.
+        let gone: Vec<&str> = moves
             .iter()
-            .any(|n| self.selected_by(n).is_some())
-        {
-            return false;
+            .filter(|(_, was, _)| was.is_some())
+            .map(|(n, _, _)| *n)
+            .collect();
+        let mut inserts: Vec<Vec<&str>> = vec![Vec::new(); self.runs.len()];
+        for (n, _, now) in moves {
+            if let Some(k) = now {
+                if balanced {
+                    return None;
+                }
+                inserts.get_mut(*k)?.push(n);
+            }
         }
-        if changes.fresh.is_empty() {
-            return true;
+        for list in &mut inserts {
+            list.sort_unstable();
         }
-        let Some(selectors) = selectors_of(d) else {
-            return false;
-        };
-        let named = named_backends(d);
-        changes.fresh.iter().all(|&i| {
-            let Some((_, b)) = backends.get(i) else {
-                return false;
+        // The k-th selector member's weight and rampup, as its backends get them.
+        let selector_members: Vec<&v1::Member> = d
+            .members
+            .iter()
+            .filter(|m| matches!(m.target, Some(v1::member::Target::Selector(_))))
+            .collect();
+        let old = &self.spec.members;
+        let mut members = Vec::with_capacity(old.len() + moves.len());
+        let mut runs = Vec::with_capacity(self.runs.len());
+        let mut cursor = 0usize;
+        for (k, &(start, len)) in self.runs.iter().enumerate() {
+            let (start, end) = (start as usize, (start + len) as usize);
+            members.extend_from_slice(old.get(cursor..start)?);
+            let sm = selector_members.get(k)?;
+            let rampup = match &sm.rampup {
+                Some(r) => Some(duration(Some(r), String::new, Duration::ZERO).ok()?),
+                None => None,
             };
-            // A backend also named is never selected (a member once).
-            let now = if named.contains(b.name.as_str()) {
-                None
-            } else {
-                selectors.iter().position(|s| s.matches(&b.labels))
-            };
-            now == self.selected_by(&b.name)
+            let new_start = members.len();
+            let mut adds = inserts[k].iter().peekable();
+            for m in old.get(start..end)? {
+                let name = m.target.name();
+                while let Some(a) = adds.next_if(|a| **a < name) {
+                    members.push(selected_member(a, sm.weight, rampup));
+                }
+                if gone.is_empty() || !gone.contains(&name) {
+                    members.push(m.clone());
+                }
+            }
+            for a in adds {
+                members.push(selected_member(a, sm.weight, rampup));
+            }
+            runs.push((
+                u32::try_from(new_start).ok()?,
+                u32::try_from(members.len() - new_start).ok()?,
+            ));
+            cursor = end;
+        }
+        members.extend_from_slice(old.get(cursor..)?);
+        if members.len() > limits::MAX_MEMBERS {
+            return None;
+        }
+        Some(DirectorConversion {
+            spec: Arc::new(DirectorSpec {
+                name: self.spec.name.clone(),
+                policy: self.spec.policy.clone(),
+                members,
+            }),
+            runs: runs.into(),
         })
     }
+}
+
+/// A member a selector contributed: the backend, with the selector member's weight and rampup.
+fn selected_member(name: &str, weight: Option<f64>, rampup: Option<Duration>) -> MemberSpec {
+    let mut m = MemberSpec::new(TargetRef::Backend(name.to_owned()));
+    m.weight = weight;
+    m.rampup = rampup;
+    m
 }
 
 /// The backends in name order (as a set read from the store already is).
@@ -1449,20 +1566,19 @@ fn convert_director(
         return Err(errors.error());
     };
     errors.finish(())?;
-    let (members, selected, run_ends) = expand(d, at, &policy, entries, sorted)?;
+    let (members, runs) = expand(d, at, &policy, entries, sorted)?;
     errors.finish(DirectorConversion {
         spec: Arc::new(DirectorSpec {
             name,
             policy,
             members,
         }),
-        selected: selected.into(),
-        run_ends: run_ends.into(),
+        runs: runs.into(),
     })
 }
 
-/// Members, the indices of those selectors contributed, and where each selector's run ends.
-type Expanded = (Vec<MemberSpec>, Vec<u32>, Vec<u32>);
+/// Members, and each selector's run among them (see [`DirectorConversion`]).
+type Expanded = (Vec<MemberSpec>, Vec<(u32, u32)>);
 
 /// The members of a director once its selectors are expanded (see [`director`]), with what
 /// [`DirectorConversion`] keeps of which came from which selector.
@@ -1485,7 +1601,7 @@ fn expand(
                 Entry::Select(..) => None,
             })
             .collect();
-        return Ok((members, Vec::new(), Vec::new()));
+        return Ok((members, Vec::new()));
     }
     let balanced = matches!(policy, Policy::Shard(s) if s.algorithm == Algorithm::Balanced);
     if let Some((name, &slot)) = d
@@ -1513,17 +1629,15 @@ fn expand(
     }
     let mut present = named_backends(d);
     let mut members = Vec::with_capacity(entries.len());
-    let mut selected = Vec::new();
-    let mut run_ends = Vec::with_capacity(selectors);
+    let mut runs = Vec::with_capacity(selectors);
     for e in entries {
         match e {
             Entry::Member(m) => members.push(m),
             Entry::Select(sel, weight, rampup) => {
-                let later = run_ends.len() + 1 < selectors;
+                let later = runs.len() + 1 < selectors;
+                let start = members.len();
                 for b in select(&sel, sorted, &mut present, later) {
-                    let mut m = MemberSpec::new(TargetRef::Backend(b.name.clone()));
-                    m.weight = weight;
-                    m.rampup = rampup;
+                    let mut m = selected_member(&b.name, weight, rampup);
                     if balanced && let Some(&slot) = d.selector_slots.get(&b.name) {
                         if let Some(other) = taken.insert(slot, &b.name) {
                             return Err(FieldError::invalid(
@@ -1533,10 +1647,13 @@ fn expand(
                         }
                         m.slot = Some(slot);
                     }
-                    selected.push(u32::try_from(members.len()).unwrap_or(u32::MAX));
                     members.push(m);
                 }
-                run_ends.push(u32::try_from(selected.len()).unwrap_or(u32::MAX));
+                let len = members.len() - start;
+                runs.push((
+                    u32::try_from(start).unwrap_or(u32::MAX),
+                    u32::try_from(len).unwrap_or(u32::MAX),
+                ));
             }
         }
     }
@@ -1550,7 +1667,7 @@ fn expand(
             ),
         ));
     }
-    Ok((members, selected, run_ends))
+    Ok((members, runs))
 }
 
 fn shard(s: &v1::Shard, at: &str) -> Result<ShardSpec, FieldError> {

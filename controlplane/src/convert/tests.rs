@@ -577,3 +577,92 @@ fn a_selector_directors_conversion_is_reused_only_while_its_selection_holds() {
     set.remove(1);
     assert_eq!(names(&run(&set)), ["c"]);
 }
+
+/// Many small changes in a row (labels moving backends between two selectors and out, a
+/// named member, adds and deletes): the cached path — kept, spliced or converted — gives
+/// exactly what converting from scratch gives, at every step.
+#[test]
+fn spliced_selector_members_equal_a_fresh_expansion() {
+    let mut d = shard_of(
+        vec![
+            member("n3"),
+            selector_member("tier=a"),
+            v1::Member {
+                weight: Some(2.0),
+                rampup: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..selector_member("tier in (a, b)")
+            },
+        ],
+        67,
+    );
+    d.revision = 1;
+    let tiers = ["a", "b", "c"];
+    let mut set: Vec<v1::Backend> = (0..30)
+        .map(|i| v1::Backend {
+            revision: 1,
+            ..labelled(
+                &format!("n{i}"),
+                1000 + i,
+                &[("tier", tiers[i as usize % 3])],
+            )
+        })
+        .collect();
+    set.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut cached = Converted::default();
+    let convert = |converted: &mut Converted, bs: &[v1::Backend]| -> DirectorSpec {
+        let res = Resources {
+            backends: bs
+                .iter()
+                .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
+                .collect(),
+            directors: vec![(Label::Stored(Kind::Director, &d.name), &d)],
+            ..Resources::default()
+        };
+        let v = validate_with(&res, None, converted).expect("valid");
+        (*v.config.directors[0]).clone()
+    };
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for step in 2..300i64 {
+        match next() % 4 {
+            // Relabel one backend.
+            0 | 1 => {
+                let i = (next() % set.len() as u64) as usize;
+                let tier = tiers[(next() % 3) as usize];
+                set[i].labels.insert("tier".into(), tier.into());
+                set[i].revision = step;
+            }
+            // Delete one (not the named member's backend).
+            2 if set.len() > 5 => {
+                let i = (next() % set.len() as u64) as usize;
+                if set[i].name != "n3" {
+                    set.remove(i);
+                }
+            }
+            // Add one.
+            _ => {
+                let name = format!("m{}", next() % 1000);
+                if !set.iter().any(|b| b.name == name) {
+                    let tier = tiers[(next() % 3) as usize];
+                    set.push(v1::Backend {
+                        revision: step,
+                        ..labelled(&name, 2000, &[("tier", tier)])
+                    });
+                    set.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+            }
+        }
+        let from_cache = convert(&mut cached, &set);
+        let fresh = convert(&mut Converted::default(), &set);
+        assert_eq!(from_cache, fresh, "step {step}");
+        assert_eq!(from_cache.members[0].target.name(), "n3");
+    }
+}

@@ -519,6 +519,28 @@ fn selector_slots_are_stored_state_kept_while_a_backend_matches() {
     assert!(v.selector_slots.is_empty());
 }
 
+/// The director `d` as validated with backends `bs`, all as read from the store, through
+/// `converted`.
+fn stored_director(
+    converted: &mut Converted,
+    d: &v1::Director,
+    bs: &[v1::Backend],
+) -> Arc<DirectorSpec> {
+    let res = Resources {
+        backends: bs
+            .iter()
+            .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
+            .collect(),
+        directors: vec![(Label::Stored(Kind::Director, &d.name), d)],
+        ..Resources::default()
+    };
+    validate_with(&res, None, converted)
+        .expect("valid")
+        .config
+        .directors[0]
+        .clone()
+}
+
 #[test]
 fn a_selector_directors_conversion_is_reused_only_while_its_selection_holds() {
     let web = |name: &str, port: u16, revision: i64, app: &str| v1::Backend {
@@ -528,21 +550,7 @@ fn a_selector_directors_conversion_is_reused_only_while_its_selection_holds() {
     let mut d = shard_of(vec![selector_member("app=web")], 67);
     d.revision = 3;
     let mut converted = Converted::default();
-    let mut run = |bs: &[v1::Backend]| -> Arc<DirectorSpec> {
-        let res = Resources {
-            backends: bs
-                .iter()
-                .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
-                .collect(),
-            directors: vec![(Label::Stored(Kind::Director, &d.name), &d)],
-            ..Resources::default()
-        };
-        validate_with(&res, None, &mut converted)
-            .expect("valid")
-            .config
-            .directors[0]
-            .clone()
-    };
+    let mut run = |bs: &[v1::Backend]| stored_director(&mut converted, &d, bs);
     let names = |s: &DirectorSpec| -> Vec<String> {
         s.members
             .iter()
@@ -613,16 +621,7 @@ fn spliced_selector_members_equal_a_fresh_expansion() {
     set.sort_by(|a, b| a.name.cmp(&b.name));
     let mut cached = Converted::default();
     let convert = |converted: &mut Converted, bs: &[v1::Backend]| -> DirectorSpec {
-        let res = Resources {
-            backends: bs
-                .iter()
-                .map(|b| (Label::Stored(Kind::Backend, &b.name), b))
-                .collect(),
-            directors: vec![(Label::Stored(Kind::Director, &d.name), &d)],
-            ..Resources::default()
-        };
-        let v = validate_with(&res, None, converted).expect("valid");
-        (*v.config.directors[0]).clone()
+        (*stored_director(converted, &d, bs)).clone()
     };
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move || {

@@ -483,3 +483,45 @@ fn the_log_is_json_lines_when_asked_and_plain_text_otherwise() {
         }
     }
 }
+
+/// A balanced director grown by `apply -f` keeps its stored mapping: the file's own
+/// first-apply mapping (a larger `base_slots`) used to be sent and move two thirds of the
+/// keys instead of the third the new member takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_a_grown_balanced_director_moves_only_the_new_members_keys() {
+    let b = futures_join(["b1", "b2", "b3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    let file = |n: usize| {
+        let mut y = String::from("backends:\n");
+        for (i, x) in b.iter().take(n).enumerate() {
+            y.push_str(&format!(
+                "  - {{ name: b{}, address: '{}' }}\n",
+                i + 1,
+                x.addr
+            ));
+        }
+        y.push_str(
+            "directors:\n  - name: users\n    shard: { algorithm: balanced }\n    members:\n",
+        );
+        for i in 0..n {
+            y.push_str(&format!("      - backend: b{}\n", i + 1));
+        }
+        y.push_str("routes:\n  - name: app\n    director: users\n    key: { header: x-user }\n");
+        y
+    };
+    t.wait_applied(t.apply(&file(2))).await;
+    let keys = keys(1000);
+    let before = t.map(&keys).await;
+    t.wait_applied(t.apply(&file(3))).await;
+    let after = t.map(&keys).await;
+    let m = moved(&before, &after);
+    assert!(
+        m.iter().all(|&i| after[i] == "b3"),
+        "keys moved between old members"
+    );
+    let share = m.len() as f64 / keys.len() as f64;
+    assert!((0.2..0.45).contains(&share), "{share} of the keys moved");
+    let d = t.ok(&["director", "get", "users"]);
+    assert!(d.contains("base_slots: 2"), "{d}");
+}

@@ -530,10 +530,11 @@ impl From<FieldError> for FileError {
 /// to an empty store, so offline answers match the running system's.
 pub fn load(text: &str) -> Result<Loaded, FileError> {
     let mut req = parse(text)?.to_request()?;
-    // Selector slots as the control plane assigns them on its write (not in `to_request`:
-    // a file applied again must keep the stored ones).
+    // The balanced mappings as the control plane assigns them on a first write (not in
+    // `to_request`: a file applied again must keep the stored ones).
     let backends: Vec<&v1::Backend> = req.backends.iter().collect();
     for d in &mut req.directors {
+        convert::assign_slots(d, None);
         convert::assign_selector_slots(d, &backends);
     }
     let v = convert::validate(&Resources::of_request(&req))?;
@@ -753,8 +754,10 @@ fn dur(
 }
 
 impl Document {
-    /// The file's resources as an Apply request, with balanced shard mappings assigned (as
-    /// for a first apply); [`Resources::of_request`] labels each with its path in the file.
+    /// The file's resources as an Apply request, as written: balanced shard mappings are the
+    /// control plane's to assign against what it stores (a file's own first-apply mapping
+    /// would override the stored `base_slots` and slots and move keys); [`load`] assigns them
+    /// for offline answers. [`Resources::of_request`] labels each with its path in the file.
     /// Only syntax (durations) is checked here; [`convert::validate`] checks the rest.
     pub fn to_request(&self) -> Result<v1::ApplyRequest, FileError> {
         let backends = self
@@ -773,11 +776,7 @@ impl Document {
             .directors
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                let mut d = d.to_proto(&format!("directors[{i}]"))?;
-                convert::assign_slots(&mut d, None);
-                Ok(d)
-            })
+            .map(|(i, d)| d.to_proto(&format!("directors[{i}]")))
             .collect::<Result<_, FileError>>()?;
         let routes = self
             .routes

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tether_dataplane::exposition::{counters, label};
 use tether_dataplane::histogram::Histogram;
 use tower::{Layer, Service};
 
@@ -100,7 +101,7 @@ impl ApiMetrics {
             let _ = writeln!(
                 w,
                 "tether_grpc_requests_total{{method=\"{}\",code=\"{code}\"}} {n}",
-                escape(method)
+                label(method)
             );
         }
         let _ = writeln!(
@@ -116,7 +117,7 @@ impl ApiMetrics {
             .map(|(m, h)| (m.clone(), Arc::clone(h)))
             .collect();
         for (method, h) in latency {
-            let labels = format!("method=\"{}\"", escape(&method));
+            let labels = format!("method=\"{}\"", label(&method));
             h.write_prometheus(&mut w, "tether_grpc_request_duration_seconds", &labels);
         }
         let _ = writeln!(
@@ -126,15 +127,13 @@ impl ApiMetrics {
         let _ = writeln!(w, "# TYPE tether_store_txn_duration_seconds histogram");
         self.txn
             .write_prometheus(&mut w, "tether_store_txn_duration_seconds", "");
-        let _ = writeln!(
-            w,
-            "# HELP tether_store_txn_conflicts_total Write transactions another writer got ahead of (retried)."
-        );
-        let _ = writeln!(w, "# TYPE tether_store_txn_conflicts_total counter");
-        let _ = writeln!(
-            w,
-            "tether_store_txn_conflicts_total {}",
-            self.conflicts.load(Ordering::Relaxed)
+        counters(
+            &mut w,
+            &[(
+                "tether_store_txn_conflicts_total",
+                "Write transactions another writer got ahead of (retried).",
+                &self.conflicts,
+            )],
         );
         let _ = writeln!(
             w,
@@ -145,13 +144,6 @@ impl ApiMetrics {
         tether_dataplane::process_metrics::write(&mut w);
         w
     }
-}
-
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// gRPC's name for a code, as grpc-go and Envoy label it.

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::backend::BackendRuntime;
 use crate::config::{AdminHealth, BackendSpec};
 use crate::edge::{Edge, EdgeCounters};
+use crate::exposition::{counters, label};
 use crate::listener::serve_http;
 use crate::pool::Failure;
 use crate::runtime::Runtime;
@@ -272,15 +273,6 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
     })
 }
 
-/// Writes counters: `# HELP`, `# TYPE` and the value of each.
-fn counters(w: &mut String, list: &[(&str, &str, &AtomicU64)]) {
-    for (name, help, v) in list {
-        let _ = writeln!(w, "# HELP {name} {help}");
-        let _ = writeln!(w, "# TYPE {name} counter");
-        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
-    }
-}
-
 /// Shared health: where verdicts come from, what this node probed and published.
 fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
     let f = &rt.fleet;
@@ -332,13 +324,6 @@ fn fleet_metrics(w: &mut String, rt: &Runtime, snap: &Snapshot) {
     if let Some(age) = rt.contact_age() {
         let _ = writeln!(w, "tether_store_contact_age_seconds {}", age.as_secs_f64());
     }
-}
-
-/// A Prometheus label value, escaped.
-pub(crate) fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The node's `/metrics` page (Prometheus text format 0.0.4). Public for the exposition
@@ -648,15 +633,13 @@ pub fn metrics(rt: &Runtime) -> String {
 /// The TLS listener's handshakes and failures, and every certificate's time left.
 fn tls_metrics(w: &mut String, rt: &Runtime) {
     let c = &rt.certs.counters;
-    let _ = writeln!(
+    counters(
         w,
-        "# HELP tether_tls_handshakes_total TLS handshakes completed on --https."
-    );
-    let _ = writeln!(w, "# TYPE tether_tls_handshakes_total counter");
-    let _ = writeln!(
-        w,
-        "tether_tls_handshakes_total {}",
-        c.handshakes.load(Ordering::Relaxed)
+        &[(
+            "tether_tls_handshakes_total",
+            "TLS handshakes completed on --https.",
+            &c.handshakes,
+        )],
     );
     let _ = writeln!(
         w,

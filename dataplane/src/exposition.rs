@@ -2,18 +2,37 @@
 //! Prometheus text format (0.0.4); a scraper whose `Accept` prefers OpenMetrics 1.0 (as
 //! Prometheus itself does by default) gets the same families in OpenMetrics: a counter's family
 //! is named without its `_total` (its samples keep it) and the page ends with `# EOF`. One
-//! place for both the node's and the control plane's admin listener.
+//! place for both the node's and the control plane's admin listener, with the writers'
+//! shared pieces: label escaping ([`label`]) and plain counters ([`counters`]).
 //!
 //! Why hand-written exposition instead of the `prometheus-client` crate: measured no slower
 //! (`benches/exposition.rs`, docs/benchmarks.md), and it reads the live state at scrape time,
 //! where a registry would need every backend's series added and removed on each snapshot.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The Prometheus text format's content type.
 pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// OpenMetrics 1.0's content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label value, escaped (`\`, `"`, newline).
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Unlabelled counters: `# HELP`, `# TYPE` and the value of each `(name, help, value)`.
+pub fn counters(w: &mut String, list: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, v) in list {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} counter");
+        let _ = writeln!(w, "{name} {}", v.load(Ordering::Relaxed));
+    }
+}
 
 /// The page in the format `accept` prefers, with its content type.
 pub fn negotiate(accept: Option<&str>, page: String) -> (&'static str, String) {

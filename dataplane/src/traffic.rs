@@ -108,7 +108,7 @@ impl Traffic {
                 .map(|(n, c)| (*n, *c))
                 .chain(std::iter::once(("", &self.unrouted)))
         };
-        let label = crate::admin::label;
+        let label = crate::exposition::label;
         let _ = writeln!(
             w,
             "# HELP tether_requests_total Client requests by route and status class (route=\"\": no route took them)."
@@ -165,15 +165,13 @@ impl Traffic {
         let _ = writeln!(w, "# TYPE tether_requests_in_flight gauge");
         let _ = writeln!(w, "tether_requests_in_flight {}", self.in_flight());
         if let Some(log) = self.access_log() {
-            let _ = writeln!(
+            crate::exposition::counters(
                 w,
-                "# HELP tether_access_log_dropped_total Access log lines dropped because the writer fell behind."
-            );
-            let _ = writeln!(w, "# TYPE tether_access_log_dropped_total counter");
-            let _ = writeln!(
-                w,
-                "tether_access_log_dropped_total {}",
-                log.dropped.load(Ordering::Relaxed)
+                &[(
+                    "tether_access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind.",
+                    &log.dropped,
+                )],
             );
         }
     }

@@ -296,7 +296,9 @@ impl Converted {
     /// revision — for a director with selector members, only while the backends that changed
     /// since (`backend_changes`, after [`Converted::backends`]) leave its selection as it was.
     fn directors(&mut self, set: &Resources) -> Result<Vec<Arc<DirectorSpec>>, FieldError> {
-        let sorted = sorted_backends(&set.backends);
+        // Only a director with selectors needs the backends in name order: not built for
+        // a configuration without any (the common case, on every revision a node applies).
+        let sorted = std::cell::OnceCell::new();
         let changes = self.backend_changes.as_ref();
         let (converted, _) = reuse_or_convert(
             &mut self.directors,
@@ -304,7 +306,16 @@ impl Converted {
             |d| (&d.name, d.revision),
             |c| &c.spec.name,
             |c, d| c.refresh(d, &set.backends, changes),
-            |d, at| convert_director(d, at, &sorted),
+            |d, at| {
+                let sorted = if has_selector(d) {
+                    sorted
+                        .get_or_init(|| sorted_backends(&set.backends))
+                        .as_slice()
+                } else {
+                    &[]
+                };
+                convert_director(d, at, sorted)
+            },
         )?;
         Ok(converted.into_iter().map(|c| c.spec).collect())
     }

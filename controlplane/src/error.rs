@@ -136,6 +136,11 @@ pub fn to_status(e: &ApiError) -> Status {
         ApiError::Store(StoreError::Closed | StoreError::Unavailable(_)) => {
             Status::unavailable(msg)
         }
+        ApiError::Store(StoreError::LeaseNotFound(_)) => Status::with_error_details(
+            Code::FailedPrecondition,
+            msg.clone(),
+            ErrorDetails::with_precondition_failure_violation("LEASE", "lease", msg),
+        ),
         ApiError::Store(StoreError::Storage(_) | StoreError::Corrupt(_)) => Status::internal(msg),
     }
 }

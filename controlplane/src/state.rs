@@ -372,9 +372,7 @@ fn reorder(
     };
     let len = ops[start..].iter().take_while(|o| select(o)).count();
     let run = &mut ops[start..start + len];
-    let name_of = |o: &Op| match o {
-        Op::Put(k, _) | Op::Delete(k) => k.strip_prefix(dir).unwrap_or_default().to_owned(),
-    };
+    let name_of = |o: &Op| o.key().strip_prefix(dir).unwrap_or_default().to_owned();
     let index: HashMap<String, usize> = run
         .iter()
         .enumerate()
@@ -758,7 +756,8 @@ impl State {
         // Directors nesting directors: within their puts, a nested director before the one
         // naming it; within their deletes, the one naming it first.
         let dir = layout.dir(Kind::Director);
-        let is_put = |o: &Op| matches!(o, Op::Put(k, _) if k.starts_with(&dir));
+        let is_put =
+            |o: &Op| matches!(o, Op::Put(k, _) | Op::PutLeased(k, _, _) if k.starts_with(&dir));
         let is_delete = |o: &Op| matches!(o, Op::Delete(k) if k.starts_with(&dir));
         reorder(&mut ops, &dir, is_put, &next.directors, false);
         reorder(&mut ops, &dir, is_delete, &self.directors, true);

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::backoff::{Backoff, Streak};
 use super::shutdown::Shutdown;
-use crate::store::StoreError;
 use crate::store::etcd::EtcdStore;
+use crate::store::{Store, StoreError};
 
 /// How long a stopping node waits for its lease to be revoked.
 const REVOKE_LIMIT: Duration = Duration::from_secs(1);
@@ -151,7 +151,7 @@ pub async fn register(
                 if let Some(id) = lease {
                     lease_out.send_replace(None);
                     match tokio::time::timeout(REVOKE_LIMIT, store.lease_revoke(id)).await {
-                        Ok(Ok(())) => tracing::info!("node registration revoked"),
+                        Ok(Ok(_)) => tracing::info!("node registration revoked"),
                         Ok(Err(e)) => tracing::warn!(error = %e, "node registration not revoked: it expires with its lease"),
                         Err(_) => tracing::warn!("node registration not revoked in time: it expires with its lease"),
                     }

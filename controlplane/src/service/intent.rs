@@ -27,8 +27,8 @@ use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 pub(super) const STALE_STAGING: Duration = Duration::from_secs(600);
 
 /// A part's ops as a staged value: the staging time (Unix ns, 8 bytes), then each op as a tag
-/// (0 put, 1 delete), the key's length (4 bytes) and key, and for a put the value's length and
-/// value.
+/// (0 put, 1 delete, 2 leased put), the key's length (4 bytes) and key, and for a put the value's
+/// length and value, then for a leased put the lease (8 bytes).
 fn encode(time_ns: u64, ops: &[Op]) -> Vec<u8> {
     let mut v = time_ns.to_le_bytes().to_vec();
     let field = |v: &mut Vec<u8>, b: &[u8]| {
@@ -45,6 +45,12 @@ fn encode(time_ns: u64, ops: &[Op]) -> Vec<u8> {
             Op::Delete(k) => {
                 v.push(1);
                 field(&mut v, k.as_bytes());
+            }
+            Op::PutLeased(k, val, lease) => {
+                v.push(2);
+                field(&mut v, k.as_bytes());
+                field(&mut v, val);
+                v.extend_from_slice(&lease.to_le_bytes());
             }
         }
     }
@@ -67,6 +73,12 @@ fn decode(v: &[u8]) -> Option<(u64, Vec<Op>)> {
         ops.push(match tag {
             0 => Op::Put(key, field(&mut rest)?),
             1 => Op::Delete(key),
+            2 => {
+                let value = field(&mut rest)?;
+                let lease = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+                rest = &rest[8..];
+                Op::PutLeased(key, value, lease)
+            }
             _ => return None,
         });
     }
@@ -309,6 +321,7 @@ mod tests {
             Op::Put("/t/v1/backends/a".into(), vec![1, 2, 3]),
             Op::Delete("/t/v1/routes/r".into()),
             Op::Put("/t/v1/backends/b".into(), Vec::new()),
+            Op::PutLeased("/t/v1/backends/c".into(), vec![4], 0x7f00_0000_0000_0001),
         ];
         assert_eq!(decode(&encode(7, &ops)), Some((7, ops.clone())));
         let bytes = encode(7, &ops);

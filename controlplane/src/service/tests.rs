@@ -358,6 +358,21 @@ impl Store for Small {
     ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
         self.0.watch(prefix, from).await
     }
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, crate::store::StoreError> {
+        self.0.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64, crate::store::StoreError> {
+        self.0.lease_keep_alive(id).await
+    }
+    async fn lease_revoke(&self, id: i64) -> Result<bool, crate::store::StoreError> {
+        self.0.lease_revoke(id).await
+    }
+    async fn lease_time_to_live(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::store::LeaseStatus>, crate::store::StoreError> {
+        self.0.lease_time_to_live(id).await
+    }
     async fn compact(&self, revision: i64) -> Result<(), crate::store::StoreError> {
         self.0.compact(revision).await
     }
@@ -494,11 +509,7 @@ fn nested_directors_are_put_inner_first_and_deleted_referrer_first() {
     }
     let names = |ops: &[crate::store::Op]| -> Vec<String> {
         ops.iter()
-            .map(|o| match o {
-                crate::store::Op::Put(k, _) | crate::store::Op::Delete(k) => {
-                    k.rsplit('/').next().unwrap().to_owned()
-                }
-            })
+            .map(|o| o.key().rsplit('/').next().unwrap().to_owned())
             .collect()
     };
     assert_eq!(

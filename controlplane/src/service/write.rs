@@ -404,7 +404,9 @@ fn split(
     max_bytes: usize,
 ) -> Vec<Vec<crate::store::Op>> {
     let size = |op: &crate::store::Op| match op {
-        crate::store::Op::Put(k, v) => k.len() + v.len() + 16,
+        crate::store::Op::Put(k, v) | crate::store::Op::PutLeased(k, v, _) => {
+            k.len() + v.len() + 16
+        }
         crate::store::Op::Delete(k) => k.len() + 16,
     };
     let mut parts: Vec<Vec<crate::store::Op>> = vec![Vec::new()];

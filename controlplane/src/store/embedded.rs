@@ -3,7 +3,13 @@
 //! Tables:
 //! - `kv`: key → `create_revision ‖ mod_revision ‖ value` (little-endian i64s);
 //! - `log`: revision → that revision's events (for watches that resume from a revision);
-//! - `meta`: `revision` (the current one) and `compacted` (the oldest revision in `log`).
+//! - `meta`: `revision` (the current one), `compacted` (the oldest revision in `log`) and
+//!   `lease` (the last lease id granted);
+//! - `leases`: lease id → TTL; `key_lease`: key → its lease; `lease_keys`: (lease, key) → ().
+//!
+//! Leases follow etcd's semantics (see [`leases`]): a renewal is not a write and is not
+//! persisted, and on open every stored lease gets its full TTL again, as etcd does when a new
+//! leader takes over, so a restart never expires a lease its holder is still renewing.
 //!
 //! A write is one redb write transaction (compares, ops, new revision, log entry), committed
 //! with redb's default immediate durability, so it survives a crash or `kill -9` once `txn`
@@ -17,13 +23,18 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    Compare, Event, KeyValue, Listing, Op, Store, StoreError, Txn, TxnOutcome, WatchBatch,
-    WatchReceiver,
+    Compare, Event, KeyValue, LeaseStatus, Listing, Op, Store, StoreError, Txn, TxnOutcome,
+    WatchBatch, WatchReceiver,
 };
+
+mod leases;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+const KEY_LEASE: TableDefinition<&str, i64> = TableDefinition::new("key_lease");
+const LEASE_KEYS: TableDefinition<(i64, &str), ()> = TableDefinition::new("lease_keys");
 const REVISION: &str = "revision";
 const COMPACTED: &str = "compacted";
 
@@ -41,6 +52,8 @@ struct Inner {
     db: Database,
     /// Carries each new revision to watchers.
     notify: broadcast::Sender<i64>,
+    /// The live leases' deadlines (renewals are kept in memory only, as etcd keeps them).
+    leases: leases::Live,
 }
 
 /// A durable store in one file.
@@ -58,6 +71,9 @@ impl EmbeddedStore {
         {
             w.open_table(KV).map_err(storage)?;
             w.open_table(LOG).map_err(storage)?;
+            w.open_table(LEASES).map_err(storage)?;
+            w.open_table(KEY_LEASE).map_err(storage)?;
+            w.open_table(LEASE_KEYS).map_err(storage)?;
             let mut meta = w.open_table(META).map_err(storage)?;
             if meta.get(COMPACTED).map_err(storage)?.is_none() {
                 meta.insert(COMPACTED, 1).map_err(storage)?;
@@ -65,10 +81,11 @@ impl EmbeddedStore {
             }
         }
         w.commit().map_err(storage)?;
+        let leases = leases::Live::load(&db)?;
         let (notify, _) = broadcast::channel(16);
-        Ok(EmbeddedStore {
-            inner: Arc::new(Inner { db, notify }),
-        })
+        let inner = Arc::new(Inner { db, notify, leases });
+        leases::spawn_reaper(Arc::downgrade(&inner))?;
+        Ok(EmbeddedStore { inner })
     }
 }
 
@@ -308,9 +325,17 @@ impl Inner {
             } else {
                 let revision = current + 1;
                 let mut events = Vec::new();
+                let mut bindings = leases::Bindings::open(&w)?;
                 for op in &txn.ops {
                     match op {
-                        Op::Put(k, v) => {
+                        Op::Put(k, v) | Op::PutLeased(k, v, _) => {
+                            let lease = match op {
+                                Op::PutLeased(_, _, lease) => Some(*lease),
+                                _ => None,
+                            };
+                            // A lease that is gone fails the whole transaction: dropping `w`
+                            // uncommitted aborts every op before this one.
+                            bindings.bind(k, lease, &self.leases)?;
                             let create = match kv.get(k.as_str()).map_err(storage)? {
                                 Some(old) => decode_kv(k, old.value())?.create_revision,
                                 None => revision,
@@ -325,6 +350,7 @@ impl Inner {
                             }));
                         }
                         Op::Delete(k) => {
+                            bindings.bind(k, None, &self.leases)?;
                             let removed = kv.remove(k.as_str()).map_err(storage)?;
                             if let Some(old) = removed {
                                 let prev = decode_kv(k, old.value())?;
@@ -421,6 +447,23 @@ impl Store for EmbeddedStore {
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
         self.blocking(move |i| i.compact(revision)).await
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        self.blocking(move |i| i.lease_grant(ttl)).await
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        // In memory only: no disk, no blocking pool.
+        Ok(self.inner.leases.renew(id))
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<bool, StoreError> {
+        self.blocking(move |i| i.lease_revoke(id)).await
+    }
+
+    async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseStatus>, StoreError> {
+        Ok(self.inner.leases.status(id))
     }
 
     async fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {

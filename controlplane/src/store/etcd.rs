@@ -26,8 +26,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use super::{
-    Compare, Event, KeyValue, Listing, Op, Store, StoreError, Txn, TxnOutcome, WatchBatch,
-    WatchReceiver,
+    Compare, Event, KeyValue, LeaseStatus, Listing, Op, Store, StoreError, Txn, TxnOutcome,
+    WatchBatch, WatchReceiver,
 };
 
 /// Keys per page of a list.
@@ -108,11 +108,20 @@ fn retryable(s: &Status) -> bool {
         || s.message().contains("request timed out")
 }
 
+/// etcd's answer to a put bound to (or a revoke of) a lease that does not exist.
+fn lease_not_found(s: &Status) -> bool {
+    s.code() == Code::NotFound && s.message().contains("lease not found")
+}
+
 fn token_expired(s: &Status) -> bool {
     s.code() == Code::Unauthenticated || s.message().contains("invalid auth token")
 }
 
 fn status_error(what: &str, s: &Status) -> StoreError {
+    if lease_not_found(s) {
+        // The id is the caller's to fill in: etcd does not say which lease.
+        return StoreError::LeaseNotFound(0);
+    }
     if s.code() == Code::OutOfRange || s.message().contains("compacted") {
         return StoreError::Compacted {
             requested: 0,
@@ -363,6 +372,14 @@ impl EtcdStore {
                         value: v.clone(),
                         ..Default::default()
                     }),
+                    Op::PutLeased(k, v, lease) => {
+                        pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: k.as_bytes().to_vec(),
+                            value: v.clone(),
+                            lease: *lease,
+                            ..Default::default()
+                        })
+                    }
                     Op::Delete(k) => {
                         pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
                             key: k.as_bytes().to_vec(),
@@ -399,49 +416,8 @@ impl EtcdStore {
     }
 }
 
-/// Leases, for node registration (not part of [`Store`]: only etcd has them).
+/// Writes outside the API's transactions (node registration, shared-health reports).
 impl EtcdStore {
-    /// Grants a lease of `ttl` seconds; its id.
-    pub async fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
-        self.read("lease grant", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
-            let r = self.request(pb::LeaseGrantRequest { ttl, id: 0 });
-            async move { c.lease_grant(r).await.map(|r| r.into_inner().id) }
-        })
-        .await
-    }
-
-    /// Renews a lease once; its remaining TTL (0: the lease is gone, grant a new one).
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
-        self.read("lease keepalive", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
-            let (tx, rx) = mpsc::channel(1);
-            let r = self.request(ReceiverStream::new(rx));
-            async move {
-                tx.send(pb::LeaseKeepAliveRequest { id })
-                    .await
-                    .map_err(|_| Status::unavailable("keepalive not sent"))?;
-                let mut s = c.lease_keep_alive(r).await?.into_inner();
-                match s.message().await? {
-                    Some(resp) => Ok(resp.ttl),
-                    None => Err(Status::unavailable("keepalive stream ended")),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Revokes a lease: every key bound to it is deleted at one revision (a node that stops
-    /// hands its backends to the other owners at once instead of after the TTL).
-    pub async fn lease_revoke(&self, id: i64) -> Result<(), StoreError> {
-        self.read("lease revoke", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
-            let r = self.request(pb::LeaseRevokeRequest { id });
-            async move { c.lease_revoke(r).await.map(|_| ()) }
-        })
-        .await
-    }
-
     /// Deletes one key (outside any API write: shared-health reports).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.read("delete", |i| {
@@ -562,7 +538,77 @@ impl Store for EtcdStore {
                 }
             }
         };
-        self.failover("txn", run, lost).await
+        match self.failover("txn", run, lost).await {
+            Err(StoreError::LeaseNotFound(_)) => Err(StoreError::LeaseNotFound(
+                txn.ops
+                    .iter()
+                    .find_map(|op| match op {
+                        Op::PutLeased(_, _, lease) => Some(*lease),
+                        _ => None,
+                    })
+                    .unwrap_or(0),
+            )),
+            other => other,
+        }
+    }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        self.read("lease grant", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let r = self.request(pb::LeaseGrantRequest { ttl, id: 0 });
+            async move { c.lease_grant(r).await.map(|r| r.into_inner().id) }
+        })
+        .await
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        self.read("lease keepalive", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let (tx, rx) = mpsc::channel(1);
+            let r = self.request(ReceiverStream::new(rx));
+            async move {
+                tx.send(pb::LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(|_| Status::unavailable("keepalive not sent"))?;
+                let mut s = c.lease_keep_alive(r).await?.into_inner();
+                match s.message().await? {
+                    Some(resp) => Ok(resp.ttl.max(0)),
+                    None => Err(Status::unavailable("keepalive stream ended")),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<bool, StoreError> {
+        let r = self
+            .read("lease revoke", |i| {
+                let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+                let r = self.request(pb::LeaseRevokeRequest { id });
+                async move { c.lease_revoke(r).await.map(|_| ()) }
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(StoreError::LeaseNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseStatus>, StoreError> {
+        let r = self
+            .read("lease time to live", |i| {
+                let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+                let r = self.request(pb::LeaseTimeToLiveRequest { id, keys: false });
+                async move { c.lease_time_to_live(r).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        // etcd answers a missing or expired lease with TTL -1.
+        Ok((r.ttl > 0).then_some(LeaseStatus {
+            id,
+            granted_ttl: r.granted_ttl,
+            remaining: r.ttl,
+        }))
     }
 
     async fn watch(&self, prefix: &str, from: i64) -> Result<WatchReceiver, StoreError> {

@@ -7,6 +7,8 @@
 //!   revision order, in [`WatchBatch`]es: one per revision (embedded) or per store response
 //!   (etcd: every event of one watch response, which may span consecutive revisions, under the
 //!   last);
+//! - leases (etcd's): keys bound to one are deleted at one revision when it expires or is
+//!   revoked; renewals are not writes;
 //! - an explicit [`StoreError::Compacted`] when the asked-for history is gone, so the caller
 //!   re-lists instead of silently missing changes.
 //!
@@ -48,6 +50,29 @@ pub enum Op {
     Put(String, Vec<u8>),
     /// Delete a key (no-op if absent).
     Delete(String),
+    /// Create or replace a key bound to a lease: deleted when the lease expires or is revoked.
+    /// The transaction fails with [`StoreError::LeaseNotFound`] when the lease is gone.
+    PutLeased(String, Vec<u8>, i64),
+}
+
+impl Op {
+    /// The key the op writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) | Op::PutLeased(k, _, _) => k,
+        }
+    }
+}
+
+/// A lease, as [`Store::lease_time_to_live`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// The lease.
+    pub id: i64,
+    /// The TTL it was granted with, in seconds.
+    pub granted_ttl: i64,
+    /// Seconds left before it expires unless renewed.
+    pub remaining: i64,
 }
 
 /// Compares, then ops: applied atomically at one new revision when every compare holds.
@@ -153,6 +178,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// A write named a lease that does not exist (never granted, expired or revoked).
+    #[error("lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(i64),
     /// The store cannot be reached (every etcd endpoint failed, or no quorum).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -194,6 +222,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     }
     /// Forgets history before `revision`.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Grants a lease of `ttl` seconds (the store may raise it to its minimum); its id. Keys
+    /// bound to it ([`Op::PutLeased`]) are deleted, at one revision, when it expires or is
+    /// revoked.
+    fn lease_grant(&self, ttl: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Renews a lease to its full TTL; the TTL (0: the lease is gone).
+    fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Revokes a lease, deleting its keys at one revision; false when there was no such lease.
+    fn lease_revoke(&self, id: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A lease's TTL and time left; `None` when it does not exist.
+    fn lease_time_to_live(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<LeaseStatus>, StoreError>> + Send;
     /// Most operations one transaction may hold (etcd: 128 by default).
     fn max_txn_ops(&self) -> usize {
         usize::MAX

@@ -217,3 +217,119 @@ async fn watch_from_now_and_errors_for_future_and_compacted_revisions() {
     // The data itself is untouched by compaction.
     assert_eq!(s.get("/k").await.unwrap().unwrap().value, b"new");
 }
+
+fn put_leased(k: &str, v: &str, lease: i64) -> Op {
+    Op::PutLeased(k.to_owned(), v.as_bytes().to_vec(), lease)
+}
+
+#[tokio::test]
+async fn revoking_a_lease_deletes_its_keys_at_one_revision() {
+    let (_d, s) = open();
+    let lease = s.lease_grant(60).await.unwrap();
+    let other = s.lease_grant(60).await.unwrap();
+    assert_ne!(lease, other);
+    commit(
+        &s,
+        vec![
+            put_leased("/a", "1", lease),
+            put_leased("/b", "1", lease),
+            put_leased("/c", "1", other),
+            put("/d", "1"),
+        ],
+    )
+    .await;
+    // A plain put of a leased key releases it from the lease, as etcd's does.
+    commit(&s, vec![put("/b", "2")]).await;
+    let mut watch = s.watch("/", 0).await.unwrap();
+    assert!(s.lease_revoke(lease).await.unwrap());
+    let batch = watch.recv().await.unwrap().unwrap();
+    assert_eq!(batch.revision, 3);
+    assert_eq!(
+        batch.events.iter().map(Event::key).collect::<Vec<_>>(),
+        ["/a"]
+    );
+    let keys: Vec<String> = s
+        .list("/")
+        .await
+        .unwrap()
+        .kvs
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys, ["/b", "/c", "/d"]);
+    assert!(!s.lease_revoke(lease).await.unwrap(), "already revoked");
+    assert_eq!(s.lease_keep_alive(lease).await.unwrap(), 0);
+    assert_eq!(s.lease_time_to_live(lease).await.unwrap(), None);
+    let st = s.lease_time_to_live(other).await.unwrap().unwrap();
+    assert_eq!((st.granted_ttl, st.remaining), (60, 60));
+}
+
+#[tokio::test]
+async fn a_put_bound_to_a_missing_lease_writes_nothing() {
+    let (_d, s) = open();
+    let before = s.revision().await.unwrap();
+    let err = s
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![put("/a", "1"), put_leased("/b", "1", 42)],
+            witness: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseNotFound(42)), "{err:?}");
+    assert_eq!(s.revision().await.unwrap(), before);
+    assert_eq!(s.get("/a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_unrenewed_lease_expires_and_a_renewed_one_does_not() {
+    let (_d, s) = open();
+    let short = s.lease_grant(1).await.unwrap();
+    let kept = s.lease_grant(1).await.unwrap();
+    commit(
+        &s,
+        vec![
+            put_leased("/short", "1", short),
+            put_leased("/kept", "1", kept),
+        ],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1_600);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(s.lease_keep_alive(kept).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        s.get("/short").await.unwrap(),
+        None,
+        "expired within TTL + tick"
+    );
+    assert!(s.get("/kept").await.unwrap().is_some());
+    assert_eq!(s.lease_keep_alive(short).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_lease_outlives_a_reopen_with_its_full_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tether.redb");
+    let lease = {
+        let s = EmbeddedStore::open(&path).unwrap();
+        let lease = s.lease_grant(2).await.unwrap();
+        commit(&s, vec![put_leased("/a", "1", lease)]).await;
+        lease
+    };
+    // The reaper thread holds the store weakly: the file is free once it notices.
+    let s = loop {
+        match EmbeddedStore::open(&path) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let st = s.lease_time_to_live(lease).await.unwrap().unwrap();
+    assert_eq!(st.remaining, 2);
+    assert_eq!(s.lease_keep_alive(lease).await.unwrap(), 2);
+    // A new grant after a reopen never reuses an id.
+    assert!(s.lease_grant(5).await.unwrap() > lease);
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    assert_eq!(s.get("/a").await.unwrap(), None);
+}

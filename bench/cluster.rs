@@ -90,7 +90,7 @@ fn director(n: usize) -> v1::Director {
                 ..Default::default()
             })
             .collect(),
-        selector_slots: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -78,7 +78,7 @@ fn state(n: usize, members: Members) -> State {
                 })
                 .collect()
         },
-        selector_slots: Default::default(),
+        ..Default::default()
     };
     put(Kind::Director, &d.name, d.encode_to_vec());
     kvs.sort_by(|a, b| a.key.cmp(&b.key));

@@ -83,7 +83,8 @@ impl FieldError {
         self.field.split(['.', '[']).next().unwrap_or_default()
     }
 
-    fn precondition(field: impl Into<String>, message: impl ToString) -> FieldError {
+    /// A violation of a precondition (a missing reference, a lease rule).
+    pub fn precondition(field: impl Into<String>, message: impl ToString) -> FieldError {
         FieldError {
             field: field.into(),
             message: message.to_string(),
@@ -806,7 +807,7 @@ fn reference(n: &str, field: impl FnOnce() -> String) -> Result<String, FieldErr
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A protobuf duration as a std one, at most [`MAX_DURATION`]; absent: `default`.
-fn duration(
+pub(crate) fn duration(
     d: Option<&prost_types::Duration>,
     field: impl FnOnce() -> String,
     default: Duration,

@@ -816,6 +816,8 @@ impl BackendDoc {
             })?,
         };
         Ok(v1::Backend {
+            // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
+            lease: 0,
             name: self.name.clone(),
             revision: self.revision.unwrap_or(0),
             address: self.address.clone(),
@@ -858,6 +860,8 @@ impl ProbeDoc {
     /// As a tether.v1 message; errors are reported under `at`.
     pub fn to_proto(&self, at: &str) -> Result<v1::Probe, FileError> {
         Ok(v1::Probe {
+            // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
+            lease: 0,
             name: self.name.clone(),
             revision: self.revision.unwrap_or(0),
             url: self.url.clone().unwrap_or_default(),
@@ -909,6 +913,8 @@ impl DirectorDoc {
             .map(|(j, m)| m.to_proto(&format!("{at}.members[{j}]")))
             .collect::<Result<_, _>>()?;
         Ok(v1::Director {
+            // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
+            lease: 0,
             name: self.name.clone(),
             revision: self.revision.unwrap_or(0),
             policy: policies.pop(),
@@ -1027,6 +1033,8 @@ impl RouteDoc {
             }
         };
         Ok(v1::Route {
+            // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
+            lease: 0,
             name: self.name.clone(),
             revision: self.revision.unwrap_or(0),
             hosts: self.hosts.clone(),

@@ -57,9 +57,25 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     fn list_mut(snapshot: &mut v1::ConfigSnapshot) -> &mut Vec<Self>;
     /// As a watch event's resource.
     fn into_any(self) -> AnyResource;
+    /// The lease it is bound to (0: none).
+    fn lease(&self) -> i64;
+    /// Binds it to a lease (0: none).
+    fn set_lease(&mut self, lease: i64);
     /// Fills in what the control plane stores on the caller's behalf, given the stored
     /// version (balanced shard slots, a certificate's names and expiry).
     fn prepare(&mut self, _stored: Option<&Self>) {}
+    /// What every write does to a resource it is given before storing it: a lease left 0
+    /// keeps the stored one (a lease is given up only by deleting the resource or by the
+    /// lease ending: an `apply -f` of a file, which holds no lease ids, never unbinds a
+    /// registered backend and leaves it behind forever), then [`Resource::prepare`].
+    fn prepare_write(&mut self, stored: Option<&Self>) {
+        if self.lease() == 0
+            && let Some(s) = stored
+        {
+            self.set_lease(s.lease());
+        }
+        self.prepare(stored);
+    }
     /// Clears what no read may return but to a node (a certificate's private key).
     fn redact(&mut self) {}
     /// Its labels, for kinds that have them (List's `filter`).
@@ -82,6 +98,12 @@ macro_rules! resource {
             }
             fn set_revision(&mut self, revision: i64) {
                 self.revision = revision;
+            }
+            fn lease(&self) -> i64 {
+                self.lease
+            }
+            fn set_lease(&mut self, lease: i64) {
+                self.lease = lease;
             }
             fn map(state: &State) -> &BTreeMap<String, Self> {
                 &state.$map
@@ -735,8 +757,11 @@ impl State {
                 } else {
                     for (name, r) in b {
                         if a.get(name).is_none_or(|o| encode(o) != encode(r)) {
-                            self.ops
-                                .push(Op::Put(self.layout.key(R::KIND, name), encode(r)));
+                            let key = self.layout.key(R::KIND, name);
+                            self.ops.push(match r.lease() {
+                                0 => Op::Put(key, encode(r)),
+                                lease => Op::PutLeased(key, encode(r), lease),
+                            });
                         }
                     }
                 }

@@ -24,7 +24,7 @@ fn balanced(members: &[&str]) -> v1::Director {
             ..Default::default()
         })),
         members: members.iter().map(|m| member(m)).collect(),
-        selector_slots: Default::default(),
+        ..Default::default()
     }
 }
 

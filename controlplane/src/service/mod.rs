@@ -9,16 +9,21 @@
 //!   too large for one, invisible to data planes until its last part); nothing partial is ever
 //!   stored;
 //! - `explain`: Explain (which backend a key goes to) and the keys-moved report of Apply;
+//! - `leases`: GrantLease, KeepAlive, RevokeLease, GetLease, and the rule that only resources
+//!   bound to the same lease may name a leased one (so a lease's end never leaves a dangling
+//!   reference);
 //! - `intent`: split writes all or nothing — the staged intent record, and the recovery that
 //!   completes a split write a crash interrupted;
 //! - `watches`: the caps on open Watch streams per token and per connection.
 
 mod explain;
 mod intent;
+mod leases;
 mod watches;
 mod write;
 
 pub use explain::{MAX_ALTERNATES, MAX_KEY_BYTES};
+pub use leases::{MAX_LEASE_TTL, MIN_LEASE_TTL};
 pub use watches::{MAX_WATCHES_PER_CONNECTION, MAX_WATCHES_PER_TOKEN};
 
 use std::pin::Pin;
@@ -586,6 +591,25 @@ macro_rules! tether_rpcs {
                     commit: tether_dataplane::build::COMMIT.to_owned(),
                     store: self.store.kind().to_owned(),
                 }))
+            }
+
+            async fn grant_lease(&self, r: Request<v1::GrantLeaseRequest>) -> Resp<v1::Lease> {
+                ok(Api::grant_lease(self, r.into_inner()).await)
+            }
+            async fn revoke_lease(&self, r: Request<v1::RevokeLeaseRequest>) -> Resp<()> {
+                ok(Api::revoke_lease(self, r.into_inner().id).await)
+            }
+            async fn get_lease(&self, r: Request<v1::GetLeaseRequest>) -> Resp<v1::Lease> {
+                ok(Api::get_lease(self, r.into_inner().id).await)
+            }
+
+            type KeepAliveStream = ReceiverStream<Result<v1::Lease, Status>>;
+
+            async fn keep_alive(
+                &self,
+                r: Request<tonic::Streaming<v1::KeepAliveRequest>>,
+            ) -> Resp<Self::KeepAliveStream> {
+                Ok(Response::new(Api::keep_alive(self, r.into_inner())))
             }
 
             type WatchStream = WatchStream;

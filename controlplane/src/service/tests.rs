@@ -34,7 +34,7 @@ fn shard(name: &str, members: &[&str]) -> v1::Director {
                 ..Default::default()
             })
             .collect(),
-        selector_slots: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -571,4 +571,152 @@ async fn an_unfinished_mark_without_its_record_is_closed_not_waited_on_forever()
     api.create(Some(backend("b", 2))).await.unwrap();
     let v = store.get(&serial).await.unwrap().unwrap().value;
     assert!(!crate::serial::marks_open_write(&v));
+}
+
+fn ttl(secs: i64) -> v1::GrantLeaseRequest {
+    v1::GrantLeaseRequest {
+        ttl: Some(prost_types::Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    }
+}
+
+fn selecting(name: &str, app: &str) -> v1::Director {
+    v1::Director {
+        name: name.into(),
+        policy: Some(v1::director::Policy::Shard(v1::Shard::default())),
+        members: vec![v1::Member {
+            target: Some(v1::member::Target::Selector(v1::LabelSelector {
+                match_labels: [("app".to_owned(), app.to_owned())].into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_leased_resource_is_named_only_by_resources_on_its_lease() {
+    let (_d, api, store) = api();
+    let lease = api.grant_lease(ttl(60)).await.unwrap();
+    assert_eq!((lease.ttl, lease.remaining), (60, 60));
+    let mut b1 = backend("b1", 9001);
+    b1.lease = lease.id;
+    b1.labels.insert("app".into(), "web".into());
+    api.create(Some(b1)).await.unwrap();
+    api.create(Some(backend("b2", 9002))).await.unwrap();
+    // An unleased director naming the leased backend: refused, naming the field and the rule.
+    let before = store.list("/").await.unwrap();
+    let e = Status::from(
+        api.create(Some(shard("named", &["b1", "b2"])))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("director.members[0].backend") && e.message().contains("lease"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(store.list("/").await.unwrap(), before);
+    // The same director on the backend's lease, and one selecting it by label: accepted.
+    let mut same = shard("same", &["b1", "b2"]);
+    same.lease = lease.id;
+    api.create(Some(same)).await.unwrap();
+    api.create(Some(selecting("sel", "web"))).await.unwrap();
+    // An update that leaves the lease 0 keeps it.
+    let mut moved: v1::Backend = api.get("b1").await.unwrap();
+    moved.lease = 0;
+    moved.address = "127.0.0.1:9011".into();
+    assert_eq!(api.update(Some(moved), None).await.unwrap().lease, lease.id);
+    // b2 is named by `same`, which is on the first lease: binding b2 to another lease is
+    // refused.
+    let other = api.grant_lease(ttl(60)).await.unwrap();
+    let mut b2: v1::Backend = api.get("b2").await.unwrap();
+    b2.lease = other.id;
+    let e = Status::from(api.update(Some(b2), None).await.unwrap_err());
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    // The lease ends: the backend and the director on it go at one revision; the selecting
+    // director stays, now empty.
+    let rev = store.revision().await.unwrap();
+    api.revoke_lease(lease.id).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), rev + 1);
+    let s = api.load().await.unwrap();
+    assert_eq!(s.backends.keys().collect::<Vec<_>>(), ["b2"]);
+    assert_eq!(s.directors.keys().collect::<Vec<_>>(), ["sel"]);
+    assert_eq!(
+        Status::from(api.revoke_lease(lease.id).await.unwrap_err()).code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        Status::from(api.get_lease(lease.id).await.unwrap_err()).code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_write_bound_to_a_missing_lease_and_bad_ttls_are_refused() {
+    let (_d, api, store) = api();
+    let before = store.list("/").await.unwrap();
+    let mut b = backend("b1", 9001);
+    b.lease = 0x5eed;
+    let e = Status::from(api.create(Some(b.clone())).await.unwrap_err());
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("5eed"), "{}", e.message());
+    let mut req = apply_req(vec![b], vec![]);
+    req.dry_run = true;
+    let e = Status::from(api.apply(req).await.unwrap_err());
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "dry run: {}",
+        e.message()
+    );
+    assert_eq!(store.list("/").await.unwrap(), before);
+    for bad in [ttl(1), ttl(-5), ttl(10_000_000_000_000_000), ttl(86_401)] {
+        let e = Status::from(api.grant_lease(bad).await.unwrap_err());
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert_eq!(
+            e.get_details_bad_request().unwrap().field_violations[0].field,
+            "ttl"
+        );
+    }
+    let e = Status::from(
+        api.grant_lease(v1::GrantLeaseRequest { ttl: None })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_apply_binds_its_set_to_a_lease_and_prune_leaves_leased_resources() {
+    let (_d, api, store) = api();
+    let lease = api.grant_lease(ttl(60)).await.unwrap();
+    let mut req = apply_req(
+        vec![backend("b1", 9001), backend("b2", 9002)],
+        vec![shard("d", &["b1", "b2"])],
+    );
+    req.lease = lease.id;
+    api.apply(req).await.unwrap();
+    let s = api.load().await.unwrap();
+    assert!(s.backends.values().all(|b| b.lease == lease.id));
+    assert_eq!(s.directors["d"].lease, lease.id);
+    // An unleased apply with prune of something else leaves the leased set alone.
+    let mut req = apply_req(vec![backend("b3", 9003)], vec![]);
+    req.prune = true;
+    let r = api.apply(req).await.unwrap();
+    assert!(
+        r.changes.iter().all(|c| c.action != Action::Delete as i32),
+        "{:?}",
+        r.changes
+    );
+    assert_eq!(api.load().await.unwrap().backends.len(), 3);
+    api.revoke_lease(lease.id).await.unwrap();
+    let s = api.load().await.unwrap();
+    assert_eq!(s.backends.keys().collect::<Vec<_>>(), ["b3"]);
+    assert!(s.directors.is_empty());
+    drop(store);
 }

@@ -12,7 +12,7 @@ use tether_dataplane::director::Directors;
 use tether_proto::v1::{self, Action};
 
 use super::explain::keys_moved;
-use super::{Api, intent};
+use super::{Api, intent, leases};
 use crate::convert::{self, Converted, Failure};
 use crate::error::ApiError;
 use crate::pattern::Pattern;
@@ -65,6 +65,7 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
+            leases::check_references(&new)?;
             new.assign_selector_slots();
             // Validation grows with the configuration: off the async workers.
             let api = self.clone();
@@ -76,6 +77,9 @@ impl<S: Store> Api<S> {
                 .await?;
             let built = self.remember(validated);
             let ops = old.diff_ops(&new, &self.layout);
+            // The store refuses a put bound to a lease that is gone; asking first gives a dry
+            // run the same answer.
+            self.check_leases_exist(&ops).await?;
             let mut revision = old.revision;
             if ops.is_empty() || dry_run {
                 return Ok(Written {
@@ -234,7 +238,7 @@ impl<S: Store> Api<S> {
             }
             let mut r = r.clone();
             r.set_revision(0);
-            r.prepare(None);
+            r.prepare_write(None);
             new.insert(r, R::FIELD.to_owned());
             Ok(())
         })
@@ -261,7 +265,7 @@ impl<S: Store> Api<S> {
             check_revision::<R>(stored, r.revision())?;
             let mut r = crate::mask::merge(stored, &r, &paths)?.unwrap_or_else(|| r.clone());
             r.set_revision(stored.revision());
-            r.prepare(Some(stored));
+            r.prepare_write(Some(stored));
             new.insert(r, R::FIELD.to_owned());
             Ok(())
         })
@@ -307,23 +311,17 @@ impl<S: Store> Api<S> {
                     });
                 }
                 let mut changes = Vec::new();
-                stage(old, new, &req.backends, "backends", req.prune, &mut changes)?;
-                stage(old, new, &req.probes, "probes", req.prune, &mut changes)?;
-                stage(
-                    old,
-                    new,
-                    &req.directors,
-                    "directors",
-                    req.prune,
-                    &mut changes,
-                )?;
-                stage(old, new, &req.routes, "routes", req.prune, &mut changes)?;
+                let how = (req.prune, req.lease);
+                stage(old, new, &req.backends, "backends", how, &mut changes)?;
+                stage(old, new, &req.probes, "probes", how, &mut changes)?;
+                stage(old, new, &req.directors, "directors", how, &mut changes)?;
+                stage(old, new, &req.routes, "routes", how, &mut changes)?;
                 stage(
                     old,
                     new,
                     &req.certificates,
                     "certificates",
-                    req.prune,
+                    how,
                     &mut changes,
                 )?;
                 Ok(changes)
@@ -439,14 +437,15 @@ fn check_revision<R: Resource>(stored: &R, expected: i64) -> Result<(), ApiError
     Ok(())
 }
 
-/// Stages one kind of an Apply: each given resource is created, updated or unchanged; with
-/// `prune`, stored ones not given are deleted.
+/// Stages one kind of an Apply: each given resource is created, updated or unchanged (bound
+/// to `lease` unless it names its own); with `prune`, stored ones not given (and bound to no
+/// lease) are deleted.
 fn stage<R: Resource>(
     old: &State,
     new: &mut State,
     given: &[R],
     plural: &str,
-    prune: bool,
+    (prune, lease): (bool, i64),
     changes: &mut Vec<v1::Change>,
 ) -> Result<(), ApiError> {
     let mut seen = HashSet::new();
@@ -463,8 +462,11 @@ fn stage<R: Resource>(
             check_revision::<R>(s, r.revision())?;
         }
         let mut r = r.clone();
+        if r.lease() == 0 {
+            r.set_lease(lease);
+        }
         r.set_revision(stored.map_or(0, Resource::revision));
-        r.prepare(stored);
+        r.prepare_write(stored);
         let action = match stored {
             None => Action::Create,
             Some(_) if old.differs(&r) => Action::Update,
@@ -478,7 +480,12 @@ fn stage<R: Resource>(
         new.insert(r, format!("{plural}[{i}]"));
     }
     if prune {
-        for name in R::map(old).keys().filter(|n| !seen.contains(*n)) {
+        // A leased resource belongs to its lease's holder (a registered backend), not to the
+        // set being applied: prune leaves it for the lease to end.
+        for (name, _) in R::map(old)
+            .iter()
+            .filter(|(n, r)| !seen.contains(*n) && r.lease() == 0)
+        {
             R::map_mut(new).remove(name);
             changes.push(v1::Change {
                 kind: kind.clone(),

@@ -55,6 +55,12 @@ pub async fn serve<S: Store>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let metrics = api.metrics();
+    // Streams that would hold the graceful shutdown open end when it begins.
+    let closer = api.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close_streams();
+    };
     let tether = TetherServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

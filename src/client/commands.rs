@@ -53,9 +53,20 @@ pub(crate) struct ApplyArgs {
     /// Report what would change, write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Delete stored resources that the file does not list.
+    /// Delete stored resources that the file does not list (resources bound to a lease are
+    /// left to their lease).
     #[arg(long)]
     prune: bool,
+    /// Bind every resource of the file to this lease (its id in hex, as `backend register`
+    /// and `backend list` print it): the whole set goes when the lease ends.
+    #[arg(long, value_name = "ID", value_parser = lease_id)]
+    lease: Option<i64>,
+}
+
+/// A lease id as printed (hex).
+fn lease_id(s: &str) -> Result<i64, String> {
+    i64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("a lease id in hex, as `backend list` prints it: {e}"))
 }
 
 /// `tether watch`.
@@ -222,6 +233,7 @@ pub(crate) async fn apply(conn: &Conn, args: ApplyArgs) -> anyhow::Result<()> {
     let mut req = apply_paths(&args.file)?;
     req.dry_run = args.dry_run;
     req.prune = args.prune;
+    req.lease = args.lease.unwrap_or(0);
     let mut c = connect(conn).await?;
     let r = call(c.apply(req).await)?;
     if conn.output.structured() {

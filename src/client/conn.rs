@@ -113,7 +113,9 @@ pub(super) fn describe(s: &tonic::Status) -> String {
 pub(crate) fn hint(e: &anyhow::Error, server: &str) -> Option<&'static str> {
     let c = e.downcast_ref::<CallError>()?;
     let broken = match c.0.code() {
-        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown => true,
+        // A control plane that is stopping says so: nothing to hint.
+        tonic::Code::Unavailable => !c.0.message().contains("shutting down"),
+        tonic::Code::Cancelled | tonic::Code::Unknown => true,
         // TLS records read as HTTP/2 frames.
         tonic::Code::Internal => c.0.message().contains("h2 protocol error"),
         _ => false,

@@ -4,7 +4,8 @@
 //!
 //! Modules: [`conn`] (reaching the API, the token, what a failed call prints), [`input`]
 //! (files and standard input), [`output`] (tables, JSON, YAML), [`resources`] (one generic
-//! path for the per-kind commands), [`commands`] (the rest).
+//! path for the per-kind commands), [`register`] (`backend register`: a backend bound to a
+//! lease this process keeps alive), [`commands`] (the rest).
 
 /// `println!` that ends the process quietly (status 0) when standard output is a closed pipe
 /// (`tether watch | head -1`), as `cat` and kubectl do, instead of panicking.
@@ -18,6 +19,7 @@ mod commands;
 mod conn;
 mod input;
 mod output;
+mod register;
 mod resources;
 
 pub(crate) use commands::{

@@ -78,6 +78,9 @@ pub(crate) enum ResourceCmd {
     /// Backend only: change some fields, leaving the others as stored (an update mask; no
     /// read-modify-write).
     Set(SetFlags),
+    /// Backend only: create it bound to a lease and keep the lease alive until interrupted
+    /// (then revoke it): the backend lives as long as this process (a sidecar's job).
+    Register(super::register::RegisterFlags),
     /// Delete one.
     Delete {
         /// Its name.
@@ -99,7 +102,7 @@ pub(crate) struct CreateFlags {
 }
 
 /// `--label KEY=VALUE` as a pair.
-fn label_flag(l: &str) -> Result<(String, String), InputError> {
+pub(super) fn label_flag(l: &str) -> Result<(String, String), InputError> {
     let Some((k, v)) = l.split_once('=') else {
         return Err(InputError(format!("--label {l:?}: give KEY=VALUE")));
     };
@@ -137,8 +140,9 @@ pub(crate) trait CliResource: Resource {
     type Doc: Serialize + DeserializeOwned + for<'a> From<&'a Self>;
     /// Table columns of `list` (the last is the revision).
     const COLUMNS: &'static [&'static str];
-    /// One `list` row.
-    fn row(&self) -> Vec<String>;
+    /// One `list` row; `leases` has the seconds left of every lease the listed resources are
+    /// bound to (absent: gone).
+    fn row(&self, leases: &Leases) -> Vec<String>;
     /// The resource from its file document.
     fn from_doc(doc: &Self::Doc) -> Result<Self, FileError>;
     /// The resource from `create`'s flags, for kinds that take them.
@@ -212,6 +216,35 @@ macro_rules! rpcs {
     };
 }
 
+/// Seconds left per lease id.
+pub(crate) type Leases = std::collections::HashMap<i64, i64>;
+
+/// A lease as `list` shows it: `-` for none, else its id and time left (`3f 7s left`).
+fn lease_cell(id: i64, leases: &Leases) -> String {
+    match (id, leases.get(&id)) {
+        (0, _) => "-".into(),
+        (id, Some(left)) => format!("{id:x} {left}s left"),
+        (id, None) => format!("{id:x} ended"),
+    }
+}
+
+/// The time left of every lease `items` are bound to.
+async fn lease_times<R: Resource>(c: &mut Client, items: &[R]) -> Result<Leases, Status> {
+    let ids: std::collections::BTreeSet<i64> =
+        items.iter().map(R::lease).filter(|&l| l != 0).collect();
+    let mut out = Leases::new();
+    for id in ids {
+        match c.get_lease(v1::GetLeaseRequest { id }).await {
+            Ok(l) => {
+                out.insert(id, l.into_inner().remaining);
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s),
+        }
+    }
+    Ok(out)
+}
+
 /// `value`, or `dash` when it is empty.
 fn or(value: &str, dash: &str) -> String {
     if value.is_empty() {
@@ -224,9 +257,9 @@ fn or(value: &str, dash: &str) -> String {
 impl CliResource for v1::Backend {
     type Doc = BackendDoc;
     const COLUMNS: &'static [&'static str] = &[
-        "NAME", "ADDRESS", "WEIGHT", "PROBE", "ADMIN", "DRAIN", "REVISION",
+        "NAME", "ADDRESS", "WEIGHT", "PROBE", "ADMIN", "DRAIN", "LEASE", "REVISION",
     ];
-    fn row(&self) -> Vec<String> {
+    fn row(&self, leases: &Leases) -> Vec<String> {
         vec![
             self.name.clone(),
             self.address.clone(),
@@ -234,6 +267,7 @@ impl CliResource for v1::Backend {
             or(&self.probe, "-"),
             admin_name(self.admin_health).into(),
             if self.drain { "yes" } else { "no" }.into(),
+            lease_cell(self.lease, leases),
             self.revision.to_string(),
         ]
     }
@@ -320,7 +354,7 @@ impl CliResource for v1::Probe {
         "THRESHOLD",
         "REVISION",
     ];
-    fn row(&self) -> Vec<String> {
+    fn row(&self, _: &Leases) -> Vec<String> {
         let d = ProbeDoc::from(self);
         vec![
             self.name.clone(),
@@ -349,7 +383,7 @@ impl CliResource for v1::Probe {
 impl CliResource for v1::Director {
     type Doc = DirectorDoc;
     const COLUMNS: &'static [&'static str] = &["NAME", "POLICY", "MEMBERS", "REVISION"];
-    fn row(&self) -> Vec<String> {
+    fn row(&self, _: &Leases) -> Vec<String> {
         let members: Vec<String> = self
             .members
             .iter()
@@ -384,7 +418,7 @@ impl CliResource for v1::Route {
     type Doc = RouteDoc;
     const COLUMNS: &'static [&'static str] =
         &["NAME", "HOSTS", "PATH", "DIRECTOR", "KEY", "REVISION"];
-    fn row(&self) -> Vec<String> {
+    fn row(&self, _: &Leases) -> Vec<String> {
         vec![
             self.name.clone(),
             or(&self.hosts.join(","), "*"),
@@ -408,7 +442,7 @@ impl CliResource for v1::Route {
 impl CliResource for v1::Certificate {
     type Doc = CertificateDoc;
     const COLUMNS: &'static [&'static str] = &["NAME", "NAMES", "NOT AFTER", "SHA-256", "REVISION"];
-    fn row(&self) -> Vec<String> {
+    fn row(&self, _: &Leases) -> Vec<String> {
         vec![
             self.name.clone(),
             self.names.join(","),
@@ -465,7 +499,8 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
             if out.structured() {
                 return print_list::<R, R::Doc>(&items, out);
             }
-            let rows: Vec<_> = items.iter().map(R::row).collect();
+            let leases = lease_times(&mut c, &items).await.map_err(CallError)?;
+            let rows: Vec<_> = items.iter().map(|r| r.row(&leases)).collect();
             print_table(R::COLUMNS, &rows);
         }
         ResourceCmd::Get { name } => {
@@ -500,6 +535,13 @@ pub(crate) async fn run<R: CliResource>(conn: &Conn, cmd: ResourceCmd) -> anyhow
             }
             let r = R::update(&mut c, r, Vec::new()).await.map_err(CallError)?;
             done(out, "updated", r.revision());
+        }
+        ResourceCmd::Register(flags) => {
+            if R::KIND != tether_proto::keys::Kind::Backend {
+                return Err(InputError("register takes backends only".into()).into());
+            }
+            drop(c);
+            return super::register::register(conn, flags).await;
         }
         ResourceCmd::Set(flags) => {
             let (r, mask) = R::from_set(flags)?;

@@ -95,8 +95,18 @@ impl<S: Store> Api<S> {
     ) -> ReceiverStream<Result<v1::Lease, Status>> {
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let closed = self.closed();
         tokio::spawn(async move {
-            while let Some(req) = requests.next().await {
+            tokio::pin!(closed);
+            loop {
+                let req = tokio::select! {
+                    r = requests.next() => r,
+                    () = &mut closed => {
+                        let _ = tx.send(Err(super::shutting_down())).await;
+                        return;
+                    }
+                };
+                let Some(req) = req else { return };
                 let answer = match req {
                     Ok(req) => store
                         .lease_keep_alive(req.id)

@@ -66,6 +66,10 @@ pub struct Api<S> {
     current: Arc<tokio::sync::Mutex<Option<Arc<Current>>>>,
     /// Calls, store transactions (for the admin listener's `/metrics`).
     metrics: Arc<crate::metrics::ApiMetrics>,
+    /// Set when the server stops: long-lived streams (Watch, KeepAlive) end with UNAVAILABLE
+    /// so their clients reconnect elsewhere, instead of holding a graceful shutdown open for
+    /// as long as they stay connected.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The stored configuration validated at one store revision.
@@ -87,6 +91,21 @@ impl<S: Store> Api<S> {
             watches: Arc::default(),
             current: Arc::default(),
             metrics: Arc::default(),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Ends every open Watch and KeepAlive stream, now and from now on (the server is
+    /// stopping).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Api::close_streams`] was called.
+    fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
         }
     }
 
@@ -404,9 +423,11 @@ impl<S: Store> Api<S> {
         let (tx, out) = tokio::sync::mpsc::channel(16);
         let api = self.clone();
         let serial = self.layout.serial();
+        let closed = self.closed();
         tokio::spawn(async move {
             // Counted until this task ends.
             let _guard = guard;
+            tokio::pin!(closed);
             // The events of a split write still in progress: sent together with its last part,
             // as data planes following the store apply them.
             let mut held: Vec<v1::WatchEvent> = Vec::new();
@@ -419,6 +440,10 @@ impl<S: Store> Api<S> {
                 let batch = tokio::select! {
                     b = rx.recv() => b,
                     () = tx.closed() => return,
+                    () = &mut closed => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        return;
+                    }
                     () = tokio::time::sleep(HEARTBEAT) => {
                         let progress = v1::WatchResponse { revision: last, events: Vec::new() };
                         if tx.send(Ok(progress)).await.is_err() {
@@ -494,6 +519,11 @@ impl<S: Store> Api<S> {
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Resp<T> = Result<Response<T>, Status>;
+
+/// What a long-lived stream ends with when the server stops.
+fn shutting_down() -> Status {
+    Status::unavailable("the control plane is shutting down; reconnect")
+}
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
 
 /// `r` as any read returns it: without what only a node may see.

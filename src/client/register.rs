@@ -91,7 +91,10 @@ pub(crate) async fn register(conn: &Conn, f: RegisterFlags) -> anyhow::Result<()
                     loop {
                         match register_once(&mut c, &backend, ttl, &lease, out).await {
                             Ok(()) => break,
-                            Err(e) if e.downcast_ref::<CallError>().is_some_and(|c| !transient(&c.0)) => {
+                            Err(e)
+                                if e.downcast_ref::<CallError>()
+                                    .is_some_and(|c| !transient(&c.0)) =>
+                            {
                                 return Err(e);
                             }
                             Err(e) => {
@@ -129,7 +132,9 @@ pub(crate) async fn register(conn: &Conn, f: RegisterFlags) -> anyhow::Result<()
     .await;
     match revoked {
         Ok(Ok(())) => report(out, "revoked", &backend.name, id, None),
-        Ok(Err(e)) => eprintln!("lease {id:x} not revoked ({e:#}): the backend goes when it expires"),
+        Ok(Err(e)) => {
+            eprintln!("lease {id:x} not revoked ({e:#}): the backend goes when it expires")
+        }
         Err(_) => eprintln!("lease {id:x} not revoked in time: the backend goes when it expires"),
     }
     result
@@ -212,7 +217,13 @@ async fn register_once(
             return Err(CallError(s)).context("registering the backend");
         }
     };
-    report(out, "registered", &stored.name, granted.id, Some(stored.revision));
+    report(
+        out,
+        "registered",
+        &stored.name,
+        granted.id,
+        Some(stored.revision),
+    );
     Ok(())
 }
 

@@ -198,17 +198,19 @@ impl Tether {
     /// [`Tether::up`] run through `wrap` (as `prlimit --nofile=1024 --`).
     pub async fn up_wrapped(dir: &Path, wrap: &[&str], extra: &[&str]) -> Tether {
         let d = dir.to_str().unwrap();
-        let mut args = vec![
-            "up",
-            "--api",
-            "127.0.0.1:0",
+        let mut args = vec!["up"];
+        // An `--api ADDR` among `extra` replaces the ephemeral one (a restart on one port).
+        if !extra.contains(&"--api") {
+            args.extend(["--api", "127.0.0.1:0"]);
+        }
+        args.extend([
             "--proxy",
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
             "--data-dir",
             d,
-        ];
+        ]);
         args.extend_from_slice(extra);
         let (child, v) = spawn_wrapped(dir, wrap, &args, &[]).await;
         Tether::ready(child, dir, &v).await

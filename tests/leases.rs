@@ -196,17 +196,18 @@ async fn a_registered_backend_lives_with_its_registrar_on_the_embedded_store() {
 
     // A restart of tether up longer than a renewal interval: the registration reconnects
     // with the same lease and its backend never goes.
-    support::sigterm(&mut t.child);
+    support::sigterm(&t.child);
+    t.child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let t = Tether::up(dir.path(), &["--api", &port]).await;
+    let mut t = Tether::up(dir.path(), &["--api", &port]).await;
     for _ in 0..10 {
         assert_eq!(backends_of(&t).await, ["w1"]);
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     // Killed while tether up is down: gone one TTL after the restart (the lease gets its full
     // TTL again on open, as etcd's does at a leader change).
-    let mut t = t;
-    support::sigterm(&mut t.child);
+    support::sigterm(&t.child);
+    t.child.wait().unwrap();
     regs[0].signal("KILL");
     let t = Tether::up(dir.path(), &["--api", &port]).await;
     let restarted = Instant::now();

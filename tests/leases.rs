@@ -179,10 +179,21 @@ async fn a_registered_backend_lives_with_its_registrar_on_the_embedded_store() {
         t.map(&keys).await,
         before.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>()
     );
-    // SIGKILL: nothing revokes; the lease expires.
+    // SIGKILL: nothing revokes; the lease expires. Watch shows it as an ordinary delete,
+    // with the backend's last value.
+    let mut watch = support::open_watch(&t.api).await;
     regs[1].signal("KILL");
     let took = until_nodes_have(&[&t], &["w1", "w3"], GONE_WITHIN).await;
     eprintln!("embedded: SIGKILL → gone in {took:?}");
+    let e = support::next_watch_event(&mut watch, "backend").await;
+    assert_eq!(
+        (e.name.as_str(), e.action),
+        ("w2", tether_proto::v1::Action::Delete as i32)
+    );
+    match e.resource {
+        Some(tether_proto::v1::watch_event::Resource::Backend(b)) => assert_ne!(b.lease, 0),
+        other => panic!("{other:?}"),
+    }
     check_moves(&before, &t.map(&keys).await, "w2");
     check_explained(&t.api, &[&t], &keys).await;
 

@@ -7,11 +7,12 @@
 //!   tether.v1 messages; [`schema`]: its JSON Schema, generated from the same types;
 //! - [`duration`]: the duration syntax of files and flags (`500ms`, `30s`, `2m`, `1h`);
 //! - [`store`]: the [`store::Store`] trait (etcd's KV semantics: revisions, compare-and-write
-//!   transactions, watch from a revision, "compacted, re-list") and
+//!   transactions, watch from a revision, "compacted, re-list", leases) and
 //!   [`store::embedded::EmbeddedStore`], its durable one-file implementation on redb;
 //! - [`state`]: the stored configuration decoded at one revision, and the diff that becomes
 //!   one transaction;
-//! - [`service`]: the `Tether` gRPC service; [`error`] maps its errors to statuses (once);
+//! - [`service`]: the `Tether` gRPC service (with the lease RPCs and the rule that only
+//!   resources on the same lease may name a leased one); [`error`] maps its errors to statuses (once);
 //!   [`mask`] merges an Update's `update_mask` (AIP-134) over the stored resource;
 //!   [`filter`] parses and matches List's label `filter` (an AIP-160 subset); [`metrics`]
 //!   counts calls, store transactions and Watch streams for the admin listener;
@@ -30,7 +31,8 @@
 //! - [`nodes`]: the agreement check of `ListNodes` / `tether nodes` (the API side).
 //!
 //! Data flow (write): request → [`service`] loads a [`state::State`] → changes a copy →
-//! [`convert::validate`] → one [`store::Txn`]. (Read side): [`node::Source`] →
+//! [`convert::validate`] → one [`store::Txn`] (puts bound to their lease; a lease's end deletes
+//! its resources in the store, outside this path). (Read side): [`node::Source`] →
 //! [`node::Follower`] → `State` → `convert::validate_with` (reusing the previous revision's conversions
 //! and rings) → `Runtime::install`.
 

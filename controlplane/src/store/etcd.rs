@@ -37,6 +37,8 @@ const MAX_DECODE: usize = 256 * 1024 * 1024;
 /// Batches a watch may have queued for a slow reader.
 const WATCH_QUEUE: usize = 64;
 
+mod keeper;
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -91,6 +93,8 @@ struct Inner {
     user: Option<(String, String)>,
     token: Mutex<Option<MetadataValue<Ascii>>>,
     timeout: Duration,
+    /// The shared lease keep-alive stream's task ([`keeper`]), once started.
+    keeper: Mutex<Option<mpsc::Sender<keeper::Renewal>>>,
 }
 
 /// The etcd store. Cheap to clone.
@@ -193,6 +197,7 @@ impl EtcdStore {
                 user: opts.user.clone(),
                 token: Mutex::new(None),
                 timeout: opts.timeout,
+                keeper: Mutex::new(None),
             }),
         })
     }
@@ -416,8 +421,59 @@ impl EtcdStore {
     }
 }
 
-/// Writes outside the API's transactions (node registration, shared-health reports).
+/// Writes outside the API's transactions (node registration, shared-health reports), and the
+/// lease keep-alive paths.
 impl EtcdStore {
+    /// The shared keep-alive stream's sender, starting its task on the current endpoint when
+    /// there is none.
+    async fn keeper(&self) -> Result<mpsc::Sender<keeper::Renewal>, StoreError> {
+        if let Some(tx) = self
+            .inner
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+        {
+            return Ok(tx.clone());
+        }
+        let i = self.inner.current.load(Ordering::Relaxed);
+        self.ensure_token(i).await?;
+        let token = self
+            .inner
+            .token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let tx = keeper::spawn(self.inner.channels[i].clone(), token);
+        *self
+            .inner
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// Renews a lease on a stream of its own, with endpoint failover.
+    async fn lease_keep_alive_once(&self, id: i64) -> Result<i64, StoreError> {
+        self.read("lease keepalive", |i| {
+            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let (tx, rx) = mpsc::channel(1);
+            let r = self.request(ReceiverStream::new(rx));
+            async move {
+                tx.send(pb::LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(|_| Status::unavailable("keepalive not sent"))?;
+                let mut s = c.lease_keep_alive(r).await?.into_inner();
+                match s.message().await? {
+                    Some(resp) => Ok(resp.ttl.max(0)),
+                    None => Err(Status::unavailable("keepalive stream ended")),
+                }
+            }
+        })
+        .await
+    }
+
     /// Deletes one key (outside any API write: shared-health reports).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.read("delete", |i| {
@@ -562,22 +618,27 @@ impl Store for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
-        self.read("lease keepalive", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
-            let (tx, rx) = mpsc::channel(1);
-            let r = self.request(ReceiverStream::new(rx));
-            async move {
-                tx.send(pb::LeaseKeepAliveRequest { id })
-                    .await
-                    .map_err(|_| Status::unavailable("keepalive not sent"))?;
-                let mut s = c.lease_keep_alive(r).await?.into_inner();
-                match s.message().await? {
-                    Some(resp) => Ok(resp.ttl.max(0)),
-                    None => Err(Status::unavailable("keepalive stream ended")),
-                }
+        // On the shared stream; a stream that failed is opened again once, then the one-off
+        // path (with its endpoint failover) answers.
+        for _ in 0..2 {
+            let tx = self.keeper().await?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if tx.send(keeper::Renewal { id, reply }).await.is_ok()
+                && let Ok(Ok(ttl)) = tokio::time::timeout(self.inner.timeout, answer).await
+            {
+                return Ok(ttl);
             }
-        })
-        .await
+            // The stream ended (or did not answer in time): forget it.
+            let mut k = self
+                .inner
+                .keeper
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if k.as_ref().is_some_and(|k| k.same_channel(&tx)) {
+                *k = None;
+            }
+        }
+        self.lease_keep_alive_once(id).await
     }
 
     async fn lease_revoke(&self, id: i64) -> Result<bool, StoreError> {

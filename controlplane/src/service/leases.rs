@@ -27,6 +27,8 @@ use crate::store::{LeaseStatus, Op, Store, StoreError};
 /// The shortest lease: etcd raises shorter ones to ~1.5 s, and a holder renewing at a third of
 /// the TTL needs room for one lost round trip.
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Renewals one KeepAlive stream may have in flight at once.
+pub const KEEP_ALIVE_IN_FLIGHT: usize = 64;
 /// The longest lease: one day, as every other duration the API takes.
 pub const MAX_LEASE_TTL: Duration = convert::MAX_DURATION;
 
@@ -87,17 +89,20 @@ impl<S: Store> Api<S> {
     }
 
     /// Answers each id the client sends with the renewed lease (ttl 0: gone, so the holder
-    /// knows to grant a new one and register again), in order. The stream ends with the
-    /// client's or with a store error.
+    /// knows to grant a new one and register again). Up to [`KEEP_ALIVE_IN_FLIGHT`] renewals
+    /// run at once, so a holder of many leases is not paced by one store round trip per lease
+    /// (answers name their lease and may come out of order). The stream ends with the
+    /// client's, with a store error, or when the server stops.
     pub(super) fn keep_alive(
         &self,
         mut requests: impl Stream<Item = Result<v1::KeepAliveRequest, Status>> + Send + Unpin + 'static,
     ) -> ReceiverStream<Result<v1::Lease, Status>> {
         let store = self.store.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_IN_FLIGHT);
         let closed = self.closed();
         tokio::spawn(async move {
             tokio::pin!(closed);
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(KEEP_ALIVE_IN_FLIGHT));
             loop {
                 let req = tokio::select! {
                     r = requests.next() => r,
@@ -106,23 +111,31 @@ impl<S: Store> Api<S> {
                         return;
                     }
                 };
-                let Some(req) = req else { return };
-                let answer = match req {
-                    Ok(req) => store
-                        .lease_keep_alive(req.id)
+                let id = match req {
+                    Some(Ok(req)) => req.id,
+                    Some(Err(s)) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                    None => return,
+                };
+                let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let (store, tx) = (store.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = store
+                        .lease_keep_alive(id)
                         .await
                         .map(|ttl| v1::Lease {
-                            id: req.id,
+                            id,
                             ttl,
                             remaining: ttl,
                         })
-                        .map_err(|e| Status::from(ApiError::Store(e))),
-                    Err(s) => Err(s),
-                };
-                let end = answer.is_err();
-                if tx.send(answer).await.is_err() || end {
-                    return;
-                }
+                        .map_err(|e| Status::from(ApiError::Store(e)));
+                    let _ = tx.send(answer).await;
+                    drop(slot);
+                });
             }
         });
         ReceiverStream::new(rx)

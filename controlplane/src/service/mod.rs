@@ -23,7 +23,7 @@ mod watches;
 mod write;
 
 pub use explain::{MAX_ALTERNATES, MAX_KEY_BYTES};
-pub use leases::{MAX_LEASE_TTL, MIN_LEASE_TTL};
+pub use leases::{KEEP_ALIVE_IN_FLIGHT, MAX_LEASE_TTL, MIN_LEASE_TTL};
 pub use watches::{MAX_WATCHES_PER_CONNECTION, MAX_WATCHES_PER_TOKEN};
 
 use std::pin::Pin;

@@ -54,10 +54,7 @@ async fn every_node_routes_every_key_alike_and_a_deletion_moves_only_its_keys() 
     ];
     let cp1 = ControlPlane::start(&dir.path().join("cp1"), &etcd.urls()).await;
     let cp2 = ControlPlane::start(&dir.path().join("cp2"), &etcd.urls()).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(Tether::dataplane(&dir.path().join(format!("dp{i}")), &etcd.urls(), true).await);
-    }
+    let mut nodes = Tether::dataplanes(dir.path(), &etcd.urls(), 3).await;
     let all = [("b1", b[0].addr), ("b2", b[1].addr), ("b3", b[2].addr)];
     let rev = apply(&cp1.api, dir.path(), &config(&all, false), true);
     wait_all_applied(&nodes, rev, Duration::from_secs(5)).await;

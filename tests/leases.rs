@@ -242,10 +242,7 @@ async fn every_node_drops_an_expired_backend_at_the_same_revision() {
         Backend::start("w3").await,
     ];
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(Tether::dataplane(&dir.path().join(format!("dp{i}")), &etcd.urls(), true).await);
-    }
+    let nodes = Tether::dataplanes(dir.path(), &etcd.urls(), 3).await;
     let nodes: Vec<&Tether> = nodes.iter().collect();
     support::apply(&cp.api, dir.path(), CONFIG, false);
     let mut regs: Vec<Registration> = web

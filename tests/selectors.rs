@@ -170,10 +170,7 @@ async fn every_node_selects_the_same_members() {
         Backend::start("w4").await,
     ];
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(Tether::dataplane(&dir.path().join(format!("dp{i}")), &etcd.urls(), true).await);
-    }
+    let nodes = Tether::dataplanes(dir.path(), &etcd.urls(), 3).await;
     support::apply(&cp.api, dir.path(), &director_yaml("balanced"), false);
     let keys = keys(500);
     let mut last = Vec::new();

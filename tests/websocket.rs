@@ -313,10 +313,7 @@ async fn sessions_land_where_explain_says_on_every_node_and_on_the_alternate_whe
         WsBackend::start("b3").await,
     ];
     let cp = ControlPlane::start(&dir.path().join("cp"), &etcd.urls()).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(Tether::dataplane(&dir.path().join(format!("dp{i}")), &etcd.urls(), true).await);
-    }
+    let nodes = Tether::dataplanes(dir.path(), &etcd.urls(), 3).await;
     let all: Vec<(&str, SocketAddr)> = b.iter().map(|b| (b.name.as_str(), b.addr)).collect();
     let rev = apply(&cp.api, dir.path(), &config(&all, "", None), true);
     for n in &nodes {

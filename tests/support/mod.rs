@@ -222,6 +222,15 @@ impl Tether {
         Tether::dataplane_env(dir, etcd, wait, &[]).await
     }
 
+    /// `n` data planes following etcd, in `dir/dp0` … `dir/dp{n-1}`, each ready.
+    pub async fn dataplanes(dir: &Path, etcd: &str, n: usize) -> Vec<Tether> {
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            nodes.push(Tether::dataplane(&dir.join(format!("dp{i}")), etcd, true).await);
+        }
+        nodes
+    }
+
     /// [`Tether::dataplane`] with extra environment variables.
     pub async fn dataplane_env(dir: &Path, etcd: &str, wait: bool, env: &[(&str, &str)]) -> Tether {
         Tether::dataplane_of(dir, ["--etcd", etcd], wait, env).await

@@ -20,6 +20,10 @@ use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::{Kind, Layout};
 use tether_proto::v1;
 
+/// The tether binary's allocator (src/main.rs): what a data plane applies with.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const N: usize = 10_000;
 
 /// The state a follower lists: 10,000 backends (labelled `app=web`) and one shard director

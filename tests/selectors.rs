@@ -205,3 +205,37 @@ async fn every_node_selects_the_same_members() {
         last = maps[0].clone();
     }
 }
+
+/// A balanced director created with a selector gets a flat base for what the selector
+/// matches then (three backends: 4), not for its one-entry member list (1, which nests every
+/// level and makes lookups 2-3x slower), and keeps it as backends come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_director_is_created_with_a_base_for_its_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    let mut yaml = String::from("backends:\n");
+    for i in 1..=3 {
+        yaml.push_str(&format!(
+            "  - {{ name: w{i}, address: '127.0.0.1:{}', labels: {{ app: web }} }}\n",
+            9000 + i
+        ));
+    }
+    yaml.push_str(&director_yaml("balanced"));
+    t.apply(&yaml);
+    let base = |t: &Tether| -> serde_json::Value {
+        let d: serde_json::Value =
+            serde_json::from_str(&t.ok(&["director", "get", "users", "-o", "json"])).unwrap();
+        d["shard"]["base_slots"].clone()
+    };
+    assert_eq!(base(&t), 4);
+    t.ok(&[
+        "backend",
+        "create",
+        "w9",
+        "--address",
+        "127.0.0.1:9009",
+        "--label",
+        "app=web",
+    ]);
+    assert_eq!(base(&t), 4);
+}

@@ -471,6 +471,24 @@ fn selector_slots_are_stored_state_kept_while_a_backend_matches() {
         b.iter().collect()
     }
     assign_selector_slots(&mut d, &refs(&backends));
+    // Created with one named member and three matches: a flat base for four, not for the
+    // two entries of its member list.
+    let base = |d: &v1::Director| match &d.policy {
+        Some(v1::director::Policy::Shard(s)) => s.base_slots,
+        _ => panic!(),
+    };
+    assert_eq!(base(&d), 4);
+    let mut only = balanced(&[]);
+    only.members.push(selector_member("app=web"));
+    assign_slots(&mut only, None);
+    assert_eq!(base(&only), 0, "left for the selector slots");
+    assign_selector_slots(&mut only, &refs(&backends));
+    assert_eq!(base(&only), 4);
+    // Kept on later writes, however many match then.
+    let mut later = only.clone();
+    assign_slots(&mut later, Some(&only));
+    assign_selector_slots(&mut later, &refs(&backends[..1]));
+    assert_eq!(base(&later), 4);
     let slot = |d: &v1::Director, n: &str| d.selector_slots.get(n).copied();
     // The named member has slot 0; the selected backends take 1, 2, 3 in name order.
     assert_eq!(d.members[0].slot, Some(0));

@@ -322,3 +322,27 @@ async fn register_refuses_a_taken_name_and_a_bad_ttl() {
         "{err}"
     );
 }
+
+/// `tether export` leaves a registered backend out (a file has no lease: applied elsewhere it
+/// would live forever) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_leaves_out_leased_resources() {
+    let web = Backend::start("reg").await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    t.ok(&["backend", "create", "fixed", "--address", "127.0.0.1:1"]);
+    let _reg = Registration::start(&t.api, "reg", &web);
+    let start = Instant::now();
+    while !t.ok(&["backend", "list"]).contains("reg") {
+        assert!(start.elapsed() < Duration::from_secs(10), "never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = t.cli(&["export"]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("fixed") && !stdout.contains("reg"), "{stdout}");
+    assert!(stderr.contains("1 resource(s) bound to a lease left out"), "{stderr}");
+}

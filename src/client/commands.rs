@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use tether_controlplane::declarative;
+use tether_controlplane::state::Resource;
 use tether_proto::v1;
 
 use super::conn::{CallError, Conn, call, connect};
@@ -507,9 +508,20 @@ pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
     use tether_controlplane::declarative::Document;
     let mut c = connect(conn).await?;
     let s = call(c.get_snapshot(v1::GetSnapshotRequest {}).await)?;
-    fn docs<'a, R: 'a, D: From<&'a R>>(items: &'a [R], clear: impl Fn(&mut D)) -> Vec<D> {
+    // Leased resources belong to their lease's holder (a registered backend): a file has no
+    // lease, so exported and applied elsewhere they would live forever.
+    fn leased<R: Resource>(items: &[R]) -> usize {
+        items.iter().filter(|r| r.lease() != 0).count()
+    }
+    let leased =
+        leased(&s.backends) + leased(&s.probes) + leased(&s.directors) + leased(&s.routes);
+    fn docs<'a, R: Resource + 'a, D: From<&'a R>>(
+        items: &'a [R],
+        clear: impl Fn(&mut D),
+    ) -> Vec<D> {
         items
             .iter()
+            .filter(|r| r.lease() == 0)
             .map(|r| {
                 let mut d = D::from(r);
                 clear(&mut d);
@@ -532,6 +544,11 @@ pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
         eprintln!(
             "tether export: {} certificate(s) left out (private keys are write-only; apply them from their PEM files)",
             s.certificates.len()
+        );
+    }
+    if leased > 0 {
+        eprintln!(
+            "tether export: {leased} resource(s) bound to a lease left out (they live as long as their lease's holder)"
         );
     }
     match conn.output {

@@ -334,7 +334,10 @@ async fn export_leaves_out_leased_resources() {
     let _reg = Registration::start(&t.api, "reg", &web);
     let start = Instant::now();
     while !t.ok(&["backend", "list"]).contains("reg") {
-        assert!(start.elapsed() < Duration::from_secs(10), "never registered");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never registered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = t.cli(&["export"]);
@@ -343,6 +346,12 @@ async fn export_leaves_out_leased_resources() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(stdout.contains("fixed") && !stdout.contains("reg"), "{stdout}");
-    assert!(stderr.contains("1 resource(s) bound to a lease left out"), "{stderr}");
+    assert!(
+        stdout.contains("fixed") && !stdout.contains("reg"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 resource(s) bound to a lease left out"),
+        "{stderr}"
+    );
 }

@@ -141,6 +141,7 @@ pub fn to_status(e: &ApiError) -> Status {
             msg.clone(),
             ErrorDetails::with_precondition_failure_violation("LEASE", "lease", msg),
         ),
+        ApiError::Store(StoreError::LeaseLimit(_)) => Status::resource_exhausted(msg),
         ApiError::Store(StoreError::Storage(_) | StoreError::Corrupt(_)) => Status::internal(msg),
     }
 }

@@ -513,8 +513,7 @@ pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
     fn leased<R: Resource>(items: &[R]) -> usize {
         items.iter().filter(|r| r.lease() != 0).count()
     }
-    let leased =
-        leased(&s.backends) + leased(&s.probes) + leased(&s.directors) + leased(&s.routes);
+    let leased = leased(&s.backends) + leased(&s.probes) + leased(&s.directors) + leased(&s.routes);
     fn docs<'a, R: Resource + 'a, D: From<&'a R>>(
         items: &'a [R],
         clear: impl Fn(&mut D),

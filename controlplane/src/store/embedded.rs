@@ -28,6 +28,7 @@ use super::{
 };
 
 mod leases;
+pub use leases::MAX_LEASES;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");

@@ -181,6 +181,9 @@ pub enum StoreError {
     /// A write named a lease that does not exist (never granted, expired or revoked).
     #[error("lease {0:x} not found (expired or revoked)")]
     LeaseNotFound(i64),
+    /// A grant beyond the most leases the store holds at once.
+    #[error("the store holds {0} leases, its most; revoke some or let them expire")]
+    LeaseLimit(usize),
     /// The store cannot be reached (every etcd endpoint failed, or no quorum).
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -9,6 +9,7 @@
 //! their deadline every [`REAP_TICK`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ use super::{
 
 /// How often the reaper looks for expired leases: the most an expiry can be late by.
 const REAP_TICK: Duration = Duration::from_millis(100);
+/// The most leases the store holds at once (each a stored row and a deadline in memory): a
+/// grant beyond is refused, so a client granting in a loop cannot grow them without bound.
+pub const MAX_LEASES: usize = 100_000;
 /// The meta key holding the last lease id granted.
 const LAST_LEASE: &str = "lease";
 
@@ -30,9 +34,9 @@ struct Lease {
     deadline: Instant,
 }
 
-/// The live leases and their deadlines.
-#[derive(Debug, Default)]
-pub(super) struct Live(Mutex<HashMap<i64, Lease>>);
+/// The live leases and their deadlines, and how many may live at once.
+#[derive(Debug)]
+pub(super) struct Live(Mutex<HashMap<i64, Lease>>, AtomicUsize);
 
 fn secs(ttl: i64) -> Duration {
     Duration::from_secs(u64::try_from(ttl).unwrap_or(0))
@@ -56,7 +60,13 @@ impl Live {
                 },
             );
         }
-        Ok(Live(Mutex::new(map)))
+        Ok(Live(Mutex::new(map), AtomicUsize::new(MAX_LEASES)))
+    }
+
+    /// Lowers the limit, for a test of it (100,000 grants would take minutes of fsyncs).
+    #[cfg(test)]
+    pub(super) fn limit_to(&self, n: usize) {
+        self.1.store(n, Ordering::Relaxed);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
@@ -159,6 +169,12 @@ impl<'t> Bindings<'t> {
 impl Inner {
     pub(super) fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
         let w = self.db.begin_write().map_err(storage)?;
+        // Grants are serialised by the write transaction, so the count cannot overshoot by
+        // more than the grants between a commit and its insert below.
+        let limit = self.leases.1.load(Ordering::Relaxed);
+        if self.leases.map().len() >= limit {
+            return Err(StoreError::LeaseLimit(limit));
+        }
         let id = {
             let mut meta = w.open_table(META).map_err(storage)?;
             let id = meta

@@ -333,3 +333,15 @@ async fn a_lease_outlives_a_reopen_with_its_full_ttl() {
     tokio::time::sleep(Duration::from_millis(2_300)).await;
     assert_eq!(s.get("/a").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn grants_beyond_the_limit_are_refused_until_one_ends() {
+    let (_d, s) = open();
+    s.inner.leases.limit_to(2);
+    let a = s.lease_grant(60).await.unwrap();
+    s.lease_grant(60).await.unwrap();
+    let e = s.lease_grant(60).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLimit(2)), "{e:?}");
+    assert!(s.lease_revoke(a).await.unwrap());
+    s.lease_grant(60).await.unwrap();
+}

@@ -226,7 +226,17 @@ impl<S: Store> Api<S> {
                         .get(&k)
                         .and_then(|v| decode(v))
                         .ok_or_else(|| damaged(&id))?;
-                    match self.commit_part(m.at(k), ops, revision).await? {
+                    let committed = match self.commit_part(m.at(k), ops.clone(), revision).await {
+                        // A lease the write bound resources to ended since: those resources
+                        // would be gone by now anyway (and only resources on that lease name
+                        // them), so the part goes without them rather than never.
+                        Err(ApiError::Store(StoreError::LeaseNotFound(_))) => {
+                            let ops = self.without_ended_leases(ops).await?;
+                            self.commit_part(m.at(k), ops, revision).await?
+                        }
+                        other => other?,
+                    };
+                    match committed {
                         Some(rev) => revision = rev,
                         // Another control plane is completing it.
                         None => return Ok(()),
@@ -263,6 +273,23 @@ impl<S: Store> Api<S> {
 }
 
 impl<S: Store> Api<S> {
+    /// `ops` without the puts bound to leases that have ended.
+    async fn without_ended_leases(&self, ops: Vec<Op>) -> Result<Vec<Op>, ApiError> {
+        let mut ended = std::collections::HashSet::new();
+        for op in &ops {
+            if let Op::PutLeased(_, _, lease) = op
+                && !ended.contains(lease)
+                && self.store.lease_time_to_live(*lease).await?.is_none()
+            {
+                ended.insert(*lease);
+            }
+        }
+        Ok(ops
+            .into_iter()
+            .filter(|op| !matches!(op, Op::PutLeased(_, _, l) if ended.contains(l)))
+            .collect())
+    }
+
     /// A serial key marking an unfinished write with no intent record to finish it from (the
     /// record deleted behind our back): nothing can complete or undo it, and every write would
     /// wait on it forever. Closing the mark lets the store's state, as the parts written left

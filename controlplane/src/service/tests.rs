@@ -720,3 +720,43 @@ async fn an_apply_binds_its_set_to_a_lease_and_prune_leaves_leased_resources() {
     assert!(s.directors.is_empty());
     drop(store);
 }
+
+/// A split write bound to a lease, killed after its first part, whose lease then ends: the
+/// next write's recovery completes it without the ended lease's resources (they would be gone
+/// anyway) instead of failing every write after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_write_whose_lease_ended_is_completed_without_it() {
+    let layout = Layout::default();
+    let names: Vec<String> = (0..20).map(|i| format!("b{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (_d, api, store) = api();
+    let lease = api.grant_lease(ttl(60)).await.unwrap().id;
+    let mut write = apply_req(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| backend(n, 9000 + i as u16))
+            .collect(),
+        vec![shard("z-leaf", &refs)],
+    );
+    write.lease = lease;
+    let base = Api::new(Small::new(store.clone()), layout.clone(), None);
+    base.apply(apply_req(vec![backend("a0", 1)], vec![]))
+        .await
+        .unwrap();
+    // 21 resources in parts of 3: 7 staged, then part 1 commits and the writer dies.
+    let killed = Api::new(Small::failing_after(store.clone(), 8), layout.clone(), None);
+    assert!(killed.apply(write).await.is_err());
+    let (state, _) = State::from_listing(&layout, &store.list(layout.root()).await.unwrap());
+    assert!(state.write_open && state.backends.len() > 1, "{state:?}");
+    api.revoke_lease(lease).await.unwrap();
+    let restarted = Api::new(Small::new(store.clone()), layout.clone(), None);
+    restarted
+        .apply(apply_req(vec![backend("after", 2)], vec![]))
+        .await
+        .unwrap();
+    let (state, _) = State::from_listing(&layout, &store.list(layout.root()).await.unwrap());
+    assert!(!state.write_open);
+    assert_eq!(state.backends.keys().collect::<Vec<_>>(), ["a0", "after"]);
+    assert!(state.directors.is_empty());
+}

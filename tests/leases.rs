@@ -255,10 +255,12 @@ async fn every_node_drops_an_expired_backend_at_the_same_revision() {
     regs[0].signal("KILL");
     let took = until_nodes_have(&nodes, &["w2", "w3"], GONE_WITHIN).await;
     eprintln!("etcd: SIGKILL → gone from 3 nodes in {took:?}");
+    // The same configuration revision (the last change to a resource: the expiry) on every
+    // node; their applied revisions may differ by the node records written since.
     let revisions: Vec<i64> = {
         let mut v = Vec::new();
         for n in &nodes {
-            v.push(n.state().await["applied_revision"].as_i64().unwrap());
+            v.push(n.state().await["config_revision"].as_i64().unwrap());
         }
         v
     };

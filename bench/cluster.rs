@@ -15,8 +15,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,28 +27,13 @@ use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
 use tether_proto::v1::{self, tether_client::TetherClient};
 
-type Http = Client<HttpConnector, Empty<Bytes>>;
+#[path = "state.rs"]
+mod state;
+use state::Http;
 
 async fn applied(http: &Http, admin: &str) -> i64 {
-    let Ok(resp) = http
-        .get(
-            format!("{admin}/state?backends=false")
-                .parse()
-                .expect("url"),
-        )
-        .await
-    else {
-        return 0;
-    };
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["applied_revision"].as_i64())
+    state::state(http, &format!("{admin}/state?backends=false")).await["applied_revision"]
+        .as_i64()
         .unwrap_or(0)
 }
 

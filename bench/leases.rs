@@ -14,39 +14,25 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tether_proto::v1::{self, tether_client::TetherClient};
 use tokio_stream::StreamExt;
 
-type Http = Client<HttpConnector, Empty<Bytes>>;
+#[path = "state.rs"]
+mod state;
+use state::Http;
 type Api = TetherClient<tonic::transport::Channel>;
 
 /// The backend names a node routes to.
 async fn names(http: &Http, admin: &str) -> Vec<String> {
-    let Ok(resp) = http
-        .get(format!("{admin}/state").parse().expect("url"))
-        .await
-    else {
-        return Vec::new();
-    };
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v["backends"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|b| b["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
+    state::state(http, &format!("{admin}/state")).await["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_owned))
+                .collect()
         })
         .unwrap_or_default()
 }

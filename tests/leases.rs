@@ -357,3 +357,49 @@ async fn export_leaves_out_leased_resources() {
         "{stderr}"
     );
 }
+
+/// A registration whose lease ended and whose name was taken meanwhile by a backend bound to
+/// no lease stops with an error instead of retrying forever or taking that backend over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_name_was_taken_stops() {
+    let web = Backend::start("x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &[]).await;
+    let mut reg = Registration::start(&t.api, "x", &web);
+    let start = Instant::now();
+    let lease = loop {
+        let list = t.ok(&["backend", "list"]);
+        // NAME ADDRESS WEIGHT PROBE ADMIN DRAIN LEASE… : the lease id is the 7th column.
+        if let Some(row) = list.lines().find(|l| l.starts_with("x ")) {
+            break row.split_whitespace().nth(6).unwrap().to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Paused, so it cannot register again between the revocation and the create.
+    support::signal(&reg.0, "STOP");
+    let mut api = tether_proto::v1::tether_client::TetherClient::connect(t.api.clone())
+        .await
+        .unwrap();
+    api.revoke_lease(tether_proto::v1::RevokeLeaseRequest {
+        id: i64::from_str_radix(&lease, 16).unwrap(),
+    })
+    .await
+    .unwrap();
+    t.ok(&["backend", "create", "x", "--address", "127.0.0.1:1"]);
+    support::signal(&reg.0, "CONT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = reg.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    // The unleased backend is untouched.
+    assert!(t.ok(&["backend", "get", "x"]).contains("127.0.0.1:1"));
+}

@@ -91,9 +91,12 @@ pub(crate) async fn register(conn: &Conn, f: RegisterFlags) -> anyhow::Result<()
                     loop {
                         match register_once(&mut c, &backend, ttl, &lease, out).await {
                             Ok(()) => break,
+                            // A refusal (the name taken meanwhile, a bad field) ends the
+                            // command; an unreachable API is waited for.
                             Err(e)
-                                if e.downcast_ref::<CallError>()
-                                    .is_some_and(|c| !transient(&c.0)) =>
+                                if e.downcast_ref::<InputError>().is_some()
+                                    || e.downcast_ref::<CallError>()
+                                        .is_some_and(|c| !transient(&c.0)) =>
                             {
                                 return Err(e);
                             }

@@ -257,6 +257,42 @@ fn decode_events(mut b: &[u8], revision: i64) -> Result<Vec<Event>, StoreError> 
     Ok(out)
 }
 
+/// Removes `key` in a write transaction at `revision`: its delete event, with its last value,
+/// when it was there.
+fn remove(
+    kv: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    revision: i64,
+) -> Result<Option<Event>, StoreError> {
+    let Some(old) = kv.remove(key).map_err(storage)? else {
+        return Ok(None);
+    };
+    Ok(Some(Event::Delete {
+        key: key.to_owned(),
+        mod_revision: revision,
+        prev: Some(decode_kv(key, old.value())?),
+    }))
+}
+
+/// Makes `events` revision `revision` in a write transaction (its log entry, the current
+/// revision); false, writing nothing, when there are none (nothing changed: no new revision).
+fn record(
+    w: &redb::WriteTransaction,
+    meta: &mut redb::Table<&str, i64>,
+    revision: i64,
+    events: &[Event],
+) -> Result<bool, StoreError> {
+    if events.is_empty() {
+        return Ok(false);
+    }
+    w.open_table(LOG)
+        .map_err(storage)?
+        .insert(revision, encode_events(events).as_slice())
+        .map_err(storage)?;
+    meta.insert(REVISION, revision).map_err(storage)?;
+    Ok(true)
+}
+
 /// The blocking implementations; [`Store`] runs them on tokio's blocking pool.
 impl Inner {
     fn revision(&self) -> Result<i64, StoreError> {
@@ -352,26 +388,14 @@ impl Inner {
                         }
                         Op::Delete(k) => {
                             bindings.bind(k, None, &self.leases)?;
-                            let removed = kv.remove(k.as_str()).map_err(storage)?;
-                            if let Some(old) = removed {
-                                let prev = decode_kv(k, old.value())?;
-                                events.push(Event::Delete {
-                                    key: k.clone(),
-                                    mod_revision: revision,
-                                    prev: Some(prev),
-                                });
-                            }
+                            events.extend(remove(&mut kv, k, revision)?);
                         }
                     }
                 }
-                if events.is_empty() {
-                    TxnOutcome::Committed { revision: current }
-                } else {
-                    let mut log = w.open_table(LOG).map_err(storage)?;
-                    log.insert(revision, encode_events(&events).as_slice())
-                        .map_err(storage)?;
-                    meta.insert(REVISION, revision).map_err(storage)?;
+                if record(&w, &mut meta, revision, &events)? {
                     TxnOutcome::Committed { revision }
+                } else {
+                    TxnOutcome::Committed { revision: current }
                 }
             }
         };

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use super::{
-    Event, Inner, KEY_LEASE, KV, LEASE_KEYS, LEASES, LOG, LeaseStatus, META, REVISION, StoreError,
-    decode_kv, encode_events, storage,
+    Inner, KEY_LEASE, KV, LEASE_KEYS, LEASES, LeaseStatus, META, REVISION, StoreError, record,
+    remove, storage,
 };
 
 /// How often the reaper looks for expired leases: the most an expiry can be late by.
@@ -230,24 +230,9 @@ impl Inner {
             for key in &keys {
                 lease_keys.remove((id, key.as_str())).map_err(storage)?;
                 key_lease.remove(key.as_str()).map_err(storage)?;
-                if let Some(old) = kv.remove(key.as_str()).map_err(storage)? {
-                    events.push(Event::Delete {
-                        key: key.clone(),
-                        mod_revision: revision,
-                        prev: Some(decode_kv(key, old.value())?),
-                    });
-                }
+                events.extend(remove(&mut kv, key, revision)?);
             }
-            if events.is_empty() {
-                None
-            } else {
-                w.open_table(LOG)
-                    .map_err(storage)?
-                    .insert(revision, encode_events(&events).as_slice())
-                    .map_err(storage)?;
-                meta.insert(REVISION, revision).map_err(storage)?;
-                Some(revision)
-            }
+            record(&w, &mut meta, revision, &events)?.then_some(revision)
         };
         w.commit().map_err(storage)?;
         self.leases.map().remove(&id);

@@ -275,18 +275,10 @@ impl<S: Store> Api<S> {
 impl<S: Store> Api<S> {
     /// `ops` without the puts bound to leases that have ended.
     async fn without_ended_leases(&self, ops: Vec<Op>) -> Result<Vec<Op>, ApiError> {
-        let mut ended = std::collections::HashSet::new();
-        for op in &ops {
-            if let Op::PutLeased(_, _, lease) = op
-                && !ended.contains(lease)
-                && self.store.lease_time_to_live(*lease).await?.is_none()
-            {
-                ended.insert(*lease);
-            }
-        }
+        let ended = self.ended_leases(&ops).await?;
         Ok(ops
             .into_iter()
-            .filter(|op| !matches!(op, Op::PutLeased(_, _, l) if ended.contains(l)))
+            .filter(|op| op.lease().is_none_or(|l| !ended.contains(&l)))
             .collect())
     }
 

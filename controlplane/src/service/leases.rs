@@ -141,21 +141,23 @@ impl<S: Store> Api<S> {
         ReceiverStream::new(rx)
     }
 
-    /// Fails with the first lease that `ops` bind keys to and that is gone.
-    pub(super) async fn check_leases_exist(&self, ops: &[Op]) -> Result<(), ApiError> {
-        let leases: BTreeSet<i64> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::PutLeased(_, _, lease) => Some(*lease),
-                _ => None,
-            })
-            .collect();
-        for id in leases {
+    /// The leases that `ops` bind keys to and that are gone (each asked once).
+    pub(super) async fn ended_leases(&self, ops: &[Op]) -> Result<BTreeSet<i64>, ApiError> {
+        let mut ended = BTreeSet::new();
+        for id in ops.iter().filter_map(Op::lease).collect::<BTreeSet<_>>() {
             if self.store.lease_time_to_live(id).await?.is_none() {
-                return Err(ApiError::Store(StoreError::LeaseNotFound(id)));
+                ended.insert(id);
             }
         }
-        Ok(())
+        Ok(ended)
+    }
+
+    /// Fails with the first lease that `ops` bind keys to and that is gone.
+    pub(super) async fn check_leases_exist(&self, ops: &[Op]) -> Result<(), ApiError> {
+        match self.ended_leases(ops).await?.first() {
+            Some(&id) => Err(ApiError::Store(StoreError::LeaseNotFound(id))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -366,13 +366,9 @@ impl Inner {
                 for op in &txn.ops {
                     match op {
                         Op::Put(k, v) | Op::PutLeased(k, v, _) => {
-                            let lease = match op {
-                                Op::PutLeased(_, _, lease) => Some(*lease),
-                                _ => None,
-                            };
                             // A lease that is gone fails the whole transaction: dropping `w`
                             // uncommitted aborts every op before this one.
-                            bindings.bind(k, lease, &self.leases)?;
+                            bindings.bind(k, op.lease(), &self.leases)?;
                             let create = match kv.get(k.as_str()).map_err(storage)? {
                                 Some(old) => decode_kv(k, old.value())?.create_revision,
                                 None => revision,

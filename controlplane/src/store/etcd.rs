@@ -202,6 +202,10 @@ impl EtcdStore {
         })
     }
 
+    fn lease(&self, i: usize) -> pb::lease_client::LeaseClient<Channel> {
+        pb::lease_client::LeaseClient::new(self.inner.channels[i].clone())
+    }
+
     fn kv(&self, i: usize) -> pb::kv_client::KvClient<Channel> {
         pb::kv_client::KvClient::new(self.inner.channels[i].clone())
             .max_decoding_message_size(MAX_DECODE)
@@ -439,13 +443,12 @@ impl EtcdStore {
         }
         let i = self.inner.current.load(Ordering::Relaxed);
         self.ensure_token(i).await?;
-        let token = self
-            .inner
-            .token
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let tx = keeper::spawn(self.inner.channels[i].clone(), token);
+        let (out, out_rx) = mpsc::channel(keeper::QUEUE);
+        let tx = keeper::spawn(
+            self.lease(i),
+            self.request(ReceiverStream::new(out_rx)),
+            out,
+        );
         *self
             .inner
             .keeper
@@ -457,7 +460,7 @@ impl EtcdStore {
     /// Renews a lease on a stream of its own, with endpoint failover.
     async fn lease_keep_alive_once(&self, id: i64) -> Result<i64, StoreError> {
         self.read("lease keepalive", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let mut c = self.lease(i);
             let (tx, rx) = mpsc::channel(1);
             let r = self.request(ReceiverStream::new(rx));
             async move {
@@ -596,13 +599,7 @@ impl Store for EtcdStore {
         };
         match self.failover("txn", run, lost).await {
             Err(StoreError::LeaseNotFound(_)) => Err(StoreError::LeaseNotFound(
-                txn.ops
-                    .iter()
-                    .find_map(|op| match op {
-                        Op::PutLeased(_, _, lease) => Some(*lease),
-                        _ => None,
-                    })
-                    .unwrap_or(0),
+                txn.ops.iter().find_map(Op::lease).unwrap_or(0),
             )),
             other => other,
         }
@@ -610,7 +607,7 @@ impl Store for EtcdStore {
 
     async fn lease_grant(&self, ttl: i64) -> Result<i64, StoreError> {
         self.read("lease grant", |i| {
-            let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+            let mut c = self.lease(i);
             let r = self.request(pb::LeaseGrantRequest { ttl, id: 0 });
             async move { c.lease_grant(r).await.map(|r| r.into_inner().id) }
         })
@@ -644,7 +641,7 @@ impl Store for EtcdStore {
     async fn lease_revoke(&self, id: i64) -> Result<bool, StoreError> {
         let r = self
             .read("lease revoke", |i| {
-                let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+                let mut c = self.lease(i);
                 let r = self.request(pb::LeaseRevokeRequest { id });
                 async move { c.lease_revoke(r).await.map(|_| ()) }
             })
@@ -659,7 +656,7 @@ impl Store for EtcdStore {
     async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseStatus>, StoreError> {
         let r = self
             .read("lease time to live", |i| {
-                let mut c = pb::lease_client::LeaseClient::new(self.inner.channels[i].clone());
+                let mut c = self.lease(i);
                 let r = self.request(pb::LeaseTimeToLiveRequest { id, keys: false });
                 async move { c.lease_time_to_live(r).await.map(|r| r.into_inner()) }
             })

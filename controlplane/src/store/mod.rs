@@ -62,6 +62,14 @@ impl Op {
             Op::Put(k, _) | Op::Delete(k) | Op::PutLeased(k, _, _) => k,
         }
     }
+
+    /// The lease a put binds its key to, if any.
+    pub fn lease(&self) -> Option<i64> {
+        match self {
+            Op::PutLeased(_, _, lease) => Some(*lease),
+            Op::Put(..) | Op::Delete(_) => None,
+        }
+    }
 }
 
 /// A lease, as [`Store::lease_time_to_live`] reports it.

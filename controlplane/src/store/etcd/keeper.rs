@@ -6,15 +6,14 @@
 //! A task owns the stream: it sends each asked-for id and hands etcd's answers (which come in
 //! order, each naming its lease) to the callers waiting on that id, first come first served.
 //! When the stream fails, the task ends and drops every waiting caller; the next renewal opens
-//! a new stream on the store's current endpoint. The task holds a channel and the auth token,
-//! not the store, so it ends when the store is dropped.
+//! a new stream on the store's current endpoint. The task holds a client and its request (with
+//! the auth token), not the store, so it ends when the store is dropped.
 
 use std::collections::{HashMap, VecDeque};
 
 use tether_proto::etcd::etcdserverpb as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 /// One renewal asked for: the lease, and where its TTL goes.
@@ -23,42 +22,50 @@ pub(super) struct Renewal {
     pub(super) reply: oneshot::Sender<i64>,
 }
 
-/// Renewals queued for the stream's task.
-const QUEUE: usize = 1024;
+/// Callers waiting for an answer about each lease, first come first served.
+type Waiting = HashMap<i64, VecDeque<oneshot::Sender<i64>>>;
 
-/// Starts the task for one stream on `channel`; the sender to ask it for renewals.
+/// Sends one renewal on the stream, its caller waiting for the answer; false when the stream
+/// is gone.
+async fn ask(
+    waiting: &mut Waiting,
+    out: &mpsc::Sender<pb::LeaseKeepAliveRequest>,
+    Renewal { id, reply }: Renewal,
+) -> bool {
+    waiting.entry(id).or_default().push_back(reply);
+    out.send(pb::LeaseKeepAliveRequest { id }).await.is_ok()
+}
+
+/// Renewals queued for the stream's task, and renewals it may have sent unanswered.
+pub(super) const QUEUE: usize = 1024;
+
+/// Starts the task for one stream: `client` and `request` (the stream of renewals `out` feeds,
+/// with the auth token) open it. The sender to ask the task for renewals.
 pub(super) fn spawn(
-    channel: Channel,
-    token: Option<MetadataValue<Ascii>>,
+    mut client: pb::lease_client::LeaseClient<Channel>,
+    request: tonic::Request<ReceiverStream<pb::LeaseKeepAliveRequest>>,
+    out: mpsc::Sender<pb::LeaseKeepAliveRequest>,
 ) -> mpsc::Sender<Renewal> {
     let (tx, mut rx) = mpsc::channel::<Renewal>(QUEUE);
     tokio::spawn(async move {
-        let (out, out_rx) = mpsc::channel(QUEUE);
-        let mut req = tonic::Request::new(ReceiverStream::new(out_rx));
-        if let Some(t) = token {
-            req.metadata_mut().insert("token", t);
-        }
-        let mut waiting: HashMap<i64, VecDeque<oneshot::Sender<i64>>> = HashMap::new();
+        let mut waiting = Waiting::new();
         // etcd answers the call (its response headers) only once the first renewal arrived:
         // queue it before opening the stream, or the two wait for each other.
-        let Some(Renewal { id, reply }) = rx.recv().await else {
+        let Some(first) = rx.recv().await else {
             return;
         };
-        waiting.entry(id).or_default().push_back(reply);
-        if out.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+        if !ask(&mut waiting, &out, first).await {
             return;
         }
-        let mut client = pb::lease_client::LeaseClient::new(channel);
-        let Ok(resp) = client.lease_keep_alive(req).await else {
+        let Ok(resp) = client.lease_keep_alive(request).await else {
             return;
         };
         let mut answers = resp.into_inner();
         loop {
             tokio::select! {
                 r = rx.recv() => {
-                    let Some(Renewal { id, reply }) = r else { return };
-                    waiting.entry(id).or_default().push_back(reply);
-                    if out.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+                    let Some(renewal) = r else { return };
+                    if !ask(&mut waiting, &out, renewal).await {
                         return;
                     }
                 }

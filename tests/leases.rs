@@ -325,6 +325,27 @@ async fn register_refuses_a_taken_name_and_a_bad_ttl() {
     );
 }
 
+/// Waits until `backend list` shows `name` registered; its lease id (hex), from the table.
+async fn registered(t: &Tether, name: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let list = t.ok(&["backend", "list"]);
+        // NAME ADDRESS WEIGHT PROBE ADMIN DRAIN LEASE…: the lease id is the 7th column.
+        let lease = list
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|row| row.split_whitespace().nth(6));
+        if let Some(lease) = lease.filter(|l| *l != "-") {
+            return lease.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `tether export` leaves a registered backend out (a file has no lease: applied elsewhere it
 /// would live forever) and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,14 +355,7 @@ async fn export_leaves_out_leased_resources() {
     let t = Tether::up(dir.path(), &[]).await;
     t.ok(&["backend", "create", "fixed", "--address", "127.0.0.1:1"]);
     let _reg = Registration::start(&t.api, "reg", &web);
-    let start = Instant::now();
-    while !t.ok(&["backend", "list"]).contains("reg") {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    registered(&t, "reg").await;
     let out = t.cli(&["export"]);
     assert!(out.status.success());
     let (stdout, stderr) = (
@@ -366,19 +380,7 @@ async fn a_registration_whose_name_was_taken_stops() {
     let dir = tempfile::tempdir().unwrap();
     let t = Tether::up(dir.path(), &[]).await;
     let mut reg = Registration::start(&t.api, "x", &web);
-    let start = Instant::now();
-    let lease = loop {
-        let list = t.ok(&["backend", "list"]);
-        // NAME ADDRESS WEIGHT PROBE ADMIN DRAIN LEASE… : the lease id is the 7th column.
-        if let Some(row) = list.lines().find(|l| l.starts_with("x ")) {
-            break row.split_whitespace().nth(6).unwrap().to_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lease = registered(&t, "x").await;
     // Paused, so it cannot register again between the revocation and the create.
     support::signal(&reg.0, "STOP");
     let mut api = tether_proto::v1::tether_client::TetherClient::connect(t.api.clone())

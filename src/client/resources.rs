@@ -228,8 +228,11 @@ fn lease_cell(id: i64, leases: &Leases) -> String {
     }
 }
 
-/// The time left of every lease `items` are bound to.
-async fn lease_times<R: Resource>(c: &mut Client, items: &[R]) -> Result<Leases, Status> {
+/// The time left of every lease `items` are bound to, for kinds whose table shows leases.
+async fn lease_times<R: CliResource>(c: &mut Client, items: &[R]) -> Result<Leases, Status> {
+    if !R::COLUMNS.contains(&"LEASE") {
+        return Ok(Leases::new());
+    }
     let ids: std::collections::BTreeSet<i64> =
         items.iter().map(R::lease).filter(|&l| l != 0).collect();
     let mut out = Leases::new();

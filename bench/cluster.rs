@@ -27,12 +27,12 @@ use tether_dataplane::runtime::Runtime;
 use tether_proto::keys::Layout;
 use tether_proto::v1::{self, tether_client::TetherClient};
 
-#[path = "state.rs"]
-mod state;
-use state::Http;
+#[path = "shared.rs"]
+mod shared;
+use shared::{Http, percentile};
 
 async fn applied(http: &Http, admin: &str) -> i64 {
-    state::state(http, &format!("{admin}/state?backends=false")).await["applied_revision"]
+    shared::state(http, &format!("{admin}/state?backends=false")).await["applied_revision"]
         .as_i64()
         .unwrap_or(0)
 }
@@ -49,11 +49,6 @@ async fn all_applied(http: &Http, admins: &[String], rev: i64, since: Instant) -
         }
     }
     since.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn backend(i: usize) -> v1::Backend {

@@ -20,14 +20,14 @@ use hyper_util::rt::TokioExecutor;
 use tether_proto::v1::{self, tether_client::TetherClient};
 use tokio_stream::StreamExt;
 
-#[path = "state.rs"]
-mod state;
-use state::Http;
+#[path = "shared.rs"]
+mod shared;
+use shared::{Http, percentile};
 type Api = TetherClient<tonic::transport::Channel>;
 
 /// The backend names a node routes to.
 async fn names(http: &Http, admin: &str) -> Vec<String> {
-    state::state(http, &format!("{admin}/state")).await["backends"]
+    shared::state(http, &format!("{admin}/state")).await["backends"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -49,11 +49,6 @@ async fn until(http: &Http, admins: &[String], name: &str, present: bool) {
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn summary(what: &str, mut times: Vec<Duration>) {

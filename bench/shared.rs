@@ -1,5 +1,7 @@
-//! A data plane's `/state` as JSON, for the benchmark programs that wait on what nodes
-//! applied (`cluster`, `leases`). Included with `#[path]`: examples share no library.
+//! What the cluster and leases benchmark programs share: a data plane's `/state`
+//! as JSON, and percentiles. Included with `#[path]`: examples share no library.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -20,4 +22,9 @@ pub(crate) async fn state(http: &Http, url: &str) -> serde_json::Value {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The `p` quantile (0 to 1) of sorted durations, nearest rank.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -92,6 +92,14 @@ pub(crate) struct ControlPlaneArgs {
     /// Write `endpoints.json` (the bound addresses) into this directory.
     #[arg(long, value_name = "DIR")]
     endpoints_dir: Option<PathBuf>,
+    /// Name servers Discovery resources are resolved with, as IP or IP:PORT (comma-separated;
+    /// default: those of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',', value_parser = process::name_server)]
+    dns_server: Vec<std::net::SocketAddr>,
+    /// TTL of the lease by which one replica at a time holds the job of resolving every
+    /// Discovery: a replica that dies holds it this long at most (whole seconds, 2s-60s).
+    #[arg(long, default_value = "10s", value_parser = process::election_ttl)]
+    discovery_election_ttl: std::time::Duration,
 }
 
 /// Runs `tether controlplane` until a signal.
@@ -125,10 +133,23 @@ pub(crate) async fn controlplane(args: ControlPlaneArgs, insecure: bool) -> anyh
         api.clone(),
         stopped(),
     ));
+    let mut discovery = tether_controlplane::discovery::Options::new(format!(
+        "controlplane {url} pid {}",
+        std::process::id()
+    ));
+    discovery.dns.servers = args.dns_server.clone();
+    discovery.election_ttl = args.discovery_election_ttl;
+    let discoverer = tokio::spawn(tether_controlplane::discovery::run(
+        api.clone(),
+        discovery,
+        api.metrics().discovery(),
+        stopped(),
+    ));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));
     tokio::select! {
         () = process::signal() => {
             let _ = stop_tx.send(true);
+            let _ = discoverer.await;
             server.await??;
             Ok(())
         }

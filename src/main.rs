@@ -68,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         op: client::ResourceCmd,
     },
+    /// DNS discovery: names whose addresses the control plane keeps as labelled backends
+    /// (list shows each one's state: ok, failing, pending).
+    Discovery {
+        #[command(subcommand)]
+        op: client::ResourceCmd,
+    },
     /// Backend health: set the admin state by pattern, list.
     Health {
         #[command(subcommand)]
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
             Command::Director { op } => client::resource::<v1::Director>(&conn, op).await,
             Command::Route { op } => client::resource::<v1::Route>(&conn, op).await,
             Command::Certificate { op } => client::resource::<v1::Certificate>(&conn, op).await,
+            Command::Discovery { op } => client::resource::<v1::Discovery>(&conn, op).await,
             Command::Health { op } => client::health(&conn, op).await,
             Command::Apply(args) => client::apply(&conn, args).await,
             Command::Watch(args) => client::watch(&conn, args).await,

@@ -116,8 +116,17 @@ pub(crate) struct ProxyArgs {
     pub(crate) access_log_keys: bool,
 }
 
+/// A discovery election TTL: whole seconds, 2 s to 60 s.
+pub(crate) fn election_ttl(s: &str) -> Result<Duration, String> {
+    let d = duration::parse(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 || !(2..=60).contains(&d.as_secs()) {
+        return Err(format!("{s:?}: must be whole seconds from 2s to 60s"));
+    }
+    Ok(d)
+}
+
 /// A name server: `IP` (port 53) or `IP:PORT`.
-fn name_server(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn name_server(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .or_else(|_| {
             s.parse::<std::net::IpAddr>()

@@ -120,6 +120,22 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
         process::serve_listeners(listeners, &rt, &args.listen, edges, admin_access, &stop_tx)?;
     let compactor = tokio::spawn(compact_history(store.clone(), stopped()));
     let token_follower = tokio::spawn(Arc::clone(&tokens).follow(stopped()));
+    // The one process is the one replica: it holds the election as soon as a lease left by
+    // an earlier run that crashed has run out (a short TTL, so that is soon).
+    let mut discovery = tether_controlplane::discovery::Options::new(format!(
+        "tether up pid {}",
+        std::process::id()
+    ));
+    discovery.dns.servers = args.listen.dns_server.clone();
+    discovery.election_ttl = std::time::Duration::from_secs(3);
+    let metrics = api.metrics().discovery();
+    rt.add_metrics(metrics.clone());
+    let discoverer = tokio::spawn(tether_controlplane::discovery::run(
+        api.clone(),
+        discovery,
+        metrics,
+        stopped(),
+    ));
     let mut server = tokio::spawn(server::serve(api_l, api, tokens, tls, stopped()));
     let early = tokio::select! {
         () = process::signal() => None,
@@ -127,7 +143,7 @@ pub(crate) async fn run(args: Args, insecure: bool) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(follower, admin_task, compactor, token_follower);
+    let _ = tokio::join!(follower, admin_task, compactor, token_follower, discoverer);
     for t in proxy_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

@@ -573,17 +573,6 @@ async fn a_watch_delete_carries_the_last_value_on_etcd() {
     }
 }
 
-/// GET with curl: status and body (0 when nothing answered).
-fn curl(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl (scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// `tether controlplane --admin`: /healthz, /readyz that follows etcd, and /metrics with calls
 /// by method and code, store transactions, open Watch streams, build and process metrics —
 /// clean under `promtool check metrics`.
@@ -592,8 +581,8 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
     let mut etcd = Etcd::start(1);
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &etcd.urls()).await;
-    assert_eq!(curl(&format!("{}/healthz", cp.admin)).0, 200);
-    let (code, body) = curl(&format!("{}/readyz", cp.admin));
+    assert_eq!(support::curl(&format!("{}/healthz", cp.admin)).0, 200);
+    let (code, body) = support::curl(&format!("{}/readyz", cp.admin));
     assert_eq!(code, 200, "{body}");
     support::ok(
         &cp.api,
@@ -605,7 +594,7 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
     );
     assert_eq!(bad.status.code(), Some(2));
     let _watch = support::open_watch(&cp.api).await;
-    let (code, metrics) = curl(&format!("{}/metrics", cp.admin));
+    let (code, metrics) = support::curl(&format!("{}/metrics", cp.admin));
     assert_eq!(code, 200);
     for series in [
         "tether_grpc_requests_total{method=\"/tether.v1.Tether/CreateBackend\",code=\"OK\"} 1",
@@ -629,7 +618,7 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
     etcd.members[0].kill();
     let start = Instant::now();
     loop {
-        let (code, body) = curl(&format!("{}/readyz", cp.admin));
+        let (code, body) = support::curl(&format!("{}/readyz", cp.admin));
         if code == 503 {
             assert!(body.contains("not ready"), "{body}");
             break;
@@ -640,6 +629,6 @@ async fn the_control_planes_admin_listener_reports_calls_the_store_and_readiness
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(curl(&format!("{}/healthz", cp.admin)).0, 200);
-    assert_eq!(curl(&format!("{}/nope", cp.admin)).0, 404);
+    assert_eq!(support::curl(&format!("{}/healthz", cp.admin)).0, 200);
+    assert_eq!(support::curl(&format!("{}/nope", cp.admin)).0, 404);
 }

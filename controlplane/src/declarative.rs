@@ -54,6 +54,214 @@ pub struct Document {
     /// Certificates of the TLS listener.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateDoc>,
+    /// DNS names whose addresses are kept as labelled backends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discoveries: Vec<DiscoveryDoc>,
+}
+
+/// A Discovery as written: a DNS name resolved by the control plane, each address kept as a
+/// backend carrying `labels` and the `template`'s fields.
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryDoc {
+    /// Name.
+    pub name: String,
+    /// The revision it was read at, as `get` prints it: when given, a write fails with
+    /// FAILED_PRECONDITION unless the stored resource is still at it (absent: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// The DNS name (A and AAAA records; SRV records with `srv: true`).
+    pub dns_name: String,
+    /// The port of every backend found (not with `srv`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u32,
+    /// Resolve SRV records: each target's addresses at the record's port.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub srv: bool,
+    /// Labels on every backend found, for directors' selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Most time between two resolutions (30s; a shorter TTL resolves sooner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// Least time between two resolutions (5s; at least 1s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_refresh: Option<String>,
+    /// How long an address may be missing from the answer before its backend goes (30s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+    /// The most backends kept (64; at most 1024).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_backends: u32,
+    /// The other fields of every backend found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateDoc>,
+    /// What the resolving control plane last found (read-only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<DiscoveryStatusDoc>,
+}
+
+/// The backend fields a Discovery gives every backend it keeps (as a backend's).
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDoc {
+    /// Default member weight (1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Probe name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// `Host` sent to the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// Connect timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    /// First-byte timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<String>,
+    /// Between-bytes timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub between_bytes_timeout: Option<String>,
+    /// Connection limit (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_connections: u32,
+    /// How long a request waits for a connection at `max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    /// Connections older than this are not reused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_lifetime: Option<String>,
+    /// `http1` (default), `h2c`, `h2` or `auto`.
+    #[serde(default, skip_serializing_if = "ProtocolDoc::is_default")]
+    pub protocol: ProtocolDoc,
+    /// TLS to the backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsDoc>,
+}
+
+/// A Discovery's status as `get` shows it.
+#[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryStatusDoc {
+    /// `pending`, `ok` or `failing`.
+    pub state: String,
+    /// Why the last resolution failed, or a note on the answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `state` last changed (Unix ms).
+    #[serde(default)]
+    pub since_unix_ms: i64,
+    /// The last answer's addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Backends whose address left the answer: since when (Unix ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_since_unix_ms: BTreeMap<String, i64>,
+    /// The control-plane replica that resolved it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resolver: String,
+}
+
+impl DiscoveryDoc {
+    /// As a tether.v1 message; errors are reported under `at`. The status is the control
+    /// plane's: never sent.
+    pub fn to_proto(&self, at: &str) -> Result<v1::Discovery, FileError> {
+        let template = match &self.template {
+            None => None,
+            Some(t) => Some(
+                BackendDoc {
+                    name: String::new(),
+                    revision: None,
+                    address: String::new(),
+                    address2: None,
+                    weight: t.weight,
+                    probe: t.probe.clone(),
+                    host_header: t.host_header.clone(),
+                    connect_timeout: t.connect_timeout.clone(),
+                    first_byte_timeout: t.first_byte_timeout.clone(),
+                    between_bytes_timeout: t.between_bytes_timeout.clone(),
+                    max_connections: t.max_connections,
+                    queue_timeout: t.queue_timeout.clone(),
+                    max_connection_lifetime: t.max_connection_lifetime.clone(),
+                    admin_health: AdminHealthDoc::Auto,
+                    drain: false,
+                    labels: BTreeMap::new(),
+                    protocol: t.protocol,
+                    tls: t.tls.clone(),
+                }
+                .to_proto(&format!("{at}.template"))?,
+            ),
+        };
+        Ok(v1::Discovery {
+            // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
+            lease: 0,
+            name: self.name.clone(),
+            revision: self.revision.unwrap_or(0),
+            dns_name: self.dns_name.clone(),
+            port: self.port,
+            srv: self.srv,
+            labels: self.labels.clone().into_iter().collect(),
+            refresh: dur(self.refresh.as_deref(), || format!("{at}.refresh"))?,
+            min_refresh: dur(self.min_refresh.as_deref(), || format!("{at}.min_refresh"))?,
+            grace: dur(self.grace.as_deref(), || format!("{at}.grace"))?,
+            template,
+            max_backends: self.max_backends,
+            status: None,
+        })
+    }
+}
+
+impl From<&v1::Discovery> for DiscoveryDoc {
+    fn from(d: &v1::Discovery) -> DiscoveryDoc {
+        let template = d.template.as_ref().map(|t| {
+            let b = BackendDoc::from(t);
+            TemplateDoc {
+                weight: b.weight,
+                probe: b.probe,
+                host_header: b.host_header,
+                connect_timeout: b.connect_timeout,
+                first_byte_timeout: b.first_byte_timeout,
+                between_bytes_timeout: b.between_bytes_timeout,
+                max_connections: b.max_connections,
+                queue_timeout: b.queue_timeout,
+                max_connection_lifetime: b.max_connection_lifetime,
+                protocol: b.protocol,
+                tls: b.tls,
+            }
+        });
+        DiscoveryDoc {
+            name: d.name.clone(),
+            revision: (d.revision != 0).then_some(d.revision),
+            dns_name: d.dns_name.clone(),
+            port: d.port,
+            srv: d.srv,
+            labels: d.labels.clone().into_iter().collect(),
+            refresh: dur_text(d.refresh.as_ref()),
+            min_refresh: dur_text(d.min_refresh.as_ref()),
+            grace: dur_text(d.grace.as_ref()),
+            max_backends: d.max_backends,
+            template,
+            status: d.status.as_ref().map(|s| DiscoveryStatusDoc {
+                state: status_name(s.state).to_owned(),
+                message: s.message.clone(),
+                since_unix_ms: s.since_unix_ms,
+                addresses: s.addresses.clone(),
+                missing_since_unix_ms: s.missing_since_unix_ms.clone().into_iter().collect(),
+                resolver: s.resolver.clone(),
+            }),
+        }
+    }
+}
+
+/// A discovery state's name, as `get` and `list` show it.
+pub fn status_name(state: i32) -> &'static str {
+    use v1::discovery_status::State;
+    match State::try_from(state) {
+        Ok(State::Ok) => "ok",
+        Ok(State::Failing) => "failing",
+        _ => "pending",
+    }
 }
 
 /// A certificate as written: PEM texts inline. What the control plane reads from the chain
@@ -643,10 +851,11 @@ fn one_resource(
         "director" => doc.directors.push(take(de)?),
         "route" => doc.routes.push(take(de)?),
         "certificate" => doc.certificates.push(take(de)?),
+        "discovery" => doc.discoveries.push(take(de)?),
         _ => {
             return Err(FileError::new(
                 "kind",
-                format!("{kind:?}: one of backend, probe, director, route, certificate"),
+                format!("{kind:?}: one of backend, probe, director, route, certificate, discovery"),
             ));
         }
     }
@@ -736,6 +945,7 @@ impl Document {
         self.directors.extend(other.directors);
         self.routes.extend(other.routes);
         self.certificates.extend(other.certificates);
+        self.discoveries.extend(other.discoveries);
     }
 }
 
@@ -790,12 +1000,19 @@ impl Document {
             .enumerate()
             .map(|(i, c)| c.to_proto(&format!("certificates[{i}]")))
             .collect::<Result<_, _>>()?;
+        let discoveries = self
+            .discoveries
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.to_proto(&format!("discoveries[{i}]")))
+            .collect::<Result<_, _>>()?;
         Ok(v1::ApplyRequest {
             backends,
             probes,
             directors,
             routes,
             certificates,
+            discoveries,
             ..Default::default()
         })
     }
@@ -818,6 +1035,8 @@ impl BackendDoc {
         Ok(v1::Backend {
             // Leases are runtime ids, never in a file (`apply --lease` binds a whole set).
             lease: 0,
+            // The control plane's to set (on the backends a Discovery keeps).
+            discovery: String::new(),
             name: self.name.clone(),
             revision: self.revision.unwrap_or(0),
             address: self.address.clone(),

@@ -55,6 +55,10 @@ pub enum ApiError {
     /// Concurrent writers kept winning; nothing was written.
     #[error("the configuration kept changing during the write; nothing was written, retry")]
     Contended,
+    /// A fenced write's fence no longer holds (the replica lost the election the write
+    /// depended on); nothing was written.
+    #[error("this replica no longer holds {0}; nothing was written")]
+    Fenced(String),
     /// A pattern matched nothing, or one without parentheses matched several.
     #[error("{0}")]
     Pattern(String),
@@ -129,7 +133,7 @@ pub fn to_status(e: &ApiError) -> Status {
                 format!("{by} refers to it"),
             ),
         ),
-        ApiError::Contended => Status::aborted(msg),
+        ApiError::Contended | ApiError::Fenced(_) => Status::aborted(msg),
         ApiError::WriteInProgress => Status::unavailable(msg),
         ApiError::Store(StoreError::Compacted { .. }) => Status::out_of_range(msg),
         ApiError::Store(StoreError::FutureRevision { .. }) => Status::out_of_range(msg),

@@ -28,6 +28,8 @@
 //!   state machine over a narrow [`node::Source`] (the embedded store, etcd, or a control
 //!   plane's Watch stream), the snapshot cache, registration under a lease, the supervisor and
 //!   the backoff;
+//! - [`discovery`]: DNS discovery — Discovery resources resolved by the one replica holding
+//!   the discovery election, their answers written as ordinary labelled backends;
 //! - [`nodes`]: the agreement check of `ListNodes` / `tether nodes` (the API side).
 //!
 //! Data flow (write): request → [`service`] loads a [`state::State`] → changes a copy →
@@ -41,6 +43,7 @@ pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod declarative;
+pub mod discovery;
 pub mod duration;
 pub mod error;
 mod files;

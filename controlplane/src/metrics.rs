@@ -36,6 +36,7 @@ pub struct ApiMetrics {
     latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
     txn: Histogram,
     conflicts: AtomicU64,
+    discovery: Arc<crate::discovery::metrics::DiscoveryMetrics>,
 }
 
 impl Default for ApiMetrics {
@@ -45,11 +46,18 @@ impl Default for ApiMetrics {
             latency: Mutex::default(),
             txn: Histogram::new(BUCKETS),
             conflicts: AtomicU64::new(0),
+            discovery: Arc::default(),
         }
     }
 }
 
 impl ApiMetrics {
+    /// What DNS discovery counts (rendered with the rest; `tether up` adds it to its node's
+    /// page).
+    pub fn discovery(&self) -> Arc<crate::discovery::metrics::DiscoveryMetrics> {
+        Arc::clone(&self.discovery)
+    }
+
     /// Records one gRPC call: its method path, status and the time to its response head.
     pub fn call(&self, method: &str, code: tonic::Code, took: Duration) {
         let code = code_name(code);
@@ -141,6 +149,7 @@ impl ApiMetrics {
         );
         let _ = writeln!(w, "# TYPE tether_watch_streams_open gauge");
         let _ = writeln!(w, "tether_watch_streams_open {watches}");
+        tether_dataplane::exposition::MetricsSource::write(&*self.discovery, &mut w);
         tether_dataplane::process_metrics::write(&mut w);
         w
     }

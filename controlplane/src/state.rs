@@ -78,6 +78,10 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     }
     /// Clears what no read may return but to a node (a certificate's private key).
     fn redact(&mut self) {}
+    /// Whether a Discovery keeps it (a backend it created).
+    fn kept_by_discovery(&self) -> bool {
+        false
+    }
     /// Its labels, for kinds that have them (List's `filter`).
     fn labels(&self) -> Option<&std::collections::HashMap<String, String>> {
         None
@@ -136,6 +140,24 @@ macro_rules! resource {
         }
     };
     (@prepare Backend) => {
+        // Which Discovery keeps a backend is the control plane's to say: a write cannot
+        // take a backend from its discovery nor hand one to it (the discovery's own writes
+        // set it after this).
+        fn prepare(&mut self, stored: Option<&Self>) {
+            self.discovery = stored.map(|s| s.discovery.clone()).unwrap_or_default();
+        }
+        fn kept_by_discovery(&self) -> bool {
+            !self.discovery.is_empty()
+        }
+        fn labels(&self) -> Option<&std::collections::HashMap<String, String>> {
+            Some(&self.labels)
+        }
+    };
+    (@prepare Discovery) => {
+        // The status is the resolver's: a write keeps the stored one.
+        fn prepare(&mut self, stored: Option<&Self>) {
+            self.status = stored.and_then(|s| s.status.clone());
+        }
         fn labels(&self) -> Option<&std::collections::HashMap<String, String>> {
             Some(&self.labels)
         }
@@ -153,6 +175,7 @@ resource!(
     certificates,
     Certificate
 );
+resource!(v1::Discovery, Kind::Discovery, discoveries, Discovery);
 
 /// Generic code for one resource kind, run by [`per_kind`] for a kind known at run time.
 pub trait PerKind {
@@ -171,6 +194,7 @@ pub fn per_kind<F: PerKind>(kind: Kind, f: F) -> Option<F::Output> {
         Kind::Director => f.run::<v1::Director>(),
         Kind::Route => f.run::<v1::Route>(),
         Kind::Certificate => f.run::<v1::Certificate>(),
+        Kind::Discovery => f.run::<v1::Discovery>(),
         Kind::Health | Kind::Node => return None,
     })
 }
@@ -182,11 +206,13 @@ pub trait EachKind {
 }
 
 /// Runs `f` for every resource kind in dependency order — certificates, probes, backends,
-/// directors, routes: a kind's references come before it — or in the reverse order.
+/// discoveries, directors, routes: a kind's references come before it — or in the reverse
+/// order.
 pub fn each_kind<F: EachKind>(f: &mut F, reverse: bool) {
     if reverse {
         f.visit::<v1::Route>();
         f.visit::<v1::Director>();
+        f.visit::<v1::Discovery>();
         f.visit::<v1::Backend>();
         f.visit::<v1::Probe>();
         f.visit::<v1::Certificate>();
@@ -194,6 +220,7 @@ pub fn each_kind<F: EachKind>(f: &mut F, reverse: bool) {
         f.visit::<v1::Certificate>();
         f.visit::<v1::Probe>();
         f.visit::<v1::Backend>();
+        f.visit::<v1::Discovery>();
         f.visit::<v1::Director>();
         f.visit::<v1::Route>();
     }
@@ -207,6 +234,7 @@ fn any_kind_name(r: &AnyResource) -> (Kind, &str) {
         AnyResource::Director(r) => (Kind::Director, &r.name),
         AnyResource::Route(r) => (Kind::Route, &r.name),
         AnyResource::Certificate(r) => (Kind::Certificate, &r.name),
+        AnyResource::Discovery(r) => (Kind::Discovery, &r.name),
     }
 }
 
@@ -475,6 +503,8 @@ pub struct State {
     pub routes: BTreeMap<String, v1::Route>,
     /// Certificates by name.
     pub certificates: BTreeMap<String, v1::Certificate>,
+    /// Discoveries by name.
+    pub discoveries: BTreeMap<String, v1::Discovery>,
     /// Where errors about a resource are reported, when not `<kind>/<name>` (the request's
     /// own field, as `backend` or `backends[2]`).
     pub labels: HashMap<(Kind, String), String>,
@@ -561,6 +591,7 @@ impl State {
             AnyResource::Director(r) => put(self, key, r),
             AnyResource::Route(r) => put(self, key, r),
             AnyResource::Certificate(r) => put(self, key, r),
+            AnyResource::Discovery(r) => put(self, key, r),
         }
     }
 

@@ -624,6 +624,7 @@ pub fn metrics(rt: &Runtime) -> String {
             );
         }
     }
+    rt.write_extra_metrics(w);
     // The build and the standard process metrics, as every Prometheus client library exports.
     crate::build::write_metric(w);
     crate::process_metrics::write(w);

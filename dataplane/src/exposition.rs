@@ -18,6 +18,13 @@ pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// OpenMetrics 1.0's content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Metrics something outside the data plane adds to a node's `/metrics` page (`tether up`'s
+/// DNS discovery), in the Prometheus text format.
+pub trait MetricsSource: Send + Sync + std::fmt::Debug {
+    /// Appends its families to `w`.
+    fn write(&self, w: &mut String);
+}
+
 /// A label value, escaped (`\`, `"`, newline).
 pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

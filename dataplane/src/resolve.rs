@@ -77,6 +77,15 @@ impl Answer {
     }
 }
 
+/// An SRV answer: `(target, port)` pairs, sorted, and until when it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvAnswer {
+    /// Targets and ports.
+    pub targets: Vec<(String, u16)>,
+    /// When it expires.
+    pub valid_until: Instant,
+}
+
 /// The process's resolver.
 #[derive(Debug)]
 pub struct Dns {
@@ -134,13 +143,54 @@ impl Dns {
         self.config.min_ttl
     }
 
-    /// Resolves `name` (from the cache while its answer holds).
-    pub async fn lookup(&self, name: &str) -> Result<Answer, ResolveError> {
-        let resolver = self
-            .resolver
+    fn resolver(&self) -> Result<&TokioResolver, ResolveError> {
+        self.resolver
             .get_or_init(|| self.build())
             .as_ref()
-            .map_err(Clone::clone)?;
+            .map_err(Clone::clone)
+    }
+
+    /// Resolves `name`'s SRV records (from the cache while they hold): each target and port,
+    /// sorted, and until when the answer holds (clamped as [`Dns::lookup`]'s). The targets'
+    /// addresses are [`Dns::lookup`]'s to find.
+    pub async fn lookup_srv(&self, name: &str) -> Result<SrvAnswer, ResolveError> {
+        let found = self
+            .resolver()?
+            .srv_lookup(name)
+            .await
+            .map_err(|e| ResolveError::Lookup {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut targets: Vec<(String, u16)> = found
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::SRV(srv) => {
+                    Some((srv.target.to_ascii(), srv.port))
+                }
+                _ => None,
+            })
+            // RFC 2782: a target of "." means the service is not offered here.
+            .filter(|(t, _)| t != ".")
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return Err(ResolveError::Empty(name.to_owned()));
+        }
+        let now = Instant::now();
+        Ok(SrvAnswer {
+            targets,
+            valid_until: found
+                .valid_until()
+                .clamp(now + self.config.min_ttl, now + self.config.max_ttl),
+        })
+    }
+
+    /// Resolves `name` (from the cache while its answer holds).
+    pub async fn lookup(&self, name: &str) -> Result<Answer, ResolveError> {
+        let resolver = self.resolver()?;
         // Search domains and `ndots` apply as in /etc/resolv.conf (Kubernetes service
         // names rely on them).
         let found = resolver

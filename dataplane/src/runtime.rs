@@ -87,6 +87,8 @@ pub struct Runtime {
     pub fleet: Arc<FleetHealth>,
     /// When the store last answered this node (a watch event, a lease renewal, a write).
     contact: Mutex<Option<Instant>>,
+    /// Metrics of the control plane running in the same process (`tether up`).
+    extra_metrics: Mutex<Vec<Arc<dyn crate::exposition::MetricsSource>>>,
 }
 
 impl Runtime {
@@ -94,6 +96,26 @@ impl Runtime {
     /// backend names with the system's resolver configuration.
     pub fn new() -> Arc<Runtime> {
         Runtime::with_dns(DnsConfig::default())
+    }
+
+    /// Adds `source`'s metrics to this node's `/metrics` page.
+    pub fn add_metrics(&self, source: Arc<dyn crate::exposition::MetricsSource>) {
+        self.extra_metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Appends the added sources' metrics ([`Runtime::add_metrics`]) to `w`.
+    pub fn write_extra_metrics(&self, w: &mut String) {
+        let sources = self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for s in sources {
+            s.write(w);
+        }
     }
 
     /// An empty runtime, resolving backend names as `dns` says.
@@ -127,6 +149,7 @@ impl Runtime {
             counters: ProxyCounters::default(),
             traffic: Arc::default(),
             apply_delay: Histogram::default(),
+            extra_metrics: Mutex::default(),
             confirmed: Mutex::new(None),
             from_cache: AtomicBool::new(false),
             cache_stale_at: Mutex::new(None),

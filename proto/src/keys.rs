@@ -21,6 +21,8 @@ pub enum Kind {
     Route,
     /// `Certificate` resources.
     Certificate,
+    /// `Discovery` resources.
+    Discovery,
     /// Shared health reports, one per backend and owner node
     /// (`health/<backend>/<node>`, [`Layout::health_key`]).
     Health,
@@ -30,10 +32,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in key order of their directory names.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Backend,
         Kind::Certificate,
         Kind::Director,
+        Kind::Discovery,
         Kind::Health,
         Kind::Node,
         Kind::Probe,
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Director => "directors",
             Kind::Route => "routes",
             Kind::Certificate => "certificates",
+            Kind::Discovery => "discoveries",
             Kind::Health => "health",
             Kind::Node => "nodes",
         }
@@ -61,6 +65,7 @@ impl Kind {
             Kind::Director => "director",
             Kind::Route => "route",
             Kind::Certificate => "certificate",
+            Kind::Discovery => "discovery",
             Kind::Health => "health",
             Kind::Node => "node",
         }
@@ -137,6 +142,13 @@ impl Layout {
         format!("{}serial", self.root)
     }
 
+    /// The key a control-plane replica holds, bound to its lease, while it does the job
+    /// `role` names (`discovery`: resolving every Discovery): one holder at a time. Not under
+    /// any kind's directory.
+    pub fn election(&self, role: &str) -> String {
+        format!("{}election/{role}", self.root)
+    }
+
     /// The key of one owner's health report for one backend: `<root>health/<backend>/<node>`.
     /// One key per owner (not one per backend) so owners never contend for a key, and each
     /// report is bound to its owner's lease: a dead owner's report goes with its registration.
@@ -193,6 +205,14 @@ mod tests {
         assert_eq!(l.parse(&k), None, "not a resource key");
         assert_eq!(l.parse_health("/tether/v1/health/web-1"), None);
         assert_eq!(l.parse_health("/tether/v1/nodes/a/b"), None);
+    }
+
+    #[test]
+    fn election_keys_are_not_resources() {
+        let l = Layout::default();
+        let k = l.election("discovery");
+        assert_eq!(k, "/tether/v1/election/discovery");
+        assert_eq!(l.parse(&k), None);
     }
 
     #[test]

@@ -513,14 +513,24 @@ pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
     fn leased<R: Resource>(items: &[R]) -> usize {
         items.iter().filter(|r| r.lease() != 0).count()
     }
-    let leased = leased(&s.backends) + leased(&s.probes) + leased(&s.directors) + leased(&s.routes);
+    let leased = leased(&s.backends)
+        + leased(&s.probes)
+        + leased(&s.directors)
+        + leased(&s.routes)
+        + leased(&s.discoveries);
+    // Backends a Discovery keeps come back from its DNS name wherever the file is applied.
+    let discovered = s
+        .backends
+        .iter()
+        .filter(|b| !b.discovery.is_empty())
+        .count();
     fn docs<'a, R: Resource + 'a, D: From<&'a R>>(
         items: &'a [R],
         clear: impl Fn(&mut D),
     ) -> Vec<D> {
         items
             .iter()
-            .filter(|r| r.lease() == 0)
+            .filter(|r| r.lease() == 0 && !r.kept_by_discovery())
             .map(|r| {
                 let mut d = D::from(r);
                 clear(&mut d);
@@ -538,7 +548,16 @@ pub(crate) async fn export(conn: &Conn) -> anyhow::Result<()> {
         }),
         routes: docs(&s.routes, |d: &mut declarative::RouteDoc| d.revision = None),
         certificates: Vec::new(),
+        discoveries: docs(&s.discoveries, |d: &mut declarative::DiscoveryDoc| {
+            d.revision = None;
+            d.status = None;
+        }),
     };
+    if discovered > 0 {
+        eprintln!(
+            "tether export: {discovered} backend(s) kept by a discovery left out (its DNS name recreates them)"
+        );
+    }
     if !s.certificates.is_empty() {
         eprintln!(
             "tether export: {} certificate(s) left out (private keys are write-only; apply them from their PEM files)",

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tether_controlplane::declarative::{
-    BackendDoc, CertificateDoc, DirectorDoc, FileError, ProbeDoc, RouteDoc,
+    BackendDoc, CertificateDoc, DirectorDoc, DiscoveryDoc, FileError, ProbeDoc, RouteDoc,
 };
 use tether_controlplane::state::Resource;
 use tether_proto::v1;
@@ -466,6 +466,40 @@ impl CliResource for v1::Certificate {
     );
 }
 
+impl CliResource for v1::Discovery {
+    type Doc = DiscoveryDoc;
+    const COLUMNS: &'static [&'static str] = &[
+        "NAME", "DNS NAME", "PORT", "STATE", "BACKENDS", "MISSING", "MESSAGE", "LEASE", "REVISION",
+    ];
+    fn row(&self, leases: &Leases) -> Vec<String> {
+        let status = self.status.clone().unwrap_or_default();
+        vec![
+            self.name.clone(),
+            self.dns_name.clone(),
+            if self.srv {
+                "srv".into()
+            } else {
+                self.port.to_string()
+            },
+            tether_controlplane::declarative::status_name(status.state).into(),
+            status.addresses.len().to_string(),
+            status.missing_since_unix_ms.len().to_string(),
+            or(&status.message, "-"),
+            lease_cell(self.lease, leases),
+            self.revision.to_string(),
+        ]
+    }
+    rpcs!(
+        discovery,
+        discoveries,
+        create_discovery(CreateDiscoveryRequest),
+        get_discovery,
+        list_discoveries,
+        update_discovery(UpdateDiscoveryRequest),
+        delete_discovery
+    );
+}
+
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC` (days to a civil date: Howard Hinnant's
 /// algorithm; a dependency for one date was not worth it).
 fn utc_date(secs: i64) -> String {
@@ -576,6 +610,7 @@ pub(crate) fn event_document(e: &v1::WatchEvent) -> serde_json::Result<Option<se
         R::Director(d) => serde_json::to_value(DirectorDoc::from(d)),
         R::Route(r) => serde_json::to_value(RouteDoc::from(r)),
         R::Certificate(c) => serde_json::to_value(CertificateDoc::from(c)),
+        R::Discovery(d) => serde_json::to_value(DiscoveryDoc::from(d)),
     };
     v.map(Some)
 }

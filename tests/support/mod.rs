@@ -38,6 +38,17 @@ pub fn metric(metrics: &str, series: &str) -> i64 {
         .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
 }
 
+/// A GET with curl: its status and body (`0` and nothing when it could not connect).
+pub fn curl(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// Polls `f` every 25 ms until it holds, or panics after `limit` with `what`.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     let start = Instant::now();
@@ -489,8 +500,18 @@ impl ControlPlane {
 
     /// [`ControlPlane::start`] with extra environment variables.
     pub async fn start_env(dir: &Path, etcd: &str, env: &[(&str, &str)]) -> ControlPlane {
+        ControlPlane::start_with(dir, etcd, env, &[]).await
+    }
+
+    /// [`ControlPlane::start`] with extra environment variables and arguments.
+    pub async fn start_with(
+        dir: &Path,
+        etcd: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> ControlPlane {
         let d = dir.to_str().unwrap();
-        let args = [
+        let mut args = vec![
             "controlplane",
             "--etcd",
             etcd,
@@ -501,6 +522,7 @@ impl ControlPlane {
             "--endpoints-dir",
             d,
         ];
+        args.extend_from_slice(extra);
         let (child, v) = spawn_env(dir, &args, env).await;
         let api = v["api"].as_str().unwrap().to_owned();
         let admin = v["admin"].as_str().unwrap().to_owned();

@@ -134,12 +134,15 @@ impl<S: Store> Api<S> {
         mark: Serial,
         mut ops: Vec<Op>,
         serial_revision: i64,
+        fence: Option<&Compare>,
     ) -> Result<Option<i64>, ApiError> {
         let serial = self.layout.serial();
         let value = mark.encode();
         ops.push(Op::Put(serial.clone(), value.clone()));
+        let mut compares = vec![Compare::ModRevision(serial.clone(), serial_revision)];
+        compares.extend(fence.cloned());
         let txn = Txn {
-            compares: vec![Compare::ModRevision(serial.clone(), serial_revision)],
+            compares,
             ops,
             witness: Some((serial, value)),
         };
@@ -150,6 +153,16 @@ impl<S: Store> Api<S> {
         Ok(match outcome? {
             TxnOutcome::Committed { revision } => Some(revision),
             TxnOutcome::Failed { .. } => None,
+        })
+    }
+
+    /// Whether a write's fence (a compare) still holds.
+    pub(super) async fn fence_holds(&self, fence: &Compare) -> Result<bool, ApiError> {
+        let kv = self.store.get(fence.key()).await?;
+        Ok(match fence {
+            Compare::Exists(_) => kv.is_some(),
+            Compare::Missing(_) => kv.is_none(),
+            Compare::ModRevision(_, r) => kv.map_or(0, |kv| kv.mod_revision) == *r,
         })
     }
 
@@ -226,16 +239,17 @@ impl<S: Store> Api<S> {
                         .get(&k)
                         .and_then(|v| decode(v))
                         .ok_or_else(|| damaged(&id))?;
-                    let committed = match self.commit_part(m.at(k), ops.clone(), revision).await {
-                        // A lease the write bound resources to ended since: those resources
-                        // would be gone by now anyway (and only resources on that lease name
-                        // them), so the part goes without them rather than never.
-                        Err(ApiError::Store(StoreError::LeaseNotFound(_))) => {
-                            let ops = self.without_ended_leases(ops).await?;
-                            self.commit_part(m.at(k), ops, revision).await?
-                        }
-                        other => other?,
-                    };
+                    let committed =
+                        match self.commit_part(m.at(k), ops.clone(), revision, None).await {
+                            // A lease the write bound resources to ended since: those resources
+                            // would be gone by now anyway (and only resources on that lease name
+                            // them), so the part goes without them rather than never.
+                            Err(ApiError::Store(StoreError::LeaseNotFound(_))) => {
+                                let ops = self.without_ended_leases(ops).await?;
+                                self.commit_part(m.at(k), ops, revision, None).await?
+                            }
+                            other => other?,
+                        };
                     match committed {
                         Some(rev) => revision = rev,
                         // Another control plane is completing it.
@@ -304,7 +318,7 @@ impl<S: Store> Api<S> {
             parts = m.parts,
             "a split write was left unfinished without its intent record; closing it as it stands"
         );
-        self.commit_part(m.at(m.parts), Vec::new(), kv.mod_revision)
+        self.commit_part(m.at(m.parts), Vec::new(), kv.mod_revision, None)
             .await
             .map(|_| ())
     }

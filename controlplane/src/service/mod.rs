@@ -95,6 +95,16 @@ impl<S: Store> Api<S> {
         }
     }
 
+    /// The store it writes through.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Its key layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// Ends every open Watch and KeepAlive stream, now and from now on (the server is
     /// stopping).
     pub fn close_streams(&self) {
@@ -677,6 +687,10 @@ tether_rpcs! {
         create_certificate(CreateCertificateRequest), get_certificate,
         list_certificates(ListCertificatesResponse),
         update_certificate(UpdateCertificateRequest), delete_certificate;
+    Discovery, discovery, discoveries:
+        create_discovery(CreateDiscoveryRequest), get_discovery,
+        list_discoveries(ListDiscoveriesResponse),
+        update_discovery(UpdateDiscoveryRequest), delete_discovery;
 }
 
 #[cfg(test)]

@@ -18,15 +18,15 @@ use crate::error::ApiError;
 use crate::pattern::Pattern;
 use crate::serial::Serial;
 use crate::state::{Resource, State};
-use crate::store::Store;
+use crate::store::{Compare, Store};
 
 /// Writes retried when another writer committed first.
 const WRITE_ATTEMPTS: usize = 8;
 
 /// What a write did.
 #[derive(Debug)]
-struct Written<T> {
-    value: T,
+pub(crate) struct Written<T> {
+    pub(crate) value: T,
     revision: i64,
     old: State,
     /// The written configuration as validated, with its directors.
@@ -53,6 +53,19 @@ impl<S: Store> Api<S> {
         dry_run: bool,
         change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
     ) -> Result<Written<T>, ApiError> {
+        self.write_fenced(dry_run, None, change).await
+    }
+
+    /// [`Api::write`], committing only while `fence` holds (the discovery resolver's election
+    /// key at the revision it won it: a replica that lost the election without noticing yet
+    /// cannot overwrite its successor's answer). Fails with [`ApiError::Fenced`] once it does
+    /// not.
+    pub(crate) async fn write_fenced<T>(
+        &self,
+        dry_run: bool,
+        fence: Option<&Compare>,
+        change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
+    ) -> Result<Written<T>, ApiError> {
         'attempt: for attempt in 0..WRITE_ATTEMPTS {
             // A split write a crash interrupted is completed before anything else is written.
             self.recover().await?;
@@ -66,6 +79,7 @@ impl<S: Store> Api<S> {
             new.labels.clear();
             let value = change(&old, &mut new)?;
             leases::check_references(&new)?;
+            crate::discovery::check(&old, &new)?;
             new.assign_selector_slots();
             // Validation grows with the configuration: off the async workers.
             let api = self.clone();
@@ -110,7 +124,7 @@ impl<S: Store> Api<S> {
                     ops.push(self.intent_live(&mark));
                 }
                 match self
-                    .commit_part(mark.at(part), ops, serial_revision)
+                    .commit_part(mark.at(part), ops, serial_revision, fence)
                     .await?
                 {
                     Some(r) => {
@@ -118,6 +132,14 @@ impl<S: Store> Api<S> {
                         revision = r;
                     }
                     None => {
+                        if let Some(f) = fence
+                            && !self.fence_holds(f).await?
+                        {
+                            if part == 1 && n > 1 {
+                                self.drop_intent_of(&mark, false).await;
+                            }
+                            return Err(ApiError::Fenced(f.key().to_owned()));
+                        }
                         if part == 1 && n > 1 {
                             // Nothing of it was written: its staged parts go.
                             self.drop_intent_of(&mark, false).await;
@@ -324,6 +346,7 @@ impl<S: Store> Api<S> {
                     how,
                     &mut changes,
                 )?;
+                stage(old, new, &req.discoveries, "discoveries", how, &mut changes)?;
                 Ok(changes)
             })
             .await?;
@@ -438,8 +461,8 @@ fn check_revision<R: Resource>(stored: &R, expected: i64) -> Result<(), ApiError
 }
 
 /// Stages one kind of an Apply: each given resource is created, updated or unchanged (bound
-/// to `lease` unless it names its own); with `prune`, stored ones not given (and bound to no
-/// lease) are deleted.
+/// to `lease` unless it names its own); with `prune`, stored ones not given (bound to no
+/// lease and kept by no Discovery) are deleted.
 fn stage<R: Resource>(
     old: &State,
     new: &mut State,
@@ -480,11 +503,12 @@ fn stage<R: Resource>(
         new.insert(r, format!("{plural}[{i}]"));
     }
     if prune {
-        // A leased resource belongs to its lease's holder (a registered backend), not to the
-        // set being applied: prune leaves it for the lease to end.
+        // A leased resource belongs to its lease's holder (a registered backend), and a
+        // backend a Discovery keeps to its Discovery, not to the set being applied: prune
+        // leaves them for the lease to end or the Discovery to remove.
         for (name, _) in R::map(old)
             .iter()
-            .filter(|(n, r)| !seen.contains(*n) && r.lease() == 0)
+            .filter(|(n, r)| !seen.contains(*n) && r.lease() == 0 && !r.kept_by_discovery())
         {
             R::map_mut(new).remove(name);
             changes.push(v1::Change {

@@ -43,6 +43,15 @@ pub enum Compare {
     ModRevision(String, i64),
 }
 
+impl Compare {
+    /// The key it checks.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::Exists(k) | Compare::Missing(k) | Compare::ModRevision(k, _) => k,
+        }
+    }
+}
+
 /// A write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

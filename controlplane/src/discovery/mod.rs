@@ -1,0 +1,357 @@
+//! DNS discovery: Discovery resources resolved by one control-plane replica at a time and
+//! kept as ordinary labelled backends, so every node routes by the same members whatever its
+//! own resolver would say.
+//!
+//! Modules: [`spec`] checks a Discovery and names the backends it keeps; [`reconcile`] applies
+//! one resolution to the configuration (create, update, mark missing, delete after the grace);
+//! [`metrics`] is what the resolving replica shows on `/metrics`. This module runs it:
+//!
+//! election (a key under `<prefix>/v1/election/discovery` created bound to this replica's
+//! lease; the others wait for it to go) → while held: every 500 ms list the Discovery
+//! resources → resolve those due (their records' TTL clamped to `[min_refresh, refresh]`, or
+//! sooner when a missing backend's grace ends) → [`reconcile`] inside a write fenced by the
+//! election key's revision (a replica that lost the election without noticing cannot write).
+//! A replica that loses its lease stops resolving at once; the next takes over within the
+//! lease TTL and, resolving the same answer, changes nothing.
+
+pub mod metrics;
+pub mod reconcile;
+pub mod spec;
+
+pub use spec::check;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tether_dataplane::resolve::{Dns, DnsConfig};
+use tether_proto::keys::Kind;
+use tether_proto::v1;
+
+use crate::service::Api;
+use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
+use metrics::DiscoveryMetrics;
+use reconcile::Outcome;
+
+/// How often the resolving replica lists the Discovery resources (a new one is resolved
+/// within this).
+const TICK: Duration = Duration::from_millis(500);
+/// How often a waiting replica looks whether the election key is gone.
+const POLL: Duration = Duration::from_millis(250);
+/// The longest one resolution may take (a dead name server): then it counts as failed.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a replica takes part in discovery.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The name servers and TTL clamp of its resolver.
+    pub dns: DnsConfig,
+    /// The TTL of its election lease: how long a dead resolver holds the job (whole seconds,
+    /// 2 s at least).
+    pub election_ttl: Duration,
+    /// How this replica names itself in the election key and the status.
+    pub replica: String,
+}
+
+impl Options {
+    /// The default election TTL.
+    pub const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(10);
+
+    /// Options for `replica` with the system resolver.
+    pub fn new(replica: impl Into<String>) -> Options {
+        Options {
+            dns: DnsConfig {
+                servers: Vec::new(),
+                min_ttl: spec::MIN_REFRESH,
+                max_ttl: spec::MAX_REFRESH,
+            },
+            election_ttl: Options::DEFAULT_ELECTION_TTL,
+            replica: replica.into(),
+        }
+    }
+}
+
+/// Runs discovery for `api`'s store until `shutdown`: takes part in the election and, while
+/// holding it, resolves. On shutdown the election lease is revoked, so another replica takes
+/// over at once.
+pub async fn run<S: Store>(
+    api: Api<S>,
+    opts: Options,
+    metrics: Arc<DiscoveryMetrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let dns = Arc::new(Dns::new(opts.dns.clone()));
+    let ttl = opts.election_ttl.max(Duration::from_secs(2));
+    let key = api.layout().election("discovery");
+    loop {
+        let won = tokio::select! {
+            () = &mut shutdown => return,
+            r = campaign(api.store(), &key, &opts.replica, ttl) => r,
+        };
+        let (lease, fence) = match won {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(POLL) => continue,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery election: the store failed; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(ttl / 3) => continue,
+                }
+            }
+        };
+        tracing::info!(replica = %opts.replica, "resolving discoveries (holding the election)");
+        metrics.set_leader(true);
+        let worker = tokio::spawn(resolve_loop(
+            api.clone(),
+            Arc::clone(&dns),
+            fence,
+            opts.replica.clone(),
+            Arc::clone(&metrics),
+        ));
+        let stop = hold(api.store(), lease, ttl, &mut shutdown).await;
+        worker.abort();
+        metrics.set_leader(false);
+        metrics.clear();
+        if stop {
+            if let Err(e) = api.store().lease_revoke(lease).await {
+                tracing::warn!(error = %e, "could not give up the discovery election");
+            }
+            return;
+        }
+        tracing::warn!("lost the discovery election lease; stopped resolving");
+    }
+}
+
+/// One attempt to win: the election key created bound to a fresh lease, if it is free. The
+/// lease and the fence (the key at the revision this replica created it) on success.
+async fn campaign<S: Store>(
+    store: &S,
+    key: &str,
+    replica: &str,
+    ttl: Duration,
+) -> Result<Option<(i64, Compare)>, StoreError> {
+    // Asked first: granting a lease is a store write, not to be done four times a second.
+    if store.get(key).await?.is_some() {
+        return Ok(None);
+    }
+    let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let lease = store.lease_grant(secs).await?;
+    let txn = Txn {
+        compares: vec![Compare::Missing(key.to_owned())],
+        ops: vec![Op::PutLeased(
+            key.to_owned(),
+            replica.as_bytes().to_vec(),
+            lease,
+        )],
+        witness: None,
+    };
+    match store.txn(txn).await {
+        Ok(TxnOutcome::Committed { revision }) => Ok(Some((
+            lease,
+            Compare::ModRevision(key.to_owned(), revision),
+        ))),
+        other => {
+            let _ = store.lease_revoke(lease).await;
+            other.map(|_| None)
+        }
+    }
+}
+
+/// Keeps the election lease alive until it is lost (false) or `shutdown` (true). A renewal
+/// that fails for longer than the TTL counts as lost: the store may have let it expire.
+async fn hold<S: Store>(
+    store: &S,
+    lease: i64,
+    ttl: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.as_mut() => return true,
+            () = tokio::time::sleep(ttl / 3) => {}
+        }
+        match store.lease_keep_alive(lease).await {
+            Ok(t) if t > 0 => renewed = Instant::now(),
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the discovery election lease failed");
+                if renewed.elapsed() >= ttl {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// When each Discovery is next resolved, and the spec it was resolved with (a changed spec
+/// is resolved at once).
+#[derive(Debug)]
+struct Due {
+    at: Instant,
+    spec: spec::Spec,
+}
+
+/// The resolving replica's work, until aborted.
+async fn resolve_loop<S: Store>(
+    api: Api<S>,
+    dns: Arc<Dns>,
+    fence: Compare,
+    replica: String,
+    metrics: Arc<DiscoveryMetrics>,
+) {
+    let mut due: HashMap<String, Due> = HashMap::new();
+    // Orphans are looked for when holding the job begins and whenever a Discovery goes.
+    let mut look_for_orphans = true;
+    let dir = api.layout().dir(Kind::Discovery);
+    loop {
+        let listing = match api.store().list(&dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing discoveries failed");
+                tokio::time::sleep(TICK).await;
+                continue;
+            }
+        };
+        let mut specs = HashMap::new();
+        for kv in &listing.kvs {
+            let Some((_, name)) = api.layout().parse(&kv.key) else {
+                continue;
+            };
+            let Ok(d) = crate::state::decode::<v1::Discovery>(name, &kv.value, kv.mod_revision)
+            else {
+                continue;
+            };
+            if let Ok(s) = spec::spec(&d, &format!("discoveries/{name}")) {
+                specs.insert(name.to_owned(), s);
+            }
+        }
+        let before = due.len();
+        due.retain(|n, _| specs.contains_key(n));
+        metrics.retain(|n| specs.contains_key(n));
+        look_for_orphans |= due.len() < before;
+        if look_for_orphans {
+            match api
+                .write_fenced(false, Some(&fence), |old, new| {
+                    Ok(reconcile::remove_orphans(old, new))
+                })
+                .await
+            {
+                Ok(_) => look_for_orphans = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing backends of deleted discoveries failed")
+                }
+            }
+        }
+        let now = Instant::now();
+        let work: Vec<spec::Spec> = specs
+            .into_values()
+            .filter(|s| due.get(&s.name).is_none_or(|d| d.at <= now || d.spec != *s))
+            .collect();
+        // Concurrently: one dead name server must not hold up the others' refreshes.
+        let mut resolving = tokio::task::JoinSet::new();
+        for s in work {
+            let dns = Arc::clone(&dns);
+            resolving.spawn(async move {
+                let o = resolve(&dns, &s).await;
+                (s, o)
+            });
+        }
+        let mut resolved = Vec::new();
+        while let Some(r) = resolving.join_next().await {
+            if let Ok(r) = r {
+                resolved.push(r);
+            }
+        }
+        for (s, (outcome, valid_for)) in resolved {
+            metrics.resolved(&s.name, &outcome);
+            let now_ms = unix_ms();
+            let name = s.name.clone();
+            let written = api
+                .write_fenced(false, Some(&fence), |old, new| {
+                    Ok(reconcile::reconcile(
+                        old, new, &name, &outcome, now_ms, &replica,
+                    ))
+                })
+                .await;
+            let mut next = s.next_refresh(valid_for);
+            match written {
+                Ok(w) => {
+                    metrics.kept(&name, w.value.backends);
+                    if let Some(e) = w.value.next_expiry_ms {
+                        let until = Duration::from_millis(u64::try_from(e - now_ms).unwrap_or(0));
+                        next = next.min(until);
+                    }
+                }
+                Err(crate::error::ApiError::Fenced(_)) => return,
+                Err(e) => {
+                    tracing::warn!(discovery = %name, error = %e, "writing what discovery found failed");
+                    next = s.min_refresh;
+                }
+            }
+            if let Outcome::Failed(why) = &outcome {
+                tracing::warn!(discovery = %name, error = %why, "resolving failed; the last answer's backends are kept");
+            }
+            due.insert(
+                name,
+                Due {
+                    at: Instant::now() + next,
+                    spec: s,
+                },
+            );
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Resolves one Discovery: the outcome and how long it holds.
+async fn resolve(dns: &Dns, s: &spec::Spec) -> (Outcome, Duration) {
+    let work = async {
+        let now = Instant::now();
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut until;
+        if s.srv {
+            let srv = dns.lookup_srv(&s.dns_name).await?;
+            until = srv.valid_until;
+            for (target, port) in &srv.targets {
+                let a = dns.lookup(target).await?;
+                until = until.min(a.valid_until);
+                addrs.extend(a.addresses.iter().map(|ip| SocketAddr::new(*ip, *port)));
+            }
+        } else {
+            let a = dns.lookup(&s.dns_name).await?;
+            until = a.valid_until;
+            addrs.extend(a.addresses.iter().map(|ip| SocketAddr::new(*ip, s.port)));
+        }
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok::<_, tether_dataplane::resolve::ResolveError>((
+            addrs,
+            until.saturating_duration_since(now),
+        ))
+    };
+    match tokio::time::timeout(RESOLVE_TIMEOUT, work).await {
+        Ok(Ok((addrs, valid_for))) => (Outcome::Answer(addrs), valid_for),
+        Ok(Err(e)) => (Outcome::Failed(e.to_string()), Duration::ZERO),
+        Err(_) => (
+            Outcome::Failed(format!(
+                "resolving {}: no answer within {RESOLVE_TIMEOUT:?}",
+                s.dns_name
+            )),
+            Duration::ZERO,
+        ),
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,6 +1,7 @@
 # Sourced by bench/cluster.sh and bench/recovery.sh: starts one etcd member (tmpfs), one control
 # plane and three data planes (release build, loopback) and stops them on exit.
 # After `start_cluster`: $API, $ETCD, admins=(admin URLs), dp_pids=(data plane pids).
+# $CP_EXTRA: further arguments of the control plane.
 command -v etcd >/dev/null || { echo "$0: etcd missing (run scripts/test once)" >&2; exit 2; }
 work=$(mktemp -d)
 shm=/dev/shm/tether-bench-$$
@@ -28,7 +29,7 @@ etcd_healthy() { curl -sf "http://$ETCD/health" 2>/dev/null | grep -q true; }
 start_cluster() {
   start_etcd
   for _ in $(seq 100); do etcd_healthy && break; sleep 0.1; done
-  RUST_LOG=warn target/release/tether controlplane --etcd "$ETCD" --api "$API" & pids+=($!)
+  RUST_LOG=warn target/release/tether controlplane --etcd "$ETCD" --api "$API" ${CP_EXTRA:-} & pids+=($!)
   admins=()
   dp_pids=()
   for i in 1 2 3; do

@@ -22,45 +22,8 @@ use tokio_stream::StreamExt;
 
 #[path = "shared.rs"]
 mod shared;
-use shared::{Http, percentile};
+use shared::{Http, names, summary, until};
 type Api = TetherClient<tonic::transport::Channel>;
-
-/// The backend names a node routes to.
-async fn names(http: &Http, admin: &str) -> Vec<String> {
-    shared::state(http, &format!("{admin}/state")).await["backends"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until every node has (`present`) or lacks `name`.
-async fn until(http: &Http, admins: &[String], name: &str, present: bool) {
-    let start = Instant::now();
-    for a in admins {
-        while names(http, a).await.iter().any(|n| n == name) != present {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{a}: {name} present={present} never held"
-            );
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-    }
-}
-
-fn summary(what: &str, mut times: Vec<Duration>) {
-    times.sort();
-    println!(
-        "{what}: p50 {:.1?}  p99 {:.1?}  max {:.1?}  (n={})",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1],
-        times.len()
-    );
-}
 
 async fn grant(c: &mut Api, secs: i64) -> Result<i64, tonic::Status> {
     Ok(c.grant_lease(v1::GrantLeaseRequest {

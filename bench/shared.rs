@@ -1,7 +1,10 @@
-//! What the cluster and leases benchmark programs share: a data plane's `/state`
-//! as JSON, and percentiles. Included with `#[path]`: examples share no library.
+//! What the cluster, leases and discovery benchmark programs share: a data plane's `/state`
+//! as JSON, waiting for a backend to appear on (or leave) every node, and percentiles.
+//! Included with `#[path]`: examples share no library.
 
-use std::time::Duration;
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -27,4 +30,41 @@ pub(crate) async fn state(http: &Http, url: &str) -> serde_json::Value {
 /// The `p` quantile (0 to 1) of sorted durations, nearest rank.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The backend names a node routes to.
+pub(crate) async fn names(http: &Http, admin: &str) -> Vec<String> {
+    state(http, &format!("{admin}/state")).await["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every node has (`present`) or lacks `name`.
+pub(crate) async fn until(http: &Http, admins: &[String], name: &str, present: bool) {
+    let start = Instant::now();
+    for a in admins {
+        while names(http, a).await.iter().any(|n| n == name) != present {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{a}: {name} present={present} never held"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+}
+
+pub(crate) fn summary(what: &str, mut times: Vec<Duration>) {
+    times.sort();
+    println!(
+        "{what}: p50 {:.1?}  p99 {:.1?}  max {:.1?}  (n={})",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1],
+        times.len()
+    );
 }

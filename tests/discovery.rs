@@ -130,8 +130,40 @@ async fn an_answer_of_four_records_makes_four_backends_and_a_dropped_one_goes_af
         "{err}"
     );
 
-    // 3 → 4 records: a fourth backend, and only the keys it takes move.
+    // An Apply with prune leaves the discovered backends alone (they are the discovery's).
+    let f = dir.path().join("config.yaml");
+    std::fs::write(&f, config(port, "3s")).unwrap();
+    t.ok(&["apply", "--prune", "-f", f.to_str().unwrap()]);
+    assert_eq!(discovered(&t).await.len(), 3);
+
+    // 3 → 4 records: a fourth backend (an ordinary Watch event), and only the keys it
+    // takes move.
+    let mut watch = support::open_watch(&t.api).await;
     dns.set(&[ip(1), ip(2), ip(3), ip(4)]);
+    // The new backend and the discovery's status, in one revision.
+    let events = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if !msg.events.is_empty() {
+            break msg.events;
+        }
+    };
+    let seen: Vec<(String, String, i32)> = events
+        .iter()
+        .map(|e| (e.kind.clone(), e.name.clone(), e.action))
+        .collect();
+    use tether_proto::v1::Action;
+    assert!(
+        seen.contains(&(
+            "backend".into(),
+            format!("web-127-0-0-4-{port}"),
+            Action::Create as i32
+        )) && seen.contains(&("discovery".into(), "web".into(), Action::Update as i32)),
+        "{seen:?}"
+    );
     wait_discovered(&[&t], 4, Duration::from_secs(10)).await;
     let after = t.map(&ks).await;
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
@@ -322,4 +354,21 @@ async fn a_killed_resolver_is_replaced_within_the_lease_ttl_without_changing_the
     for n in &nodes[1..] {
         assert_eq!(n.map(&ks).await, first, "nodes disagree");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_give_each_target_its_port() {
+    let (_backends, port) = backends().await;
+    let dns = DnsServer::start(NAME, &[ip(1), ip(2)], 1).await;
+    dns.set_srv("_http._tcp.tether.test", &[(port, NAME)]);
+    let server = dns.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &["--dns-server", &server]).await;
+    t.apply("discoveries:\n  - name: web\n    dns_name: _http._tcp.tether.test\n    srv: true\n    labels: { app: web }\n    min_refresh: 1s\n    refresh: 1s\n");
+    wait_discovered(&[&t], 2, Duration::from_secs(10)).await;
+    let found = discovered(&t).await;
+    assert_eq!(
+        found.values().cloned().collect::<Vec<_>>(),
+        vec![format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")]
+    );
 }

@@ -1,6 +1,7 @@
 //! A real DNS server on a loopback UDP port for the tests: answers `A` queries for one name
 //! with the addresses it is told (TTL `ttl`), an empty NOERROR answer for that name's other
-//! types, NXDOMAIN for everything else, and counts the `A` queries. Written by hand (RFC 1035
+//! types, `SRV` queries for one further name when told ([`DnsServer::set_srv`]), NXDOMAIN
+//! for everything else, and counts the `A` queries. Written by hand (RFC 1035
 //! §4) because the tests need only this much of the protocol.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -9,9 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 
+/// An SRV name (wire form) and its records: (port, target).
+type Srv = Option<(Vec<u8>, Vec<(u16, String)>)>;
+
 pub struct DnsServer {
     pub addr: SocketAddr,
     answer: Arc<Mutex<Vec<Ipv4Addr>>>,
+    srv: Arc<Mutex<Srv>>,
     queries: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,19 +34,30 @@ fn encode(name: &str) -> Vec<u8> {
 
 impl DnsServer {
     pub async fn start(name: &str, addresses: &[Ipv4Addr], ttl: u32) -> DnsServer {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        DnsServer::start_at("127.0.0.1:0".parse().unwrap(), name, addresses, ttl).await
+    }
+
+    /// [`DnsServer::start`] on `addr`.
+    pub async fn start_at(
+        addr: SocketAddr,
+        name: &str,
+        addresses: &[Ipv4Addr],
+        ttl: u32,
+    ) -> DnsServer {
+        let sock = UdpSocket::bind(addr).await.unwrap();
         let addr = sock.local_addr().unwrap();
         let answer = Arc::new(Mutex::new(addresses.to_vec()));
+        let srv: Arc<Mutex<Srv>> = Arc::default();
         let queries = Arc::new(AtomicUsize::new(0));
         let wanted = encode(name);
-        let (a, q) = (Arc::clone(&answer), Arc::clone(&queries));
+        let (a, q, s) = (Arc::clone(&answer), Arc::clone(&queries), Arc::clone(&srv));
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             loop {
                 let Ok((n, from)) = sock.recv_from(&mut buf).await else {
                     return;
                 };
-                if let Some(reply) = reply(&buf[..n], &wanted, &a, &q, ttl) {
+                if let Some(reply) = reply(&buf[..n], &wanted, &a, &s, &q, ttl) {
                     let _ = sock.send_to(&reply, from).await;
                 }
             }
@@ -49,9 +65,18 @@ impl DnsServer {
         DnsServer {
             addr,
             answer,
+            srv,
             queries,
             task,
         }
+    }
+
+    /// From now on `name` has these SRV records (port, target).
+    pub fn set_srv(&self, name: &str, records: &[(u16, &str)]) {
+        *self.srv.lock().unwrap() = Some((
+            encode(name),
+            records.iter().map(|(p, t)| (*p, (*t).to_owned())).collect(),
+        ));
     }
 
     /// From now on the name resolves to `addresses`.
@@ -80,6 +105,7 @@ fn reply(
     q: &[u8],
     wanted: &[u8],
     answer: &Mutex<Vec<Ipv4Addr>>,
+    srv: &Mutex<Srv>,
     queries: &AtomicUsize,
     ttl: u32,
 ) -> Option<Vec<u8>> {
@@ -94,12 +120,33 @@ fn reply(
     let name_end = i + 1;
     let question = q.get(12..name_end + 4)?;
     let qtype = u16::from_be_bytes([q[name_end], q[name_end + 1]]);
-    let ours = q[12..name_end].eq_ignore_ascii_case(wanted);
-    let ips = if ours && qtype == 1 {
-        queries.fetch_add(1, Ordering::SeqCst);
-        answer.lock().unwrap().clone()
-    } else {
-        Vec::new()
+    let qname = &q[12..name_end];
+    // SRV: priority 0, weight 0, the port, the target (uncompressed).
+    let records: Option<Vec<(u16, Vec<u8>)>> = srv.lock().unwrap().as_ref().and_then(|(n, r)| {
+        (qtype == 33 && qname.eq_ignore_ascii_case(n)).then(|| {
+            r.iter()
+                .map(|(port, target)| {
+                    let mut d = vec![0, 0, 0, 0];
+                    d.extend_from_slice(&port.to_be_bytes());
+                    d.extend(encode(target));
+                    (33, d)
+                })
+                .collect()
+        })
+    });
+    let ours = records.is_some() || qname.eq_ignore_ascii_case(wanted);
+    let rdatas: Vec<(u16, Vec<u8>)> = match records {
+        Some(r) => r,
+        None if ours && qtype == 1 => {
+            queries.fetch_add(1, Ordering::SeqCst);
+            answer
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|ip| (1, ip.octets().to_vec()))
+                .collect()
+        }
+        None => Vec::new(),
     };
     let mut r = Vec::with_capacity(512);
     r.extend_from_slice(&q[0..2]); // id
@@ -107,15 +154,16 @@ fn reply(
     r.push(0x84 | (q[2] & 0x01));
     r.push(if ours { 0x80 } else { 0x83 });
     r.extend_from_slice(&[0, 1]);
-    r.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    r.extend_from_slice(&(rdatas.len() as u16).to_be_bytes());
     r.extend_from_slice(&[0, 0, 0, 0]);
     r.extend_from_slice(question);
-    for ip in ips {
+    for (rtype, data) in rdatas {
         r.extend_from_slice(&[0xc0, 12]); // the name, by pointer to the question
-        r.extend_from_slice(&[0, 1, 0, 1]); // A, IN
+        r.extend_from_slice(&rtype.to_be_bytes());
+        r.extend_from_slice(&[0, 1]); // IN
         r.extend_from_slice(&ttl.to_be_bytes());
-        r.extend_from_slice(&[0, 4]);
-        r.extend_from_slice(&ip.octets());
+        r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        r.extend_from_slice(&data);
     }
     Some(r)
 }

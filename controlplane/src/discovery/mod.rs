@@ -239,8 +239,8 @@ async fn resolve_loop<S: Store>(
         look_for_orphans |= due.len() < before;
         if look_for_orphans {
             match api
-                .write_fenced(false, Some(&fence), |old, new| {
-                    Ok(reconcile::remove_orphans(old, new))
+                .write_fenced(false, Some(&fence), |_, new| {
+                    Ok(reconcile::remove_orphans(new))
                 })
                 .await
             {
@@ -320,7 +320,8 @@ async fn resolve(dns: &Dns, s: &spec::Spec) -> (Outcome, Duration) {
         if s.srv {
             let srv = dns.lookup_srv(&s.dns_name).await?;
             until = srv.valid_until;
-            for (target, port) in &srv.targets {
+            // Each target is a lookup of its own: no more than the backends it may keep.
+            for (target, port) in srv.targets.iter().take(s.max_backends) {
                 let a = dns.lookup(target).await?;
                 until = until.min(a.valid_until);
                 addrs.extend(a.addresses.iter().map(|ip| SocketAddr::new(*ip, *port)));

@@ -185,17 +185,20 @@ fn answer(
     (out, notes.join("; "))
 }
 
-/// Deletes from `new` every backend kept by a Discovery `old` does not hold (deleted, or its
-/// lease ended); whether there were any.
-pub fn remove_orphans(old: &State, new: &mut State) -> bool {
-    let orphans: Vec<String> = old
+/// Deletes from `state` every backend kept by a Discovery it does not hold (deleted in the
+/// same write, or gone with its lease); whether there were any. The write engine runs it on
+/// every write, so a Discovery's delete takes its backends in the same revision; the resolver
+/// runs a write for it when it begins and when a Discovery goes (a lease's end is not a
+/// write).
+pub fn remove_orphans(state: &mut State) -> bool {
+    let orphans: Vec<String> = state
         .backends
         .iter()
-        .filter(|(_, b)| !b.discovery.is_empty() && !old.discoveries.contains_key(&b.discovery))
+        .filter(|(_, b)| !b.discovery.is_empty() && !state.discoveries.contains_key(&b.discovery))
         .map(|(n, _)| n.clone())
         .collect();
     for n in &orphans {
-        new.backends.remove(n);
+        state.backends.remove(n);
     }
     !orphans.is_empty()
 }
@@ -363,10 +366,8 @@ mod tests {
         );
         let mut gone = s;
         gone.discoveries.clear();
-        let mut new = gone.clone();
-        assert!(remove_orphans(&gone, &mut new));
-        assert!(new.backends.is_empty());
-        let mut again = new.clone();
-        assert!(!remove_orphans(&new, &mut again));
+        assert!(remove_orphans(&mut gone));
+        assert!(gone.backends.is_empty());
+        assert!(!remove_orphans(&mut gone));
     }
 }

@@ -78,6 +78,8 @@ impl<S: Store> Api<S> {
             let mut new = old.clone();
             new.labels.clear();
             let value = change(&old, &mut new)?;
+            // A Discovery deleted by this write takes its backends with it.
+            crate::discovery::reconcile::remove_orphans(&mut new);
             leases::check_references(&new)?;
             crate::discovery::check(&old, &new)?;
             new.assign_selector_slots();

@@ -7,7 +7,7 @@
 //! [`metrics`] is what the resolving replica shows on `/metrics`. This module runs it:
 //!
 //! election (a key under `<prefix>/v1/election/discovery` created bound to this replica's
-//! lease; the others wait for it to go) → while held: every 500 ms list the Discovery
+//! lease; the others watch it and try again when it goes) → while held: every 500 ms list the Discovery
 //! resources → resolve those due (their records' TTL clamped to `[min_refresh, refresh]`, or
 //! sooner when a missing backend's grace ends) → [`reconcile`] inside a write fenced by the
 //! election key's revision (a replica that lost the election without noticing cannot write).
@@ -37,7 +37,7 @@ use reconcile::Outcome;
 /// How often the resolving replica lists the Discovery resources (a new one is resolved
 /// within this).
 const TICK: Duration = Duration::from_millis(500);
-/// How often a waiting replica looks whether the election key is gone.
+/// The pause before a waiting replica looks at the election key again when it cannot watch it.
 const POLL: Duration = Duration::from_millis(250);
 /// The longest one resolution may take (a dead name server): then it counts as failed.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,11 +91,14 @@ pub async fn run<S: Store>(
             r = campaign(api.store(), &key, &opts.replica, ttl) => r,
         };
         let (lease, fence) = match won {
-            Ok(Some(w)) => w,
-            Ok(None) => {
+            Ok(Campaign::Won(lease, fence)) => (lease, fence),
+            Ok(Campaign::Held(revision)) => {
+                // Watched, not polled: a dead holder's key is taken the moment its lease
+                // ends. Looked at again after a TTL whatever the watch says.
                 tokio::select! {
                     () = &mut shutdown => return,
-                    () = tokio::time::sleep(POLL) => continue,
+                    () = tokio::time::sleep(ttl) => continue,
+                    () = deleted(api.store(), &key, revision) => continue,
                 }
             }
             Err(e) => {
@@ -129,17 +132,26 @@ pub async fn run<S: Store>(
     }
 }
 
-/// One attempt to win: the election key created bound to a fresh lease, if it is free. The
-/// lease and the fence (the key at the revision this replica created it) on success.
+/// What one attempt to win found.
+#[derive(Debug)]
+enum Campaign {
+    /// This replica holds the election: its lease, and the fence (the key at the revision
+    /// this replica created it).
+    Won(i64, Compare),
+    /// Another holds it; the key's revision.
+    Held(i64),
+}
+
+/// One attempt to win: the election key created bound to a fresh lease, if it is free.
 async fn campaign<S: Store>(
     store: &S,
     key: &str,
     replica: &str,
     ttl: Duration,
-) -> Result<Option<(i64, Compare)>, StoreError> {
-    // Asked first: granting a lease is a store write, not to be done four times a second.
-    if store.get(key).await?.is_some() {
-        return Ok(None);
+) -> Result<Campaign, StoreError> {
+    // Asked first: granting a lease is a store write, not to be done for a held key.
+    if let Some(kv) = store.get(key).await? {
+        return Ok(Campaign::Held(kv.mod_revision));
     }
     let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let lease = store.lease_grant(secs).await?;
@@ -153,15 +165,37 @@ async fn campaign<S: Store>(
         witness: None,
     };
     match store.txn(txn).await {
-        Ok(TxnOutcome::Committed { revision }) => Ok(Some((
+        Ok(TxnOutcome::Committed { revision }) => Ok(Campaign::Won(
             lease,
             Compare::ModRevision(key.to_owned(), revision),
-        ))),
+        )),
         other => {
             let _ = store.lease_revoke(lease).await;
-            other.map(|_| None)
+            // Another replica won between the look and the write: wait for its key.
+            other.map(|_| Campaign::Held(0))
         }
     }
+}
+
+/// Resolves once `key` (at `revision`) is deleted — or soon when the store cannot watch it,
+/// for the caller to look again.
+async fn deleted<S: Store>(store: &S, key: &str, revision: i64) {
+    let from = if revision > 0 { revision + 1 } else { 0 };
+    let Ok(mut rx) = store.watch(key, from).await else {
+        tokio::time::sleep(POLL).await;
+        return;
+    };
+    while let Some(Ok(batch)) = rx.recv().await {
+        if batch
+            .events
+            .iter()
+            .any(|e| e.key() == key && matches!(e, crate::store::Event::Delete { .. }))
+        {
+            return;
+        }
+    }
+    // The watch ended (the store failed): look again after a pause.
+    tokio::time::sleep(POLL).await;
 }
 
 /// Keeps the election lease alive until it is lost (false) or `shutdown` (true). A renewal

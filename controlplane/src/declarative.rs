@@ -101,7 +101,10 @@ pub struct DiscoveryDoc {
     pub status: Option<DiscoveryStatusDoc>,
 }
 
-/// The backend fields a Discovery gives every backend it keeps (as a backend's).
+/// The backend fields a Discovery gives every backend it keeps: [`BackendDoc`]'s but the
+/// name, address, labels and operator state, written out again because serde cannot flatten
+/// one struct into another that denies unknown fields; converted through a [`BackendDoc`],
+/// so the conversion is one.
 #[derive(Debug, Deserialize, Serialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateDoc {

@@ -227,6 +227,10 @@ mod tests {
         s
     }
 
+    fn status(s: &State) -> v1::DiscoveryStatus {
+        s.discoveries["web"].status.clone().unwrap()
+    }
+
     fn addrs(list: &[&str]) -> Outcome {
         Outcome::Answer(list.iter().map(|a| a.parse().unwrap()).collect())
     }
@@ -252,7 +256,7 @@ mod tests {
         assert_eq!(b.address, "10.0.0.2:80");
         assert_eq!(b.labels["app"], "web");
         assert_eq!(b.discovery, "web");
-        let st = s.discoveries["web"].status.clone().unwrap();
+        let st = status(&s);
         assert_eq!(st.state, Phase::Ok as i32);
         assert_eq!(st.addresses.len(), 3);
         // The same answer again: nothing to write.
@@ -273,14 +277,7 @@ mod tests {
         assert!(r.changed);
         assert!(!s.backends.contains_key("web-10-0-0-2-80"));
         assert_eq!(r.backends, 2);
-        assert!(
-            s.discoveries["web"]
-                .status
-                .clone()
-                .unwrap()
-                .missing_since_unix_ms
-                .is_empty()
-        );
+        assert!(status(&s).missing_since_unix_ms.is_empty());
     }
 
     #[test]
@@ -304,7 +301,7 @@ mod tests {
         let (s, r) = step(&s, &fail, 1000);
         assert!(r.changed);
         assert!(s.backends.contains_key("web-10-0-0-1-80"));
-        let st = s.discoveries["web"].status.clone().unwrap();
+        let st = status(&s);
         assert_eq!(st.state, Phase::Failing as i32);
         assert_eq!(st.message, "timed out");
         assert_eq!(st.since_unix_ms, 1000);
@@ -313,7 +310,7 @@ mod tests {
         assert!(!r.changed, "the same failure again is not written");
         let (s, r) = step(&s, &addrs(&["10.0.0.1:80"]), 3000);
         assert!(r.changed);
-        let st = s.discoveries["web"].status.clone().unwrap();
+        let st = status(&s);
         assert_eq!(
             (st.state, st.since_unix_ms, st.message.as_str()),
             (Phase::Ok as i32, 3000, "")
@@ -338,7 +335,7 @@ mod tests {
             v1::AdminHealth::Sick as i32
         );
         assert_eq!(s.backends["web-10-0-0-2-80"].address, "10.9.9.9:80");
-        let st = s.discoveries["web"].status.clone().unwrap();
+        let st = status(&s);
         assert!(
             st.message.contains("is not this discovery's"),
             "{}",
@@ -356,14 +353,7 @@ mod tests {
             0,
         );
         assert_eq!(r.backends, 2);
-        assert!(
-            s.discoveries["web"]
-                .status
-                .clone()
-                .unwrap()
-                .message
-                .contains("max_backends")
-        );
+        assert!(status(&s).message.contains("max_backends"));
         let mut gone = s;
         gone.discoveries.clear();
         assert!(remove_orphans(&mut gone));

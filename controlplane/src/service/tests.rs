@@ -760,3 +760,126 @@ async fn a_split_write_whose_lease_ended_is_completed_without_it() {
     assert_eq!(state.backends.keys().collect::<Vec<_>>(), ["a0", "after"]);
     assert!(state.directors.is_empty());
 }
+
+fn discovery(name: &str) -> v1::Discovery {
+    v1::Discovery {
+        name: name.into(),
+        dns_name: "web.test".into(),
+        port: 80,
+        labels: [("app".to_owned(), "web".to_owned())].into(),
+        template: Some(v1::Backend {
+            probe: "hc".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn discoveries_are_checked_kept_by_their_resolver_and_take_their_backends_along() {
+    use crate::discovery::reconcile::{Outcome, reconcile};
+    let (_d, api, store) = api();
+    let bad = v1::Discovery {
+        dns_name: "10.0.0.1".into(),
+        ..discovery("web")
+    };
+    let e = Status::from(api.create(Some(bad)).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.get_details_bad_request().unwrap().field_violations[0].field,
+        "discovery.dns_name"
+    );
+    // The template's probe must exist.
+    let e = Status::from(api.create(Some(discovery("web"))).await.unwrap_err());
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    api.create(Some(v1::Probe {
+        name: "hc".into(),
+        url: "/".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    api.create(Some(discovery("web"))).await.unwrap();
+    // What the resolver writes, fenced by a key this test holds.
+    let key = api.layout().election("discovery");
+    let won = store
+        .txn(crate::store::Txn {
+            compares: vec![],
+            ops: vec![crate::store::Op::Put(key.clone(), b"me".to_vec())],
+            witness: None,
+        })
+        .await
+        .unwrap();
+    let TxnOutcome::Committed { revision } = won else {
+        panic!("{won:?}")
+    };
+    let fence = crate::store::Compare::ModRevision(key.clone(), revision);
+    let found = Outcome::Answer(vec!["10.0.0.1:80".parse().unwrap()]);
+    api.write_fenced(false, Some(&fence), |old, new| {
+        Ok(reconcile(old, new, "web", &found, 1000, "me"))
+    })
+    .await
+    .unwrap();
+    let b: v1::Backend = api.get("web-10-0-0-1-80").await.unwrap();
+    assert_eq!((b.discovery.as_str(), b.probe.as_str()), ("web", "hc"));
+    // A user's write cannot take the backend from its discovery, nor replace its status.
+    let mut mine = b.clone();
+    mine.discovery.clear();
+    mine.weight = Some(3.0);
+    assert_eq!(api.update(Some(mine), None).await.unwrap().discovery, "web");
+    let d: v1::Discovery = api.get("web").await.unwrap();
+    let st = d.status.clone().unwrap();
+    let mut edited = d.clone();
+    edited.status = None;
+    edited.grace = Some(prost_types::Duration {
+        seconds: 5,
+        nanos: 0,
+    });
+    assert_eq!(
+        api.update(Some(edited), None).await.unwrap().status,
+        Some(st)
+    );
+    // No director may name it; the template's probe cannot go.
+    let e = Status::from(
+        api.create(Some(shard("s", &["web-10-0-0-1-80"])))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = Status::from(
+        api.delete::<v1::Probe>(v1::DeleteRequest {
+            name: "hc".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // A lost election: the fenced write fails and writes nothing.
+    store
+        .txn(crate::store::Txn {
+            compares: vec![],
+            ops: vec![crate::store::Op::Put(key, b"other".to_vec())],
+            witness: None,
+        })
+        .await
+        .unwrap();
+    let gone = Outcome::Answer(vec![]);
+    let before = store.revision().await.unwrap();
+    let r = api
+        .write_fenced(false, Some(&fence), |old, new| {
+            Ok(reconcile(old, new, "web", &gone, 1_000_000, "me"))
+        })
+        .await;
+    assert!(matches!(r, Err(ApiError::Fenced(_))), "{r:?}");
+    assert_eq!(store.revision().await.unwrap(), before);
+    // Deleting the discovery deletes its backends in the same write.
+    api.delete::<v1::Discovery>(v1::DeleteRequest {
+        name: "web".into(),
+        revision: 0,
+    })
+    .await
+    .unwrap();
+    assert!(api.get::<v1::Backend>("web-10-0-0-1-80").await.is_err());
+    assert_eq!(store.revision().await.unwrap(), before + 1);
+}

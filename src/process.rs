@@ -190,6 +190,7 @@ impl ProxyArgs {
             servers: self.dns_server.clone(),
             min_ttl: self.dns_min_ttl,
             max_ttl: self.dns_max_ttl,
+            cache: true,
         });
         if let Some(target) = &self.access_log {
             let log =

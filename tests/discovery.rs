@@ -372,3 +372,19 @@ async fn srv_records_give_each_target_its_port() {
         vec![format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")]
     );
 }
+
+/// A record TTL longer than `refresh` is trusted for `refresh` only: the resolver asks the
+/// name server again on its schedule, not when a cache would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_ttl_is_trusted_for_refresh_only() {
+    let (_backends, port) = backends().await;
+    let dns = DnsServer::start(NAME, &[ip(1)], 3600).await;
+    let server = dns.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tether::up(dir.path(), &["--dns-server", &server]).await;
+    t.apply(&config(port, "0s"));
+    wait_discovered(&[&t], 1, Duration::from_secs(10)).await;
+    dns.set(&[ip(1), ip(2)]);
+    let took = wait_discovered(&[&t], 2, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(4), "{took:?} with refresh 2 s");
+}

@@ -25,6 +25,9 @@ pub struct DnsConfig {
     pub min_ttl: Duration,
     /// And at most this long.
     pub max_ttl: Duration,
+    /// Keep answers (hickory's cache) for the clamped TTL. Off for a caller that schedules
+    /// its own lookups by the TTL (DNS discovery), so each lookup asks the name servers.
+    pub cache: bool,
 }
 
 impl Default for DnsConfig {
@@ -34,6 +37,7 @@ impl Default for DnsConfig {
             servers: Vec::new(),
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(60),
+            cache: true,
         }
     }
 }
@@ -135,6 +139,9 @@ impl Dns {
         opts.positive_max_ttl = Some(self.config.max_ttl);
         // A name that does not exist is asked again no later than the floor.
         opts.negative_max_ttl = Some(self.config.min_ttl);
+        if !self.config.cache {
+            opts.cache_size = 0;
+        }
         builder.build().map_err(|e| setup(&e))
     }
 

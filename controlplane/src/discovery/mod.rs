@@ -61,10 +61,13 @@ impl Options {
     /// Options for `replica` with the system resolver.
     pub fn new(replica: impl Into<String>) -> Options {
         Options {
+            // No cache: each Discovery's schedule honours the TTL itself (clamped to its
+            // own `min_refresh` and `refresh`), so every resolution asks the name servers.
             dns: DnsConfig {
                 servers: Vec::new(),
                 min_ttl: spec::MIN_REFRESH,
                 max_ttl: spec::MAX_REFRESH,
+                cache: false,
             },
             election_ttl: Options::DEFAULT_ELECTION_TTL,
             replica: replica.into(),

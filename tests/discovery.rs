@@ -108,6 +108,8 @@ async fn an_answer_of_four_records_makes_four_backends_and_a_dropped_one_goes_af
         assert!(before.iter().any(|x| x == b), "no key on {b}");
     }
     // They are ordinary backends: listed, labelled, kept by the discovery.
+    let one = t.ok(&["backend", "get", &format!("web-127-0-0-1-{port}")]);
+    assert!(one.contains("discovery: web"), "{one}");
     let list = t.ok(&["-o", "json", "backend", "list", "-l", "app=web"]);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&list)

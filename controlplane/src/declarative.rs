@@ -192,6 +192,7 @@ impl DiscoveryDoc {
                     labels: BTreeMap::new(),
                     protocol: t.protocol,
                     tls: t.tls.clone(),
+                    discovery: None,
                 }
                 .to_proto(&format!("{at}.template"))?,
             ),
@@ -382,6 +383,9 @@ pub struct BackendDoc {
     /// TLS to the backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BackendTlsDoc>,
+    /// The Discovery that keeps it (read-only: set by the control plane, ignored on write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
 }
 
 /// A backend's protocol as written.
@@ -1338,6 +1342,7 @@ impl From<&v1::Backend> for BackendDoc {
                 client_certificate: (!t.client_certificate.is_empty())
                     .then(|| t.client_certificate.clone()),
             }),
+            discovery: (!b.discovery.is_empty()).then(|| b.discovery.clone()),
         }
     }
 }

@@ -19,6 +19,8 @@
 #[allow(unreachable_pub, dead_code)] // shared with the tests, which use all of it
 #[path = "../tests/support/health.rs"]
 mod flippable;
+#[path = "shared.rs"]
+mod shared;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flippable::Flippable;
+use shared::percentile;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -176,10 +179,6 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> String {

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flippable::Flippable;
-use shared::percentile;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use shared::percentile;
 
 type Http = Client<HttpConnector, Empty<Bytes>>;
 

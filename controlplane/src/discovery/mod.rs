@@ -236,6 +236,36 @@ struct Due {
     spec: spec::Spec,
 }
 
+/// A Discovery whose last resolution changed nothing: the same answer again, with its
+/// resource unchanged, is not written (a write loads and validates the whole configuration).
+/// Checked in full at least every [`STEADY_RECHECK`] all the same, so a backend deleted by
+/// hand comes back.
+#[derive(Debug)]
+struct Steady {
+    outcome: Outcome,
+    revision: i64,
+    since: Instant,
+}
+
+/// How long a steady Discovery goes without a full reconcile.
+const STEADY_RECHECK: Duration = Duration::from_secs(60);
+
+impl Steady {
+    fn new(outcome: Outcome, revision: i64) -> Steady {
+        Steady {
+            outcome,
+            revision,
+            since: Instant::now(),
+        }
+    }
+
+    fn holds(&self, outcome: &Outcome, revision: i64) -> bool {
+        self.outcome == *outcome
+            && self.revision == revision
+            && self.since.elapsed() < STEADY_RECHECK
+    }
+}
+
 /// The resolving replica's work, until aborted.
 async fn resolve_loop<S: Store>(
     api: Api<S>,
@@ -245,6 +275,7 @@ async fn resolve_loop<S: Store>(
     metrics: Arc<DiscoveryMetrics>,
 ) {
     let mut due: HashMap<String, Due> = HashMap::new();
+    let mut steady: HashMap<String, Steady> = HashMap::new();
     // Orphans are looked for when holding the job begins and whenever a Discovery goes.
     let mut look_for_orphans = true;
     let dir = api.layout().dir(Kind::Discovery);
@@ -257,6 +288,7 @@ async fn resolve_loop<S: Store>(
                 continue;
             }
         };
+        // Each valid Discovery with its stored revision.
         let mut specs = HashMap::new();
         for kv in &listing.kvs {
             let Some((_, name)) = api.layout().parse(&kv.key) else {
@@ -267,11 +299,12 @@ async fn resolve_loop<S: Store>(
                 continue;
             };
             if let Ok(s) = spec::spec(&d, &format!("discoveries/{name}")) {
-                specs.insert(name.to_owned(), s);
+                specs.insert(name.to_owned(), (s, kv.mod_revision));
             }
         }
         let before = due.len();
         due.retain(|n, _| specs.contains_key(n));
+        steady.retain(|n, _| specs.contains_key(n));
         metrics.retain(|n| specs.contains_key(n));
         look_for_orphans |= due.len() < before;
         if look_for_orphans {
@@ -288,53 +321,68 @@ async fn resolve_loop<S: Store>(
             }
         }
         let now = Instant::now();
-        let work: Vec<spec::Spec> = specs
+        let work: Vec<(spec::Spec, i64)> = specs
             .into_values()
-            .filter(|s| due.get(&s.name).is_none_or(|d| d.at <= now || d.spec != *s))
+            .filter(|(s, _)| due.get(&s.name).is_none_or(|d| d.at <= now || d.spec != *s))
             .collect();
-        // Concurrently: one dead name server must not hold up the others' refreshes.
+        // Concurrently, each written as it comes: one dead name server must not hold up the
+        // others.
         let mut resolving = tokio::task::JoinSet::new();
-        for s in work {
+        for (s, revision) in work {
             let dns = Arc::clone(&dns);
             resolving.spawn(async move {
                 let o = resolve(&dns, &s).await;
-                (s, o)
+                (s, revision, o)
             });
         }
-        let mut resolved = Vec::new();
-        while let Some(r) = resolving.join_next().await {
-            if let Ok(r) = r {
-                resolved.push(r);
-            }
-        }
-        for (s, (outcome, valid_for)) in resolved {
+        while let Some(joined) = resolving.join_next().await {
+            let Ok((s, revision, (outcome, valid_for))) = joined else {
+                continue;
+            };
             metrics.resolved(&s.name, &outcome);
-            let now_ms = unix_ms();
+            if let Outcome::Failed(why) = &outcome {
+                tracing::warn!(discovery = %s.name, error = %why, "resolving failed; the last answer's backends are kept");
+            }
             let name = s.name.clone();
-            let written = api
-                .write_fenced(false, Some(&fence), |old, new| {
-                    Ok(reconcile::reconcile(
-                        old, new, &name, &outcome, now_ms, &replica,
-                    ))
-                })
-                .await;
             let mut next = s.next_refresh(valid_for);
-            match written {
-                Ok(w) => {
-                    metrics.kept(&name, w.value.backends);
-                    if let Some(e) = w.value.next_expiry_ms {
-                        let until = Duration::from_millis(u64::try_from(e - now_ms).unwrap_or(0));
-                        next = next.min(until);
+            let unchanged = steady
+                .get(&name)
+                .is_some_and(|st| st.holds(&outcome, revision));
+            if !unchanged {
+                let now_ms = unix_ms();
+                let written = api
+                    .write_fenced(false, Some(&fence), |old, new| {
+                        Ok(reconcile::reconcile(
+                            old, new, &name, &outcome, now_ms, &replica,
+                        ))
+                    })
+                    .await;
+                match written {
+                    Ok(w) => {
+                        metrics.kept(&name, w.value.backends);
+                        match w.value.next_expiry_ms {
+                            Some(e) => {
+                                let ms = u64::try_from(e - now_ms).unwrap_or(0);
+                                next = next.min(Duration::from_millis(ms));
+                                steady.remove(&name);
+                            }
+                            // Nothing changed and nothing is pending: the same answer
+                            // again needs no write (nor the load and validation before it).
+                            None if !w.value.changed => {
+                                steady.insert(name.clone(), Steady::new(outcome, revision));
+                            }
+                            None => {
+                                steady.remove(&name);
+                            }
+                        }
+                    }
+                    Err(crate::error::ApiError::Fenced(_)) => return,
+                    Err(e) => {
+                        tracing::warn!(discovery = %name, error = %e, "writing what discovery found failed");
+                        steady.remove(&name);
+                        next = s.min_refresh;
                     }
                 }
-                Err(crate::error::ApiError::Fenced(_)) => return,
-                Err(e) => {
-                    tracing::warn!(discovery = %name, error = %e, "writing what discovery found failed");
-                    next = s.min_refresh;
-                }
-            }
-            if let Outcome::Failed(why) = &outcome {
-                tracing::warn!(discovery = %name, error = %why, "resolving failed; the last answer's backends are kept");
             }
             due.insert(
                 name,
@@ -392,4 +440,25 @@ fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_steady_discovery_is_skipped_only_for_the_same_answer_and_revision() {
+        let a = Outcome::Answer(vec!["10.0.0.1:80".parse().unwrap()]);
+        let st = Steady::new(a.clone(), 7);
+        assert!(st.holds(&a, 7));
+        assert!(!st.holds(&Outcome::Answer(vec![]), 7), "another answer");
+        assert!(!st.holds(&Outcome::Failed("x".into()), 7), "a failure");
+        assert!(!st.holds(&a, 8), "the resource changed");
+        let old = Steady {
+            since: Instant::now() - STEADY_RECHECK,
+            ..Steady::new(a.clone(), 7)
+        };
+        assert!(!old.holds(&a, 7), "checked in full once a minute");
+    }
 }

@@ -9,12 +9,13 @@ use serde_json::{Map, Value, json};
 use crate::declarative::Document;
 
 /// The resource kinds a kubectl-style document may name, with their schema definitions.
-const KINDS: [(&str, &str, &str); 5] = [
+const KINDS: [(&str, &str, &str); 6] = [
     ("backend", "Backend", "BackendDoc"),
     ("probe", "Probe", "ProbeDoc"),
     ("director", "Director", "DirectorDoc"),
     ("route", "Route", "RouteDoc"),
     ("certificate", "Certificate", "CertificateDoc"),
+    ("discovery", "Discovery", "DiscoveryDoc"),
 ];
 
 /// The schema (draft 2020-12) one YAML document of a declarative file must satisfy.
@@ -81,11 +82,12 @@ mod tests {
     fn every_kind_and_the_sectioned_form_are_in_the_schema() {
         let s = declarative();
         let any_of = s["anyOf"].as_array().unwrap();
-        assert_eq!(any_of.len(), 7, "{any_of:?}");
+        assert_eq!(any_of.len(), 8, "{any_of:?}");
         for def in [
             "Document",
             "BackendResource",
             "CertificateResource",
+            "DiscoveryResource",
             "MemberDoc",
         ] {
             assert!(s["$defs"][def].is_object(), "{def} missing");

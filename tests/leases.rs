@@ -172,6 +172,22 @@ async fn a_registered_backend_lives_with_its_registrar_on_the_embedded_store() {
     until_nodes_have(&[&t], &["w1", "w2", "w3"], Duration::from_secs(10)).await;
     let list = t.ok(&["backend", "list"]);
     assert!(list.contains("LEASE") && list.contains("s left"), "{list}");
+    // `get` shows the lease as the list does (its id in hex).
+    let one = t.ok(&["backend", "get", "w1"]);
+    let id = one
+        .lines()
+        .find_map(|l| l.strip_prefix("lease: "))
+        .map(|v| v.trim_matches('\''))
+        .unwrap_or_else(|| panic!("no lease in {one}"));
+    // The LEASE cell of w1's row: `<id> <n>s left`.
+    let row: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with("w1 "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let left = row.iter().position(|c| *c == "left").unwrap();
+    assert_eq!(row[left - 2], id, "{list}");
 
     let keys = keys(300);
     let before = alternates(&t.api, &keys);

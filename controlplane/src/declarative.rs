@@ -193,6 +193,7 @@ impl DiscoveryDoc {
                     protocol: t.protocol,
                     tls: t.tls.clone(),
                     discovery: None,
+                    lease: None,
                 }
                 .to_proto(&format!("{at}.template"))?,
             ),
@@ -386,6 +387,10 @@ pub struct BackendDoc {
     /// The Discovery that keeps it (read-only: set by the control plane, ignored on write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
+    /// The lease it is bound to, in hex as `tether backend list` shows it (read-only: a file
+    /// binds no lease, `apply --lease` does; ignored on write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// A backend's protocol as written.
@@ -1343,6 +1348,7 @@ impl From<&v1::Backend> for BackendDoc {
                     .then(|| t.client_certificate.clone()),
             }),
             discovery: (!b.discovery.is_empty()).then(|| b.discovery.clone()),
+            lease: (b.lease != 0).then(|| format!("{:x}", b.lease)),
         }
     }
 }

@@ -248,7 +248,9 @@ fn dns_name(s: &str) -> Result<(), String> {
 /// Checks every Discovery of a configuration about to be written: each valid (those
 /// `old` holds unchanged are not checked again), at most [`MAX_DISCOVERIES`], their templates'
 /// probes and client certificates present; and that no director names a backend a Discovery
-/// keeps (it goes when DNS stops answering it: select it by label).
+/// keeps (it goes when DNS stops answering it: select it by label). What was already broken
+/// in `old` and this write leaves as it was is not refused (as `validate_write` leaves out
+/// stored objects that were invalid before).
 pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
     let label = |kind: Kind, name: &str| match new.labels.get(&(kind, name.to_owned())) {
         Some(field) => Label::Field(field).to_string(),
@@ -263,12 +265,16 @@ pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
     }
     for (name, d) in &new.discoveries {
         let at = label(Kind::Discovery, name);
-        if old.discoveries.get(name) != Some(d) {
+        let changed = old.discoveries.get(name) != Some(d);
+        if changed {
             spec(d, &at)?;
         }
+        // A reference is refused when this write breaks it (changed the Discovery, or
+        // removed what it names); one already broken in the store does not stop other writes.
         let t = d.template.as_ref();
         if let Some(p) = t.map(|t| t.probe.as_str()).filter(|p| !p.is_empty())
             && !new.probes.contains_key(p)
+            && (changed || old.probes.contains_key(p))
         {
             return Err(FieldError::precondition(
                 format!("{at}.template.probe"),
@@ -281,6 +287,7 @@ pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
             .map(|t| t.client_certificate.as_str())
             .filter(|c| !c.is_empty())
             && !new.certificates.contains_key(c)
+            && (changed || old.certificates.contains_key(c))
         {
             return Err(FieldError::precondition(
                 format!("{at}.template.tls.client_certificate"),
@@ -299,9 +306,15 @@ pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
         return Ok(());
     }
     for (name, d) in &new.directors {
+        let changed = old.directors.get(name) != Some(d);
         for (j, m) in d.members.iter().enumerate() {
             if let Some(v1::member::Target::Backend(b)) = &m.target
                 && let Some(owner) = kept.get(b.as_str())
+                && (changed
+                    || old
+                        .backends
+                        .get(b.as_str())
+                        .is_none_or(|o| o.discovery.is_empty()))
             {
                 return Err(FieldError::precondition(
                     format!("{}.members[{j}].backend", label(Kind::Director, name)),
@@ -478,5 +491,43 @@ mod tests {
             ..d()
         };
         spec(&srv, &"discovery").unwrap();
+    }
+
+    #[test]
+    fn a_reference_broken_in_the_store_does_not_stop_other_writes() {
+        let mut old = State::default();
+        let mut broken = d();
+        broken.template = Some(v1::Backend {
+            probe: "gone".into(),
+            ..Default::default()
+        });
+        old.discoveries.insert("web".into(), broken.clone());
+        let mut new = old.clone();
+        new.backends.insert(
+            "other".into(),
+            v1::Backend {
+                name: "other".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            },
+        );
+        check(&old, &new).unwrap();
+        // A write that changes the Discovery is held to it.
+        broken.port = 81;
+        new.discoveries.insert("web".into(), broken);
+        let e = check(&old, &new).unwrap_err().to_string();
+        assert!(e.contains("template.probe"), "{e}");
+        // And one that removes a probe a Discovery names breaks it.
+        let mut old = State::default();
+        let mut ok = d();
+        ok.template = Some(v1::Backend {
+            probe: "hc".into(),
+            ..Default::default()
+        });
+        old.discoveries.insert("web".into(), ok);
+        old.probes.insert("hc".into(), v1::Probe::default());
+        let mut new = old.clone();
+        new.probes.clear();
+        assert!(check(&old, &new).is_err());
     }
 }

@@ -14,8 +14,11 @@
 //!   reference);
 //! - `intent`: split writes all or nothing — the staged intent record, and the recovery that
 //!   completes a split write a crash interrupted;
-//! - `watches`: the caps on open Watch streams per token and per connection.
+//! - `watches`: the caps on open Watch streams per token and per connection;
+//! - `cache`: the write path's copy of the configuration, kept current by a watch (a write
+//!   starts from it when it is at the store's revision, instead of listing the store).
 
+mod cache;
 mod explain;
 mod intent;
 mod leases;
@@ -66,6 +69,8 @@ pub struct Api<S> {
     current: Arc<tokio::sync::Mutex<Option<Arc<Current>>>>,
     /// Calls, store transactions (for the admin listener's `/metrics`).
     metrics: Arc<crate::metrics::ApiMetrics>,
+    /// The configuration as the store's watch leaves it, for writes to start from.
+    cache: Arc<cache::StateCache>,
     /// Set when the server stops: long-lived streams (Watch, KeepAlive) end with UNAVAILABLE
     /// so their clients reconnect elsewhere, instead of holding a graceful shutdown open for
     /// as long as they stay connected.
@@ -91,6 +96,7 @@ impl<S: Store> Api<S> {
             watches: Arc::default(),
             current: Arc::default(),
             metrics: Arc::default(),
+            cache: Arc::default(),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
@@ -175,6 +181,18 @@ impl<S: Store> Api<S> {
 
     async fn load(&self) -> Result<State, ApiError> {
         Ok(self.load_reporting().await?.0)
+    }
+
+    /// The configuration a write starts from: the cache when it is at (or past) the store's
+    /// revision now, else a listing (which the cache then starts again from).
+    async fn load_for_write(&self) -> Result<State, ApiError> {
+        let revision = self.store.revision().await?;
+        if let Some(s) = self.cache.at_least(revision).await {
+            return Ok(s);
+        }
+        let state = self.load().await?;
+        self.cache.seed(state.clone(), &self.store, &self.layout);
+        Ok(state)
     }
 
     /// The stored configuration, and the objects left out of it because they do not decode.

@@ -883,3 +883,56 @@ async fn discoveries_are_checked_kept_by_their_resolver_and_take_their_backends_
     assert!(api.get::<v1::Backend>("web-10-0-0-1-80").await.is_err());
     assert_eq!(store.revision().await.unwrap(), before + 1);
 }
+
+#[tokio::test]
+async fn writes_start_from_a_cache_that_is_what_a_listing_would_give() {
+    let (_d, api, store) = api();
+    let same = |a: &State, b: &State| {
+        assert_eq!(a.revision, b.revision);
+        assert_eq!(a.serial_revision, b.serial_revision);
+        assert_eq!(a.write_open, b.write_open);
+        assert_eq!(a.backends, b.backends);
+        assert_eq!(a.directors, b.directors);
+        assert_eq!(a.discoveries, b.discoveries);
+    };
+    api.apply(apply_req(
+        vec![backend("b0", 9000), backend("b1", 9001)],
+        vec![shard("d", &["b0", "b1"])],
+    ))
+    .await
+    .unwrap();
+    // The first write listed and seeded the cache; the next ones start from it.
+    for port in 9002..9010 {
+        api.create(Some(backend(&format!("x{port}"), port)))
+            .await
+            .unwrap();
+        same(
+            &api.load_for_write().await.unwrap(),
+            &api.load().await.unwrap(),
+        );
+    }
+    // A change made behind the API's back (another control plane, a lease's end) is in the
+    // state the next write starts from.
+    let key = api.layout().key(tether_proto::keys::Kind::Backend, "x9002");
+    store
+        .txn(crate::store::Txn {
+            compares: vec![],
+            ops: vec![crate::store::Op::Delete(key)],
+            witness: None,
+        })
+        .await
+        .unwrap();
+    let s = api.load_for_write().await.unwrap();
+    assert!(!s.backends.contains_key("x9002"));
+    same(&s, &api.load().await.unwrap());
+    // And a write validated against it: b1 can still not be deleted (the director names it).
+    let e = Status::from(
+        api.delete::<v1::Backend>(v1::DeleteRequest {
+            name: "b1".into(),
+            revision: 0,
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}

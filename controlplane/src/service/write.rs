@@ -69,7 +69,7 @@ impl<S: Store> Api<S> {
         'attempt: for attempt in 0..WRITE_ATTEMPTS {
             // A split write a crash interrupted is completed before anything else is written.
             self.recover().await?;
-            let old = self.load().await?;
+            let old = self.load_for_write().await?;
             if old.write_open {
                 // Another control plane is between two parts of its write.
                 tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;

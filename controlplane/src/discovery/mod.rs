@@ -23,7 +23,7 @@ pub use spec::check;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tether_dataplane::resolve::{Dns, DnsConfig};
 use tether_proto::keys::Kind;
@@ -349,7 +349,7 @@ async fn resolve_loop<S: Store>(
                 .get(&name)
                 .is_some_and(|st| st.holds(&outcome, revision));
             if !unchanged {
-                let now_ms = unix_ms();
+                let now_ms = crate::node::register::unix_ms_now();
                 let written = api
                     .write_fenced(false, Some(&fence), |old, new| {
                         Ok(reconcile::reconcile(
@@ -434,12 +434,6 @@ async fn resolve(dns: &Dns, s: &spec::Spec) -> (Outcome, Duration) {
             Duration::ZERO,
         ),
     }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -65,7 +65,6 @@ pub fn reconcile(
     };
     let mut changed = false;
     let mut next_expiry_ms = None;
-    let mut count = kept.len();
     match outcome {
         Outcome::Failed(why) => {
             status.state = Phase::Failing as i32;
@@ -75,13 +74,6 @@ pub fn reconcile(
             let (changes, notes) = answer(&spec, addrs, old, &kept, &mut status, now_ms);
             changed |= !changes.puts.is_empty() || !changes.deletes.is_empty();
             next_expiry_ms = changes.next_expiry_ms;
-            count = count
-                + changes
-                    .puts
-                    .iter()
-                    .filter(|b| !kept.contains_key(b.name.as_str()))
-                    .count()
-                - changes.deletes.len();
             for b in changes.puts {
                 let label = format!("backends/{}", b.name);
                 new.insert(b, label);
@@ -110,7 +102,12 @@ pub fn reconcile(
     Reconciled {
         changed,
         next_expiry_ms,
-        backends: count,
+        // Counted where it stands rather than added up from the changes.
+        backends: new
+            .backends
+            .values()
+            .filter(|b| b.discovery == name)
+            .count(),
     }
 }
 

@@ -746,6 +746,16 @@ impl State {
         }
     }
 
+    /// Where errors about a resource are reported: the request's own field when it came with
+    /// the request being written (its `insert` label), as validation reports them
+    /// ([`State::resources`]); else `kind/name`.
+    pub fn label_of(&self, kind: Kind, name: &str) -> String {
+        match self.labels.get(&(kind, name.to_owned())) {
+            Some(field) => Label::Field(field).to_string(),
+            None => Label::Stored(kind, name).to_string(),
+        }
+    }
+
     /// Inserts or replaces a resource, labelling its errors with `label`.
     pub fn insert<R: Resource>(&mut self, r: R, label: String) {
         self.labels.insert((R::KIND, r.name().to_owned()), label);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tether_proto::keys::Kind;
 use tether_proto::v1;
 
-use crate::convert::{self, FieldError, Label};
+use crate::convert::{self, FieldError};
 use crate::error::ApiError;
 use crate::state::State;
 
@@ -252,10 +252,7 @@ fn dns_name(s: &str) -> Result<(), String> {
 /// in `old` and this write leaves as it was is not refused (as `validate_write` leaves out
 /// stored objects that were invalid before).
 pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
-    let label = |kind: Kind, name: &str| match new.labels.get(&(kind, name.to_owned())) {
-        Some(field) => Label::Field(field).to_string(),
-        None => Label::Stored(kind, name).to_string(),
-    };
+    let label = |kind: Kind, name: &str| new.label_of(kind, name);
     if new.discoveries.len() > MAX_DISCOVERIES && new.discoveries.len() > old.discoveries.len() {
         return Err(FieldError::invalid(
             "discoveries",

@@ -19,7 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 use super::Api;
-use crate::convert::{self, FieldError, Label};
+use crate::convert::{self, FieldError};
 use crate::error::ApiError;
 use crate::state::State;
 use crate::store::{LeaseStatus, Op, Store, StoreError};
@@ -180,12 +180,7 @@ pub(super) fn check_references(state: &State) -> Result<(), ApiError> {
     if backends.is_empty() && probes.is_empty() && directors.is_empty() && certificates.is_empty() {
         return Ok(());
     }
-    // Errors name the request's own field where the resource came with the request, as
-    // validation's do (`State::resources`).
-    let label = |kind: Kind, name: &str| match state.labels.get(&(kind, name.to_owned())) {
-        Some(field) => Label::Field(field).to_string(),
-        None => Label::Stored(kind, name).to_string(),
-    };
+    let label = |kind: Kind, name: &str| state.label_of(kind, name);
     let check = |target: &HashMap<&str, i64>,
                  what: &str,
                  name: &str,

@@ -344,6 +344,21 @@ async fn a_killed_owner_hands_its_backends_over_without_flipping_a_verdict() {
     for b in &bs {
         wait_everywhere(&all, &b.name, true, Duration::from_secs(10)).await;
     }
+    // Every owner's first report is stored (the nodes route on their own probes until they
+    // listed the fleet, and a fresh owner reports after its first probe on fleet health):
+    // this is the handover from a last word. (Without one — an owner that dies before it
+    // reports — the new owner starts from the verdict it routes on: a unit test of
+    // `BackendRuntime::set_fleet`.)
+    support::wait_until("a report per backend", Duration::from_secs(10), || {
+        let out = support::ok(&cp.api, &["health", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["reports"].as_array().unwrap().len() == 1 && b["fleet"] == "healthy")
+    })
+    .await;
     // The victim: the owner of b0.
     let victim = owners_of(&all, "b0").await;
     assert_eq!(victim.len(), 1, "one owner of b0: {victim:?}");

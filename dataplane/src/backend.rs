@@ -334,9 +334,9 @@ impl BackendRuntime {
 
     /// Takes the fleet's word on this backend (shared health): its verdict (`None`: no owner
     /// has reported), this node's role, and — for a node that just became an owner — the
-    /// published window to continue (`None`: start afresh, as a new probe does). A node that
-    /// starts probing alone starts from the verdict it routed on, so nothing flips merely
-    /// because it starts probing.
+    /// published window to continue (`None`: [`Window::taking_over`] from the verdict it
+    /// routes on). A node that starts probing alone starts from the verdict it routed on, so
+    /// nothing flips merely because it starts probing.
     pub fn set_fleet(&self, verdict: Option<bool>, role: Role, continue_from: Option<u64>) {
         let mut p = self.probe_state();
         p.fleet_verdict = verdict;
@@ -347,7 +347,7 @@ impl BackendRuntime {
                 Role::Own => {
                     p.window = Some(match continue_from {
                         Some(happy) => Window::continuing(happy, &spec),
-                        None => Window::new(&spec),
+                        None => Window::taking_over(self.probe_healthy(), &spec),
                     });
                 }
                 Role::Alone => p.window = Some(Window::primed(self.probe_healthy(), &spec)),
@@ -441,6 +441,7 @@ pub type BackendRef = Arc<BackendRuntime>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::DnsConfig;
 
     /// Varnish's defaults: a fresh window is sick (initial 2 < threshold 3).
     fn state(role: Role, fleet_verdict: Option<bool>, good_probes: usize) -> ProbeState {
@@ -493,5 +494,43 @@ mod tests {
             state(Role::Follow, Some(true), 0).verdict(Local, Some(true)),
             Some(false)
         );
+    }
+
+    fn probed(healthy_probes: usize) -> BackendRuntime {
+        let spec = BackendSpec::new("b", "127.0.0.1:1".parse().unwrap());
+        let fleet = Arc::new(FleetHealth::default());
+        fleet.set_source(Source::Fleet);
+        let b = BackendRuntime::new(&spec, &Arc::new(Dns::new(DnsConfig::default())), &fleet);
+        let probe = ProbeSpec::new("p");
+        b.set_probe(Some(&probe), String::new(), Transport::default());
+        for _ in 0..healthy_probes {
+            b.record_probe(&probe, Ok(()));
+        }
+        b
+    }
+
+    #[test]
+    fn a_new_owner_with_no_report_to_continue_keeps_the_verdict_it_routes_on() {
+        // Healthy by the fleet's last word, then its owner died before anyone kept a report:
+        // the node that takes the probe over stays healthy until its own probes say otherwise.
+        let b = probed(0);
+        b.set_fleet(Some(true), Role::Follow, None);
+        assert!(b.probe_healthy());
+        b.set_fleet(None, Role::Own, None);
+        assert!(
+            b.probe_healthy(),
+            "taking the probe over flipped the verdict"
+        );
+        // A backend new to the fleet starts as Varnish's `initial` says (sick by default)...
+        let fresh = probed(0);
+        fresh.set_fleet(None, Role::Own, None);
+        assert!(!fresh.probe_healthy());
+        // ...and its first good probes count from there, as a new probe's do.
+        let spec = ProbeSpec::new("p");
+        let needed = spec.threshold - spec.initial.min(spec.threshold);
+        for _ in 0..needed {
+            fresh.record_probe(&spec, Ok(()));
+        }
+        assert!(fresh.probe_healthy());
     }
 }

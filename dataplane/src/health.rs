@@ -77,6 +77,19 @@ impl Window {
         Window::continuing(if healthy { u64::MAX } else { 0 }, spec)
     }
 
+    /// Where a new owner starts when there is no published history to continue (its
+    /// predecessor died before its first report): a fresh window when that says what the node
+    /// routes on now (a backend new to the fleet keeps Varnish's `initial`), else primed to
+    /// that verdict, so taking the probe over does not flip it.
+    pub fn taking_over(healthy: bool, spec: &ProbeSpec) -> Window {
+        let fresh = Window::new(spec);
+        if fresh.healthy() == healthy {
+            fresh
+        } else {
+            Window::primed(healthy, spec)
+        }
+    }
+
     /// The shift register (bit 0: the last probe).
     pub fn happy(&self) -> u64 {
         self.happy

@@ -176,8 +176,17 @@ pub async fn spawn_wrapped(
     let child = cmd
         .args(args)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
+        // TETHER_TEST_LOG=<filter> logs each process at that level into <dir>/stderr.log
+        // (for chasing a failure; the test's own output stays readable).
+        .env(
+            "RUST_LOG",
+            std::env::var("TETHER_TEST_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::null())
+        .stderr(match std::env::var("TETHER_TEST_LOG") {
+            Ok(_) => Stdio::from(std::fs::File::create(dir.join("stderr.log")).unwrap()),
+            Err(_) => Stdio::inherit(),
+        })
         .spawn()
         .expect("spawn tether");
     wait_until("endpoints.json", Duration::from_secs(20), || {

@@ -511,6 +511,9 @@ impl Shared {
                 .max_by_key(|s| s.revision)
                 .or(last)
                 .map(|s| s.report.happy);
+            if prev.is_none_or(|k| k.role != role) {
+                tracing::debug!(backend = %spec.name, role = role.as_str(), verdict = ?v, reports = reports.map_or(0, BTreeMap::len), last_word = last.is_some(), continue_from = ?continue_from, "shared-health role");
+            }
             state.set_fleet(v, role, continue_from);
             let was_owned = prev.is_some_and(|k| k.role == Role::Own);
             if was_owned && role != Role::Own {

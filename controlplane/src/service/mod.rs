@@ -62,6 +62,10 @@ pub struct Api<S> {
     /// Directors of the last configuration this replica validated: handed to the next
     /// validation so unchanged shard rings are reused rather than rebuilt.
     last_built: Arc<std::sync::Mutex<Option<Arc<Directors>>>>,
+    /// Conversions of stored objects by stored revision, for the next validation to reuse
+    /// (objects a write changes are marked "not stored" first: `State::mark_written`).
+    /// Valid within one store history: emptied whenever the write path lists the store.
+    converted: Arc<std::sync::Mutex<crate::convert::Converted>>,
     /// Open Watch streams, per token and per connection.
     watches: Arc<watches::Watches>,
     /// The stored configuration as last validated for Explain and ListHealth, with its store
@@ -93,6 +97,7 @@ impl<S: Store> Api<S> {
             layout,
             live,
             last_built: Arc::default(),
+            converted: Arc::default(),
             watches: Arc::default(),
             current: Arc::default(),
             metrics: Arc::default(),
@@ -191,6 +196,12 @@ impl<S: Store> Api<S> {
             return Ok(s);
         }
         let state = self.load().await?;
+        // A listing may begin a new store history (a restored store), where revisions no
+        // longer identify contents.
+        *self
+            .converted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = crate::convert::Converted::default();
         self.cache.seed(state.clone(), &self.store, &self.layout);
         Ok(state)
     }

@@ -936,3 +936,39 @@ async fn writes_start_from_a_cache_that_is_what_a_listing_would_give() {
     );
     assert_eq!(e.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn a_write_reuses_conversions_only_of_what_it_left_as_stored() {
+    let (_d, api, _s) = api();
+    let b = api.create(Some(backend("b0", 9000))).await.unwrap();
+    api.create(Some(backend("b1", 9001))).await.unwrap();
+    // The stored b0 was converted (and its conversion kept) by the writes so far. An update
+    // carrying b0's stored revision with a bad address must be converted, not served the
+    // stored b0's conversion.
+    let mut bad = b.clone();
+    bad.address = "127.0.0.1".into();
+    let e = Status::from(api.update(Some(bad), None).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A good change under the same revision reaches the validated configuration.
+    let mut moved = b.clone();
+    moved.address = "127.0.0.1:9100".into();
+    let w = api
+        .write(false, |_, new| {
+            new.backends.insert("b0".into(), moved.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let spec = w.built.config.backends.iter().find(|s| s.name == "b0").unwrap();
+    assert_eq!(spec.address.to_string(), "127.0.0.1:9100");
+
+    // Marking: what a write changed or added is "not stored"; the rest keeps its revision.
+    let old = api.load().await.unwrap();
+    let mut new = old.clone();
+    new.backends.get_mut("b1").unwrap().weight = Some(7.0);
+    new.backends.insert("b2".into(), backend("b2", 9002));
+    new.mark_written(&old);
+    assert_eq!(new.backends["b0"].revision, old.backends["b0"].revision);
+    assert_eq!(new.backends["b1"].revision, 0);
+    assert_eq!(new.backends["b2"].revision, 0);
+}

@@ -30,7 +30,7 @@ pub(crate) struct Written<T> {
     revision: i64,
     old: State,
     /// The written configuration as validated, with its directors.
-    built: Built,
+    pub(super) built: Built,
 }
 
 /// A validated configuration whose directors are shared with the next validation's `prev`.
@@ -48,7 +48,7 @@ impl<S: Store> Api<S> {
     /// split into parts in [`State::diff_ops`] order, each referentially complete and each
     /// guarded by the serial key as the previous part left it; if another writer intervenes
     /// between parts, the write starts over from a fresh load (Apply is idempotent).
-    async fn write<T>(
+    pub(super) async fn write<T>(
         &self,
         dry_run: bool,
         change: impl Fn(&State, &mut State) -> Result<T, ApiError>,
@@ -83,6 +83,7 @@ impl<S: Store> Api<S> {
             leases::check_references(&new)?;
             crate::discovery::check(&old, &new)?;
             new.assign_selector_slots();
+            new.mark_written(&old);
             // Validation grows with the configuration: off the async workers.
             let api = self.clone();
             let (old, new, validated) = self
@@ -194,12 +195,15 @@ impl<S: Store> Api<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        // No `Converted` here: a request's messages carry the revision they expect, which
-        // does not identify their contents.
+        // Conversions are reused by stored revision: `state` is as stored, or marked by
+        // `State::mark_written` where a write changed it.
         let (v, left_out) = convert::validate_leaving_out(
             &state.resources(),
             prev.as_deref(),
-            &mut Converted::default(),
+            &mut self
+                .converted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             may_leave_out,
         )?;
         for e in left_out {

@@ -196,7 +196,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut changes = Vec::new();
     for i in 0..50 {
         state.revision += 1;
-        if let Some(b) = state.backends.get_mut("b17") {
+        if let Some(b) = state.backends.get_mut("b17").map(std::sync::Arc::make_mut) {
             b.weight = Some(1.0 + f64::from((i + 1) % 20));
             b.revision = state.revision;
         }

@@ -132,7 +132,11 @@ fn variant(
         b.iter(|| {
             weight += 1.0;
             s.revision += 1;
-            let b17 = s.backends.get_mut("b17").expect("b17");
+            let b17 = s
+                .backends
+                .get_mut("b17")
+                .map(std::sync::Arc::make_mut)
+                .expect("b17");
             // Weights 1 to 20: from 67 to 1,340 of the ring's points change.
             b17.weight = Some(1.0 + weight % 20.0);
             b17.revision = s.revision;
@@ -157,10 +161,10 @@ fn variant(
                     labels: web(),
                     ..Default::default()
                 };
-                s.backends.insert(b.name.clone(), b);
+                s.backends.insert(b.name.clone(), std::sync::Arc::new(b));
             }
             if members != Members::Selector {
-                let users = s.directors.get_mut("users").expect("users");
+                let users = s.directors.get_mut("users").map(std::sync::Arc::make_mut).expect("users");
                 users.revision = revision;
                 // Appended, or where its name sorts.
                 let at = match members {

@@ -12,6 +12,7 @@
 //! out, and reported as a [`DecodeError`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use prost::Message;
 use tether_proto::keys::{Kind, Layout};
@@ -50,9 +51,9 @@ pub trait Resource: Message + Default + Clone + PartialEq + Sized + 'static {
     /// Sets the revision.
     fn set_revision(&mut self, revision: i64);
     /// This kind's map in a state.
-    fn map(state: &State) -> &BTreeMap<String, Self>;
+    fn map(state: &State) -> &BTreeMap<String, Arc<Self>>;
     /// This kind's map in a state, to change.
-    fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self>;
+    fn map_mut(state: &mut State) -> &mut BTreeMap<String, Arc<Self>>;
     /// This kind's list in a snapshot.
     fn list_mut(snapshot: &mut v1::ConfigSnapshot) -> &mut Vec<Self>;
     /// As a watch event's resource.
@@ -109,10 +110,10 @@ macro_rules! resource {
             fn set_lease(&mut self, lease: i64) {
                 self.lease = lease;
             }
-            fn map(state: &State) -> &BTreeMap<String, Self> {
+            fn map(state: &State) -> &BTreeMap<String, Arc<Self>> {
                 &state.$map
             }
-            fn map_mut(state: &mut State) -> &mut BTreeMap<String, Self> {
+            fn map_mut(state: &mut State) -> &mut BTreeMap<String, Arc<Self>> {
                 &mut state.$map
             }
             fn list_mut(snapshot: &mut v1::ConfigSnapshot) -> &mut Vec<Self> {
@@ -414,7 +415,7 @@ fn reorder(
     ops: &mut [Op],
     dir: &str,
     select: impl Fn(&Op) -> bool,
-    directors: &BTreeMap<String, v1::Director>,
+    directors: &BTreeMap<String, Arc<v1::Director>>,
     referrers_first: bool,
 ) {
     let Some(start) = ops.iter().position(&select) else {
@@ -494,17 +495,17 @@ pub struct State {
     /// later listing.)
     pub config_revision: i64,
     /// Backends by name.
-    pub backends: BTreeMap<String, v1::Backend>,
+    pub backends: BTreeMap<String, Arc<v1::Backend>>,
     /// Probes by name.
-    pub probes: BTreeMap<String, v1::Probe>,
+    pub probes: BTreeMap<String, Arc<v1::Probe>>,
     /// Directors by name.
-    pub directors: BTreeMap<String, v1::Director>,
+    pub directors: BTreeMap<String, Arc<v1::Director>>,
     /// Routes by name.
-    pub routes: BTreeMap<String, v1::Route>,
+    pub routes: BTreeMap<String, Arc<v1::Route>>,
     /// Certificates by name.
-    pub certificates: BTreeMap<String, v1::Certificate>,
+    pub certificates: BTreeMap<String, Arc<v1::Certificate>>,
     /// Discoveries by name.
-    pub discoveries: BTreeMap<String, v1::Discovery>,
+    pub discoveries: BTreeMap<String, Arc<v1::Discovery>>,
     /// Where errors about a resource are reported, when not `<kind>/<name>` (the request's
     /// own field, as `backend` or `backends[2]`).
     pub labels: HashMap<(Kind, String), String>,
@@ -521,7 +522,11 @@ fn encode<R: Resource>(r: &R) -> Vec<u8> {
 /// were (at 10,000 backends that was a one-backend change's largest cost), and maps compare
 /// by content where prost encodes them in hash order.
 fn same_content<R: Resource>(a: &R, b: &R) -> bool {
-    if a.revision() == b.revision() {
+    if std::ptr::eq(a, b) {
+        // Shared with the state it was copied from (`State` holds its resources behind
+        // `Arc`s): what a write left as it was is not even read.
+        true
+    } else if a.revision() == b.revision() {
         a == b
     } else {
         let mut b = b.clone();
@@ -580,7 +585,7 @@ impl State {
         struct Newest<'a>(&'a State, i64);
         impl EachKind for Newest<'_> {
             fn visit<R: Resource>(&mut self) {
-                let newest = R::map(self.0).values().map(Resource::revision).max();
+                let newest = R::map(self.0).values().map(|r| r.revision()).max();
                 self.1 = self.1.max(newest.unwrap_or(0));
             }
         }
@@ -597,7 +602,7 @@ impl State {
     /// Inserts `r` under `key` (its name).
     fn put_any_as(&mut self, key: String, r: AnyResource) {
         fn put<R: Resource>(s: &mut State, key: String, r: R) {
-            R::map_mut(s).insert(key, r);
+            R::map_mut(s).insert(key, Arc::new(r));
         }
         match r {
             AnyResource::Backend(r) => put(self, key, r),
@@ -673,7 +678,7 @@ impl State {
         struct Fill<'a>(&'a State, v1::ConfigSnapshot);
         impl EachKind for Fill<'_> {
             fn visit<R: Resource>(&mut self) {
-                R::list_mut(&mut self.1).extend(R::map(self.0).values().cloned());
+                R::list_mut(&mut self.1).extend(R::map(self.0).values().map(|r| R::clone(r)));
             }
         }
         let mut fill = Fill(
@@ -737,7 +742,7 @@ impl State {
         fn tag<R: Resource>(state: &State) -> Vec<(Label<'_>, &R)> {
             let mut v: Vec<(Label<'_>, &R)> = R::map(state)
                 .values()
-                .map(|r| (Label::Stored(R::KIND, r.name()), r))
+                .map(|r| (Label::Stored(R::KIND, r.name()), &**r))
                 .collect();
             // Few resources have a label of their own (those of the request being
             // validated): find them by name in the sorted list rather than look up every
@@ -773,7 +778,7 @@ impl State {
     /// Inserts or replaces a resource, labelling its errors with `label`.
     pub fn insert<R: Resource>(&mut self, r: R, label: String) {
         self.labels.insert((R::KIND, r.name().to_owned()), label);
-        R::map_mut(self).insert(r.name().to_owned(), r);
+        R::map_mut(self).insert(r.name().to_owned(), Arc::new(r));
     }
 
     /// Brings every balanced director's `selector_slots` up to date with the backends (see
@@ -781,10 +786,15 @@ impl State {
     /// about to write, so a backend's create, label change or delete moves it in and out of
     /// the directors that select it in the same transaction.
     pub fn assign_selector_slots(&mut self) {
-        let backends: Vec<&v1::Backend> = self.backends.values().collect();
+        let backends: Vec<&v1::Backend> = self.backends.values().map(|b| &**b).collect();
         for d in self.directors.values_mut() {
             if crate::convert::has_selector(d) || !d.selector_slots.is_empty() {
-                crate::convert::assign_selector_slots(d, &backends);
+                // On a copy: a director whose slots stay as they were stays shared.
+                let mut next = v1::Director::clone(d);
+                crate::convert::assign_selector_slots(&mut next, &backends);
+                if next != **d {
+                    *d = Arc::new(next);
+                }
             }
         }
     }
@@ -811,11 +821,11 @@ impl State {
                     }
                 } else {
                     for (name, r) in b {
-                        if a.get(name).is_none_or(|o| !same_content(o, r)) {
+                        if a.get(name).is_none_or(|o| !same_content(&**o, &**r)) {
                             let key = self.layout.key(R::KIND, name);
                             self.ops.push(match r.lease() {
-                                0 => Op::Put(key, encode(r)),
-                                lease => Op::PutLeased(key, encode(r), lease),
+                                0 => Op::Put(key, encode(&**r)),
+                                lease => Op::PutLeased(key, encode(&**r), lease),
                             });
                         }
                     }
@@ -848,7 +858,7 @@ impl State {
     pub fn differs<R: Resource>(&self, r: &R) -> bool {
         R::map(self)
             .get(r.name())
-            .is_none_or(|stored| !same_content(stored, r))
+            .is_none_or(|stored| !same_content(&**stored, r))
     }
 
     /// Sets the revision of every resource that differs from `old`'s (new or changed by a
@@ -861,13 +871,26 @@ impl State {
             fn visit<R: Resource>(&mut self) {
                 let before = R::map(self.1);
                 for (name, r) in R::map_mut(self.0) {
-                    if before.get(name).is_none_or(|o| !same_content(o, r)) {
-                        r.set_revision(0);
+                    if before.get(name).is_none_or(|o| !same_content(&**o, &**r)) {
+                        Arc::make_mut(r).set_revision(0);
                     }
                 }
             }
         }
         each_kind(&mut Mark(self, old), false);
+    }
+}
+
+/// Puts a resource by value into one of a [`State`]'s maps (tests build states by hand).
+#[cfg(test)]
+pub(crate) trait PutResource<R> {
+    fn put(&mut self, name: String, r: R) -> Option<Arc<R>>;
+}
+
+#[cfg(test)]
+impl<R> PutResource<R> for BTreeMap<String, Arc<R>> {
+    fn put(&mut self, name: String, r: R) -> Option<Arc<R>> {
+        self.insert(name, Arc::new(r))
     }
 }
 

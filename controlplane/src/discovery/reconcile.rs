@@ -57,7 +57,7 @@ pub fn reconcile(
         .backends
         .iter()
         .filter(|(_, b)| b.discovery == name)
-        .map(|(n, b)| (n.as_str(), b))
+        .map(|(n, b)| (n.as_str(), &**b))
         .collect();
     let mut status = v1::DiscoveryStatus {
         resolver: replica.to_owned(),
@@ -94,7 +94,7 @@ pub fn reconcile(
         || status.addresses != stored.addresses
         || status.missing_since_unix_ms != stored.missing_since_unix_ms;
     if says_new || changed {
-        let mut d = d.clone();
+        let mut d = v1::Discovery::clone(d);
         d.status = Some(status);
         new.insert(d, format!("discoveries/{name}"));
         changed = true;
@@ -204,10 +204,11 @@ pub fn remove_orphans(state: &mut State) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::state::PutResource;
 
     fn state() -> State {
         let mut s = State::default();
-        s.discoveries.insert(
+        s.discoveries.put(
             "web".into(),
             v1::Discovery {
                 name: "web".into(),
@@ -317,8 +318,9 @@ mod tests {
     #[test]
     fn operator_overrides_stay_and_foreign_backends_are_not_taken() {
         let (mut s, _) = step(&state(), &addrs(&["10.0.0.1:80"]), 0);
-        s.backends.get_mut("web-10-0-0-1-80").unwrap().admin_health = v1::AdminHealth::Sick as i32;
-        s.backends.insert(
+        std::sync::Arc::make_mut(s.backends.get_mut("web-10-0-0-1-80").unwrap()).admin_health =
+            v1::AdminHealth::Sick as i32;
+        s.backends.put(
             "web-10-0-0-2-80".into(),
             v1::Backend {
                 name: "web-10-0-0-2-80".into(),
@@ -343,7 +345,7 @@ mod tests {
     #[test]
     fn answers_beyond_max_backends_are_cut_and_orphans_go() {
         let mut s = state();
-        s.discoveries.get_mut("web").unwrap().max_backends = 2;
+        std::sync::Arc::make_mut(s.discoveries.get_mut("web").unwrap()).max_backends = 2;
         let (s, r) = step(
             &s,
             &addrs(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]),

@@ -331,6 +331,7 @@ pub fn check(old: &State, new: &State) -> Result<(), ApiError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::state::PutResource;
 
     fn d() -> v1::Discovery {
         v1::Discovery {
@@ -498,9 +499,9 @@ mod tests {
             probe: "gone".into(),
             ..Default::default()
         });
-        old.discoveries.insert("web".into(), broken.clone());
+        old.discoveries.put("web".into(), broken.clone());
         let mut new = old.clone();
-        new.backends.insert(
+        new.backends.put(
             "other".into(),
             v1::Backend {
                 name: "other".into(),
@@ -511,7 +512,7 @@ mod tests {
         check(&old, &new).unwrap();
         // A write that changes the Discovery is held to it.
         broken.port = 81;
-        new.discoveries.insert("web".into(), broken);
+        new.discoveries.put("web".into(), broken);
         let e = check(&old, &new).unwrap_err().to_string();
         assert!(e.contains("template.probe"), "{e}");
         // And one that removes a probe a Discovery names breaks it.
@@ -521,8 +522,8 @@ mod tests {
             probe: "hc".into(),
             ..Default::default()
         });
-        old.discoveries.insert("web".into(), ok);
-        old.probes.insert("hc".into(), v1::Probe::default());
+        old.discoveries.put("web".into(), ok);
+        old.probes.put("hc".into(), v1::Probe::default());
         let mut new = old.clone();
         new.probes.clear();
         assert!(check(&old, &new).is_err());

@@ -129,6 +129,7 @@ pub fn read(path: &Path) -> Result<Option<(State, SystemTime)>, CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::PutResource;
 
     #[test]
     fn the_cache_round_trips_and_detects_damage() {
@@ -137,7 +138,7 @@ mod tests {
             config_revision: 40,
             ..State::default()
         };
-        s.backends.insert(
+        s.backends.put(
             "b0".into(),
             v1::Backend {
                 name: "b0".into(),

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::follower::{Follower, Options, RETRY_CAP};
 use super::shutdown::Shutdown;
 use super::source::{Batch, Listed, Source, Watch};
-use crate::state::{Change, DecodeError, State};
+use crate::state::{Change, DecodeError, PutResource, State};
 use crate::store::StoreError;
 
 type BatchTx = mpsc::UnboundedSender<Result<Batch, StoreError>>;
@@ -108,7 +108,7 @@ fn state(revision: i64, backends: &[&str]) -> State {
         ..State::default()
     };
     for b in backends {
-        s.backends.insert((*b).into(), backend(b, revision));
+        s.backends.put((*b).into(), backend(b, revision));
     }
     s
 }

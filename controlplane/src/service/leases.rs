@@ -166,7 +166,7 @@ impl<S: Store> Api<S> {
 /// leased.
 pub(super) fn check_references(state: &State) -> Result<(), ApiError> {
     fn leased<R: crate::state::Resource>(
-        map: &std::collections::BTreeMap<String, R>,
+        map: &std::collections::BTreeMap<String, std::sync::Arc<R>>,
     ) -> HashMap<&str, i64> {
         map.iter()
             .filter(|(_, r)| r.lease() != 0)

@@ -201,7 +201,8 @@ impl<S: Store> Api<S> {
         *self
             .converted
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = crate::convert::Converted::default();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            crate::convert::Converted::default();
         self.cache.seed(state.clone(), &self.store, &self.layout);
         Ok(state)
     }

@@ -4,6 +4,7 @@ use tonic_types::StatusExt;
 
 use super::*;
 use crate::convert;
+use crate::state::PutResource;
 use crate::store::TxnOutcome;
 use crate::store::embedded::EmbeddedStore;
 use tether_proto::v1::Action;
@@ -505,7 +506,7 @@ fn nested_directors_are_put_inner_first_and_deleted_referrer_first() {
         nested("m-mid", "z-leaf"),
         shard("z-leaf", &[]),
     ] {
-        b.directors.insert(d.name.clone(), d);
+        b.directors.put(d.name.clone(), d);
     }
     let names = |ops: &[crate::store::Op]| -> Vec<String> {
         ops.iter()
@@ -954,19 +955,25 @@ async fn a_write_reuses_conversions_only_of_what_it_left_as_stored() {
     moved.address = "127.0.0.1:9100".into();
     let w = api
         .write(false, |_, new| {
-            new.backends.insert("b0".into(), moved.clone());
+            new.backends.put("b0".into(), moved.clone());
             Ok(())
         })
         .await
         .unwrap();
-    let spec = w.built.config.backends.iter().find(|s| s.name == "b0").unwrap();
+    let spec = w
+        .built
+        .config
+        .backends
+        .iter()
+        .find(|s| s.name == "b0")
+        .unwrap();
     assert_eq!(spec.address.to_string(), "127.0.0.1:9100");
 
     // Marking: what a write changed or added is "not stored"; the rest keeps its revision.
     let old = api.load().await.unwrap();
     let mut new = old.clone();
-    new.backends.get_mut("b1").unwrap().weight = Some(7.0);
-    new.backends.insert("b2".into(), backend("b2", 9002));
+    std::sync::Arc::make_mut(new.backends.get_mut("b1").unwrap()).weight = Some(7.0);
+    new.backends.put("b2".into(), backend("b2", 9002));
     new.mark_written(&old);
     assert_eq!(new.backends["b0"].revision, old.backends["b0"].revision);
     assert_eq!(new.backends["b1"].revision, 0);

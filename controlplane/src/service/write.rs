@@ -286,6 +286,7 @@ impl<S: Store> Api<S> {
         self.write(false, |old, new| {
             let stored = R::map(old)
                 .get(r.name())
+                .map(std::sync::Arc::as_ref)
                 .ok_or_else(|| ApiError::NotFound {
                     kind: R::FIELD,
                     name: r.name().to_owned(),
@@ -399,7 +400,7 @@ impl<S: Store> Api<S> {
                     };
                     let addrs: Vec<_> = spec.addresses().cloned().collect();
                     if pattern.matches(name, &addrs) {
-                        let mut b = b.clone();
+                        let mut b = v1::Backend::clone(b);
                         b.admin_health = state as i32;
                         new.insert(b, format!("backends/{name}"));
                         names.push(name.clone());
@@ -486,7 +487,7 @@ fn stage<R: Resource>(
                 format!("{} {:?} is given twice", R::FIELD, r.name()),
             )));
         }
-        let stored = R::map(old).get(r.name());
+        let stored = R::map(old).get(r.name()).map(std::sync::Arc::as_ref);
         if let Some(s) = stored {
             check_revision::<R>(s, r.revision())?;
         }

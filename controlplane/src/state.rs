@@ -517,6 +517,57 @@ fn encode<R: Resource>(r: &R) -> Vec<u8> {
     stored.encode_to_vec()
 }
 
+/// The resources of `new` that are not in `old` as they are (new, or changed), in name order,
+/// and the names of those of `old` that `new` lacks. Both maps are walked side by side (they
+/// are sorted): at 10,000 resources, looking each name up in the other map was most of a
+/// one-resource write's diff.
+fn compare<'a, R: Resource>(
+    old: &'a BTreeMap<String, Arc<R>>,
+    new: &'a BTreeMap<String, Arc<R>>,
+) -> (Vec<(&'a str, &'a Arc<R>)>, Vec<&'a str>) {
+    let (mut written, mut deleted) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((name, _)), None) => {
+                deleted.push(name.as_str());
+                a.next();
+            }
+            (None, Some((name, r))) => {
+                written.push((name.as_str(), *r));
+                b.next();
+            }
+            (Some((an, ar)), Some((bn, br))) => {
+                if Arc::ptr_eq(ar, br) {
+                    // The same object: under the same name, unchanged.
+                    a.next();
+                    b.next();
+                    continue;
+                }
+                match an.cmp(bn) {
+                    std::cmp::Ordering::Less => {
+                        deleted.push(an.as_str());
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        written.push((bn.as_str(), *br));
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !same_content(&***ar, &***br) {
+                            written.push((bn.as_str(), *br));
+                        }
+                        a.next();
+                        b.next();
+                    }
+                }
+            }
+        }
+    }
+    (written, deleted)
+}
+
 /// Whether two versions of a resource store the same thing (revisions aside). Compared as
 /// messages, not as encodings: no copy or encoding of the thousands a write leaves as they
 /// were (at 10,000 backends that was a one-backend change's largest cost), and maps compare
@@ -815,19 +866,18 @@ impl State {
         impl EachKind for Diff<'_> {
             fn visit<R: Resource>(&mut self) {
                 let (a, b) = (R::map(self.old), R::map(self.new));
+                let (written, deleted) = compare(a, b);
                 if self.deletes {
-                    for name in a.keys().filter(|n| !b.contains_key(*n)) {
+                    for name in deleted {
                         self.ops.push(Op::Delete(self.layout.key(R::KIND, name)));
                     }
                 } else {
-                    for (name, r) in b {
-                        if a.get(name).is_none_or(|o| !same_content(&**o, &**r)) {
-                            let key = self.layout.key(R::KIND, name);
-                            self.ops.push(match r.lease() {
-                                0 => Op::Put(key, encode(&**r)),
-                                lease => Op::PutLeased(key, encode(&**r), lease),
-                            });
-                        }
+                    for (name, r) in written {
+                        let key = self.layout.key(R::KIND, name);
+                        self.ops.push(match r.lease() {
+                            0 => Op::Put(key, encode(&**r)),
+                            lease => Op::PutLeased(key, encode(&**r), lease),
+                        });
                     }
                 }
             }
@@ -869,9 +919,14 @@ impl State {
         struct Mark<'a>(&'a mut State, &'a State);
         impl EachKind for Mark<'_> {
             fn visit<R: Resource>(&mut self) {
-                let before = R::map(self.1);
-                for (name, r) in R::map_mut(self.0) {
-                    if before.get(name).is_none_or(|o| !same_content(&**o, &**r)) {
+                let written: Vec<String> = compare(R::map(self.1), R::map(self.0))
+                    .0
+                    .into_iter()
+                    .map(|(name, _)| name.to_owned())
+                    .collect();
+                let map = R::map_mut(self.0);
+                for name in written {
+                    if let Some(r) = map.get_mut(&name) {
                         Arc::make_mut(r).set_revision(0);
                     }
                 }

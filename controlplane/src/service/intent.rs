@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::Api;
 use crate::error::ApiError;
 use crate::serial::{Serial, now_ns};
-use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// Staged parts without a live record are deleted once this old (their writer gave up or
 /// died before its first part; a younger one may still be writing).
@@ -199,9 +199,12 @@ impl<S: Store> Api<S> {
     /// with (see the module's doc). Cheap when there is none: one listing of an empty prefix.
     pub async fn recover(&self) -> Result<(), ApiError> {
         let dir = self.intents_dir();
-        let listing = self.store.list(&dir).await?;
+        let serial_key = self.layout.serial();
+        // Both reads at once: this runs before every write.
+        let (listing, serial) =
+            tokio::try_join!(self.store.list(&dir), self.store.get(&serial_key))?;
         if listing.kvs.is_empty() {
-            return self.close_orphaned_mark().await;
+            return self.close_orphaned_mark(serial).await;
         }
         // id → (live, staged parts by number, keys)
         let mut records: std::collections::BTreeMap<String, Record> = Default::default();
@@ -222,7 +225,6 @@ impl<S: Store> Api<S> {
             }
             r.keys.push(kv.key);
         }
-        let serial = self.store.get(&self.layout.serial()).await?;
         let mark = serial.as_ref().and_then(|kv| Serial::decode(&kv.value));
         let orphaned =
             mark.is_some_and(|m| m.is_open() && !records.get(&m.id_hex()).is_some_and(|r| r.live));
@@ -280,7 +282,8 @@ impl<S: Store> Api<S> {
             self.drop_intent(&id, r.keys).await;
         }
         if orphaned {
-            self.close_orphaned_mark().await?;
+            let serial = self.store.get(&serial_key).await?;
+            self.close_orphaned_mark(serial).await?;
         }
         Ok(())
     }
@@ -300,8 +303,8 @@ impl<S: Store> Api<S> {
     /// record deleted behind our back): nothing can complete or undo it, and every write would
     /// wait on it forever. Closing the mark lets the store's state, as the parts written left
     /// it, be applied — logged as the loss it is.
-    async fn close_orphaned_mark(&self) -> Result<(), ApiError> {
-        let Some(kv) = self.store.get(&self.layout.serial()).await? else {
+    async fn close_orphaned_mark(&self, serial: Option<KeyValue>) -> Result<(), ApiError> {
+        let Some(kv) = serial else {
             return Ok(());
         };
         let Some(m) = Serial::decode(&kv.value).filter(Serial::is_open) else {

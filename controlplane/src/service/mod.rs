@@ -190,8 +190,7 @@ impl<S: Store> Api<S> {
 
     /// The configuration a write starts from: the cache when it is at (or past) the store's
     /// revision now, else a listing (which the cache then starts again from).
-    async fn load_for_write(&self) -> Result<State, ApiError> {
-        let revision = self.store.revision().await?;
+    async fn load_for_write(&self, revision: i64) -> Result<State, ApiError> {
         if let Some(s) = self.cache.at_least(revision).await {
             return Ok(s);
         }
@@ -223,10 +222,6 @@ impl<S: Store> Api<S> {
             tracing::warn!(error = %e, "stored object does not decode; ignored");
         }
         Ok((state, errors, listing))
-    }
-
-    async fn read_back<R: Resource>(&self, name: &str) -> Result<R, ApiError> {
-        self.get::<R>(name).await
     }
 
     async fn get<R: Resource>(&self, name: &str) -> Result<R, ApiError> {

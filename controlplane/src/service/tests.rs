@@ -908,7 +908,9 @@ async fn writes_start_from_a_cache_that_is_what_a_listing_would_give() {
             .await
             .unwrap();
         same(
-            &api.load_for_write().await.unwrap(),
+            &api.load_for_write(api.store.revision().await.unwrap())
+                .await
+                .unwrap(),
             &api.load().await.unwrap(),
         );
     }
@@ -923,7 +925,10 @@ async fn writes_start_from_a_cache_that_is_what_a_listing_would_give() {
         })
         .await
         .unwrap();
-    let s = api.load_for_write().await.unwrap();
+    let s = api
+        .load_for_write(api.store.revision().await.unwrap())
+        .await
+        .unwrap();
     assert!(!s.backends.contains_key("x9002"));
     same(&s, &api.load().await.unwrap());
     // And a write validated against it: b1 can still not be deleted (the director names it).
@@ -968,6 +973,18 @@ async fn a_write_reuses_conversions_only_of_what_it_left_as_stored() {
         .find(|s| s.name == "b0")
         .unwrap();
     assert_eq!(spec.address.to_string(), "127.0.0.1:9100");
+
+    // What create and update return is what reading it back gives (they no longer read it
+    // back): changed, at the write's revision; unchanged, at its own.
+    let c = api.create(Some(backend("b9", 9009))).await.unwrap();
+    assert_eq!(c, api.get::<v1::Backend>("b9").await.unwrap());
+    let mut heavier = c.clone();
+    heavier.weight = Some(3.0);
+    let u = api.update(Some(heavier), None).await.unwrap();
+    assert!(u.revision > c.revision);
+    assert_eq!(u, api.get::<v1::Backend>("b9").await.unwrap());
+    let same = api.update(Some(u.clone()), None).await.unwrap();
+    assert_eq!(same, u);
 
     // Marking: what a write changed or added is "not stored"; the rest keeps its revision.
     let old = api.load().await.unwrap();

@@ -28,9 +28,24 @@ const WRITE_ATTEMPTS: usize = 8;
 pub(crate) struct Written<T> {
     pub(crate) value: T,
     revision: i64,
+    /// Written in more than one part (the revision is the last part's).
+    split: bool,
     old: State,
     /// The written configuration as validated, with its directors.
     pub(super) built: Built,
+}
+
+impl<T> Written<T> {
+    /// Its value, something else.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
+        Written {
+            value: f(self.value),
+            revision: self.revision,
+            split: self.split,
+            old: self.old,
+            built: self.built,
+        }
+    }
 }
 
 /// A validated configuration whose directors are shared with the next validation's `prev`.
@@ -68,8 +83,12 @@ impl<S: Store> Api<S> {
     ) -> Result<Written<T>, ApiError> {
         'attempt: for attempt in 0..WRITE_ATTEMPTS {
             // A split write a crash interrupted is completed before anything else is written.
-            self.recover().await?;
-            let old = self.load_for_write().await?;
+            // The store's revision is read meanwhile (both are round trips): should recovery
+            // write, the state loaded at the revision before it is caught as any other
+            // writer's would be (open, or moved on at commit), and the write starts over.
+            let (recovered, revision) = tokio::join!(self.recover(), self.store.revision());
+            recovered?;
+            let old = self.load_for_write(revision?).await?;
             if old.write_open {
                 // Another control plane is between two parts of its write.
                 tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(5))).await;
@@ -102,6 +121,7 @@ impl<S: Store> Api<S> {
                 return Ok(Written {
                     value,
                     revision,
+                    split: false,
                     old,
                     built,
                 });
@@ -170,6 +190,7 @@ impl<S: Store> Api<S> {
             return Ok(Written {
                 value,
                 revision,
+                split: n > 1,
                 old,
                 built,
             });
@@ -256,22 +277,22 @@ impl<S: Store> Api<S> {
 
     pub(super) async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
         let r = r.ok_or(ApiError::Required(R::FIELD))?;
-        let name = r.name().to_owned();
-        self.write(false, |old, new| {
-            if R::map(old).contains_key(r.name()) {
-                return Err(ApiError::AlreadyExists {
-                    kind: R::FIELD,
-                    name: r.name().to_owned(),
-                });
-            }
-            let mut r = r.clone();
-            r.set_revision(0);
-            r.prepare_write(None);
-            new.insert(r, R::FIELD.to_owned());
-            Ok(())
-        })
-        .await?;
-        self.read_back(&name).await
+        let w = self
+            .write(false, |old, new| {
+                if R::map(old).contains_key(r.name()) {
+                    return Err(ApiError::AlreadyExists {
+                        kind: R::FIELD,
+                        name: r.name().to_owned(),
+                    });
+                }
+                let mut r = r.clone();
+                r.set_revision(0);
+                r.prepare_write(None);
+                new.insert(r.clone(), R::FIELD.to_owned());
+                Ok(r)
+            })
+            .await?;
+        self.as_stored(w, true).await
     }
 
     /// Replaces a resource, or with `mask` (AIP-134) only the fields it names.
@@ -281,25 +302,41 @@ impl<S: Store> Api<S> {
         mask: Option<prost_types::FieldMask>,
     ) -> Result<R, ApiError> {
         let r = r.ok_or(ApiError::Required(R::FIELD))?;
-        let name = r.name().to_owned();
         let paths = mask.map(|m| m.paths).unwrap_or_default();
-        self.write(false, |old, new| {
-            let stored = R::map(old)
-                .get(r.name())
-                .map(std::sync::Arc::as_ref)
-                .ok_or_else(|| ApiError::NotFound {
-                    kind: R::FIELD,
-                    name: r.name().to_owned(),
-                })?;
-            check_revision::<R>(stored, r.revision())?;
-            let mut r = crate::mask::merge(stored, &r, &paths)?.unwrap_or_else(|| r.clone());
-            r.set_revision(stored.revision());
-            r.prepare_write(Some(stored));
-            new.insert(r, R::FIELD.to_owned());
-            Ok(())
-        })
-        .await?;
-        self.read_back(&name).await
+        let w = self
+            .write(false, |old, new| {
+                let stored = R::map(old)
+                    .get(r.name())
+                    .map(std::sync::Arc::as_ref)
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: R::FIELD,
+                        name: r.name().to_owned(),
+                    })?;
+                check_revision::<R>(stored, r.revision())?;
+                let mut r = crate::mask::merge(stored, &r, &paths)?.unwrap_or_else(|| r.clone());
+                r.set_revision(stored.revision());
+                r.prepare_write(Some(stored));
+                let changed = old.differs(&r);
+                new.insert(r.clone(), R::FIELD.to_owned());
+                Ok((r, changed))
+            })
+            .await?;
+        let changed = w.value.1;
+        self.as_stored(w.map(|(r, _)| r), changed).await
+    }
+
+    /// The resource a write wrote, as the store now holds it: what reading it back gives,
+    /// without the round trip — at the write's revision when it `changed`, else as it was —
+    /// unless the write was split (its parts have revisions of their own): then read back.
+    async fn as_stored<R: Resource>(&self, w: Written<R>, changed: bool) -> Result<R, ApiError> {
+        if w.split {
+            return self.get(w.value.name()).await;
+        }
+        let mut r = w.value;
+        if changed {
+            r.set_revision(w.revision);
+        }
+        Ok(r)
     }
 
     pub(super) async fn delete<R: Resource>(&self, req: v1::DeleteRequest) -> Result<(), ApiError> {

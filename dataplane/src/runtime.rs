@@ -127,6 +127,7 @@ impl Runtime {
             backends: Vec::new(),
             route_directors: Vec::new(),
             route_counters: Vec::new(),
+            fingerprint_memo: std::sync::Mutex::default(),
         };
         // Replaced snapshots are freed on a thread of their own: at 10,000 backends freeing
         // one (ring, director specs, names) takes about half a millisecond that applying the
@@ -443,6 +444,7 @@ impl Runtime {
             backends,
             route_directors,
             route_counters,
+            fingerprint_memo: std::sync::Mutex::default(),
         }));
         self.saw_revision(revision);
         // The replaced snapshot is freed elsewhere (unless a request still holds it, whose
@@ -630,5 +632,37 @@ mod tests {
             fingerprint(&[&a, &Arc::new(heavier)])
         );
         assert_ne!(fingerprint(&[&a, &b]), fingerprint(&[&a, &spec("b", 3)]));
+    }
+
+    // On a current-thread runtime with no await: the probe loop the apply spawns never runs,
+    // so only the results recorded here move the verdict.
+    #[tokio::test]
+    async fn the_remembered_fingerprint_follows_health() {
+        let rt = Runtime::new();
+        let probe = crate::config::ProbeSpec::new("p");
+        let mut b = (*spec("b", 1)).clone();
+        b.probe = Some(probe.name.clone());
+        let mut cfg = config(&[&spec("a", 1), &Arc::new(b)]);
+        cfg.probes = vec![probe.clone()];
+        rt.apply(1, cfg).expect("apply");
+        let snap = rt.snapshot();
+        let state = &snap.backends[1];
+        for _ in 0..probe.threshold {
+            state.record_probe(&probe, Ok(()));
+        }
+        let healthy = snap.fingerprint();
+        assert_eq!(snap.fingerprint(), healthy, "asked again, unchanged");
+        for _ in 0..probe.window {
+            state.record_probe(&probe, Err(crate::health::ProbeError::Status(500)));
+        }
+        let sick = snap.fingerprint();
+        assert_ne!(
+            sick, healthy,
+            "a verdict moved: the remembered fingerprint is not used"
+        );
+        for _ in 0..probe.window {
+            state.record_probe(&probe, Ok(()));
+        }
+        assert_eq!(snap.fingerprint(), healthy);
     }
 }

@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub route_directors: Vec<DirectorId>,
     /// Per route (same order): its request counters.
     pub route_counters: Vec<Arc<RouteCounters>>,
+    /// The last [`Snapshot::fingerprint`] with the verdicts it was computed for (one bit per
+    /// backend): the node record's check asks every 250 ms, and at 10,000 backends encoding
+    /// and hashing them is milliseconds where reading the verdicts is microseconds.
+    pub(crate) fingerprint_memo: std::sync::Mutex<Option<(Vec<u64>, String)>>,
 }
 
 /// What a director picks for a key.
@@ -124,9 +128,26 @@ impl Snapshot {
     /// backends take requests now — over the stable encoding of [`crate::fingerprint`]. Two
     /// nodes with the same fingerprint send every key to the same backend.
     pub fn fingerprint(&self) -> String {
-        crate::fingerprint::of(&crate::fingerprint::encode(&self.config, |i| {
-            backend_healthy(&self.config.backends[i], &self.backends[i])
-        }))
+        let mut verdicts = vec![0u64; self.backends.len().div_ceil(64)];
+        for (i, (spec, state)) in self.config.backends.iter().zip(&self.backends).enumerate() {
+            if backend_healthy(spec, state) {
+                verdicts[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let mut memo = self
+            .fingerprint_memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, fingerprint)) = memo.as_ref()
+            && *seen == verdicts
+        {
+            return fingerprint.clone();
+        }
+        let fingerprint = crate::fingerprint::of(&crate::fingerprint::encode(&self.config, |i| {
+            verdicts[i / 64] & (1 << (i % 64)) != 0
+        }));
+        *memo = Some((verdicts, fingerprint.clone()));
+        fingerprint
     }
 
     /// Which backend a route or director picks for `key` with live health, with up to

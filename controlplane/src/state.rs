@@ -971,6 +971,36 @@ mod tests {
     }
 
     #[test]
+    fn compare_finds_what_a_copy_changed_added_and_removed() {
+        let mut old = State::default();
+        for (i, n) in ["a", "b", "c", "e"].iter().enumerate() {
+            let mut b = backend(n);
+            b.revision = 10 + i64::try_from(i).unwrap();
+            old.backends.put((*n).into(), b);
+        }
+        let mut new = old.clone();
+        // b changed (its revision as the request gave it), c removed, d added, and e put back
+        // as it was but as a new object (compared by content, revisions aside).
+        let mut b = v1::Backend::clone(&new.backends["b"]);
+        b.weight = Some(2.0);
+        b.revision = 99;
+        new.backends.put("b".into(), b);
+        new.backends.remove("c");
+        new.backends.put("d".into(), backend("d"));
+        let mut e = v1::Backend::clone(&new.backends["e"]);
+        e.revision = 55;
+        new.backends.put("e".into(), e);
+        let (written, deleted) = compare(&old.backends, &new.backends);
+        let written: Vec<&str> = written.iter().map(|(n, _)| *n).collect();
+        assert_eq!(written, ["b", "d"]);
+        assert_eq!(deleted, ["c"]);
+        // And the write's marks: what it wrote is "not stored", the rest keeps its revision.
+        new.mark_written(&old);
+        let revisions: Vec<i64> = new.backends.values().map(|b| b.revision).collect();
+        assert_eq!(revisions, [10, 0, 0, 55]);
+    }
+
+    #[test]
     fn every_path_leaves_out_an_undecodable_object_and_reports_it() {
         let l = Layout::default();
         let good = kv(&l.key(Kind::Backend, "a"), backend("a").encode_to_vec(), 3);

@@ -723,6 +723,33 @@ impl State {
         self.apply(revision, changes)
     }
 
+    /// [`State::to_snapshot`] without undecodable objects, encoded (the node's cache file):
+    /// the same bytes, written from the shared resources instead of a copy of each (at 10,000
+    /// backends the copies were most of the cost of saving the cache after every change).
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        use prost::encoding::{int64, message};
+        fn each<R: Resource>(tag: u32, map: &BTreeMap<String, Arc<R>>, buf: &mut Vec<u8>) {
+            for r in map.values() {
+                message::encode(tag, &**r, buf);
+            }
+        }
+        // In field-number order, as prost writes a `ConfigSnapshot`.
+        let mut buf = Vec::new();
+        if self.revision != 0 {
+            int64::encode(1, &self.revision, &mut buf);
+        }
+        each(2, &self.backends, &mut buf);
+        each(3, &self.probes, &mut buf);
+        each(4, &self.directors, &mut buf);
+        each(5, &self.routes, &mut buf);
+        if self.config_revision != 0 {
+            int64::encode(7, &self.config_revision, &mut buf);
+        }
+        each(8, &self.certificates, &mut buf);
+        each(10, &self.discoveries, &mut buf);
+        buf
+    }
+
     /// The state as a snapshot message (GetSnapshot, the node's cache), with the objects that
     /// were left out because they do not decode.
     pub fn to_snapshot(&self, undecodable: &[DecodeError]) -> v1::ConfigSnapshot {
@@ -968,6 +995,55 @@ mod tests {
             address: "127.0.0.1:1".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_cache_encoding_is_the_snapshot_messages() {
+        let mut s = State {
+            revision: 42,
+            config_revision: 40,
+            ..State::default()
+        };
+        for n in ["a", "b"] {
+            s.backends.put(n.into(), backend(n));
+        }
+        s.probes.put(
+            "p".into(),
+            v1::Probe {
+                name: "p".into(),
+                ..Default::default()
+            },
+        );
+        s.directors.put(
+            "d".into(),
+            v1::Director {
+                name: "d".into(),
+                ..Default::default()
+            },
+        );
+        s.routes.put(
+            "r".into(),
+            v1::Route {
+                name: "r".into(),
+                ..Default::default()
+            },
+        );
+        s.certificates.put(
+            "c".into(),
+            v1::Certificate {
+                name: "c".into(),
+                ..Default::default()
+            },
+        );
+        s.discoveries.put(
+            "x".into(),
+            v1::Discovery {
+                name: "x".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.encode_snapshot(), s.to_snapshot(&[]).encode_to_vec());
+        assert_eq!(State::default().encode_snapshot(), Vec::<u8>::new());
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub enum CacheError {
 const MAGIC: &[u8; 8] = b"TTHRSNP1";
 
 fn encode(state: &State) -> Vec<u8> {
-    let payload = state.to_snapshot(&[]).encode_to_vec();
+    let payload = state.encode_snapshot();
     let mut out = Vec::with_capacity(payload.len() + 40);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&Sha256::digest(&payload));

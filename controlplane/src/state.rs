@@ -1007,41 +1007,23 @@ mod tests {
         for n in ["a", "b"] {
             s.backends.put(n.into(), backend(n));
         }
-        s.probes.put(
-            "p".into(),
-            v1::Probe {
-                name: "p".into(),
-                ..Default::default()
-            },
-        );
-        s.directors.put(
-            "d".into(),
-            v1::Director {
-                name: "d".into(),
-                ..Default::default()
-            },
-        );
-        s.routes.put(
-            "r".into(),
-            v1::Route {
-                name: "r".into(),
-                ..Default::default()
-            },
-        );
-        s.certificates.put(
-            "c".into(),
-            v1::Certificate {
-                name: "c".into(),
-                ..Default::default()
-            },
-        );
-        s.discoveries.put(
-            "x".into(),
-            v1::Discovery {
-                name: "x".into(),
-                ..Default::default()
-            },
-        );
+        // One of every other kind, by name alone.
+        macro_rules! one {
+            ($map:ident, $ty:ident) => {
+                s.$map.put(
+                    "x".into(),
+                    v1::$ty {
+                        name: "x".into(),
+                        ..Default::default()
+                    },
+                );
+            };
+        }
+        one!(probes, Probe);
+        one!(directors, Director);
+        one!(routes, Route);
+        one!(certificates, Certificate);
+        one!(discoveries, Discovery);
         assert_eq!(s.encode_snapshot(), s.to_snapshot(&[]).encode_to_vec());
         assert_eq!(State::default().encode_snapshot(), Vec::<u8>::new());
     }

@@ -985,6 +985,17 @@ async fn a_write_reuses_conversions_only_of_what_it_left_as_stored() {
     assert_eq!(u, api.get::<v1::Backend>("b9").await.unwrap());
     let same = api.update(Some(u.clone()), None).await.unwrap();
     assert_eq!(same, u);
+    // What the write path adds goes with it: a balanced selector director's slots.
+    let mut web = backend("w1", 9011);
+    web.labels = [("app".to_owned(), "web".to_owned())].into();
+    api.create(Some(web)).await.unwrap();
+    let mut sel = selecting("sel", "web");
+    if let Some(v1::director::Policy::Shard(sh)) = sel.policy.as_mut() {
+        sh.algorithm = v1::ShardAlgorithm::Balanced as i32;
+    }
+    let d = api.create(Some(sel)).await.unwrap();
+    assert!(!d.selector_slots.is_empty(), "{d:?}");
+    assert_eq!(d, api.get::<v1::Director>("sel").await.unwrap());
 
     // Marking: what a write changed or added is "not stored"; the rest keeps its revision.
     let old = api.load().await.unwrap();

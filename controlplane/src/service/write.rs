@@ -31,21 +31,10 @@ pub(crate) struct Written<T> {
     /// Written in more than one part (the revision is the last part's).
     split: bool,
     old: State,
+    /// What it wrote (or would have: a dry run), objects it changed marked "not stored".
+    new: State,
     /// The written configuration as validated, with its directors.
     pub(super) built: Built,
-}
-
-impl<T> Written<T> {
-    /// Its value, something else.
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
-        Written {
-            value: f(self.value),
-            revision: self.revision,
-            split: self.split,
-            old: self.old,
-            built: self.built,
-        }
-    }
 }
 
 /// A validated configuration whose directors are shared with the next validation's `prev`.
@@ -123,6 +112,7 @@ impl<S: Store> Api<S> {
                     revision,
                     split: false,
                     old,
+                    new,
                     built,
                 });
             }
@@ -192,6 +182,7 @@ impl<S: Store> Api<S> {
                 revision,
                 split: n > 1,
                 old,
+                new,
                 built,
             });
         }
@@ -277,6 +268,7 @@ impl<S: Store> Api<S> {
 
     pub(super) async fn create<R: Resource>(&self, r: Option<R>) -> Result<R, ApiError> {
         let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
         let w = self
             .write(false, |old, new| {
                 if R::map(old).contains_key(r.name()) {
@@ -288,11 +280,11 @@ impl<S: Store> Api<S> {
                 let mut r = r.clone();
                 r.set_revision(0);
                 r.prepare_write(None);
-                new.insert(r.clone(), R::FIELD.to_owned());
-                Ok(r)
+                new.insert(r, R::FIELD.to_owned());
+                Ok(())
             })
             .await?;
-        self.as_stored(w, true).await
+        self.as_stored::<R, _>(&w, &name).await
     }
 
     /// Replaces a resource, or with `mask` (AIP-134) only the fields it names.
@@ -302,6 +294,7 @@ impl<S: Store> Api<S> {
         mask: Option<prost_types::FieldMask>,
     ) -> Result<R, ApiError> {
         let r = r.ok_or(ApiError::Required(R::FIELD))?;
+        let name = r.name().to_owned();
         let paths = mask.map(|m| m.paths).unwrap_or_default();
         let w = self
             .write(false, |old, new| {
@@ -316,27 +309,29 @@ impl<S: Store> Api<S> {
                 let mut r = crate::mask::merge(stored, &r, &paths)?.unwrap_or_else(|| r.clone());
                 r.set_revision(stored.revision());
                 r.prepare_write(Some(stored));
-                let changed = old.differs(&r);
-                new.insert(r.clone(), R::FIELD.to_owned());
-                Ok((r, changed))
+                new.insert(r, R::FIELD.to_owned());
+                Ok(())
             })
             .await?;
-        let changed = w.value.1;
-        self.as_stored(w.map(|(r, _)| r), changed).await
+        self.as_stored::<R, _>(&w, &name).await
     }
 
-    /// The resource a write wrote, as the store now holds it: what reading it back gives,
-    /// without the round trip — at the write's revision when it `changed`, else as it was —
-    /// unless the write was split (its parts have revisions of their own): then read back.
-    async fn as_stored<R: Resource>(&self, w: Written<R>, changed: bool) -> Result<R, ApiError> {
-        if w.split {
-            return self.get(w.value.name()).await;
+    /// Resource `name` as a write left it in the store: what reading it back gives, without
+    /// the round trip — from the state the write committed (after what the write path adds,
+    /// as a director's selector slots), at the write's revision when the write changed it
+    /// (`State::mark_written` left it "not stored"), else as it was — unless the write was
+    /// split (its parts have revisions of their own): then read back.
+    async fn as_stored<R: Resource, T>(&self, w: &Written<T>, name: &str) -> Result<R, ApiError> {
+        match R::map(&w.new).get(name) {
+            Some(r) if !w.split => {
+                let mut r = R::clone(r);
+                if r.revision() == 0 {
+                    r.set_revision(w.revision);
+                }
+                Ok(r)
+            }
+            _ => self.get(name).await,
         }
-        let mut r = w.value;
-        if changed {
-            r.set_revision(w.revision);
-        }
-        Ok(r)
     }
 
     pub(super) async fn delete<R: Resource>(&self, req: v1::DeleteRequest) -> Result<(), ApiError> {

@@ -177,7 +177,8 @@ pub async fn spawn_wrapped(
         .args(args)
         .envs(env.iter().copied())
         // TETHER_TEST_LOG=<filter> logs each process at that level into <dir>/stderr.log
-        // (for chasing a failure; the test's own output stays readable).
+        // (for chasing a failure; the test's own output stays readable). A test's directory
+        // goes with its `TempDir`: keep it (`tempdir().unwrap().keep()`) while chasing.
         .env(
             "RUST_LOG",
             std::env::var("TETHER_TEST_LOG").unwrap_or("warn".into()),

@@ -196,7 +196,8 @@ impl<S: Store> Api<S> {
     }
 
     /// Completes split writes a crash interrupted, and deletes intent records that are done
-    /// with (see the module's doc). Cheap when there is none: one listing of an empty prefix.
+    /// with (see the module's doc). Cheap when there is none: a listing of an empty prefix and
+    /// a read of the serial key, at once.
     pub async fn recover(&self) -> Result<(), ApiError> {
         let dir = self.intents_dir();
         let serial_key = self.layout.serial();

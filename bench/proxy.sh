@@ -5,7 +5,11 @@
 # upstreams, upstream keep-alive, X-Forwarded-For added, one worker thread each. The upstream
 # is one NGINX worker answering `200 bN` from memory; wrk runs one thread.
 #
-# Usage: bench/proxy.sh [RUNS] [SECONDS] [CONNECTIONS]   (defaults 3, 10, 32)
+# Then, per proxy, memory per idle keep-alive client connection: resident memory of all its
+# processes before and while bench/hold.py holds IDLE connections (one request each, then
+# silence; default 4,000), over the connections held.
+#
+# Usage: bench/proxy.sh [RUNS] [SECONDS] [CONNECTIONS]   (defaults 3, 10, 32; IDLE=N)
 # TETHER_BASELINE=PATH adds a `baseline` row: that tether binary, in the same rounds (A/B).
 # Needs: wrk haproxy nginx (apt-get install wrk haproxy nginx-light). Loopback only; bounded
 # by RUNS x 3 proxies x SECONDS.
@@ -61,4 +65,18 @@ for run in $(seq "$runs"); do
     cpu=$(python3 -c "print(f'{($after - $before) / $hz / $reqs * 1e6:.2f}')")
     printf '%-8s %4s %10s %9s %9s %12s %s\n' "$proxy" "$run" "$rps" "$p50" "$p99" "$cpu" "$errs"
   done
+done
+idle=${IDLE:-4000}
+printf '\n%-8s %12s %12s %8s %12s\n' proxy "RSS KiB" "held KiB" held "KiB/conn"
+for proxy in $proxies; do
+  case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; baseline) port=18083 ;; esac
+  sleep 2   # the benchmark's connections are gone
+  before=$(rss_kib $proxy)
+  python3 bench/hold.py "127.0.0.1:$port" 0 "$idle" 20 >"$work/idle-$proxy.out" & hold=$!
+  sleep 15  # the holder opens its connections and goes quiet
+  during=$(rss_kib $proxy)
+  wait "$hold" || true
+  held=$(awk '/^held/ {print $2}' "$work/idle-$proxy.out")
+  per=$(awk -v a="$before" -v b="$during" -v n="$held" 'BEGIN { printf "%.1f", n ? (b - a) / n : 0 }')
+  printf '%-8s %12s %12s %8s %12s\n' "$proxy" "$before" "$during" "$held" "$per"
 done

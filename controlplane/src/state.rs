@@ -540,7 +540,9 @@ fn compare<'a, R: Resource>(
             }
             (Some((an, ar)), Some((bn, br))) => {
                 if Arc::ptr_eq(ar, br) {
-                    // The same object: under the same name, unchanged.
+                    // The same object (`State` holds its resources behind `Arc`s, so a copy
+                    // shares what a write left as it was): under the same name, unchanged,
+                    // and not even read.
                     a.next();
                     b.next();
                     continue;
@@ -573,11 +575,7 @@ fn compare<'a, R: Resource>(
 /// were (at 10,000 backends that was a one-backend change's largest cost), and maps compare
 /// by content where prost encodes them in hash order.
 fn same_content<R: Resource>(a: &R, b: &R) -> bool {
-    if std::ptr::eq(a, b) {
-        // Shared with the state it was copied from (`State` holds its resources behind
-        // `Arc`s): what a write left as it was is not even read.
-        true
-    } else if a.revision() == b.revision() {
+    if a.revision() == b.revision() {
         a == b
     } else {
         let mut b = b.clone();

@@ -496,16 +496,14 @@ mod tests {
         );
     }
 
-    fn probed(healthy_probes: usize) -> BackendRuntime {
+    /// A probed backend on fleet health, never probed yet.
+    fn probed() -> BackendRuntime {
         let spec = BackendSpec::new("b", "127.0.0.1:1".parse().unwrap());
         let fleet = Arc::new(FleetHealth::default());
         fleet.set_source(Source::Fleet);
         let b = BackendRuntime::new(&spec, &Arc::new(Dns::new(DnsConfig::default())), &fleet);
         let probe = ProbeSpec::new("p");
         b.set_probe(Some(&probe), String::new(), Transport::default());
-        for _ in 0..healthy_probes {
-            b.record_probe(&probe, Ok(()));
-        }
         b
     }
 
@@ -513,7 +511,7 @@ mod tests {
     fn a_new_owner_with_no_report_to_continue_keeps_the_verdict_it_routes_on() {
         // Healthy by the fleet's last word, then its owner died before anyone kept a report:
         // the node that takes the probe over stays healthy until its own probes say otherwise.
-        let b = probed(0);
+        let b = probed();
         b.set_fleet(Some(true), Role::Follow, None);
         assert!(b.probe_healthy());
         b.set_fleet(None, Role::Own, None);
@@ -522,7 +520,7 @@ mod tests {
             "taking the probe over flipped the verdict"
         );
         // A backend new to the fleet starts as Varnish's `initial` says (sick by default)...
-        let fresh = probed(0);
+        let fresh = probed();
         fresh.set_fleet(None, Role::Own, None);
         assert!(!fresh.probe_healthy());
         // ...and its first good probes count from there, as a new probe's do.

@@ -6,12 +6,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::edge::Gap;
-use crate::pool::{Checkout, Failure};
+use crate::h1;
+use crate::pool::{Checkout, Failure, Upstream};
 use crate::traffic::Exchange;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 /// What the proxy answers with.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -22,9 +22,12 @@ pub enum BodyError {
     /// Nothing arrived for `between_bytes`.
     #[error("backend sent nothing for {0:?} (between_bytes timeout)")]
     Timeout(Duration),
-    /// The backend connection failed.
+    /// The backend connection failed (HTTP/2).
     #[error("backend body: {0}")]
     Backend(#[from] hyper::Error),
+    /// The backend connection failed, or its body's framing was broken (HTTP/1.1).
+    #[error("backend body: {0}")]
+    H1(#[from] h1::Error),
 }
 
 /// A backend's response body, streamed frame by frame, with the between-bytes timeout. When it
@@ -33,7 +36,7 @@ pub enum BodyError {
 /// recorded when the body is dropped.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Upstream,
     /// The between-bytes timeout.
     gap: Gap,
     conn: Option<Checkout>,
@@ -41,15 +44,15 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `conn` returns to its pool at the end.
-    pub fn new(inner: Incoming, timeout: Duration, conn: Checkout) -> Self {
+    /// Wraps `inner` (read from `conn` when HTTP/1.1); `conn` returns to its pool at the end.
+    pub fn new(inner: Upstream, timeout: Duration, conn: Checkout) -> Self {
         let mut body = UpstreamBody {
             inner,
             gap: Gap::new(timeout),
             conn: Some(conn),
             exchange: None,
         };
-        if body.inner.is_end_stream() {
+        if body.is_end_stream() {
             // The server may never poll an empty body: give the connection back now.
             body.release();
         }
@@ -58,7 +61,7 @@ impl UpstreamBody {
 
     /// Carries `ex` to the body's end (complete already if the body is empty).
     pub fn carry(&mut self, mut ex: Exchange) {
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             ex.complete();
         }
         self.exchange = Some(ex);
@@ -90,12 +93,19 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Upstream::H2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BodyError::from),
+            Upstream::H1(framing) => match this.conn.as_mut() {
+                Some(conn) => conn.poll_h1(cx, framing).map_err(BodyError::from),
+                None => Poll::Ready(None),
+            },
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(ex), Some(data)) = (this.exchange.as_mut(), frame.data_ref()) {
                     ex.sent(data.len());
                 }
-                if this.inner.is_end_stream() {
+                if this.is_end_stream() {
                     // A server stops polling once a body reports its end (a known length was
                     // read): give the connection back now, not at a `None` that never comes.
                     this.release();
@@ -106,7 +116,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.fail(Failure::BodyFailed);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.release();
@@ -123,11 +133,19 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Upstream::H2(incoming) => incoming.is_end_stream(),
+            Upstream::H1(framing) => framing.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Upstream::H2(incoming) => incoming.size_hint(),
+            Upstream::H1(framing) => framing
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub mod edge;
 pub mod exposition;
 pub mod fingerprint;
 pub mod fleet;
+pub mod h1;
 pub mod health;
 pub mod histogram;
 pub mod limits;

@@ -1,4 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to one backend identity.
+//! Keep-alive HTTP/1.1 connections to one backend identity (spoken by [`crate::h1`], in the
+//! request's task), and shared HTTP/2 ones (hyper's client, a task per connection).
 //!
 //! A connection is checked out for one request as a [`Checkout`] guard, which gives it back
 //! when the response body has been read to the end ([`Checkout::release`], called by
@@ -32,13 +33,14 @@ use bytes::Bytes;
 use http::{Request, Response, Uri, Version, header, uri};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::{Address, BackendSpec, Host, Protocol};
 use crate::edge::ClientBody;
+use crate::h1;
 use crate::resolve::{Answer, Dns, ResolveError};
 use crate::tls::{self, BackendTls};
 
@@ -265,11 +267,52 @@ impl Failures {
 /// An idle HTTP/1.1 connection, with what decides whether it may still be used.
 #[derive(Debug)]
 struct Idle {
-    conn: http1::SendRequest<RequestBody>,
+    conn: h1::Conn,
     born: Instant,
     peer: SocketAddr,
     /// The pool's generation when it was opened (see [`Pool::reset`]).
     generation: u64,
+    /// Its place under `max_connections`: freed when the connection is dropped (closed).
+    slot: SlotGuard,
+}
+
+/// A response head from a backend, and how its body is read.
+#[derive(Debug)]
+pub enum Upstream {
+    /// HTTP/1.1: the body is read from the checkout's connection ([`Checkout::poll_h1`]).
+    H1(h1::Framing),
+    /// HTTP/2: hyper's stream.
+    H2(Incoming),
+}
+
+/// Why a request failed on a checked-out connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// HTTP/1.1.
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+    /// HTTP/2.
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// The backend's response head was over the limit (its answer, not a broken connection).
+    pub fn is_head_too_large(&self) -> bool {
+        match self {
+            SendError::H1(e) => matches!(e, h1::Error::HeadTooLarge(_)),
+            SendError::H2(e) => e.is_parse_too_large(),
+        }
+    }
+}
+
+/// A failed send, and the request when none of it was used (it may go elsewhere as it is).
+#[derive(Debug)]
+pub struct Unsent {
+    /// Why.
+    pub error: SendError,
+    /// The request, intact.
+    pub request: Option<Request<RequestBody>>,
 }
 
 /// The open count, shared with the connection tasks (a task's end frees its slot), and the
@@ -311,9 +354,8 @@ pub struct Checkout {
     retire_at: Option<Instant>,
     /// Over TLS (the scheme of HTTP/2 requests).
     tls: bool,
-    /// A connection opened for an Upgrade ([`Pool::open_tunnel`]): its slot, shared with its
-    /// task, which ends when the connection becomes a tunnel — the tunnel then holds it.
-    tunnel_slot: Option<Arc<SlotGuard>>,
+    /// Opened for an Upgrade ([`Pool::open_tunnel`]): never given back to the idle lists.
+    tunnel: bool,
 }
 
 /// What a checkout holds.
@@ -341,7 +383,7 @@ impl Checkout {
             held: Held::H1(idle),
             retire_at,
             tls,
-            tunnel_slot: None,
+            tunnel: false,
         }
     }
 
@@ -354,7 +396,7 @@ impl Checkout {
             },
             retire_at: dial.max_lifetime.map(|l| shared.born + l),
             tls: dial.tls.is_some(),
-            tunnel_slot: None,
+            tunnel: false,
         }
     }
 
@@ -369,9 +411,15 @@ impl Checkout {
     pub async fn send(
         &mut self,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    ) -> Result<Response<Upstream>, Unsent> {
         match &mut self.held {
-            Held::H1(idle) => idle.conn.try_send_request(req).await,
+            Held::H1(idle) => match idle.conn.send(req).await {
+                Ok((parts, framing)) => Ok(Response::from_parts(parts, Upstream::H1(framing))),
+                Err(h1::Failed { error, unsent }) => Err(Unsent {
+                    error: error.into(),
+                    request: unsent,
+                }),
+            },
             Held::H2 { conn, .. } => {
                 let scheme = if self.tls {
                     uri::Scheme::HTTPS
@@ -379,15 +427,37 @@ impl Checkout {
                     uri::Scheme::HTTP
                 };
                 h2_uri(&mut req, scheme);
-                conn.try_send_request(req).await
+                match conn.try_send_request(req).await {
+                    Ok(r) => Ok(r.map(Upstream::H2)),
+                    Err(mut e) => Err(Unsent {
+                        request: e.take_message(),
+                        error: e.into_error().into(),
+                    }),
+                }
             }
         }
     }
 
-    /// The connection's place under `max_connections`, for a tunnel it became (`None` for a
-    /// pooled connection).
-    pub fn into_tunnel_slot(self) -> Option<TunnelSlot> {
-        self.tunnel_slot.map(|s| TunnelSlot { _slot: s })
+    /// The next part of an HTTP/1.1 response body (see [`h1::Conn::poll_frame`]); `None` on
+    /// an HTTP/2 stream.
+    pub fn poll_h1(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        framing: &mut h1::Framing,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, h1::Error>>> {
+        match &mut self.held {
+            Held::H1(idle) => idle.conn.poll_frame(cx, framing),
+            Held::H2 { .. } => std::task::Poll::Ready(None),
+        }
+    }
+
+    /// The connection as a tunnel after a `101`, with its place under `max_connections`
+    /// (`None` for an HTTP/2 stream, which cannot be upgraded).
+    pub fn into_tunnel(self) -> Option<(h1::Upgraded, TunnelSlot)> {
+        match self.held {
+            Held::H1(idle) => Some((idle.conn.into_upgraded(), TunnelSlot { _slot: idle.slot })),
+            Held::H2 { .. } => None,
+        }
     }
 
     /// Gives the connection back to its pool for the next request, unless it is too old or
@@ -397,7 +467,7 @@ impl Checkout {
             // A stream: dropping its guard frees it; the connection stays shared.
             return;
         };
-        if self.tunnel_slot.is_some() {
+        if self.tunnel || !idle.conn.reusable() {
             return;
         }
         if self.retire_at.is_some_and(|t| Instant::now() >= t) || !self.pool.current(idle.peer) {
@@ -428,14 +498,14 @@ fn h2_uri(req: &mut Request<RequestBody>, scheme: uri::Scheme) {
     *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
 }
 
-/// Frees a connection's slot when its task ends, and tells a queued request.
+/// Frees a connection's slot when it closes, and tells a queued request.
 #[derive(Debug)]
 struct SlotGuard(Arc<Slots>);
 
 /// A tunnel's place under its backend's `max_connections`, given back when dropped.
 #[derive(Debug)]
 pub struct TunnelSlot {
-    _slot: Arc<SlotGuard>,
+    _slot: SlotGuard,
 }
 
 impl Drop for SlotGuard {
@@ -484,7 +554,7 @@ impl Pool {
 
     /// Returns a connection whose response was read to the end.
     fn put(&self, idle: Idle) {
-        if idle.conn.is_closed() || idle.generation != self.generation.load(Ordering::Acquire) {
+        if idle.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut list = lock(&self.idle[shard()]);
@@ -527,19 +597,17 @@ impl Pool {
     }
 
     /// An idle connection from list `i` that may still be used; unusable ones are closed.
-    async fn take(self: &Arc<Self>, i: usize, dial: &Dial<'_>) -> Option<Checkout> {
+    fn take(self: &Arc<Self>, i: usize, dial: &Dial<'_>) -> Option<Checkout> {
         loop {
             let mut idle = lock(&self.idle[i]).pop()?;
             let retire_at = dial.max_lifetime.map(|l| idle.born + l);
-            if idle.conn.is_closed()
+            if !idle.conn.is_live()
                 || retire_at.is_some_and(|t| Instant::now() >= t)
                 || !self.current(idle.peer)
             {
                 continue;
             }
-            if idle.conn.ready().await.is_ok() {
-                return Some(Checkout::h1(self, idle, retire_at, dial.tls.is_some()));
-            }
+            return Some(Checkout::h1(self, idle, retire_at, dial.tls.is_some()));
         }
     }
 
@@ -558,7 +626,7 @@ impl Pool {
     }
 
     /// An idle connection (or free HTTP/2 stream) from any thread's list, this thread's first.
-    async fn take_any(self: &Arc<Self>, dial: &Dial<'_>) -> Option<Checkout> {
+    fn take_any(self: &Arc<Self>, dial: &Dial<'_>) -> Option<Checkout> {
         let own = shard();
         for k in 0..SHARDS {
             let i = (own + k) % SHARDS;
@@ -567,7 +635,7 @@ impl Pool {
             {
                 return Some(c);
             }
-            if let Some(c) = self.take(i, dial).await {
+            if let Some(c) = self.take(i, dial) {
                 return Some(c);
             }
         }
@@ -599,7 +667,7 @@ impl Pool {
             return Ok((c, true));
         }
         if !dial.protocol.always_h2()
-            && let Some(c) = self.take(shard(), &dial).await
+            && let Some(c) = self.take(shard(), &dial)
         {
             return Ok((c, true));
         }
@@ -637,7 +705,7 @@ impl Pool {
             if let Some(slot) = self.reserve(dial.max_connections) {
                 return self.connect(slot, dial, tunnel).await.map(|c| (c, false));
             }
-            if !tunnel && let Some(c) = self.take_any(dial).await {
+            if !tunnel && let Some(c) = self.take_any(dial) {
                 return Ok((c, true));
             }
             if dial.queue_timeout.is_zero() {
@@ -698,40 +766,20 @@ impl Pool {
             if h2 {
                 return self.handshake_h2(io, slot, dial, peer, born).await;
             }
-            let (conn, task) = http1::Builder::new()
-                // A larger response head is an error, answered 502.
-                .max_header_size(dial.max_head_bytes)
-                .handshake(TokioIo::new(io))
-                .await?;
-            let tunnel_slot = if upgrades {
-                let slot = Arc::new(slot);
-                let held = Arc::clone(&slot);
-                tokio::spawn(async move {
-                    // Ends when the connection fails, closes, or is handed to a tunnel.
-                    let _ = task.with_upgrades().await;
-                    drop(held);
-                });
-                Some(slot)
-            } else {
-                tokio::spawn(async move {
-                    // The connection's own errors end it; requests on it see them.
-                    let _ = task.await;
-                    drop(slot);
-                });
-                None
-            };
             let mut c = Checkout::h1(
                 self,
                 Idle {
-                    conn,
+                    // A larger response head is an error, answered 502.
+                    conn: h1::Conn::new(io, dial.max_head_bytes),
                     born,
                     peer,
                     generation,
+                    slot,
                 },
                 dial.max_lifetime.map(|l| born + l),
                 dial.tls.is_some(),
             );
-            c.tunnel_slot = tunnel_slot;
+            c.tunnel = upgrades;
             return Ok(c);
         }
         Err(last)
@@ -902,7 +950,7 @@ impl Pool {
                 *l = keep;
                 gone.extend(drop_);
             }
-            // Dropped outside the lock: closing runs the connections' tasks' wake-ups.
+            // Dropped outside the lock: closing frees their slots and wakes queued requests.
             drop(gone);
         }
     }

@@ -87,7 +87,7 @@ pub enum ProxyError {
         /// The backend.
         backend: String,
         /// Why.
-        source: hyper::Error,
+        source: crate::pool::SendError,
     },
 }
 
@@ -650,22 +650,25 @@ async fn forward(
                     Some((Arc::clone(state), started)),
                 ));
             }
-            Ok(Ok(mut resp)) => {
+            Ok(Ok(resp)) => {
                 ex.upstream_head();
                 let status = resp.status().as_u16();
                 counters.record(status, started.elapsed());
-                let tunnel = match upgrade.take() {
-                    Some(u) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp
-                        .extensions_mut()
-                        .remove::<OnUpgrade>()
-                        .map(|backend| (u, backend)),
+                let upgraded = match upgrade.take() {
+                    Some(u) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => Some(u),
                     _ => None,
                 };
                 let (mut parts, incoming) = resp.into_parts();
                 let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
                 // A response's Connection header may name any of its headers.
                 strip_hop_by_hop(&mut parts.headers, Vec::new);
-                if let Some((u, backend)) = tunnel {
+                if let Some(u) = upgraded {
+                    let Some((backend, slot)) = conn.into_tunnel() else {
+                        return Err((
+                            ProxyError::BadRequest("an HTTP/2 backend cannot be upgraded"),
+                            None,
+                        ));
+                    };
                     parts
                         .headers
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -677,7 +680,7 @@ async fn forward(
                         backend,
                         state: Arc::clone(state),
                         busy: u.busy,
-                        slot: conn.into_tunnel_slot(),
+                        slot,
                     };
                     tokio::spawn(t.run(Arc::clone(edge)));
                     return Ok(Response::from_parts(parts, text("")));
@@ -685,10 +688,10 @@ async fn forward(
                 let body = UpstreamBody::new(incoming, spec.timeouts.between_bytes, conn);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
-            Ok(Err(mut e)) => {
+            Ok(Err(e)) => {
                 // The client stalled its body, or sent too much: its fault, not the
                 // backend's; not retried.
-                match ClientBodyError::of(e.error()) {
+                match ClientBodyError::of(&e.error) {
                     Some(ClientBodyError::TooLarge(n)) => {
                         return Err((ProxyError::BodyTooLarge(*n), None));
                     }
@@ -700,7 +703,7 @@ async fn forward(
                     }
                     None => {}
                 }
-                if e.error().is_parse_too_large() {
+                if e.error.is_head_too_large() {
                     // The backend's answer, not a broken connection: not retried elsewhere.
                     state.pool.counters.failures.add(PoolFailure::HeadTooLarge);
                     return Err((
@@ -726,16 +729,16 @@ async fn forward(
                 let count = || {
                     state.pool.counters.failures.add(PoolFailure::BackendFailed);
                 };
-                if let Some(unsent) = e.take_message() {
+                if let Some(unsent) = e.request {
                     // Nothing was written: the body is intact, any method may go on.
                     body = Some(unsent.into_body());
                 } else if replayable {
                     body = Some(Either::Right(Empty::new()));
                 } else {
                     count();
-                    return Err(failure(e.into_error()));
+                    return Err(failure(e.error));
                 }
-                last = Some(failure(e.into_error()));
+                last = Some(failure(e.error));
                 if retry_here {
                     fresh_retry_used = true;
                 } else {

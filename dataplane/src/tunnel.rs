@@ -29,13 +29,13 @@ pub struct Tunnel {
     /// The client's connection, once hyper has written the `101`.
     pub client: OnUpgrade,
     /// The backend's connection, after its `101`.
-    pub backend: OnUpgrade,
+    pub backend: crate::h1::Upgraded,
     /// The backend (for its drain signal).
     pub state: BackendRef,
     /// Keeps the client connection busy for the tunnel's life.
     pub busy: InFlight,
     /// The backend connection's place under `max_connections`.
-    pub slot: Option<TunnelSlot>,
+    pub slot: TunnelSlot,
 }
 
 /// How a tunnel ended.
@@ -75,15 +75,15 @@ impl Tunnel {
 
 async fn splice(
     client: OnUpgrade,
-    backend: OnUpgrade,
+    backend: crate::h1::Upgraded,
     state: &BackendRef,
     edge: &Edge,
 ) -> io::Result<End> {
-    let (client, backend) = tokio::try_join!(client, backend).map_err(io::Error::other)?;
+    let client = client.await.map_err(io::Error::other)?;
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Active::new(TokioIo::new(client), started, &last);
-    let mut backend = Active::new(TokioIo::new(backend), started, &last);
+    let mut backend = Active::new(backend, started, &last);
     let idle = edge.config.tunnel_idle_timeout;
     let drain = drained(state.draining(), edge.config.tunnel_drain_timeout);
     tokio::pin!(drain);

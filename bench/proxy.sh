@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Proxy figures for docs/benchmarks.md: requests per second, p50/p99 latency and proxy CPU
 # time per request, for `tether up`, HAProxy and NGINX (Debian packages) in the same run, each
-# with consistent hashing keyed on the x-user header (10,000 distinct keys) over three
+# with consistent hashing keyed on the x-user header (10,000 distinct keys) over four
 # upstreams, upstream keep-alive, X-Forwarded-For added, one worker thread each. The upstream
-# is one NGINX worker answering `200 bN` from memory; wrk runs one thread.
+# is one NGINX worker answering a 100-byte body and `X-Upstream: bN` from memory; wrk runs one
+# thread. Before the timed rounds, bench/sticky.py checks that every proxy is sticky (each key
+# on one upstream, every time).
 #
 # Then, per proxy, memory per idle keep-alive client connection: resident memory of all its
 # processes before and while bench/hold.py holds IDLE connections (one request each, then
@@ -23,18 +25,18 @@ for tool in wrk haproxy nginx; do
 done
 cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
-start_upstream 19101 19102 19103
+start_upstream 19101 19102 19103 19104
 
 proxies="tether haproxy nginx"
 if [ -n "${TETHER_BASELINE:-}" ]; then
   # An A/B row: another tether build (e.g. the commit before a change) in the same rounds.
-  TETHER_BIN=$TETHER_BASELINE start_tether 18083 17072 17073 19101 19102 19103
+  TETHER_BIN=$TETHER_BASELINE start_tether 18083 17072 17073 19101 19102 19103 19104
   baseline_pid=$tether_pid
   proxies="tether baseline haproxy nginx"
 fi
-start_tether 18080 17070 17071 19101 19102 19103
-start_haproxy 18081 19101 19102 19103
-start_nginx 18082 19101 19102 19103
+start_tether 18080 17070 17071 19101 19102 19103 19104
+start_haproxy 18081 19101 19102 19103 19104
+start_nginx 18082 19101 19102 19103 19104
 
 cat >"$work/keys.lua" <<'EOF'
 local i = 0
@@ -47,6 +49,11 @@ EOF
 for proxy in $proxies; do
   case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; baseline) port=18083 ;; esac
   for _ in $(seq 100); do curl -sf -H 'x-user: warm' "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+done
+# Every proxy must be sticky (one upstream per key, the same every time) before it is timed.
+for proxy in $proxies; do
+  case $proxy in tether) port=18080 ;; haproxy) port=18081 ;; nginx) port=18082 ;; baseline) port=18083 ;; esac
+  printf '%-8s sticky: %s\n' "$proxy" "$(python3 bench/sticky.py "127.0.0.1:$port")"
 done
 hz=$(getconf CLK_TCK)
 printf '%-8s %4s %10s %9s %9s %12s\n' proxy run req/s p50 p99 "cpu µs/req"

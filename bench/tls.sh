@@ -26,17 +26,17 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" >"$work/certs/bench.pem"
 
-start_upstream 19101 19102 19103
+start_upstream 19101 19102 19103 19104
 TETHER_EXTRA="--https 127.0.0.1:18443 --cert-dir $work/certs" \
-  start_tether 18080 17070 17071 19101 19102 19103
+  start_tether 18080 17070 17071 19101 19102 19103 19104
 HAPROXY_EXTRA="  bind 127.0.0.1:18444 ssl crt $work/certs/bench.pem alpn h2,http/1.1" \
-  start_haproxy 18081 19101 19102 19103
+  start_haproxy 18081 19101 19102 19103 19104
 NGINX_EXTRA="    listen 127.0.0.1:18445 ssl http2;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:s:10m;" \
-  start_nginx 18082 19101 19102 19103
+  start_nginx 18082 19101 19102 19103 19104
 
 cat >"$work/keys.lua" <<'EOF'
 local i = 0

@@ -1,7 +1,8 @@
 # Sourced by bench/proxy.sh and bench/edge.sh: a temporary work directory, every process
 # started (`pids`) stopped on exit, and the processes those benchmarks compare:
-#   start_upstream PORT...        one NGINX worker answering `200 bN` from memory on each port
-#                                 (N counting from 1), with keep-alive;
+#   start_upstream PORT...        one NGINX worker answering from memory on each port (N
+#                                 counting from 1): `200`, a 100-byte body starting `bN`, and
+#                                 `X-Upstream: bN` (the stickiness check), with keep-alive;
 #   start_tether PORT API ADMIN UPSTREAM_PORT...
 #   start_haproxy PORT UPSTREAM_PORT...
 #   start_nginx PORT UPSTREAM_PORT...
@@ -39,7 +40,8 @@ start_upstream() {
   local i=0 servers=""
   for port in "$@"; do
     i=$((i + 1))
-    servers+="  server { listen 127.0.0.1:$port; location / { return 200 \"b$i\\n\"; } }"$'\n'
+    body=$(printf 'b%-98s' "$i" | tr ' ' '.')
+    servers+="  server { listen 127.0.0.1:$port; location / { add_header X-Upstream b$i; return 200 \"$body\\n\"; } }"$'\n'
   done
   run_nginx upstream 4096 "" "  keepalive_requests 1000000;
 $servers"

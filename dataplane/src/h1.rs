@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version, response};
+use http::{Method, StatusCode, Uri, Version, response};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -116,14 +116,27 @@ pub struct Conn {
     reusable: bool,
 }
 
+/// A request head to send, borrowed: a retry sends the same one, and no copy is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Relative (origin-form): its path and query are sent.
+    pub uri: &'a Uri,
+    /// The headers, hop-by-hop ones removed.
+    pub headers: &'a HeaderMap,
+    /// Sent instead of the `Host` in `headers` (a backend's `host_header`).
+    pub host: Option<&'a HeaderValue>,
+}
+
 /// A request that failed, and — when nothing of it reached the backend in a usable form —
-/// the request itself, to be sent elsewhere.
+/// its body, to be sent elsewhere.
 #[derive(Debug)]
 pub struct Failed {
     /// Why.
     pub error: Error,
-    /// The request, when its body was not read from yet.
-    pub unsent: Option<Request<RequestBody>>,
+    /// The body, when it was not read from yet.
+    pub unsent: Option<RequestBody>,
 }
 
 impl Conn {
@@ -163,21 +176,21 @@ impl Conn {
         }
     }
 
-    /// Sends `req` (relative URI, `Host` set, hop-by-hop headers removed) and reads the
-    /// response head, skipping `1xx` answers but a `101`. The response's body is then read
-    /// with [`Conn::poll_frame`] through the returned [`Framing`].
+    /// Sends `head` and `body` and reads the response head, skipping `1xx` answers but a
+    /// `101`. The response's body is then read with [`Conn::poll_frame`] through the returned
+    /// [`Framing`].
     pub async fn send(
         &mut self,
-        req: Request<RequestBody>,
+        head: Head<'_>,
+        mut body: RequestBody,
     ) -> Result<(response::Parts, Framing), Failed> {
         self.reusable = false;
-        let (parts, mut body) = req.into_parts();
         let chunked = !body.is_end_stream() && body.size_hint().exact().is_none();
-        let head = encode_head(&parts, &body, chunked);
-        if let Err(e) = self.io.write_all(&head).await {
+        let bytes = encode_head(head, &body, chunked);
+        if let Err(e) = self.io.write_all(&bytes).await {
             return Err(Failed {
                 error: e.into(),
-                unsent: Some(Request::from_parts(parts, body)),
+                unsent: Some(body),
             });
         }
         let failed = |error| Failed {
@@ -186,7 +199,7 @@ impl Conn {
         };
         self.send_body(&mut body, chunked).await.map_err(failed)?;
         self.io.flush().await.map_err(|e| failed(e.into()))?;
-        self.read_head(&parts.method).await.map_err(failed)
+        self.read_head(head.method).await.map_err(failed)
     }
 
     /// Streams `body` (chunk-encoded when `chunked`, trailers included).
@@ -570,37 +583,46 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 /// The request line and header section, with the body's framing: `Content-Length` when the
 /// body's length is known and the head has none, `Transfer-Encoding: chunked` otherwise (and
 /// then no `Content-Length`).
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, chunked: bool) -> Vec<u8> {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(64 + pq.len() + parts.headers.len() * 32);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn encode_head(head: Head<'_>, body: &RequestBody, chunked: bool) -> Vec<u8> {
+    let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(64 + pq.len() + head.headers.len() * 40);
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if chunked {
-        let mut h = parts.headers.clone();
-        h.remove(header::CONTENT_LENGTH);
-        encode_fields(&mut out, &h);
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else {
-        encode_fields(&mut out, &parts.headers);
-        if let Some(n) = body.size_hint().exact()
-            && n > 0
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
-        {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    let skip = |name: &HeaderName| {
+        (chunked && name == header::CONTENT_LENGTH) || (head.host.is_some() && name == header::HOST)
+    };
+    for (name, value) in head.headers {
+        if !skip(name) {
+            field(&mut out, name, value);
         }
+    }
+    if let Some(host) = head.host {
+        field(&mut out, &header::HOST, host);
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = body.size_hint().exact()
+        && n > 0
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
 }
 
+fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name, value);
     }
 }
 
@@ -685,13 +707,18 @@ mod tests {
         (Conn::new(io, 1024), task)
     }
 
-    fn request(method: Method) -> Request<RequestBody> {
-        let mut r = Request::new(Either::Right(Empty::new()));
-        *r.method_mut() = method;
-        *r.uri_mut() = "/a?b".parse().unwrap();
-        r.headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("x"));
-        r
+    /// `method /a?b` with `Host: x`, no body.
+    async fn send(c: &mut Conn, method: Method) -> Result<(response::Parts, Framing), Failed> {
+        let uri: Uri = "/a?b".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("x"));
+        let head = Head {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            host: None,
+        };
+        c.send(head, Either::Right(Empty::new())).await
     }
 
     /// The whole body: its data, and its trailers.
@@ -722,7 +749,7 @@ mod tests {
             false,
         )
         .await;
-        let (parts, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(parts.status, StatusCode::OK);
         assert_eq!(parts.headers["x-a"], "1");
         assert_eq!(framing.remaining(), Some(11));
@@ -741,10 +768,35 @@ mod tests {
     #[tokio::test]
     async fn the_request_head_is_sent_as_asked() {
         let (mut c, task) = backend(vec![b"HTTP/1.1 204 No Content\r\n\r\n"], true).await;
-        let (parts, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(parts.status, StatusCode::NO_CONTENT);
         assert!(framing.is_done());
         assert_eq!(task.await.unwrap(), b"GET /a?b HTTP/1.1\r\nhost: x\r\n\r\n");
+    }
+
+    #[test]
+    fn a_backend_host_header_replaces_the_client_host_and_chunked_drops_the_length() {
+        let uri: Uri = "/p".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let backend = HeaderValue::from_static("backend.internal");
+        let head = Head {
+            method: &Method::POST,
+            uri: &uri,
+            headers: &headers,
+            host: Some(&backend),
+        };
+        let empty: RequestBody = Either::Right(Empty::new());
+        assert_eq!(
+            String::from_utf8(encode_head(head, &empty, false)).unwrap(),
+            "POST /p HTTP/1.1\r\ncontent-length: 5\r\nx-a: 1\r\nhost: backend.internal\r\n\r\n"
+        );
+        assert_eq!(
+            String::from_utf8(encode_head(head, &empty, true)).unwrap(),
+            "POST /p HTTP/1.1\r\nx-a: 1\r\nhost: backend.internal\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     #[tokio::test]
@@ -759,7 +811,7 @@ mod tests {
             false,
         )
         .await;
-        let (_, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (_, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(framing.remaining(), None);
         let (data, trailers) = body(&mut c, framing).await.unwrap();
         assert_eq!(data, b"hello world");
@@ -774,7 +826,7 @@ mod tests {
             false,
         )
         .await;
-        let (parts, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(parts.status, StatusCode::OK);
         assert!(!parts.headers.contains_key(header::LINK));
         assert_eq!(body(&mut c, framing).await.unwrap().0, b"ok");
@@ -787,7 +839,7 @@ mod tests {
             false,
         )
         .await;
-        let (parts, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
         assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
         assert_eq!(body(&mut c, framing).await.unwrap().0, b"ok");
         assert!(!c.reusable());
@@ -800,7 +852,7 @@ mod tests {
             false,
         )
         .await;
-        let (parts, framing) = c.send(request(Method::HEAD)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::HEAD).await.unwrap();
         assert_eq!(parts.headers[header::CONTENT_LENGTH], "100");
         assert!(framing.is_done());
         assert!(c.reusable());
@@ -813,7 +865,7 @@ mod tests {
             true,
         )
         .await;
-        let (_, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (_, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(
             body(&mut c, framing).await.unwrap().0,
             b"all of it and more"
@@ -828,7 +880,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
         ] {
             let (mut c, _task) = backend(vec![head], false).await;
-            let (_, framing) = c.send(request(Method::GET)).await.unwrap();
+            let (_, framing) = send(&mut c, Method::GET).await.unwrap();
             assert!(framing.is_done());
             assert!(!c.reusable());
         }
@@ -837,7 +889,7 @@ mod tests {
             false,
         )
         .await;
-        c.send(request(Method::GET)).await.unwrap();
+        send(&mut c, Method::GET).await.unwrap();
         assert!(c.reusable());
     }
 
@@ -865,7 +917,7 @@ mod tests {
         ];
         for (answer, expected) in cases {
             let (mut c, _task) = backend(vec![answer], true).await;
-            let e = c.send(request(Method::GET)).await.unwrap_err().error;
+            let e = send(&mut c, Method::GET).await.unwrap_err().error;
             assert!(expected(&e), "{answer:?}: {e}");
         }
     }
@@ -878,7 +930,7 @@ mod tests {
                 .into_boxed_slice(),
         );
         let (mut c, _task) = backend(vec![big], false).await;
-        let e = c.send(request(Method::GET)).await.unwrap_err().error;
+        let e = send(&mut c, Method::GET).await.unwrap_err().error;
         assert!(matches!(e, Error::HeadTooLarge(1024)), "{e}");
     }
 
@@ -891,7 +943,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
         ] {
             let (mut c, _task) = backend(vec![answer], true).await;
-            let (_, framing) = c.send(request(Method::GET)).await.unwrap();
+            let (_, framing) = send(&mut c, Method::GET).await.unwrap();
             assert!(body(&mut c, framing).await.is_err(), "{answer:?}");
             assert!(!c.reusable());
         }
@@ -904,7 +956,7 @@ mod tests {
             false,
         )
         .await;
-        let (parts, framing) = c.send(request(Method::GET)).await.unwrap();
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
         assert_eq!(parts.status, StatusCode::SWITCHING_PROTOCOLS);
         assert!(framing.is_done());
         assert!(!c.reusable());

@@ -148,7 +148,10 @@ pub async fn serve_http<H, Fut, B>(
                 let conn = Arc::clone(&conn);
                 service_fn(move |req| {
                     let request = InFlight::start(&conn);
-                    let answer = handler(req, peer, &conn);
+                    // Boxed: hyper keeps the slot of a request's future allocated with the
+                    // connection, idle or not; boxed, that slot is a pointer, and the
+                    // request's state lives only while it runs.
+                    let answer = Box::pin(handler(req, peer, &conn));
                     async move {
                         Ok::<_, Infallible>(answer.await.map(|b| Tracked::new(b, request)))
                     }
@@ -162,7 +165,9 @@ pub async fn serve_http<H, Fut, B>(
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .await
                 }
-                Some(tls) => {
+                // Boxed: rustls' state and the TLS stream's serving future would otherwise
+                // size every connection's task, plain ones too.
+                Some(tls) => Box::pin(async move {
                     let c = &tls.certs.counters;
                     let shake = tokio_rustls::TlsAcceptor::from(tls.config).accept(stream);
                     let by = accepted + edge.config.header_timeout;
@@ -171,11 +176,11 @@ pub async fn serve_http<H, Fut, B>(
                         Ok(Err(e)) => {
                             c.failed(&e);
                             tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
-                            return;
+                            return Ok(());
                         }
                         Err(_) => {
                             c.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return;
+                            return Ok(());
                         }
                     };
                     c.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +188,8 @@ pub async fn serve_http<H, Fut, B>(
                     builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .await
-                }
+                })
+                .await,
             };
             if let Err(e) = served {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");

@@ -306,13 +306,14 @@ impl SendError {
     }
 }
 
-/// A failed send, and the request when none of it was used (it may go elsewhere as it is).
+/// A failed send, and the request's body when none of it was used (the request may go
+/// elsewhere as it is).
 #[derive(Debug)]
 pub struct Unsent {
     /// Why.
     pub error: SendError,
-    /// The request, intact.
-    pub request: Option<Request<RequestBody>>,
+    /// The body, intact.
+    pub body: Option<RequestBody>,
 }
 
 /// The open count, shared with the connection tasks (a task's end frees its slot), and the
@@ -405,19 +406,20 @@ impl Checkout {
         matches!(self.held, Held::H2 { .. })
     }
 
-    /// Sends `req` (an HTTP/1.1-shaped request with a relative URI and a `Host`); on HTTP/2
-    /// the URI becomes absolute (`:scheme`, `:authority` from the `Host`). A request that was
-    /// not written comes back in the error.
+    /// Sends `head` (HTTP/1.1-shaped: a relative URI and a `Host`) and `body`; on HTTP/2 the
+    /// URI becomes absolute (`:scheme`, `:authority` from the `Host`; the head is copied into
+    /// hyper's request). A body that was not used comes back in the error.
     pub async fn send(
         &mut self,
-        mut req: Request<RequestBody>,
+        head: h1::Head<'_>,
+        body: RequestBody,
     ) -> Result<Response<Upstream>, Unsent> {
         match &mut self.held {
-            Held::H1(idle) => match idle.conn.send(req).await {
+            Held::H1(idle) => match idle.conn.send(head, body).await {
                 Ok((parts, framing)) => Ok(Response::from_parts(parts, Upstream::H1(framing))),
                 Err(h1::Failed { error, unsent }) => Err(Unsent {
                     error: error.into(),
-                    request: unsent,
+                    body: unsent,
                 }),
             },
             Held::H2 { conn, .. } => {
@@ -426,11 +428,18 @@ impl Checkout {
                 } else {
                     uri::Scheme::HTTP
                 };
+                let mut req = Request::new(body);
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.headers_mut() = head.headers.clone();
+                if let Some(h) = head.host {
+                    req.headers_mut().insert(header::HOST, h.clone());
+                }
                 h2_uri(&mut req, scheme);
                 match conn.try_send_request(req).await {
                     Ok(r) => Ok(r.map(Upstream::H2)),
                     Err(mut e) => Err(Unsent {
-                        request: e.take_message(),
+                        body: e.take_message().map(Request::into_body),
                         error: e.into_error().into(),
                     }),
                 }
@@ -671,7 +680,10 @@ impl Pool {
         {
             return Ok((c, true));
         }
-        self.slot_or_wait(&dial, false).await
+        // Boxed: connecting (TCP, TLS, DNS, the queue) is the cold path, and its state would
+        // otherwise make every request's future — and each client connection's, which hyper
+        // keeps allocated for the next request — that much larger.
+        Box::pin(self.slot_or_wait(&dial, false)).await
     }
 
     /// A new connection for an HTTP/1.1 Upgrade request, never taken from or given back to
@@ -685,7 +697,9 @@ impl Pool {
         if self.named {
             self.refresh_if_due();
         }
-        self.slot_or_wait(&dial, true).await.map(|(c, _)| c)
+        Box::pin(self.slot_or_wait(&dial, true))
+            .await
+            .map(|(c, _)| c)
     }
 
     /// A new connection in a free slot, or (not for a `tunnel`) one idle on any thread; at

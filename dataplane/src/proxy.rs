@@ -375,21 +375,14 @@ impl Head {
         }
     }
 
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
-        let mut r = Request::new(body);
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = Version::HTTP_11;
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
-}
-
-fn set_host(req: &mut Request<RequestBody>, host_header: Option<&str>) {
-    if let Some(h) = host_header
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        req.headers_mut().insert(header::HOST, v);
+    /// The head as sent to a backend whose `host_header` (if any) is `host`.
+    fn to_send<'a>(&'a self, host: Option<&'a HeaderValue>) -> crate::h1::Head<'a> {
+        crate::h1::Head {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            host,
+        }
     }
 }
 
@@ -635,13 +628,16 @@ async fn forward(
             }
         };
         let Some(b_body) = body.take() else { break };
-        let mut req = head.request(b_body);
-        set_host(&mut req, spec.host_header.as_deref());
+        let host = spec
+            .host_header
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok());
         let first_byte = deadline.map_or(spec.timeouts.first_byte, |d| {
             d.saturating_sub(arrived.elapsed())
                 .min(spec.timeouts.first_byte)
         });
-        let sent = tokio::time::timeout(first_byte, conn.send(req)).await;
+        let sent =
+            tokio::time::timeout(first_byte, conn.send(head.to_send(host.as_ref()), b_body)).await;
         match sent {
             Err(_) => {
                 conn.failed(PoolFailure::FirstByteTimeout);
@@ -729,9 +725,9 @@ async fn forward(
                 let count = || {
                     state.pool.counters.failures.add(PoolFailure::BackendFailed);
                 };
-                if let Some(unsent) = e.request {
+                if let Some(unsent) = e.body {
                     // Nothing was written: the body is intact, any method may go on.
-                    body = Some(unsent.into_body());
+                    body = Some(unsent);
                 } else if replayable {
                     body = Some(Either::Right(Empty::new()));
                 } else {

@@ -252,6 +252,7 @@ fn state(rt: &Runtime, with_backends: bool) -> serde_json::Value {
                 "probe_error": st.probe_error(),
                 "probe_owned": st.owned(),
                 "probe_role": st.role().as_str(),
+                "probe_fleet": st.fleet_verdict(),
                 "healthy": backend_healthy(spec, st),
                 "connections_open": st.pool.open(),
                 "connections_idle": st.pool.idle(),

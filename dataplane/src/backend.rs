@@ -390,6 +390,12 @@ impl BackendRuntime {
         self.probe_state().role
     }
 
+    /// The fleet's verdict as this node last received it (shared health; `None` before any
+    /// owner's report).
+    pub fn fleet_verdict(&self) -> Option<bool> {
+        self.probe_state().fleet_verdict
+    }
+
     /// The window's shift register, for a fallback or a new owner to continue.
     pub fn probe_bits(&self) -> Option<u64> {
         self.probe_state().window.as_ref().map(Window::happy)

@@ -421,10 +421,13 @@ async fn echo_backend() -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     |req: hyper::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
                         let mut text = format!("{} {}\n", req.method(), req.uri());
                         for (k, v) in req.headers() {
                             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
                         }
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
                             http_body_util::Full::new(Bytes::from(text)),
                         ))
@@ -445,6 +448,29 @@ async fn exchange(proxy: &str, head: &str) -> String {
     s.write_all(head.as_bytes()).await.unwrap();
     let (got, _) = until_closed(&mut s, Duration::from_secs(5)).await;
     String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_backend_whole_chunked_or_with_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_backend().await;
+    let t = Tether::up(dir.path(), &[]).await;
+    let rev = t.apply(&config(&[("echo", echo)], false));
+    t.wait_applied(rev).await;
+    // Two requests on one client connection, so the second goes on the kept backend
+    // connection: a chunked body (re-chunked to the backend), then one with a length.
+    let r = exchange(
+        &addr(&t.proxy),
+        "POST /c HTTP/1.1\r\nHost: x\r\nx-user: k\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n\
+         POST /l HTTP/1.1\r\nHost: x\r\nx-user: k\r\ncontent-length: 5\r\nconnection: close\r\n\r\nabcde",
+    )
+    .await;
+    let (first, second) = r.split_once("POST /l").expect("two answers");
+    assert!(first.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(first.contains("transfer-encoding: chunked\n"), "{first}");
+    assert!(first.contains("body: hello world\n"), "{first}");
+    assert!(second.contains("content-length: 5\n"), "{second}");
+    assert!(second.contains("body: abcde\n"), "{second}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

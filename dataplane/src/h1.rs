@@ -213,10 +213,12 @@ impl Conn {
             match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) if chunked => {
-                    let size = format!("{:x}\r\n", data.len());
-                    self.io.write_all(size.as_bytes()).await?;
-                    self.io.write_all(&data).await?;
-                    self.io.write_all(b"\r\n").await?;
+                    // One write per chunk (size line, data, CRLF): not three small packets.
+                    let mut chunk = Vec::with_capacity(data.len() + 20);
+                    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    chunk.extend_from_slice(&data);
+                    chunk.extend_from_slice(b"\r\n");
+                    self.io.write_all(&chunk).await?;
                 }
                 Ok(data) => self.io.write_all(&data).await?,
                 Err(frame) => {
@@ -236,12 +238,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until a whole response head is in the buffer (1xx heads but `101` skipped), and
-    /// takes it.
+    /// Reads until a whole response head is in the buffer (1xx heads but `101` skipped: as
+    /// many as come, within the caller's first-byte timeout), and takes it.
     async fn read_head(&mut self, method: &Method) -> Result<(response::Parts, Framing), Error> {
         loop {
-            if let Some(r) = self.parse_head(method)? {
-                return Ok(r);
+            match self.parse_head(method)? {
+                Parsed::Head(parts, framing) => return Ok((parts, framing)),
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
             }
             if self.buf.len() >= self.head_limit {
                 return Err(Error::HeadTooLarge(self.head_limit));
@@ -267,13 +271,13 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    /// A response head from the buffer, if a whole one is there (`None`: read more).
-    fn parse_head(&mut self, method: &Method) -> Result<Option<(response::Parts, Framing)>, Error> {
+    /// A response head from the buffer, if a whole one is there.
+    fn parse_head(&mut self, method: &Method) -> Result<Parsed, Error> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut fields);
         let len = match resp.parse(&self.buf) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(Error::HeadTooLarge(self.head_limit));
             }
@@ -304,7 +308,7 @@ impl Conn {
         let head = self.buf.split_to(len).freeze();
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             // 100 Continue, 103 Early Hints: the real answer follows.
-            return self.parse_head(method);
+            return Ok(Parsed::Interim);
         }
         let mut headers = HeaderMap::with_capacity(spans.len());
         for (n0, n1, v0, v1) in spans {
@@ -319,7 +323,7 @@ impl Conn {
         parts.status = status;
         parts.version = version;
         parts.headers = headers;
-        Ok(Some((parts, framing)))
+        Ok(Parsed::Head(parts, framing))
     }
 
     /// The body's framing (RFC 9112 §6.3), and whether the connection stays open after it.
@@ -564,6 +568,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// What the buffer held at a response head.
+enum Parsed {
+    /// A whole final head.
+    Head(response::Parts, Framing),
+    /// A `1xx` head (not `101`), taken: another head follows.
+    Interim,
+    /// Not a whole head yet.
+    Partial,
 }
 
 /// What one step of the chunked decoder found.
@@ -830,6 +844,18 @@ mod tests {
         assert_eq!(parts.status, StatusCode::OK);
         assert!(!parts.headers.contains_key(header::LINK));
         assert_eq!(body(&mut c, framing).await.unwrap().0, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_interim_heads_in_one_read_is_taken_in_a_loop() {
+        // One stack frame per head (a 100-field array each) would take megabytes here.
+        let mut flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000);
+        flood.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let flood: &'static [u8] = Box::leak(flood.into_boxed_slice());
+        let (mut c, _task) = backend(vec![flood], false).await;
+        let (parts, framing) = send(&mut c, Method::GET).await.unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(framing.is_done());
     }
 
     #[tokio::test]

@@ -8,8 +8,9 @@
 //! untouched and the proxy can retry it on the director's next alternate.
 //!
 //! Idle connections are kept per proxy thread (as NGINX keeps them per worker): a backend
-//! connection's task runs on the thread that opened it, so handing it to another thread adds
-//! a cross-thread wake-up to every request on it. A thread with no idle connection of its own
+//! connection's socket is registered with the event loop of the thread that opened it (and
+//! an HTTP/2 connection's task runs there), so handing it to another thread adds a
+//! cross-thread wake-up to every request on it. A thread with no idle connection of its own
 //! opens one — unless that would pass `max_connections`: it then takes one idle on another
 //! thread, and failing that waits up to the backend's `queue_timeout` for one to be given
 //! back or closed (HAProxy's `timeout queue`), so the limit is per node and exact: a slot is
@@ -316,8 +317,9 @@ pub struct Unsent {
     pub body: Option<RequestBody>,
 }
 
-/// The open count, shared with the connection tasks (a task's end frees its slot), and the
-/// signal queued requests wait on: a connection came free (given back, or closed).
+/// The open count, shared with the connections (an HTTP/1.1 connection's [`SlotGuard`] goes
+/// with it, an HTTP/2 one's with its task: closing frees the slot), and the signal queued
+/// requests wait on: a connection came free (given back, or closed).
 #[derive(Debug, Default)]
 struct Slots {
     open: AtomicUsize,

@@ -10,7 +10,8 @@
 //!   per-backend runtime state ([`backend`]: connection [`pool`], probe window, counters) kept
 //!   across revisions for unchanged backend identities; [`resolve`]: DNS names of backends
 //!   (hickory, TTLs clamped), which the pool resolves and re-resolves; [`tls`]: TLS to backends
-//!   (and the PEM helpers);
+//!   (and the PEM helpers); [`h1`]: HTTP/1.1 to backends, spoken in the request's own task
+//!   (HTTP/2 to backends is hyper's client);
 //! - [`health`]: Varnish probe semantics — the window, one probe attempt (the probe loop, one
 //!   per backend identity, is spawned and run by [`runtime`]); [`fleet`]: shared health's data
 //!   plane side — whether verdicts are this node's probes or the fleet's, and the outbox of

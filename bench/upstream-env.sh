@@ -6,7 +6,8 @@
 #   start_tether PORT API ADMIN UPSTREAM_PORT...
 #   start_haproxy PORT UPSTREAM_PORT...
 #   start_nginx PORT UPSTREAM_PORT...
-#                                 one proxy thread/worker each, consistent hashing keyed on the
+#                                 one proxy thread/worker each (PROXY_THREADS=N: N each),
+#                                 consistent hashing keyed on the
 #                                 x-user header over the upstreams, upstream keep-alive,
 #                                 X-Forwarded-For added, and the same client timeouts (head
 #                                 10 s, keep-alive idle 60 s, as Tether's defaults);
@@ -19,12 +20,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }
 trap cleanup EXIT
 
-# One NGINX worker from $work/NAME.conf: CONNS connections, MAIN (extra main-context lines,
-# possibly empty) and HTTP (the http block's contents after `access_log off;`).
+# NGINX from $work/NAME.conf: CONNS connections, MAIN (extra main-context lines, possibly
+# empty), HTTP (the http block's contents after `access_log off;`), WORKERS workers (default 1).
 run_nginx() {
-  local name=$1 conns=$2 main=$3 http=$4
+  local name=$1 conns=$2 main=$3 http=$4 workers=${5:-1}
   cat >"$work/$name.conf" <<CONF
-worker_processes 1;
+worker_processes $workers;
 ${main}daemon off;
 pid $work/$name.pid;
 error_log $work/$name.err;
@@ -65,7 +66,7 @@ directors:
 routes:
   - { name: app, director: users, key: { header: x-user } }
 CONF
-  RUST_LOG=error "${TETHER_BIN:-target/release/tether}" up --proxy-threads 1 --api "127.0.0.1:$api" \
+  RUST_LOG=error "${TETHER_BIN:-target/release/tether}" up --proxy-threads "${PROXY_THREADS:-1}" --api "127.0.0.1:$api" \
     --proxy "127.0.0.1:$port" --admin "127.0.0.1:$admin" --data-dir "$work/tether-$port" \
     -f "$work/tether-$port.yaml" ${TETHER_EXTRA:-} & pids+=($!)
   tether_pid=$!
@@ -80,7 +81,7 @@ start_haproxy() {
   done
   cat >"$work/haproxy.cfg" <<CONF
 global
-  nbthread 1
+  nbthread ${PROXY_THREADS:-1}
   maxconn 9000
 defaults
   mode http
@@ -127,7 +128,7 @@ ${NGINX_EXTRA:-}
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
-"
+" "${PROXY_THREADS:-1}"
 }
 
 # Every process of a proxy (NGINX: master and worker), for CPU and memory accounting.

@@ -14,12 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 runs=${2:-3}
-for tool in wrk haproxy nginx python3; do
-  command -v "$tool" >/dev/null || { echo "bench/edge.sh: $tool is missing" >&2; exit 2; }
-done
+. bench/upstream-env.sh
+need wrk haproxy nginx python3
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked -q --bin tether
-. bench/upstream-env.sh
 start_upstream 19111
 start_tether 18180 17170 17171 19111
 start_haproxy 18181 19111

@@ -14,11 +14,9 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 secs=${2:-10}
 conns=${3:-8}
-for tool in wrk haproxy nginx; do
-  command -v "$tool" >/dev/null || { echo "bench/large.sh: $tool is missing" >&2; exit 2; }
-done
-cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
+need wrk haproxy nginx
+cargo build --release --locked -q --bin tether
 mkdir -p "$work/www"
 head -c 1048576 /dev/urandom >"$work/www/big"
 # NGINX's workers (an unprivileged user when started as root) must be able to read it.

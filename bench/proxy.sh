@@ -20,11 +20,9 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 secs=${2:-10}
 conns=${3:-32}
-for tool in wrk haproxy nginx; do
-  command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool is missing (apt-get install wrk haproxy nginx-light)" >&2; exit 2; }
-done
-cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
+need wrk haproxy nginx
+cargo build --release --locked -q --bin tether
 start_upstream 19101 19102 19103 19104
 
 proxies="tether haproxy nginx"

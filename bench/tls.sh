@@ -13,11 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 secs=${2:-10}
-for tool in wrk haproxy nginx openssl; do
-  command -v "$tool" >/dev/null || { echo "bench/tls.sh: $tool is missing" >&2; exit 2; }
-done
-cargo build --release --locked -q --bin tether
 . bench/upstream-env.sh
+need wrk haproxy nginx openssl
+cargo build --release --locked -q --bin tether
 
 # One ECDSA P-256 certificate for bench.test, in the three formats the proxies read.
 mkdir -p "$work/certs"

@@ -1,5 +1,6 @@
-# Sourced by bench/proxy.sh and bench/edge.sh: a temporary work directory, every process
-# started (`pids`) stopped on exit, and the processes those benchmarks compare:
+# Sourced by bench/proxy.sh, bench/edge.sh, bench/tls.sh and bench/large.sh: a temporary work
+# directory, every process started (`pids`) stopped on exit, and the processes those
+# benchmarks compare:
 #   start_upstream PORT...        one NGINX worker answering from memory on each port (N
 #                                 counting from 1): `200`, a 100-byte body starting `bN`, and
 #                                 `X-Upstream: bN` (the stickiness check), with keep-alive;
@@ -12,9 +13,19 @@
 #                                 X-Forwarded-For added, and the same client timeouts (head
 #                                 10 s, keep-alive idle 60 s, as Tether's defaults);
 #   procs NAME, ticks NAME        a proxy's processes, and their CPU time in clock ticks.
+#   need TOOL...                  exits naming a missing tool.
 # TETHER_BIN runs another tether binary (a baseline build, for A/B rows).
 # TETHER_EXTRA (flags), HAPROXY_EXTRA (frontend lines) and NGINX_EXTRA (server lines) add to
 # a proxy's configuration (bench/tls.sh: the TLS listeners).
+# need TOOL...: stops the benchmark (exit 2) naming the first tool that is not installed.
+need() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || {
+      echo "$0: $tool is missing (Debian: apt-get install wrk haproxy nginx-light openssl)" >&2
+      exit 2
+    }
+  done
+}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$work"; }

@@ -66,7 +66,7 @@ pub enum Error {
 pub enum Framing {
     /// No body (or the end of one reached).
     Done,
-    /// `Content-Length`: this many bytes remain.
+    /// `Content-Length`: this many bytes remain (never 0: the last byte read makes it `Done`).
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked(Chunk),
@@ -92,7 +92,7 @@ pub enum Chunk {
 impl Framing {
     /// Whether the body has been read to its end.
     pub fn is_done(&self) -> bool {
-        matches!(self, Framing::Done | Framing::Length(0))
+        matches!(self, Framing::Done)
     }
 
     /// The bytes left, when known.
@@ -426,15 +426,17 @@ impl Conn {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         loop {
             match framing {
-                Framing::Done | Framing::Length(0) => {
-                    *framing = Framing::Done;
-                    return Poll::Ready(None);
-                }
+                Framing::Done => return Poll::Ready(None),
                 Framing::Length(rest) => {
                     if !self.buf.is_empty() {
                         let k = usize::try_from(*rest)
                             .map_or(self.buf.len(), |r| r.min(self.buf.len()));
                         *rest -= k as u64;
+                        if *rest == 0 {
+                            // Done as soon as the last byte is read: a server stops polling
+                            // a body that reports its end.
+                            *framing = Framing::Done;
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(k).freeze()))));
                     }
                     let want = usize::try_from(*rest).map_or(MAX_READ, |r| r.min(MAX_READ));
